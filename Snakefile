@@ -1,0 +1,134 @@
+# transferlab pipeline for Snakemake. Same stages, scripts and params.yaml as dvc.yaml.
+# Run from the project root:  snakemake --cores 2
+import sys
+
+from snakemake.exceptions import WorkflowError
+
+from transferlab import params as P
+from transferlab.stages import deps, params_for
+
+
+configfile: "params.yaml"
+
+
+try:
+    config.update(P.validate(config))
+except P.ParamsError as exc:
+    raise WorkflowError(str(exc))
+
+PY = sys.executable
+SHELL = "{PY} {input.script} --threads {threads} > {log} 2>&1"
+
+
+def lib(stage):
+    """Library modules the stage's script imports: Snakemake re-runs on the script, not on its imports."""
+    return deps(stage)[1:]
+
+
+rule all:
+    input:
+        "results/metrics/probe.json",
+
+
+rule download:
+    input:
+        script="workflow/scripts/download.py",
+        lib=lib("download"),
+    output:
+        index="data/index.csv",
+        rejected="data/rejected.csv",
+        dataset="data/dataset.json",
+    params:
+        stage=params_for(config, "download"),
+    threads: 8
+    log:
+        "logs/download.log",
+    benchmark:
+        "logs/benchmarks/download.tsv"
+    shell:
+        SHELL
+
+
+rule split:
+    input:
+        script="workflow/scripts/split.py",
+        lib=lib("split"),
+        index=rules.download.output.index,
+        dataset=rules.download.output.dataset,
+    output:
+        train="data/splits/train.csv",
+        val="data/splits/val.csv",
+        test="data/splits/test.csv",
+        summary="data/splits/summary.json",
+    params:
+        stage=params_for(config, "split"),
+    threads: 1
+    log:
+        "logs/split.log",
+    benchmark:
+        "logs/benchmarks/split.tsv"
+    shell:
+        SHELL
+
+
+rule extract:
+    input:
+        script="workflow/scripts/extract.py",
+        lib=lib("extract"),
+        splits=rules.split.output,
+    output:
+        train="results/features/train.npz",
+        val="results/features/val.npz",
+        test="results/features/test.npz",
+        meta="results/features/meta.json",
+    params:
+        stage=params_for(config, "extract"),
+    threads: 8
+    log:
+        "logs/extract.log",
+    benchmark:
+        "logs/benchmarks/extract.tsv"
+    shell:
+        SHELL
+
+
+rule train_head:
+    input:
+        script="workflow/scripts/train_head.py",
+        lib=lib("train_head"),
+        train=rules.extract.output.train,
+        val=rules.extract.output.val,
+    output:
+        model="results/head/model.npz",
+        search="results/head/search.csv",
+    params:
+        stage=params_for(config, "train_head"),
+    threads: 2
+    log:
+        "logs/train_head.log",
+    benchmark:
+        "logs/benchmarks/train_head.tsv"
+    shell:
+        SHELL
+
+
+rule evaluate_probe:
+    input:
+        script="workflow/scripts/evaluate.py",
+        lib=lib("evaluate"),
+        model=rules.train_head.output.model,
+        features=[rules.extract.output.train, rules.extract.output.val, rules.extract.output.test],
+    output:
+        metrics="results/metrics/probe.json",
+        predictions="results/eval/probe/predictions.csv",
+        per_class="results/eval/probe/per_class.csv",
+        confusion="results/eval/probe/confusion_matrix.csv",
+    params:
+        stage=params_for(config, "evaluate"),
+    threads: 2
+    log:
+        "logs/evaluate_probe.log",
+    benchmark:
+        "logs/benchmarks/evaluate_probe.tsv"
+    shell:
+        "{PY} {input.script} --method probe --threads {threads} > {log} 2>&1"

@@ -1,0 +1,105 @@
+"""Pretrained torchvision backbones: loading weights (download or local checkpoint), preprocessing, and
+splitting the ImageNet classifier off so the penultimate features remain."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision import models
+from torchvision.transforms._presets import ImageClassification
+
+from .fetch import file_digest
+
+
+class WeightsUnavailable(FileNotFoundError):
+    """Pretrained weights are neither cached, downloadable nor given as a checkpoint."""
+
+
+def weights_enum(backbone: str, weights: str) -> models.WeightsEnum | None:
+    """The torchvision weights member named in params, or None for random init ('none')."""
+    if weights.lower() == "none":
+        return None
+    enum = models.get_model_weights(backbone)
+    return enum.DEFAULT if weights == "DEFAULT" else enum[weights]
+
+
+def _reference_weights(backbone: str, weights: str) -> models.WeightsEnum:
+    """The member whose preprocessing and class names apply (the default one for random init)."""
+    return weights_enum(backbone, weights) or models.get_model_weights(backbone).DEFAULT
+
+
+def preprocessing(model_params: dict[str, Any]) -> ImageClassification:
+    """The weights' own eval preprocessing, optionally at another crop size (same resize ratio)."""
+    member = _reference_weights(model_params["backbone"], model_params["weights"])
+    kwargs = dict(member.transforms.keywords)
+    size = model_params["image_size"]
+    if size:
+        ratio = kwargs.get("resize_size", kwargs["crop_size"]) / kwargs["crop_size"]
+        kwargs.update(crop_size=size, resize_size=round(size * ratio))
+    return ImageClassification(**kwargs)
+
+
+def class_names(model_params: dict[str, Any]) -> list[str]:
+    """ImageNet (or whatever the weights were trained on) class names."""
+    return list(_reference_weights(model_params["backbone"], model_params["weights"]).meta["categories"])
+
+
+def _cache_hint(member: models.WeightsEnum) -> str:
+    hub = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub" / "checkpoints"
+    return (f"place {Path(member.url).name} (from {member.url}) in {hub}/, or set model.checkpoint to a local "
+            f"state_dict for this architecture")
+
+
+def load_classifier(model_params: dict[str, Any], seed: int = 0) -> tuple[nn.Module, dict[str, Any]]:
+    """The full pretrained classifier in eval mode, and where its weights came from."""
+    name, weights, checkpoint = model_params["backbone"], model_params["weights"], model_params["checkpoint"]
+    member = weights_enum(name, weights)
+    info: dict[str, Any] = {"backbone": name, "weights": weights, "checkpoint": checkpoint, "checkpoint_sha256": None}
+    torch.manual_seed(seed)
+    if checkpoint:
+        model = models.get_model(name, weights=None)
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ValueError(f"model.checkpoint: {checkpoint} does not fit {name}: {str(exc)[:400]}") from None
+        info["checkpoint_sha256"] = file_digest(checkpoint)
+    elif member is None:
+        model = models.get_model(name, weights=None)
+    else:
+        try:
+            model = models.get_model(name, weights=member)
+        except (OSError, RuntimeError) as exc:
+            raise WeightsUnavailable(f"model.weights: cannot load {name} {member}: {exc}. {_cache_hint(member)}") from None
+    return model.eval(), info
+
+
+def last_linear(model: nn.Module) -> str:
+    """Dotted name of the final nn.Linear: the ImageNet classification layer in every torchvision family."""
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not names:
+        raise ValueError(f"{type(model).__name__} has no linear classifier to remove (unsupported architecture)")
+    return names[-1]
+
+
+def split_classifier(model: nn.Module) -> tuple[nn.Module, nn.Linear]:
+    """Replace the classification layer by Identity (in place); return (feature extractor, removed layer)."""
+    name = last_linear(model)
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    linear = getattr(parent, child)
+    setattr(parent, child, nn.Identity())
+    return model, linear
+
+
+def load_feature_extractor(model_params: dict[str, Any]) -> tuple[nn.Module, int, dict[str, Any]]:
+    """Frozen backbone without its classifier, its feature size, and provenance."""
+    model, info = load_classifier(model_params)
+    model, linear = split_classifier(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    info["feature_dim"] = linear.in_features
+    return model, linear.in_features, info

@@ -1,0 +1,64 @@
+"""The evaluate stage: the same metrics, tables and predictions for every method (probe, fine-tune)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn import metrics as skm
+
+from .atomic import write_csv, write_json
+
+
+def scores(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+    """Accuracy, top-5 (≥ 5 classes), balanced accuracy, macro F1 and log-loss of class probabilities."""
+    labels = np.arange(proba.shape[1])
+    predicted = proba.argmax(1)
+    out = {
+        "accuracy": skm.accuracy_score(y_true, predicted),
+        "balanced_accuracy": skm.balanced_accuracy_score(y_true, predicted),
+        "macro_f1": skm.f1_score(y_true, predicted, labels=labels, average="macro", zero_division=0),
+        "log_loss": skm.log_loss(y_true, np.clip(proba, 1e-15, 1), labels=labels),
+    }
+    if proba.shape[1] >= 5:
+        out["top5_accuracy"] = skm.top_k_accuracy_score(y_true, proba, k=5, labels=labels)
+    return {k: round(float(v), 6) for k, v in out.items()}
+
+
+def per_class(y_true: np.ndarray, predicted: np.ndarray, class_names: list[str]) -> pd.DataFrame:
+    precision, recall, f1, support = skm.precision_recall_fscore_support(
+        y_true, predicted, labels=np.arange(len(class_names)), zero_division=0)
+    return pd.DataFrame({"class": class_names, "precision": precision, "recall": recall, "f1": f1,
+                         "support": support})
+
+
+def evaluate(method: str, proba: dict[str, np.ndarray], labels: dict[str, np.ndarray], ids: np.ndarray,
+             class_names: list[str], metrics_dir: Path, eval_dir: Path) -> dict[str, Any]:
+    """Write metrics_dir/<method>.json and eval_dir/<method>/{predictions,per_class,confusion_matrix}.csv.
+
+    `proba` and `labels` hold the train, val and test splits; ids are the test images.
+    """
+    test_proba, y = proba["test"], labels["test"]
+    predicted = test_proba.argmax(1)
+    accuracy = {s: float(skm.accuracy_score(labels[s], proba[s].argmax(1))) for s in ("train", "val")}
+    result: dict[str, Any] = {
+        "method": method,
+        **scores(y, test_proba),
+        "train_accuracy": round(accuracy["train"], 6),
+        "val_accuracy": round(accuracy["val"], 6),
+        "train_val_gap": round(accuracy["train"] - accuracy["val"], 6),
+        "test_images": int(len(y)),
+        "classes": len(class_names),
+    }
+    names = np.asarray(class_names)
+    out = eval_dir / method
+    write_csv(out / "predictions.csv", pd.DataFrame({
+        "id": ids, "actual": names[y], "predicted": names[predicted],
+        "confidence": test_proba.max(1).round(6), "correct": predicted == y}))
+    write_csv(out / "per_class.csv", per_class(y, predicted, class_names))
+    matrix = skm.confusion_matrix(y, predicted, labels=np.arange(len(class_names)))
+    write_csv(out / "confusion_matrix.csv", pd.DataFrame(matrix, columns=class_names).assign(actual=class_names)
+              .set_index("actual").reset_index())
+    write_json(metrics_dir / f"{method}.json", result)
+    return result

@@ -1,0 +1,79 @@
+"""The train_head stage: a scikit-learn linear probe on cached features, saved as plain arrays."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, log_loss
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from .atomic import atomic_path
+
+
+def make_head(C: float, max_iter: int) -> Pipeline:
+    """Standardise → multinomial logistic regression."""
+    return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
+
+
+def fit(train: dict[str, np.ndarray], val: dict[str, np.ndarray], head: dict[str, Any]) -> tuple[Pipeline, pd.DataFrame]:
+    """Choose C on the validation split (accuracy, then log-loss), refit on train (or train+val)."""
+    labels = np.arange(len(train["classes"]))
+    rows = []
+    for C in head["C_grid"]:
+        model = make_head(C, head["max_iter"]).fit(train["features"], train["labels"])
+        proba = predict_proba(model, val["features"], len(labels))
+        rows.append({"C": C, "train_accuracy": model.score(train["features"], train["labels"]),
+                     "val_accuracy": accuracy_score(val["labels"], proba.argmax(1)),
+                     "val_log_loss": log_loss(val["labels"], proba, labels=labels)})
+    search = pd.DataFrame(rows)
+    best = search.sort_values(["val_accuracy", "val_log_loss"], ascending=[False, True]).iloc[0]
+    X, y = train["features"], train["labels"]
+    if head["refit_on"] == "train+val":
+        X, y = np.concatenate([X, val["features"]]), np.concatenate([y, val["labels"]])
+    search["chosen"] = search["C"] == best["C"]
+    return make_head(float(best["C"]), head["max_iter"]).fit(X, y), search
+
+
+def predict_proba(model: Pipeline, features: np.ndarray, n_classes: int) -> np.ndarray:
+    """Probabilities over all n_classes columns (a class unseen in training gets 0)."""
+    proba = np.zeros((len(features), n_classes))
+    proba[:, model.classes_] = model.predict_proba(features.astype(np.float64))
+    return proba
+
+
+def save(model: Pipeline, path: Path | str, class_names: list[str]) -> None:
+    """Store the fitted pipeline as plain arrays (.npz): nothing executable, unlike a pickle."""
+    scaler, logreg = model.named_steps["standardscaler"], model.named_steps["logisticregression"]
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, mean=scaler.mean_, scale=scaler.scale_, var=scaler.var_, coef=logreg.coef_,
+                 intercept=logreg.intercept_, classes=logreg.classes_, C=logreg.C, max_iter=logreg.max_iter,
+                 class_names=np.asarray(class_names, dtype=str))
+
+
+def load(path: Path | str) -> tuple[Pipeline, list[str]]:
+    """Rebuild the fitted pipeline saved by `save`; returns it and the class names."""
+    with np.load(path, allow_pickle=False) as z:
+        model = make_head(float(z["C"]), int(z["max_iter"]))
+        scaler, logreg = model.named_steps["standardscaler"], model.named_steps["logisticregression"]
+        scaler.mean_, scaler.scale_, scaler.var_ = z["mean"], z["scale"], z["var"]
+        scaler.n_features_in_ = logreg.n_features_in_ = z["mean"].shape[0]
+        scaler.n_samples_seen_ = 0
+        logreg.coef_, logreg.intercept_, logreg.classes_ = z["coef"], z["intercept"], z["classes"]
+        return model, [str(c) for c in z["class_names"]]
+
+
+def as_linear(model: Pipeline) -> tuple[np.ndarray, np.ndarray]:
+    """Fold the scaler into the logistic regression: logits = features @ W.T + b, one row per class.
+
+    A binary model (one coefficient row) becomes two rows [0, w] so softmax gives its probabilities.
+    """
+    scaler, logreg = model.named_steps["standardscaler"], model.named_steps["logisticregression"]
+    weight = logreg.coef_ / scaler.scale_
+    bias = logreg.intercept_ - weight @ scaler.mean_
+    if weight.shape[0] == 1:
+        weight, bias = np.vstack([np.zeros_like(weight), weight]), np.concatenate([[0.0], bias])
+    return weight, bias

@@ -1,0 +1,76 @@
+"""The download stage: turn a dataset into a validated image index and a list of files left out."""
+from __future__ import annotations
+
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from . import datasets
+from .atomic import write_csv, write_json
+from .images import BadImage, inspect
+
+INDEX_COLUMNS = ["path", "label", "width", "height", "bytes", "sha256"]
+
+
+def _check(path: Path) -> tuple[int, int, int, str] | str:
+    try:
+        return inspect(path)
+    except BadImage as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"unreadable: {exc}"
+
+
+def scan(root: Path, files: list[tuple[str, str]], workers: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Decode every candidate file; return (index of good images, left-out files with reasons)."""
+    paths = [root / rel for rel, _ in files]
+    chunksize = max(1, len(paths) // (workers * 16) or 1)
+    if workers > 1 and len(paths) > 64:
+        with ProcessPoolExecutor(workers) as pool:
+            results = list(tqdm(pool.map(_check, paths, chunksize=chunksize), total=len(paths), desc="scan images", unit="img"))
+    else:
+        results = [_check(p) for p in tqdm(paths, desc="scan images", unit="img")]
+    good, bad = [], []
+    for (rel, label), result in zip(files, results):
+        if isinstance(result, str):
+            bad.append({"path": rel, "label": label, "reason": result})
+        else:
+            good.append({"path": rel, "label": label, **dict(zip(INDEX_COLUMNS[2:], result))})
+    index = pd.DataFrame(good, columns=INDEX_COLUMNS).sort_values("path", ignore_index=True)
+    rejected = pd.DataFrame(bad, columns=["path", "label", "reason"]).sort_values("path", ignore_index=True)
+    return index, rejected
+
+
+def build(data: dict[str, Any], out_dir: Path, workers: int = 1) -> dict[str, Any]:
+    """Run the download stage: write index.csv, rejected.csv and dataset.json into out_dir."""
+    raw_dir = out_dir / "raw"
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    root = datasets.materialise(data["dataset"], data["source"], raw_dir)
+    files, stray = datasets.candidates(data["dataset"], root, data["label"])
+    if not files:
+        raise ValueError(f"data.source: no image files found under {root} for dataset {data['dataset']!r}")
+    index, rejected = scan(root, files, workers)
+    stray_rows = pd.DataFrame([{"path": p, "label": "", "reason": "not inside a class folder"} for p, _ in stray],
+                              columns=rejected.columns)
+    rejected = pd.concat([rejected, stray_rows], ignore_index=True) if len(stray_rows) else rejected
+    if index.empty:
+        raise ValueError(f"data.source: none of the {len(files)} files under {root} is a readable image")
+    classes = sorted(index["label"].unique())
+    summary = {
+        "dataset": data["dataset"],
+        "source": data["source"],
+        "root": root.as_posix(),
+        "label": data["label"] if data["dataset"] == "oxford_pets" else "folder",
+        "images": len(index),
+        "classes": classes,
+        "counts": {c: int(n) for c, n in index["label"].value_counts().sort_index().items()},
+        "left_out": len(rejected),
+        "left_out_reasons": {r: int(n) for r, n in rejected["reason"].value_counts().sort_index().items()},
+    }
+    write_csv(out_dir / "rejected.csv", rejected)
+    write_json(out_dir / "dataset.json", summary)
+    write_csv(out_dir / "index.csv", index)  # last: its presence means the stage finished
+    return summary

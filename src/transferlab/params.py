@@ -1,0 +1,157 @@
+"""params.yaml: load, cast numbers written as strings, fill defaults, validate against the JSON schema."""
+from __future__ import annotations
+
+import copy
+import json
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+_URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.I)
+
+
+class ParamsError(ValueError):
+    """A parameter is missing, of the wrong type or out of range; the message names the key."""
+
+
+def schema() -> dict[str, Any]:
+    """The JSON schema of params.yaml, shipped with the package."""
+    text = resources.files("transferlab").joinpath("schema/params.schema.json").read_text()
+    return json.loads(text)
+
+
+def is_url(source: str) -> bool:
+    return bool(_URL.match(source))
+
+
+def _cast_numbers(value: Any, sub: dict[str, Any]) -> Any:
+    """Turn strings such as '1e-05' into numbers where the schema expects a number."""
+    types = sub.get("type", [])
+    types = [types] if isinstance(types, str) else types
+    if isinstance(value, dict) and "properties" in sub:
+        return {k: _cast_numbers(v, sub["properties"].get(k, {})) for k, v in value.items()}
+    if isinstance(value, list) and "items" in sub:
+        return [_cast_numbers(v, sub["items"]) for v in value]
+    if isinstance(value, str) and ("number" in types or "integer" in types):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return value
+        return int(number) if "integer" in types and number.is_integer() else number
+    if isinstance(value, float) and "integer" in types and "number" not in types and value.is_integer():
+        return int(value)
+    return value
+
+
+def _fill_defaults(value: dict[str, Any], sub: dict[str, Any]) -> dict[str, Any]:
+    out = dict(value)
+    for key, prop in sub.get("properties", {}).items():
+        if key not in out and "default" in prop:
+            out[key] = copy.deepcopy(prop["default"])
+        elif key not in out and prop.get("type") == "object":
+            out[key] = _fill_defaults({}, prop)
+        elif isinstance(out.get(key), dict):
+            out[key] = _fill_defaults(out[key], prop)
+    return out
+
+
+def _key(error: jsonschema.ValidationError) -> str:
+    path = ".".join(str(p) for p in error.absolute_path)
+    if error.validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        return ".".join(filter(None, [path, extra[0] if extra else ""]))
+    return path or "<top level>"
+
+
+def validate(raw: dict[str, Any] | None, base_dir: Path | str = ".") -> dict[str, Any]:
+    """Cast, fill defaults and validate a params mapping; raise ParamsError naming the first bad key."""
+    full = schema()
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError("params: the file must hold a mapping of sections (data, model, ...)")
+    params = _fill_defaults(_cast_numbers(raw, full), full)
+    errors = sorted(jsonschema.Draft202012Validator(full).iter_errors(params), key=lambda e: list(e.absolute_path))
+    if errors:
+        error = errors[0]
+        raise ParamsError(f"params: {_key(error)}: {error.message}")
+    _check_semantics(params, Path(base_dir))
+    return params
+
+
+def _check_semantics(params: dict[str, Any], base_dir: Path) -> None:
+    data, model = params["data"], params["model"]
+    if data["val_fraction"] + data["test_fraction"] >= 1:
+        raise ParamsError("params: data.val_fraction + data.test_fraction must be below 1 (training needs images)")
+    if data["split"] == "official" and data["dataset"] != "oxford_pets":
+        raise ParamsError("params: data.split: 'official' exists only for data.dataset: oxford_pets")
+    if data["dataset"] == "folder" and not data["source"]:
+        raise ParamsError("params: data.source: the 'folder' dataset needs a local folder, archive or URL")
+    source = data["source"]
+    if source and not is_url(source) and not (base_dir / source).exists():
+        raise ParamsError(f"params: data.source: no such file or folder: {source}")
+    checkpoint = model["checkpoint"]
+    if checkpoint and not (base_dir / checkpoint).is_file():
+        raise ParamsError(f"params: model.checkpoint: no such file: {checkpoint}")
+    from torchvision import models  # imported late: torch is slow to import and not needed for data checks
+
+    if model["backbone"] not in models.list_models(module=models):
+        raise ParamsError(
+            f"params: model.backbone: unknown torchvision classification model {model['backbone']!r} "
+            f"(choose from torchvision.models.list_models(), e.g. resnet18, resnet50, mobilenet_v2, vgg16)"
+        )
+    if model["weights"].lower() != "none":
+        enum = models.get_model_weights(model["backbone"])
+        if model["weights"] != "DEFAULT" and model["weights"] not in enum.__members__:
+            raise ParamsError(
+                f"params: model.weights: {model['weights']!r} is not a member of {enum.__name__} "
+                f"({', '.join(enum.__members__)}, DEFAULT or none)"
+            )
+
+
+def load(path: Path | str = "params.yaml") -> dict[str, Any]:
+    """Read and validate params.yaml; relative paths inside it are checked against its folder."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"params: file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"params: {path} is not valid YAML: {exc}") from None
+    return validate(raw, path.parent)
+
+
+def select(params: dict[str, Any], keys: list[str]) -> dict[str, Any]:
+    """The nested subset of params named by dotted keys (a whole section or single keys)."""
+    out: dict[str, Any] = {}
+    for dotted in keys:
+        *parents, last = dotted.split(".")
+        src, dst = params, out
+        for part in parents:
+            src, dst = src[part], dst.setdefault(part, {})
+        dst[last] = copy.deepcopy(src[last])
+    return out
+
+
+def defaults() -> dict[str, Any]:
+    """Every parameter at its schema default."""
+    return _fill_defaults({}, schema())
+
+
+def differences(params: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Dotted key → (default, value) for every parameter that differs from its default."""
+    out: dict[str, tuple[Any, Any]] = {}
+
+    def walk(value: Any, default: Any, prefix: str) -> None:
+        if isinstance(value, dict) and isinstance(default, dict):
+            for key in value:
+                walk(value[key], default.get(key), f"{prefix}{key}.")
+        elif value != default:
+            out[prefix[:-1]] = (default, value)
+
+    walk(params, defaults(), "")
+    return out

@@ -1,0 +1,89 @@
+"""The split stage: deterministic, stratified train/val/test lists, and training-set subsampling."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import datasets
+from .atomic import write_csv, write_json
+
+SPLITS = ("train", "val", "test")
+
+
+class SplitError(ValueError):
+    """The index cannot be split as asked (a class is too small, official lists missing...)."""
+
+
+def stratified(index: pd.DataFrame, fractions: dict[str, float], seed: int) -> dict[str, pd.DataFrame]:
+    """Split each class separately: the named parts get their fraction (≥ 1 image), the rest goes to train."""
+    rng = np.random.default_rng(seed)
+    names = list(fractions)
+    parts: dict[str, list[pd.DataFrame]] = {"train": [], **{name: [] for name in names}}
+    for label, group in index.groupby("label", sort=True):
+        group = group.sort_values("path")
+        order = rng.permutation(len(group))
+        sizes = [max(1, round(len(group) * fractions[n])) for n in names]
+        if len(group) - sum(sizes) < 1:
+            need = sum(sizes) + 1
+            raise SplitError(
+                f"class {label!r} has {len(group)} image(s); splitting it into train + {' + '.join(names)} "
+                f"needs at least {need}. Add images, merge or drop the class, or lower the fractions."
+            )
+        start = 0
+        for name, size in zip(names, sizes):
+            parts[name].append(group.iloc[order[start:start + size]])
+            start += size
+        parts["train"].append(group.iloc[order[start:]])
+    return {name: pd.concat(frames).sort_values("path", ignore_index=True) for name, frames in parts.items()}
+
+
+def subsample(train: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
+    """Keep `fraction` of each class (≥ 1 image); smaller fractions give subsets of larger ones."""
+    if fraction >= 1:
+        return train
+    rng = np.random.default_rng(seed)
+    kept = []
+    for _, group in train.groupby("label", sort=True):
+        group = group.sort_values("path")
+        keep = max(1, round(len(group) * fraction))
+        kept.append(group.iloc[np.sort(rng.permutation(len(group))[:keep])])
+    return pd.concat(kept).sort_values("path", ignore_index=True)
+
+
+def make_splits(index: pd.DataFrame, data: dict[str, Any], root: Path | None = None) -> dict[str, pd.DataFrame]:
+    """train/val/test frames from the index as params `data` asks."""
+    seed = data["seed"]
+    if data["split"] == "official":
+        lists = datasets.official_split(root)
+        stems = index["path"].map(lambda p: Path(p).stem).map(lists)
+        test = index[stems == "test"].reset_index(drop=True)
+        trainval = index[stems == "trainval"].reset_index(drop=True)
+        if test.empty or trainval.empty:
+            raise SplitError("data.split: official: the trainval/test lists match none of the indexed images")
+        parts = stratified(trainval, {"val": data["val_fraction"]}, seed)
+        parts["test"] = test
+    else:
+        parts = stratified(index, {"val": data["val_fraction"], "test": data["test_fraction"]}, seed)
+    missing = set(parts["train"]["label"]) - set(parts["test"]["label"])
+    if missing:
+        raise SplitError(f"classes with no test image under the official split: {sorted(missing)}")
+    parts["train"] = subsample(parts["train"], data["train_fraction"], seed)
+    return {name: parts[name][["path", "label"]] for name in SPLITS}
+
+
+def run(data: dict[str, Any], data_dir: Path) -> dict[str, Any]:
+    """The split stage: read data/index.csv, write data/splits/{train,val,test}.csv and a summary."""
+    index = pd.read_csv(data_dir / "index.csv")
+    info = json.loads((data_dir / "dataset.json").read_text())
+    parts = make_splits(index, data, Path(info["root"]))
+    summary = {name: {"images": len(frame), "per_class": frame["label"].value_counts().sort_index().to_dict()}
+               for name, frame in parts.items()}
+    out = data_dir / "splits"
+    write_json(out / "summary.json", summary)
+    for name, frame in parts.items():
+        write_csv(out / f"{name}.csv", frame)
+    return summary

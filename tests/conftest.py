@@ -1,0 +1,84 @@
+"""Shared fixtures: synthetic image trees, the shared offline data, and temporary project copies."""
+from __future__ import annotations
+
+import shutil
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+PETS = SHARED / "data" / "oxford-iiit-pet"
+CATS_DOGS = SHARED / "data" / "cats_and_dogs_filtered"
+MOBILENET = SHARED / "weights" / "mobilenet_v2-imagenet-int8-dequantized.pth"
+
+
+def need(path: Path) -> Path:
+    """Skip the test, saying what is missing, where the shared offline data is not beside the project."""
+    if not path.exists():
+        pytest.skip(f"needs {path} (the shared offline data described in ../shared/README.md)")
+    return path
+
+
+def make_tree(root: Path, classes: dict[str, int], size: int = 40) -> Path:
+    """An ImageFolder tree <class>/<i>.jpg with a class-specific colour plus noise."""
+    for c, (name, n) in enumerate(classes.items()):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            rng = np.random.default_rng(1000 * c + i)
+            colour = np.array([(60 + 90 * c) % 256, (200 - 70 * c) % 256, (30 * c + 100) % 256], np.int16)
+            pixels = np.clip(colour + rng.integers(-40, 40, (size, size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{name}_{i}.jpg", quality=90)
+    return root
+
+
+def write_params(path: Path, **sections: dict) -> Path:
+    """A complete params.yaml (DVC needs every tracked key present): defaults overridden by `sections`."""
+    from transferlab.params import defaults
+
+    full = defaults()
+    for name, values in sections.items():
+        full[name].update(values)
+    path.write_text(yaml.safe_dump(full, sort_keys=False))
+    return path
+
+
+TINY_PARAMS = {
+    "data": {"dataset": "folder", "source": "images", "split": "random", "val_fraction": 0.25,
+             "test_fraction": 0.25, "seed": 1},
+    "model": {"backbone": "resnet18", "weights": "none", "checkpoint": None, "image_size": 32},
+    "features": {"batch_size": 8, "num_workers": 0, "train_views": 1, "seed": 0},
+    "head": {"C_grid": [0.1, 1.0], "max_iter": 500, "refit_on": "train"},
+}
+
+
+def copy_project(parent: Path) -> Path:
+    """A temporary copy of the project (git-tracked layout) with a tiny synthetic dataset and tiny params."""
+    dest = parent / "project"
+    dest.mkdir()
+    for name in ("Snakefile", "dvc.yaml", "pyproject.toml", ".gitignore", "src", "workflow"):
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(src, dest / name)
+    make_tree(dest / "images", {"ant": 8, "bee": 8, "cat": 8})
+    write_params(dest / "params.yaml", **TINY_PARAMS)
+    return dest
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command in the project copy with this interpreter's environment on PATH."""
+    env_path = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": env_path + os.pathsep + os.environ.get("PATH", "")}
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result

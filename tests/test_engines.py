@@ -1,0 +1,126 @@
+"""Both engines on a tiny project copy: same outputs, no-op re-runs, and only the right stages re-run."""
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import ROOT, copy_project, run
+from transferlab.stages import STAGE_MODULES, STAGE_PARAMS, deps
+
+pytestmark = pytest.mark.engine
+
+DVC_STAGE = {"evaluate_probe": "evaluate"}
+
+
+def dvc_stages():
+    return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def test_dvc_yaml_matches_stage_lists():
+    for name, stage in dvc_stages().items():
+        key = DVC_STAGE.get(name, name)
+        code_deps = [d for d in stage["deps"] if d.startswith(("src/", "workflow/"))]
+        assert code_deps == deps(key), name
+        assert stage.get("params", []) == STAGE_PARAMS[key], name
+
+
+@pytest.mark.parametrize("stage", list(STAGE_MODULES))
+def test_stage_modules_are_what_the_script_imports(stage):
+    code = (f"import sys; sys.path.insert(0, 'workflow/scripts'); import {stage}; "
+            "print(' '.join(sorted(m.split('.')[1] if '.' in m else '__init__' for m in sys.modules "
+            "if m == 'transferlab' or m.startswith('transferlab.'))))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == sorted(STAGE_MODULES[stage])
+
+
+def snakemake_jobs(output: str) -> set[str]:
+    return set(re.findall(r"^(?:local)?rule (\w+):", output, re.M)) - {"all"}
+
+
+def dvc_ran(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '(\w+)'", output))
+
+
+def set_param(project, section, key, value):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params[section][key] = value
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def git_dvc_init(project):
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"],
+                ["dvc", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "dvc"]):
+        run(cmd, project)
+
+
+@pytest.fixture(scope="module")
+def both_engines(tmp_path_factory):
+    """One tiny project run by Snakemake and an identical one run by DVC."""
+    out = {}
+    for engine in ("snakemake", "dvc"):
+        dest = copy_project(tmp_path_factory.mktemp(engine))
+        if engine == "snakemake":
+            first = run(["snakemake", "--cores", "2"], dest)
+            again = run(["snakemake", "--cores", "2"], dest)
+        else:
+            git_dvc_init(dest)
+            first = run(["dvc", "repro"], dest)
+            again = run(["dvc", "repro"], dest)
+        out[engine] = (dest, first.stdout + first.stderr, again.stdout + again.stderr)
+    return out
+
+
+def test_full_runs_then_noop(both_engines):
+    sm_dir, sm_first, sm_again = both_engines["snakemake"]
+    dvc_dir, dvc_first, dvc_again = both_engines["dvc"]
+    stages = {"download", "split", "extract", "train_head", "evaluate_probe"}
+    assert snakemake_jobs(sm_first) == stages and dvc_ran(dvc_first) == stages
+    assert "Nothing to be done" in sm_again and not snakemake_jobs(sm_again)
+    assert "Data and pipelines are up to date" in dvc_again and not dvc_ran(dvc_again)
+    for engine_dir in (sm_dir, dvc_dir):
+        assert (engine_dir / "results/metrics/probe.json").exists()
+        assert (engine_dir / "logs/extract.log").exists() if engine_dir == sm_dir else True
+
+
+def test_engines_produce_the_same_files(both_engines):
+    a, b = both_engines["snakemake"][0], both_engines["dvc"][0]
+    for rel in ("data/index.csv", "data/rejected.csv", "data/splits/train.csv", "data/splits/val.csv",
+                "data/splits/test.csv"):
+        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+    for split in ("train", "val", "test"):
+        fa, fb = (np.load(d / f"results/features/{split}.npz") for d in (a, b))
+        np.testing.assert_allclose(fa["features"], fb["features"], atol=1e-5, rtol=1e-5)
+        assert (fa["ids"] == fb["ids"]).all() and (fa["labels"] == fb["labels"]).all()
+    pa, pb = (pd.read_csv(d / "results/eval/probe/predictions.csv") for d in (a, b))
+    assert (pa["predicted"] == pb["predicted"]).all()
+
+
+def test_head_param_change_reruns_only_head_and_evaluate(both_engines):
+    sm_dir, dvc_dir = both_engines["snakemake"][0], both_engines["dvc"][0]
+    for project in (sm_dir, dvc_dir):
+        set_param(project, "head", "C_grid", [0.5])
+    sm = run(["snakemake", "--cores", "2"], sm_dir)
+    dv = run(["dvc", "repro"], dvc_dir)
+    assert snakemake_jobs(sm.stdout + sm.stderr) == {"train_head", "evaluate_probe"}
+    assert dvc_ran(dv.stdout + dv.stderr) == {"train_head", "evaluate_probe"}
+    search = pd.read_csv(dvc_dir / "results/head/search.csv")
+    assert search["C"].tolist() == [0.5]
+
+
+def test_bad_params_fail_before_any_work(both_engines):
+    sm_dir = both_engines["snakemake"][0]
+    text = (sm_dir / "params.yaml").read_text()
+    set_param(sm_dir, "model", "backbone", "resnet7")
+    try:
+        sm = run(["snakemake", "--cores", "2", "-n"], sm_dir, check=False)
+        script = run([sys.executable, "workflow/scripts/extract.py"], sm_dir, check=False)
+    finally:
+        (sm_dir / "params.yaml").write_text(text)
+    assert sm.returncode != 0 and "model.backbone" in sm.stdout + sm.stderr
+    assert script.returncode == 2 and "model.backbone" in script.stderr

@@ -1,0 +1,192 @@
+"""Extraction, the head and the metrics on tiny synthetic images with random-init models."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torchvision import models
+
+from conftest import MOBILENET, make_tree, need
+from transferlab import backbones, evaluation, features, head, index, split
+from transferlab.params import validate
+
+
+def prepare(tmp_path: Path, classes=None) -> Path:
+    src = make_tree(tmp_path / "src", classes or {"ant": 8, "bee": 8, "cat": 8})
+    data_dir = tmp_path / "data"
+    index.build({"dataset": "folder", "source": str(src), "label": "breed"}, data_dir)
+    split.run({"split": "random", "val_fraction": 0.25, "test_fraction": 0.25, "train_fraction": 1.0, "seed": 0},
+              data_dir)
+    return data_dir
+
+
+def tiny_params(backbone="resnet18", **features_over):
+    return validate({"data": {"dataset": "folder", "source": "."},
+                     "model": {"backbone": backbone, "weights": "none", "image_size": 32},
+                     "features": {"batch_size": 4, "num_workers": 0, **features_over}})
+
+
+@pytest.mark.parametrize("backbone, dim", [("resnet18", 512), ("vgg11", 4096), ("mobilenet_v3_small", 1024),
+                                           ("efficientnet_b0", 1280)])
+def test_feature_shapes_per_family(tmp_path, backbone, dim):
+    data_dir = prepare(tmp_path)
+    meta = features.run(tiny_params(backbone), data_dir, tmp_path / "feat")
+    assert meta["feature_dim"] == dim and meta["backbone"] == backbone and meta["image_size"] == 32
+    for name, n in (("train", 12), ("val", 6), ("test", 6)):
+        cached = features.load(tmp_path / "feat" / f"{name}.npz")
+        assert cached["features"].shape == (n, dim) and cached["features"].dtype == np.float32
+        assert cached["labels"].shape == (n,) and list(cached["classes"]) == ["ant", "bee", "cat"]
+        assert np.isfinite(cached["features"]).all()
+        assert meta["splits"][name]["images"] == n
+    assert not list((tmp_path / "feat").glob(".*"))  # no temporary files left behind
+
+
+def test_features_equal_model_penultimate_and_train_views(tmp_path):
+    data_dir = prepare(tmp_path)
+    p = tiny_params(train_views=2)
+    features.run(p, data_dir, tmp_path / "feat")
+    train = features.load(tmp_path / "feat" / "train.npz")
+    assert train["features"].shape == (36, 512)
+    assert (train["views"] == np.repeat([0, 1, 2], 12)).all()
+    assert (train["ids"][:12] == train["ids"][12:24]).all()
+    assert not np.allclose(train["features"][:12], train["features"][12:24])  # augmented views differ
+    # the plain view is exactly the classifier-less network on the preprocessed image
+    model, _ = backbones.load_classifier(p["model"])
+    model.fc = torch.nn.Identity()
+    first = pd.read_csv(data_dir / "splits" / "train.csv").iloc[0]
+    from transferlab.images import load_rgb
+
+    x = backbones.preprocessing(p["model"])(load_rgb(tmp_path / "src" / first["path"]))
+    with torch.inference_mode():
+        expected = model(x[None]).numpy()[0]
+    np.testing.assert_allclose(train["features"][0], expected, rtol=1e-4, atol=1e-5)
+    # seeded: a second run gives the same augmented features
+    features.run(p, data_dir, tmp_path / "feat2")
+    np.testing.assert_array_equal(features.load(tmp_path / "feat2" / "train.npz")["features"], train["features"])
+
+
+def test_killed_extraction_leaves_no_complete_looking_file(tmp_path, monkeypatch):
+    data_dir = prepare(tmp_path)
+    calls = {"n": 0}
+    real = features.compute
+
+    def dies_on_second_split(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(features, "compute", dies_on_second_split)
+    with pytest.raises(KeyboardInterrupt):
+        features.run(tiny_params(), data_dir, tmp_path / "feat")
+    left = sorted(p.name for p in (tmp_path / "feat").iterdir())
+    assert left == ["train.npz"]  # finished split only; no val.npz, no meta.json, no temporary files
+
+
+def test_atomic_path_removes_partial(tmp_path):
+    from transferlab.atomic import atomic_path
+
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "x.json") as tmp:
+            tmp.write_text("{half")
+            raise RuntimeError
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_shared_checkpoint_loads_and_classifies(tmp_path):
+    ckpt = need(MOBILENET)
+    p = validate({"data": {"dataset": "folder", "source": "."},
+                  "model": {"backbone": "mobilenet_v2", "weights": "IMAGENET1K_V1", "checkpoint": str(ckpt)}})
+    model, info = backbones.load_classifier(p["model"])
+    assert info["checkpoint_sha256"] == "52038d0acbbca56792d83ac56e0979c1622ebd0ae036366c2676dd1965fe3e22"
+    assert not model.training
+    extractor, dim, _ = backbones.load_feature_extractor(p["model"])
+    assert dim == 1280 and not any(q.requires_grad for q in extractor.parameters())
+    assert len(backbones.class_names(p["model"])) == 1000
+
+
+def test_missing_weights_say_where_to_put_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def offline(*args, **kwargs):
+        raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    p = validate({"data": {"dataset": "folder", "source": "."}, "model": {"backbone": "resnet18"}})
+    with pytest.raises(backbones.WeightsUnavailable) as err:
+        backbones.load_classifier(p["model"])
+    message = str(err.value)
+    assert "resnet18-f37072fd.pth" in message and str(tmp_path / "torch" / "hub" / "checkpoints") in message
+    assert "model.checkpoint" in message
+
+
+def test_split_classifier_keeps_penultimate():
+    model = models.vgg11(num_classes=10)
+    _, linear = backbones.split_classifier(model)
+    assert linear.in_features == 4096 and isinstance(model.classifier[-1], torch.nn.Identity)
+
+
+def blobs(n=30, classes=3, dim=6, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % classes
+    X = rng.normal(size=(n, dim)).astype(np.float32) + 3 * np.eye(classes, dim)[y]
+    return {"features": X, "labels": y, "classes": np.array([f"c{i}" for i in range(classes)])}
+
+
+def test_head_chooses_C_and_round_trips(tmp_path):
+    train, val = blobs(seed=0), blobs(seed=1)
+    model, search = head.fit(train, val, {"C_grid": [0.001, 1.0], "max_iter": 500, "refit_on": "train"})
+    assert search["chosen"].sum() == 1 and list(search["C"]) == [0.001, 1.0]
+    best = search.sort_values(["val_accuracy", "val_log_loss"], ascending=[False, True]).iloc[0]
+    assert model.named_steps["logisticregression"].C == best["C"]
+    head.save(model, tmp_path / "model.npz", ["c0", "c1", "c2"])
+    loaded, names = head.load(tmp_path / "model.npz")
+    assert names == ["c0", "c1", "c2"]
+    np.testing.assert_allclose(head.predict_proba(loaded, val["features"], 3),
+                               head.predict_proba(model, val["features"], 3), rtol=1e-10)
+    with np.load(tmp_path / "model.npz", allow_pickle=False) as z:  # plain arrays: loads without pickle
+        assert z["coef"].shape == (3, 6)
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_folded_linear_matches_pipeline(classes):
+    data = blobs(classes=classes)
+    model, _ = head.fit(data, data, {"C_grid": [1.0], "max_iter": 500, "refit_on": "train"})
+    W, b = head.as_linear(model)
+    logits = data["features"].astype(np.float64) @ W.T + b
+    soft = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(soft / soft.sum(1, keepdims=True), model.predict_proba(data["features"]), atol=1e-8)
+
+
+def test_metrics_on_hand_made_example(tmp_path):
+    y = np.array([0, 0, 1, 1, 2, 2])
+    proba = np.array([[.8, .1, .1], [.3, .6, .1], [.1, .8, .1], [.1, .7, .2], [.2, .2, .6], [.5, .1, .4]])
+    got = evaluation.scores(y, proba)
+    assert got["accuracy"] == pytest.approx(4 / 6)
+    assert got["balanced_accuracy"] == pytest.approx((0.5 + 1 + 0.5) / 3)
+    f1 = [0.5, 2 * (2 / 3) * 1 / (5 / 3), 2 * 1 * .5 / 1.5]  # a: P=R=1/2; b: P=2/3, R=1; c: P=1, R=1/2
+    assert got["macro_f1"] == pytest.approx(np.mean(f1), abs=1e-6)
+    assert got["log_loss"] == pytest.approx(-np.mean(np.log([.8, .3, .8, .7, .6, .4])), abs=1e-6)
+    assert "top5_accuracy" not in got
+    probs = {"train": proba, "val": proba[:4], "test": proba}
+    labels = {"train": y, "val": y[:4], "test": y}
+    result = evaluation.evaluate("probe", probs, labels, np.array([f"i{i}" for i in range(6)]), ["a", "b", "c"],
+                                 tmp_path / "metrics", tmp_path / "eval")
+    assert result["train_val_gap"] == pytest.approx(4 / 6 - 3 / 4, abs=1e-6)
+    saved = json.loads((tmp_path / "metrics" / "probe.json").read_text())
+    assert saved["accuracy"] == pytest.approx(4 / 6, abs=1e-6)
+    matrix = pd.read_csv(tmp_path / "eval" / "probe" / "confusion_matrix.csv", index_col="actual")
+    assert matrix.loc["a"].tolist() == [1, 1, 0] and matrix.loc["c"].tolist() == [1, 0, 1]
+    per_class = pd.read_csv(tmp_path / "eval" / "probe" / "per_class.csv")
+    assert per_class["recall"].tolist() == pytest.approx([0.5, 1.0, 0.5])
+    preds = pd.read_csv(tmp_path / "eval" / "probe" / "predictions.csv")
+    assert preds["predicted"].tolist() == ["a", "b", "b", "b", "c", "a"]
+
+
+def test_top5_with_many_classes():
+    y = np.arange(6)
+    proba = np.eye(6)[(y + 1) % 6] * 0.5 + np.eye(6)[y] * 0.3 + 0.2 / 6
+    assert evaluation.scores(y, proba)["top5_accuracy"] == 1.0
+    assert evaluation.scores(y, proba)["accuracy"] == 0.0

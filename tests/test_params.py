@@ -1,0 +1,95 @@
+import pytest
+import yaml
+
+from transferlab import params
+from transferlab.params import ParamsError
+from transferlab.stages import STAGE_PARAMS, params_for
+
+
+def valid(**over):
+    raw = {"data": {"dataset": "folder", "source": "."}, "model": {"weights": "none"}}
+    for dotted, value in over.items():
+        section, key = dotted.split("__")
+        raw.setdefault(section, {})[key] = value
+    return raw
+
+
+def test_defaults_fill_every_key():
+    p = params.validate(valid())
+    assert p["features"]["batch_size"] == 32
+    assert p["head"]["C_grid"] == [0.01, 0.1, 1.0, 10.0]
+    assert p["model"]["backbone"] == "mobilenet_v2"
+
+
+@pytest.mark.parametrize("text, expected", [("1e-5", 1e-5), ("3e-05", 3e-5), ("'.25e0'", 0.25)])
+def test_numbers_written_as_strings_are_numbers(text, expected):
+    # PyYAML reads 1e-5 and dvc's 3e-05 as strings: the loader must cast them.
+    raw = yaml.safe_load(f"data:\n  dataset: folder\n  source: .\n  val_fraction: {text}\nmodel:\n  weights: none\n")
+    assert isinstance(raw["data"]["val_fraction"], str)  # quoted or 1e-5 style
+    p = params.validate(raw)
+    assert p["data"]["val_fraction"] == pytest.approx(expected)
+    assert isinstance(p["data"]["val_fraction"], float)
+
+
+def test_number_lists_and_integers_are_cast():
+    p = params.validate(valid(head__C_grid=["1e-2", 1], features__batch_size="16"))
+    assert p["head"]["C_grid"] == [0.01, 1]
+    assert p["features"]["batch_size"] == 16 and isinstance(p["features"]["batch_size"], int)
+
+
+@pytest.mark.parametrize("over, key", [
+    ({"features__batch_size": "many"}, "features.batch_size"),
+    ({"data__val_fraction": 1.5}, "data.val_fraction"),
+    ({"data__train_fraction": 0}, "data.train_fraction"),
+    ({"data__dataset": "imagenet"}, "data.dataset"),
+    ({"head__C_grid": []}, "head.C_grid"),
+    ({"head__typo": 1}, "head.typo"),
+    ({"model__backbone": "resnet7"}, "model.backbone"),
+    ({"model__weights": "IMAGENET9K"}, "model.weights"),
+    ({"data__source": "no/such/folder"}, "data.source"),
+    ({"model__checkpoint": "missing.pth"}, "model.checkpoint"),
+])
+def test_errors_name_the_key(over, key):
+    with pytest.raises(ParamsError) as err:
+        params.validate(valid(**over))
+    assert key in str(err.value)
+
+
+def test_official_split_only_for_pets():
+    with pytest.raises(ParamsError, match="data.split"):
+        params.validate(valid(data__split="official"))
+
+
+def test_unknown_section_named():
+    with pytest.raises(ParamsError, match="sweeep"):
+        params.validate({**valid(), "sweeep": {}})
+
+
+def test_load_reports_missing_file(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        params.load(tmp_path / "params.yaml")
+
+
+def test_shipped_params_yaml_is_complete_and_valid():
+    from conftest import ROOT
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    full = params.defaults()
+    assert set(raw) == set(full)
+    for section in full:
+        assert set(raw[section]) == set(full[section]), section
+
+
+def test_stage_params_select_exact_keys():
+    p = params.validate(valid())
+    sub = params_for(p, "download")
+    assert sub == {"data": {"dataset": "folder", "source": ".", "label": "breed"}}
+    assert set(params_for(p, "extract")) == {"model", "features"}
+    assert set(STAGE_PARAMS) >= {"download", "split", "extract", "train_head"}
+
+
+def test_differences_from_defaults():
+    p = params.validate(valid(features__batch_size=8))
+    diff = params.differences(p)
+    assert diff["features.batch_size"] == (32, 8)
+    assert "head.max_iter" not in diff
