@@ -25,9 +25,12 @@ def lib(stage):
     return deps(stage)[1:]
 
 
+METHODS = ["probe"] + (["finetune"] if config["finetune"]["enabled"] else [])
+
+
 rule all:
     input:
-        "results/metrics/probe.json",
+        expand("results/metrics/{method}.json", method=METHODS),
 
 
 rule download:
@@ -115,7 +118,7 @@ rule train_head:
 rule evaluate_probe:
     input:
         script="workflow/scripts/evaluate.py",
-        lib=lib("evaluate"),
+        lib=lib("evaluate_probe"),
         model=rules.train_head.output.model,
         features=[rules.extract.output.train, rules.extract.output.val, rules.extract.output.test],
     output:
@@ -124,7 +127,7 @@ rule evaluate_probe:
         per_class="results/eval/probe/per_class.csv",
         confusion="results/eval/probe/confusion_matrix.csv",
     params:
-        stage=params_for(config, "evaluate"),
+        stage=params_for(config, "evaluate_probe"),
     threads: 2
     log:
         "logs/evaluate_probe.log",
@@ -132,3 +135,47 @@ rule evaluate_probe:
         "logs/benchmarks/evaluate_probe.tsv"
     shell:
         "{PY} {input.script} --method probe --threads {threads} > {log} 2>&1"
+
+
+rule finetune:
+    input:
+        script="workflow/scripts/finetune.py",
+        lib=lib("finetune"),
+        probe=rules.train_head.output.model,
+        splits=rules.split.output,
+    output:
+        model="results/finetune/model.pt",
+        history="results/finetune/history.csv",
+        summary="results/finetune/summary.json",
+    params:
+        stage=params_for(config, "finetune"),
+    threads: 8
+    log:
+        "logs/finetune.log",
+    benchmark:
+        "logs/benchmarks/finetune.tsv"
+    shell:
+        SHELL
+
+
+rule evaluate_finetune:
+    input:
+        script="workflow/scripts/evaluate.py",
+        lib=lib("evaluate_finetune"),
+        model=rules.finetune.output.model,
+        summary=rules.finetune.output.summary,
+        splits=rules.split.output,
+    output:
+        metrics="results/metrics/finetune.json",
+        predictions="results/eval/finetune/predictions.csv",
+        per_class="results/eval/finetune/per_class.csv",
+        confusion="results/eval/finetune/confusion_matrix.csv",
+    params:
+        stage=params_for(config, "evaluate_finetune"),
+    threads: 8
+    log:
+        "logs/evaluate_finetune.log",
+    benchmark:
+        "logs/benchmarks/evaluate_finetune.tsv"
+    shell:
+        "{PY} {input.script} --method finetune --threads {threads} > {log} 2>&1"

@@ -1,4 +1,5 @@
 """Both engines on a tiny project copy: same outputs, no-op re-runs, and only the right stages re-run."""
+import json
 import re
 import subprocess
 import sys
@@ -9,12 +10,9 @@ import pytest
 import yaml
 
 from conftest import ROOT, copy_project, run
-from transferlab.stages import STAGE_MODULES, STAGE_PARAMS, deps
+from transferlab.stages import SCRIPTS, STAGE_MODULES, STAGE_PARAMS, deps
 
 pytestmark = pytest.mark.engine
-
-DVC_STAGE = {"evaluate_probe": "evaluate"}
-
 
 def dvc_stages():
     return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -22,15 +20,14 @@ def dvc_stages():
 
 def test_dvc_yaml_matches_stage_lists():
     for name, stage in dvc_stages().items():
-        key = DVC_STAGE.get(name, name)
         code_deps = [d for d in stage["deps"] if d.startswith(("src/", "workflow/"))]
-        assert code_deps == deps(key), name
-        assert stage.get("params", []) == STAGE_PARAMS[key], name
+        assert code_deps == deps(name), name
+        assert stage.get("params", []) == STAGE_PARAMS[name], name
 
 
 @pytest.mark.parametrize("stage", list(STAGE_MODULES))
 def test_stage_modules_are_what_the_script_imports(stage):
-    code = (f"import sys; sys.path.insert(0, 'workflow/scripts'); import {stage}; "
+    code = (f"import sys; sys.path.insert(0, 'workflow/scripts'); import {SCRIPTS.get(stage, stage)}; "
             "print(' '.join(sorted(m.split('.')[1] if '.' in m else '__init__' for m in sys.modules "
             "if m == 'transferlab' or m.startswith('transferlab.'))))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
@@ -79,13 +76,15 @@ def both_engines(tmp_path_factory):
 def test_full_runs_then_noop(both_engines):
     sm_dir, sm_first, sm_again = both_engines["snakemake"]
     dvc_dir, dvc_first, dvc_again = both_engines["dvc"]
-    stages = {"download", "split", "extract", "train_head", "evaluate_probe"}
+    stages = {"download", "split", "extract", "train_head", "evaluate_probe", "finetune", "evaluate_finetune"}
     assert snakemake_jobs(sm_first) == stages and dvc_ran(dvc_first) == stages
     assert "Nothing to be done" in sm_again and not snakemake_jobs(sm_again)
     assert "Data and pipelines are up to date" in dvc_again and not dvc_ran(dvc_again)
     for engine_dir in (sm_dir, dvc_dir):
-        assert (engine_dir / "results/metrics/probe.json").exists()
-        assert (engine_dir / "logs/extract.log").exists() if engine_dir == sm_dir else True
+        for method in ("probe", "finetune"):
+            metrics = json.loads((engine_dir / f"results/metrics/{method}.json").read_text())
+            assert metrics["method"] == method and 0 <= metrics["accuracy"] <= 1
+    assert (sm_dir / "logs/extract.log").exists() and (sm_dir / "logs/benchmarks/extract.tsv").exists()
 
 
 def test_engines_produce_the_same_files(both_engines):
@@ -101,14 +100,16 @@ def test_engines_produce_the_same_files(both_engines):
     assert (pa["predicted"] == pb["predicted"]).all()
 
 
-def test_head_param_change_reruns_only_head_and_evaluate(both_engines):
+def test_head_param_change_never_reruns_extraction(both_engines):
+    # fine-tune warm-starts from the head, so it follows the head; download, split and extract do not re-run
     sm_dir, dvc_dir = both_engines["snakemake"][0], both_engines["dvc"][0]
     for project in (sm_dir, dvc_dir):
         set_param(project, "head", "C_grid", [0.5])
     sm = run(["snakemake", "--cores", "2"], sm_dir)
     dv = run(["dvc", "repro"], dvc_dir)
-    assert snakemake_jobs(sm.stdout + sm.stderr) == {"train_head", "evaluate_probe"}
-    assert dvc_ran(dv.stdout + dv.stderr) == {"train_head", "evaluate_probe"}
+    expected = {"train_head", "evaluate_probe", "finetune", "evaluate_finetune"}
+    assert snakemake_jobs(sm.stdout + sm.stderr) == expected
+    assert dvc_ran(dv.stdout + dv.stderr) == expected
     search = pd.read_csv(dvc_dir / "results/head/search.csv")
     assert search["C"].tolist() == [0.5]
 
@@ -124,3 +125,41 @@ def test_bad_params_fail_before_any_work(both_engines):
         (sm_dir / "params.yaml").write_text(text)
     assert sm.returncode != 0 and "model.backbone" in sm.stdout + sm.stderr
     assert script.returncode == 2 and "model.backbone" in script.stderr
+
+
+def test_finetune_param_change_reruns_only_finetune(both_engines):
+    sm_dir = both_engines["snakemake"][0]
+    set_param(sm_dir, "finetune", "lr", "3e-05")
+    sm = run(["snakemake", "--cores", "2"], sm_dir)
+    assert snakemake_jobs(sm.stdout + sm.stderr) == {"finetune", "evaluate_finetune"}
+    assert json.loads((sm_dir / "results/finetune/summary.json").read_text())["lr"] == 3e-05
+
+
+def _values(tree, key):
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            if k == key and not isinstance(v, (dict, list)):
+                yield v
+            else:
+                yield from _values(v, key)
+    elif isinstance(tree, list):
+        for item in tree:
+            yield from _values(item, key)
+
+
+def test_dvc_exp_run_reruns_only_finetune_and_lr_is_a_number(both_engines):
+    project = both_engines["dvc"][0]
+    run(["git", "add", "-A"], project)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"], project)
+    exp = run(["dvc", "exp", "run", "-S", "finetune.lr=1e-5"], project)
+    output = exp.stdout + exp.stderr
+    assert dvc_ran(output) == {"finetune", "evaluate_finetune"}
+    assert "Stage 'extract' didn't change" in output and "Stage 'train_head' didn't change" in output
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
+    lrs = list(_values(shown, "lr"))
+    assert 1e-05 in lrs and all(isinstance(v, float) for v in lrs), lrs
+    assert "lr: 1e-05" in (project / "params.yaml").read_text()  # written as PyYAML reads a string
+    summary = json.loads((project / "results/finetune/summary.json").read_text())
+    assert summary["lr"] == 1e-05
+    diff = run(["dvc", "metrics", "diff", "--json"], project)
+    assert "results/metrics/finetune.json" in diff.stdout

@@ -60,5 +60,17 @@ def evaluate(method: str, proba: dict[str, np.ndarray], labels: dict[str, np.nda
     matrix = skm.confusion_matrix(y, predicted, labels=np.arange(len(class_names)))
     write_csv(out / "confusion_matrix.csv", pd.DataFrame(matrix, columns=class_names).assign(actual=class_names)
               .set_index("actual").reset_index())
+    (out / "skipped.json").unlink(missing_ok=True)
+    write_json(metrics_dir / f"{method}.json", result)
+    return result
+
+
+def skipped(method: str, reason: str, metrics_dir: Path, eval_dir: Path) -> dict[str, Any]:
+    """Mark a method as not run: metrics say so, and its eval folder holds only skipped.json."""
+    result = {"method": method, "skipped": True, "reason": reason}
+    out = eval_dir / method
+    for name in ("predictions.csv", "per_class.csv", "confusion_matrix.csv"):
+        (out / name).unlink(missing_ok=True)
+    write_json(out / "skipped.json", result)
     write_json(metrics_dir / f"{method}.json", result)
     return result

@@ -14,17 +14,24 @@ STAGE_PARAMS: dict[str, list[str]] = {
     "split": ["data.split", "data.val_fraction", "data.test_fraction", "data.train_fraction", "data.seed"],
     "extract": ["model", "features"],
     "train_head": ["head"],
-    "evaluate": [],
+    "evaluate_probe": [],
+    "finetune": ["model", "finetune"],
+    "evaluate_finetune": ["model", "finetune"],
 }
 
-_CORE = ["__init__", "cli", "params", "atomic"]
+# Stages that share a script with another (the method is a command-line argument).
+SCRIPTS: dict[str, str] = {"evaluate_probe": "evaluate", "evaluate_finetune": "evaluate"}
+
+_CORE = ["__init__", "cli", "params", "atomic", "fetch", "datasets"]
+_FEATURES = _CORE + ["images", "split", "backbones", "transforms", "features"]
 STAGE_MODULES: dict[str, list[str]] = {
-    "download": _CORE + ["fetch", "datasets", "images", "index"],
-    "split": _CORE + ["fetch", "datasets", "split"],
-    "extract": _CORE + ["fetch", "datasets", "images", "split", "backbones", "transforms", "features"],
-    "train_head": _CORE + ["fetch", "datasets", "images", "split", "backbones", "transforms", "features", "head"],
-    "evaluate": _CORE + ["fetch", "datasets", "images", "split", "backbones", "transforms", "features", "head",
-                         "evaluation"],
+    "download": _CORE + ["images", "index"],
+    "split": _CORE + ["split"],
+    "extract": _FEATURES,
+    "train_head": _FEATURES + ["head"],
+    "evaluate_probe": _FEATURES + ["head", "finetune", "evaluation"],
+    "finetune": _FEATURES + ["head", "finetune"],
+    "evaluate_finetune": _FEATURES + ["head", "finetune", "evaluation"],
 }
 
 
@@ -35,4 +42,5 @@ def params_for(params: dict[str, Any], stage: str) -> dict[str, Any]:
 
 def deps(stage: str) -> list[str]:
     """The stage's script and library files, relative to the project root."""
-    return [f"workflow/scripts/{stage}.py"] + [f"src/transferlab/{m}.py" for m in STAGE_MODULES[stage]]
+    script = SCRIPTS.get(stage, stage)
+    return [f"workflow/scripts/{script}.py"] + [f"src/transferlab/{m}.py" for m in STAGE_MODULES[stage]]

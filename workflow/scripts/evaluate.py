@@ -1,12 +1,15 @@
 """Stage evaluate: test metrics, per-class table, confusion matrix and predictions of one method."""
+import json
 from pathlib import Path
 
-from transferlab import evaluation, features, head
+import pandas as pd
+
+from transferlab import evaluation, features, finetune, head
 from transferlab.cli import log, run_stage
 from transferlab.split import SPLITS
 
 
-def probe_outputs():
+def probe_outputs(params):
     """Probabilities of the linear probe on the cached (un-augmented) features of each split."""
     model, class_names = head.load("results/head/model.npz")
     proba, labels = {}, {}
@@ -19,12 +22,32 @@ def probe_outputs():
     return proba, labels, ids, class_names
 
 
+def finetune_outputs(params):
+    """Probabilities of the fine-tuned network on the images of each split."""
+    dataset = json.loads(Path("data/dataset.json").read_text())
+    classes, root = dataset["classes"], Path(dataset["root"])
+    model = finetune.load(params["model"], "results/finetune/model.pt", len(classes))
+    ft = params["finetune"]
+    proba, labels = {}, {}
+    for split in SPLITS:
+        frame = pd.read_csv(Path("data/splits") / f"{split}.csv")
+        proba[split], labels[split] = finetune.predict(model, frame, root, classes, params["model"],
+                                                       ft["batch_size"], ft["num_workers"])
+    return proba, labels, frame["path"].to_numpy(), classes
+
+
 def main(params, args) -> None:
-    proba, labels, ids, class_names = probe_outputs()
-    result = evaluation.evaluate(args.method, proba, labels, ids, class_names, Path("results/metrics"),
-                                 Path("results/eval"))
+    metrics_dir, eval_dir = Path("results/metrics"), Path("results/eval")
+    if args.method == "finetune":
+        summary = json.loads(Path("results/finetune/summary.json").read_text())
+        if summary.get("skipped"):
+            evaluation.skipped("finetune", summary["reason"], metrics_dir, eval_dir)
+            log.info("fine-tune was not run (%s)", summary["reason"])
+            return
+    outputs = probe_outputs if args.method == "probe" else finetune_outputs
+    result = evaluation.evaluate(args.method, *outputs(params), metrics_dir, eval_dir)
     log.info("%s: %s", args.method, {k: v for k, v in result.items() if k != "method"})
 
 
 if __name__ == "__main__":
-    run_stage("evaluate", main, extra=lambda p: p.add_argument("--method", choices=["probe"], default="probe"))
+    run_stage("evaluate", main, extra=lambda p: p.add_argument("--method", choices=["probe", "finetune"], required=True))

@@ -1,0 +1,249 @@
+"""The finetune stage: the probe's backbone + its trained head as one network, the last blocks unfrozen,
+trained with a tiny backbone learning rate (linear probe, then fine-tune: LP-FT)."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torchvision import models
+from tqdm.auto import tqdm
+
+from . import backbones, head
+from .atomic import atomic_path, write_csv, write_json
+from .features import ImageList, device, loader
+from .transforms import augmentation
+
+
+class FineTuneNet(nn.Module):
+    """Feature extractor followed by a linear classification head."""
+
+    def __init__(self, backbone: nn.Module, head_layer: nn.Linear):
+        super().__init__()
+        self.backbone, self.head = backbone, head_layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def blocks(model: nn.Module) -> list[nn.Module]:
+    """The backbone's blocks from input to output, the unit of `finetune.unfreeze`.
+
+    ResNet/ResNeXt/Wide-ResNet/RegNet: stem, then each stage (layer1..layer4 / trunk_output stages).
+    Models with a `features` Sequential (VGG, AlexNet, MobileNet, EfficientNet, MNASNet, DenseNet, ConvNeXt):
+    its children, VGG/AlexNet conv layers grouped up to each max-pool. Hidden layers left in the classifier
+    after removing the last Linear (VGG's 4096-d layers, MobileNetV3's 1280-d layer) form the last block.
+    Anything else: the model's top-level children.
+    """
+    if hasattr(model, "layer4"):
+        stem = [m for n, m in model.named_children() if n in ("conv1", "bn1", "relu", "maxpool")]
+        found: list[nn.Module] = [nn.ModuleList(stem)] + [getattr(model, f"layer{i}") for i in range(1, 5)]
+    elif hasattr(model, "trunk_output"):
+        found = [model.stem, *model.trunk_output.children()]
+    elif isinstance(getattr(model, "features", None), nn.Sequential):
+        children = list(model.features.children())
+        if any(isinstance(c, nn.MaxPool2d) for c in children):
+            found, group = [], []
+            for child in children:
+                group.append(child)
+                if isinstance(child, nn.MaxPool2d):
+                    found.append(nn.ModuleList(group))
+                    group = []
+            if group:
+                found.append(nn.ModuleList(group))
+        else:
+            found = children
+    else:
+        found = [m for m in model.children() if any(p.numel() for p in m.parameters())]
+        return found
+    rest = [m for n, m in model.named_children()
+            if n not in ("features", "conv1", "bn1", "relu", "maxpool", "stem", "trunk_output")
+            and not n.startswith("layer") and any(True for _ in m.parameters())]
+    return found + rest
+
+
+def unfrozen_blocks(model: FineTuneNet, unfreeze: int | str) -> list[nn.Module]:
+    """The blocks `finetune.unfreeze` trains: all, or the last n (0 = none)."""
+    all_blocks = blocks(model.backbone)
+    if unfreeze == "all":
+        return all_blocks
+    return all_blocks[len(all_blocks) - unfreeze:] if unfreeze else []
+
+
+def freeze(model: FineTuneNet, unfreeze: int | str) -> list[nn.Parameter]:
+    """Make only the head and the unfrozen blocks trainable; return the trainable backbone parameters."""
+    model.requires_grad_(False)
+    model.head.requires_grad_(True)
+    if unfreeze == "all":
+        model.backbone.requires_grad_(True)
+    for block in unfrozen_blocks(model, unfreeze):
+        block.requires_grad_(True)
+    return [p for p in model.backbone.parameters() if p.requires_grad]
+
+
+def train_mode(model: FineTuneNet, unfreeze: int | str, train_bn: bool) -> None:
+    """Frozen blocks stay in eval mode (their BatchNorm keeps its running statistics); unfrozen blocks train,
+    with BatchNorm in eval mode unless train_bn."""
+    model.eval()
+    model.head.train()
+    for block in ([model.backbone] if unfreeze == "all" else unfrozen_blocks(model, unfreeze)):
+        block.train()
+        if not train_bn:
+            for m in block.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+
+
+def build(model_params: dict[str, Any], probe_path: Path | str) -> FineTuneNet:
+    """Backbone as in extraction + a Linear head holding the probe's weights with the scaler folded in."""
+    backbone, dim, _ = backbones.load_feature_extractor(model_params)
+    probe, names = head.load(probe_path)
+    weight, bias = head.as_linear(probe)
+    layer = nn.Linear(dim, len(names))
+    with torch.no_grad():
+        layer.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
+        layer.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+    return FineTuneNet(backbone, layer)
+
+
+def load(model_params: dict[str, Any], weights_path: Path | str, n_classes: int) -> FineTuneNet:
+    """Rebuild the fine-tuned network from its saved state_dict (weights_only: no code is executed)."""
+    body, linear = backbones.split_classifier(models.get_model(model_params["backbone"], weights=None))
+    model = FineTuneNet(body, nn.Linear(linear.in_features, n_classes))
+    model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def lr_factor(step: int, steps_per_epoch: int, ft: dict[str, Any]) -> float:
+    """Learning-rate multiplier at an optimiser step: linear warm-up, then cosine, step or constant."""
+    warmup = ft["warmup_epochs"] * steps_per_epoch
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    if ft["schedule"] == "cosine":
+        total = max(1.0, ft["epochs"] * steps_per_epoch - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / total)))
+    if ft["schedule"] == "step":
+        return ft["gamma"] ** (step // (ft["step_size"] * steps_per_epoch))
+    return 1.0
+
+
+def count_trainable(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _autocast(dev: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+
+def run_epoch(model: FineTuneNet, data, dev: torch.device, optimizer=None, scheduler=None,
+              desc: str = "") -> tuple[float, float]:
+    """One pass; trains when an optimizer is given. Returns (mean loss, accuracy)."""
+    loss_sum, correct, seen = 0.0, 0, 0
+    loss_fn = nn.CrossEntropyLoss()
+    with torch.set_grad_enabled(optimizer is not None):
+        for images, labels, _ in tqdm(data, desc=desc, unit="batch", leave=False):
+            images = images.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            labels = labels.to(dev)
+            with _autocast(dev):
+                logits = model(images)
+            loss = loss_fn(logits.float(), labels)
+            if optimizer is not None:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+            loss_sum += loss.item() * len(labels)
+            correct += (logits.argmax(1) == labels).sum().item()
+            seen += len(labels)
+    return loss_sum / seen, correct / seen
+
+
+def train(params: dict[str, Any], data_dir: Path, probe_path: Path, out_dir: Path) -> dict[str, Any]:
+    """Fine-tune and write out_dir/{model.pt, history.csv, summary.json}; early-stops on validation loss."""
+    ft, model_params = params["finetune"], params["model"]
+    if not ft["enabled"]:
+        summary = {"enabled": False, "skipped": True, "reason": "finetune.enabled: false"}
+        (out_dir / "model.pt").unlink(missing_ok=True)
+        write_json(out_dir / "summary.json", summary)
+        return summary
+    torch.manual_seed(ft["seed"])
+    dev = device()
+    model = build(model_params, probe_path).to(dev).to(memory_format=torch.channels_last)
+    backbone_params = freeze(model, ft["unfreeze"])
+    groups = [{"params": list(model.head.parameters()), "lr": ft["head_lr"]}]
+    if backbone_params:
+        groups.insert(0, {"params": backbone_params, "lr": ft["lr"]})
+    optimizer = torch.optim.AdamW(groups, weight_decay=ft["weight_decay"])
+
+    dataset = json.loads((data_dir / "dataset.json").read_text())
+    classes, root = dataset["classes"], Path(dataset["root"])
+    plain = backbones.preprocessing(model_params)
+    aug = ft["augment"]
+    train_tf = augmentation(plain, tuple(aug["scale"]), aug["flip"], aug["rotation"], aug["jitter"])
+    frames = {s: pd.read_csv(data_dir / "splits" / f"{s}.csv") for s in ("train", "val")}
+    min_size = plain.resize_size[0]
+    train_set = ImageList(root, frames["train"], classes, train_tf, min_size, seed=ft["seed"])
+    val_data = loader(ImageList(root, frames["val"], classes, plain, min_size), ft["batch_size"], ft["num_workers"])
+    generator = torch.Generator().manual_seed(ft["seed"])
+    steps_per_epoch = math.ceil(len(train_set) / ft["batch_size"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps_per_epoch, ft))
+
+    history, best, best_loss, waited = [], None, math.inf, 0
+    start = time.perf_counter()
+    for epoch in tqdm(range(1, ft["epochs"] + 1), desc="fine-tune", unit="epoch"):
+        tick = time.perf_counter()
+        train_set.seed = ft["seed"] + 7919 * epoch  # new augmentations each epoch, reproducible
+        train_mode(model, ft["unfreeze"], ft["train_bn"])
+        lrs = [g["lr"] for g in optimizer.param_groups]
+        train_loss, train_acc = run_epoch(model, loader(train_set, ft["batch_size"], ft["num_workers"], True, generator),
+                                          dev, optimizer, scheduler, f"epoch {epoch} train")
+        model.eval()
+        val_loss, val_acc = run_epoch(model, val_data, dev, desc=f"epoch {epoch} val")
+        history.append({"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val_loss,
+                        "val_accuracy": val_acc, "lr": lrs[0], "head_lr": lrs[-1],
+                        "seconds": round(time.perf_counter() - tick, 3)})
+        if val_loss < best_loss:
+            best_loss, best, waited = val_loss, copy.deepcopy(model.state_dict()), 0
+        else:
+            waited += 1
+            if waited >= ft["patience"]:
+                break
+    seconds = time.perf_counter() - start
+    frame = pd.DataFrame(history)
+    best_epoch = int(frame.loc[frame["val_loss"].idxmin(), "epoch"])
+    with atomic_path(out_dir / "model.pt") as tmp:
+        torch.save({k: v.cpu() for k, v in best.items()}, tmp)
+    write_csv(out_dir / "history.csv", frame)
+    summary = {
+        "enabled": True, "skipped": False, "epochs_run": len(history), "best_epoch": best_epoch,
+        "stopped_early": len(history) < ft["epochs"], "best_val_loss": round(best_loss, 6),
+        "trainable_parameters": count_trainable(model), "total_parameters": sum(p.numel() for p in model.parameters()),
+        "unfreeze": ft["unfreeze"], "lr": ft["lr"], "head_lr": ft["head_lr"], "seconds": round(seconds, 3),
+        "train_images_per_s": round(len(train_set) * len(history) / seconds, 2), "device": str(dev),
+    }
+    write_json(out_dir / "summary.json", summary)
+    return summary
+
+
+@torch.inference_mode()
+def predict(model: FineTuneNet, frame: pd.DataFrame, root: Path, classes: list[str], model_params: dict[str, Any],
+            batch_size: int, num_workers: int) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities and labels of one split, plain preprocessing."""
+    dev = device()
+    model = model.to(dev).to(memory_format=torch.channels_last).eval()
+    plain = backbones.preprocessing(model_params)
+    data = loader(ImageList(root, frame, classes, plain, plain.resize_size[0]), batch_size, num_workers)
+    proba, labels = [], []
+    for images, y, _ in tqdm(data, desc="predict", unit="batch"):
+        with _autocast(dev):
+            logits = model(images.to(dev).contiguous(memory_format=torch.channels_last))
+        proba.append(torch.softmax(logits.float(), 1).cpu().numpy())
+        labels.append(y.numpy())
+    return np.concatenate(proba).astype(np.float64), np.concatenate(labels)
