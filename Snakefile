@@ -31,6 +31,7 @@ METHODS = ["probe"] + (["finetune"] if config["finetune"]["enabled"] else [])
 rule all:
     input:
         expand("results/metrics/{method}.json", method=METHODS),
+        "results/report.html",
 
 
 rule download:
@@ -104,6 +105,7 @@ rule train_head:
     output:
         model="results/head/model.npz",
         search="results/head/search.csv",
+        summary="results/head/summary.json",
     params:
         stage=params_for(config, "train_head"),
     threads: 2
@@ -179,3 +181,33 @@ rule evaluate_finetune:
         "logs/benchmarks/evaluate_finetune.tsv"
     shell:
         "{PY} {input.script} --method finetune --threads {threads} > {log} 2>&1"
+
+
+rule report:
+    input:
+        script="workflow/scripts/report.py",
+        lib=lib("report"),
+        template="workflow/report/report.html.j2",
+        dataset=rules.download.output.dataset,
+        rejected=rules.download.output.rejected,
+        splits=rules.split.output.summary,
+        meta=rules.extract.output.meta,
+        head=rules.train_head.output.summary,
+        evaluations=list(rules.evaluate_probe.output)
+        + (list(rules.evaluate_finetune.output) + [rules.finetune.output.history, rules.finetune.output.summary]
+           if config["finetune"]["enabled"] else []),
+    output:
+        html=report("results/report.html", caption="workflow/report/caption.rst", category="Report"),
+        confusion=report("results/report/confusion.png", category="Figures"),
+        per_class=report("results/report/per_class.png", category="Figures"),
+        learning=report("results/report/learning_curves.png", category="Figures"),
+        reliability=report("results/report/reliability.png", category="Figures"),
+    params:
+        stage=params_for(config, "report"),
+    threads: 1
+    log:
+        "logs/report.log",
+    benchmark:
+        "logs/benchmarks/report.tsv"
+    shell:
+        SHELL

@@ -20,7 +20,7 @@ def dvc_stages():
 
 def test_dvc_yaml_matches_stage_lists():
     for name, stage in dvc_stages().items():
-        code_deps = [d for d in stage["deps"] if d.startswith(("src/", "workflow/"))]
+        code_deps = [d for d in stage["deps"] if d.endswith(".py")]
         assert code_deps == deps(name), name
         assert stage.get("params", []) == STAGE_PARAMS[name], name
 
@@ -76,7 +76,8 @@ def both_engines(tmp_path_factory):
 def test_full_runs_then_noop(both_engines):
     sm_dir, sm_first, sm_again = both_engines["snakemake"]
     dvc_dir, dvc_first, dvc_again = both_engines["dvc"]
-    stages = {"download", "split", "extract", "train_head", "evaluate_probe", "finetune", "evaluate_finetune"}
+    stages = {"download", "split", "extract", "train_head", "evaluate_probe", "finetune", "evaluate_finetune",
+              "report"}
     assert snakemake_jobs(sm_first) == stages and dvc_ran(dvc_first) == stages
     assert "Nothing to be done" in sm_again and not snakemake_jobs(sm_again)
     assert "Data and pipelines are up to date" in dvc_again and not dvc_ran(dvc_again)
@@ -84,7 +85,19 @@ def test_full_runs_then_noop(both_engines):
         for method in ("probe", "finetune"):
             metrics = json.loads((engine_dir / f"results/metrics/{method}.json").read_text())
             assert metrics["method"] == method and 0 <= metrics["accuracy"] <= 1
+        assert "Feature extraction vs fine-tuning" in (engine_dir / "results/report.html").read_text()
     assert (sm_dir / "logs/extract.log").exists() and (sm_dir / "logs/benchmarks/extract.tsv").exists()
+
+
+def test_snakemake_report_and_dvc_plots(both_engines):
+    sm_dir, dvc_dir = both_engines["snakemake"][0], both_engines["dvc"][0]
+    run(["snakemake", "--cores", "1", "--report", "snakemake-report.html"], sm_dir)
+    assert (sm_dir / "snakemake-report.html").stat().st_size > 10_000
+    shown = run(["dvc", "plots", "show", "--json"], dvc_dir)
+    plots = json.loads(shown.stdout)["data"]
+    assert {"results/eval/probe/predictions.csv", "results/eval/finetune/predictions.csv", "Fine-tune loss",
+            "Fine-tune accuracy", "Linear head C search"} <= set(plots)
+    assert "val_loss" in json.dumps(plots["Fine-tune loss"])
 
 
 def test_engines_produce_the_same_files(both_engines):
@@ -107,7 +120,7 @@ def test_head_param_change_never_reruns_extraction(both_engines):
         set_param(project, "head", "C_grid", [0.5])
     sm = run(["snakemake", "--cores", "2"], sm_dir)
     dv = run(["dvc", "repro"], dvc_dir)
-    expected = {"train_head", "evaluate_probe", "finetune", "evaluate_finetune"}
+    expected = {"train_head", "evaluate_probe", "finetune", "evaluate_finetune", "report"}
     assert snakemake_jobs(sm.stdout + sm.stderr) == expected
     assert dvc_ran(dv.stdout + dv.stderr) == expected
     search = pd.read_csv(dvc_dir / "results/head/search.csv")
@@ -131,7 +144,7 @@ def test_finetune_param_change_reruns_only_finetune(both_engines):
     sm_dir = both_engines["snakemake"][0]
     set_param(sm_dir, "finetune", "lr", "3e-05")
     sm = run(["snakemake", "--cores", "2"], sm_dir)
-    assert snakemake_jobs(sm.stdout + sm.stderr) == {"finetune", "evaluate_finetune"}
+    assert snakemake_jobs(sm.stdout + sm.stderr) == {"finetune", "evaluate_finetune", "report"}
     assert json.loads((sm_dir / "results/finetune/summary.json").read_text())["lr"] == 3e-05
 
 
@@ -153,7 +166,7 @@ def test_dvc_exp_run_reruns_only_finetune_and_lr_is_a_number(both_engines):
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"], project)
     exp = run(["dvc", "exp", "run", "-S", "finetune.lr=1e-5"], project)
     output = exp.stdout + exp.stderr
-    assert dvc_ran(output) == {"finetune", "evaluate_finetune"}
+    assert dvc_ran(output) == {"finetune", "evaluate_finetune", "report"}
     assert "Stage 'extract' didn't change" in output and "Stage 'train_head' didn't change" in output
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
     lrs = list(_values(shown, "lr"))

@@ -244,6 +244,6 @@ def predict(model: FineTuneNet, frame: pd.DataFrame, root: Path, classes: list[s
     for images, y, _ in tqdm(data, desc="predict", unit="batch"):
         with _autocast(dev):
             logits = model(images.to(dev).contiguous(memory_format=torch.channels_last))
-        proba.append(torch.softmax(logits.float(), 1).cpu().numpy())
+        proba.append(torch.softmax(logits.double(), 1).cpu().numpy())
         labels.append(y.numpy())
-    return np.concatenate(proba).astype(np.float64), np.concatenate(labels)
+    return np.concatenate(proba), np.concatenate(labels)

@@ -45,6 +45,12 @@ def predict_proba(model: Pipeline, features: np.ndarray, n_classes: int) -> np.n
     return proba
 
 
+def parameter_count(model: Pipeline) -> int:
+    """Learned weights of the logistic regression (coefficients and intercepts)."""
+    logreg = model.named_steps["logisticregression"]
+    return int(logreg.coef_.size + logreg.intercept_.size)
+
+
 def save(model: Pipeline, path: Path | str, class_names: list[str]) -> None:
     """Store the fitted pipeline as plain arrays (.npz): nothing executable, unlike a pickle."""
     scaler, logreg = model.named_steps["standardscaler"], model.named_steps["logisticregression"]

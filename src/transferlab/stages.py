@@ -17,6 +17,7 @@ STAGE_PARAMS: dict[str, list[str]] = {
     "evaluate_probe": [],
     "finetune": ["model", "finetune"],
     "evaluate_finetune": ["model", "finetune"],
+    "report": ["data", "model", "features", "head", "finetune"],
 }
 
 # Stages that share a script with another (the method is a command-line argument).
@@ -32,6 +33,7 @@ STAGE_MODULES: dict[str, list[str]] = {
     "evaluate_probe": _FEATURES + ["head", "finetune", "evaluation"],
     "finetune": _FEATURES + ["head", "finetune"],
     "evaluate_finetune": _FEATURES + ["head", "finetune", "evaluation"],
+    "report": ["__init__", "cli", "params", "atomic", "images", "report"],
 }
 
 
