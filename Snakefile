@@ -26,6 +26,7 @@ def lib(stage):
 
 
 METHODS = ["probe"] + (["finetune"] if config["finetune"]["enabled"] else [])
+VISUALIZE = ["results/visualize/summary.json"] if config["visualize"]["enabled"] else []
 
 
 rule all:
@@ -193,6 +194,7 @@ rule report:
         splits=rules.split.output.summary,
         meta=rules.extract.output.meta,
         head=rules.train_head.output.summary,
+        visualize=VISUALIZE,
         evaluations=list(rules.evaluate_probe.output)
         + (list(rules.evaluate_finetune.output) + [rules.finetune.output.history, rules.finetune.output.summary]
            if config["finetune"]["enabled"] else []),
@@ -209,5 +211,28 @@ rule report:
         "logs/report.log",
     benchmark:
         "logs/benchmarks/report.tsv"
+    shell:
+        SHELL
+
+
+rule visualize:
+    input:
+        script="workflow/scripts/visualize.py",
+        lib=lib("visualize"),
+        splits=rules.split.output,
+        probe=rules.train_head.output.model,
+        model=rules.finetune.output.model if config["finetune"]["enabled"] else [],
+    output:
+        summary="results/visualize/summary.json",
+        ideal=report("results/visualize/ideal_with_tv.png", category="What the network knows"),
+        ideal_no_tv=report("results/visualize/ideal_without_tv.png", category="What the network knows"),
+        maps=report("results/visualize/feature_maps.png", category="What the network knows"),
+    params:
+        stage=params_for(config, "visualize"),
+    threads: 8
+    log:
+        "logs/visualize.log",
+    benchmark:
+        "logs/benchmarks/visualize.tsv"
     shell:
         SHELL

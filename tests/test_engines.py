@@ -77,7 +77,7 @@ def test_full_runs_then_noop(both_engines):
     sm_dir, sm_first, sm_again = both_engines["snakemake"]
     dvc_dir, dvc_first, dvc_again = both_engines["dvc"]
     stages = {"download", "split", "extract", "train_head", "evaluate_probe", "finetune", "evaluate_finetune",
-              "report"}
+              "visualize", "report"}
     assert snakemake_jobs(sm_first) == stages and dvc_ran(dvc_first) == stages
     assert "Nothing to be done" in sm_again and not snakemake_jobs(sm_again)
     assert "Data and pipelines are up to date" in dvc_again and not dvc_ran(dvc_again)
@@ -85,7 +85,9 @@ def test_full_runs_then_noop(both_engines):
         for method in ("probe", "finetune"):
             metrics = json.loads((engine_dir / f"results/metrics/{method}.json").read_text())
             assert metrics["method"] == method and 0 <= metrics["accuracy"] <= 1
-        assert "Feature extraction vs fine-tuning" in (engine_dir / "results/report.html").read_text()
+        page = (engine_dir / "results/report.html").read_text()
+        assert "Feature extraction vs fine-tuning" in page and "Ideal" in page
+        assert json.loads((engine_dir / "results/visualize/summary.json").read_text())["model"] == "fine-tuned model"
     assert (sm_dir / "logs/extract.log").exists() and (sm_dir / "logs/benchmarks/extract.tsv").exists()
 
 
@@ -120,7 +122,7 @@ def test_head_param_change_never_reruns_extraction(both_engines):
         set_param(project, "head", "C_grid", [0.5])
     sm = run(["snakemake", "--cores", "2"], sm_dir)
     dv = run(["dvc", "repro"], dvc_dir)
-    expected = {"train_head", "evaluate_probe", "finetune", "evaluate_finetune", "report"}
+    expected = {"train_head", "evaluate_probe", "finetune", "evaluate_finetune", "visualize", "report"}
     assert snakemake_jobs(sm.stdout + sm.stderr) == expected
     assert dvc_ran(dv.stdout + dv.stderr) == expected
     search = pd.read_csv(dvc_dir / "results/head/search.csv")
@@ -144,7 +146,7 @@ def test_finetune_param_change_reruns_only_finetune(both_engines):
     sm_dir = both_engines["snakemake"][0]
     set_param(sm_dir, "finetune", "lr", "3e-05")
     sm = run(["snakemake", "--cores", "2"], sm_dir)
-    assert snakemake_jobs(sm.stdout + sm.stderr) == {"finetune", "evaluate_finetune", "report"}
+    assert snakemake_jobs(sm.stdout + sm.stderr) == {"finetune", "evaluate_finetune", "visualize", "report"}
     assert json.loads((sm_dir / "results/finetune/summary.json").read_text())["lr"] == 3e-05
 
 
@@ -166,7 +168,7 @@ def test_dvc_exp_run_reruns_only_finetune_and_lr_is_a_number(both_engines):
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"], project)
     exp = run(["dvc", "exp", "run", "-S", "finetune.lr=1e-5"], project)
     output = exp.stdout + exp.stderr
-    assert dvc_ran(output) == {"finetune", "evaluate_finetune", "report"}
+    assert dvc_ran(output) == {"finetune", "evaluate_finetune", "visualize", "report"}
     assert "Stage 'extract' didn't change" in output and "Stage 'train_head' didn't change" in output
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
     lrs = list(_values(shown, "lr"))

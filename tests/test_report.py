@@ -7,7 +7,7 @@ import pytest
 
 from conftest import ROOT
 from test_features_head import prepare, tiny_params
-from transferlab import evaluation, features, finetune, head, report
+from transferlab import evaluation, features, finetune, head, report, visualize
 from transferlab.atomic import write_json
 from transferlab.params import validate
 from transferlab.split import SPLITS
@@ -20,6 +20,7 @@ def pipeline(tmp_path: Path, with_finetune: bool) -> tuple[dict, Path, Path]:
     data_dir = prepare(tmp_path, {"ant": 8, EVIL: 8, "cat": 8})
     params = tiny_params()
     params["finetune"].update({"enabled": with_finetune, "epochs": 1, "batch_size": 8, "num_workers": 0})
+    params["visualize"].update({"enabled": with_finetune, "steps": 5, "image_size": 32, "adversarial_steps": 3})
     params = validate(params)
     results = tmp_path / "results"
     features.run(params, data_dir, results / "features")
@@ -44,6 +45,7 @@ def pipeline(tmp_path: Path, with_finetune: bool) -> tuple[dict, Path, Path]:
                             cached["test"]["ids"], names, results / "metrics", results / "eval")
     else:
         evaluation.skipped("finetune", summary["reason"], results / "metrics", results / "eval")
+    visualize.run(params, data_dir, results, results / "visualize")
     return params, data_dir, results
 
 
@@ -67,12 +69,15 @@ def full(tmp_path_factory):
 
 def test_sections_and_self_contained(full):
     html, results = full
-    for section in ("what-ran", "comparison", "plots", "gallery", "costs"):
+    for section in ("what-ran", "comparison", "plots", "gallery", "costs", "network-knows"):
         assert f'id="{section}"' in html
     for title in ("Confusion matrices", "Per-class accuracy", "Fine-tune learning curves", "Calibration",
                   "Images the two methods disagree on", "Stage costs"):
         assert title in html
-    assert html.count('src="data:image/png;base64,') == 4
+    shown = json.loads((results / "visualize" / "summary.json").read_text())
+    assert shown["model"] == "fine-tuned model" and set(shown["ideal"]) == {"with_tv", "without_tv"}
+    pictures = 4 + 2 + 3 * len(shown["adversarial"]) + 1  # plots, ideal images, attacks, feature maps
+    assert html.count('src="data:image/png;base64,') == pictures
     assert not re.search(r'(src|href)="(http|//|/)', html)  # nothing external: opens offline from file://
     for name in ("confusion", "per_class", "learning_curves", "reliability"):
         assert (results / "report" / f"{name}.png").stat().st_size > 1000
@@ -100,3 +105,4 @@ def test_probe_only_run_renders(tmp_path):
     assert "fine-tune not run" not in html  # that text is inside the figure, not the page
     assert cell(html, "probe", "accuracy")
     assert 'data-method="finetune"' not in html
+    assert "not run (visualize.enabled: false)" in html

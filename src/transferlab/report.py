@@ -48,6 +48,25 @@ def _png(fig: plt.Figure, out: Path | None) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def _embed_png(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def visualizations(results: Path) -> dict[str, Any] | None:
+    """The visualize stage's summary with its PNGs embedded, or None where it did not run."""
+    folder = results / "visualize"
+    summary = _json(folder / "summary.json")
+    if not summary or summary.get("skipped"):
+        return None
+    for item in summary["ideal"].values():
+        item["src"] = _embed_png(folder / item["image"])
+    for i, attack in enumerate(summary["adversarial"]):
+        attack["src"] = {kind: _embed_png(folder / f"adversarial_{i}_{kind}.png")
+                         for kind in ("original", "perturbation", "adversarial")}
+    summary["feature_maps"]["src"] = _embed_png(folder / summary["feature_maps"]["figure"])
+    return summary
+
+
 def _thumb(path: Path, size: int = 112) -> str:
     try:
         image = load_rgb(path, size)
@@ -242,7 +261,7 @@ def render(params: dict[str, Any], data_dir: Path, results: Path, template_dir: 
         info=info, methods=METHODS, table=comparison(info["methods"]), figures=figures,
         galleries=galleries(info, Path(info["dataset"]["root"])), differences=params_mod.differences(params),
         commit=git_commit(), date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        versions=versions(), rejected_reasons=info["dataset"]["left_out_reasons"], cap=GALLERY_CAP)
+        versions=versions(), visualize=visualizations(results), rejected_reasons=info["dataset"]["left_out_reasons"], cap=GALLERY_CAP)
     with atomic_path(out) as tmp:
         tmp.write_text(html)
     return out

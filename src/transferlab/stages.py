@@ -17,7 +17,8 @@ STAGE_PARAMS: dict[str, list[str]] = {
     "evaluate_probe": [],
     "finetune": ["model", "finetune"],
     "evaluate_finetune": ["model", "finetune"],
-    "report": ["data", "model", "features", "head", "finetune"],
+    "visualize": ["model", "finetune.enabled", "visualize"],
+    "report": ["data", "model", "features", "head", "finetune", "visualize"],
 }
 
 # Stages that share a script with another (the method is a command-line argument).
@@ -33,6 +34,7 @@ STAGE_MODULES: dict[str, list[str]] = {
     "evaluate_probe": _FEATURES + ["head", "finetune", "evaluation"],
     "finetune": _FEATURES + ["head", "finetune"],
     "evaluate_finetune": _FEATURES + ["head", "finetune", "evaluation"],
+    "visualize": _FEATURES + ["head", "finetune", "visualize"],
     "report": ["__init__", "cli", "params", "atomic", "images", "report"],
 }
 
