@@ -61,12 +61,15 @@ def blocks(model: nn.Module) -> list[nn.Module]:
         else:
             found = children
     else:
-        found = [m for m in model.children() if any(p.numel() for p in m.parameters())]
-        return found
+        return [m for m in model.children() if _has_parameters(m)]
     rest = [m for n, m in model.named_children()
             if n not in ("features", "conv1", "bn1", "relu", "maxpool", "stem", "trunk_output")
-            and not n.startswith("layer") and any(True for _ in m.parameters())]
+            and not n.startswith("layer") and _has_parameters(m)]
     return found + rest
+
+
+def _has_parameters(module: nn.Module) -> bool:
+    return any(p.numel() for p in module.parameters())
 
 
 def unfrozen_blocks(model: FineTuneNet, unfreeze: int | str) -> list[nn.Module]:
