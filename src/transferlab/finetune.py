@@ -12,13 +12,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from scipy.special import softmax
 from torch import nn
 from torchvision import models
 from tqdm.auto import tqdm
 
 from . import backbones, head
 from .atomic import atomic_path, write_csv, write_json
-from .features import ImageList, device, loader
+from .features import ImageList, compute, device, loader
 from .transforms import augmentation
 
 
@@ -235,18 +236,12 @@ def train(params: dict[str, Any], data_dir: Path, probe_path: Path, out_dir: Pat
     return summary
 
 
-@torch.inference_mode()
 def predict(model: FineTuneNet, frame: pd.DataFrame, root: Path, classes: list[str], model_params: dict[str, Any],
             batch_size: int, num_workers: int) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities and labels of one split, plain preprocessing."""
-    dev = device()
-    model = model.to(dev).to(memory_format=torch.channels_last).eval()
+    model = model.to(device()).to(memory_format=torch.channels_last).eval()
     plain = backbones.preprocessing(model_params)
-    data = loader(ImageList(root, frame, classes, plain, plain.resize_size[0]), batch_size, num_workers)
-    proba, labels = [], []
-    for images, y, _ in tqdm(data, desc="predict", unit="batch"):
-        with _autocast(dev):
-            logits = model(images.to(dev).contiguous(memory_format=torch.channels_last))
-        proba.append(torch.softmax(logits.double(), 1).cpu().numpy())
-        labels.append(y.numpy())
-    return np.concatenate(proba), np.concatenate(labels)
+    images = ImageList(root, frame, classes, plain, plain.resize_size[0])
+    logits = np.empty((len(images), len(classes)), dtype=np.float32)
+    compute(model, loader(images, batch_size, num_workers), logits, desc="predict")
+    return softmax(logits.astype(np.float64), axis=1), np.asarray(images.labels)

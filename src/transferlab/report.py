@@ -45,11 +45,15 @@ def _png(fig: plt.Figure, out: Path | None) -> str:
     if out is not None:
         with atomic_path(out) as tmp:
             tmp.write_bytes(buf.getvalue())
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return _data_uri(buf.getvalue())
+
+
+def _data_uri(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64," + base64.b64encode(data).decode()
 
 
 def _embed_png(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+    return _data_uri(path.read_bytes())
 
 
 def visualizations(results: Path) -> dict[str, Any] | None:
@@ -75,7 +79,7 @@ def _thumb(path: Path, size: int = 112) -> str:
     image.thumbnail((size, size))
     buf = io.BytesIO()
     image.save(buf, "JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+    return _data_uri(buf.getvalue(), "image/jpeg")
 
 
 def versions() -> dict[str, str]:

@@ -124,15 +124,13 @@ def amplified(delta: torch.Tensor) -> torch.Tensor:
     return 0.5 + 0.5 * delta / scale
 
 
-def _pixels_transform(model_params: dict[str, Any], size: int | None = None):
+def _pixels_transform(model_params: dict[str, Any]):
     """The weights' resize + centre crop, without normalisation (pixels in [0, 1])."""
     from torchvision.transforms import v2
 
     plain = backbones.preprocessing(model_params)
-    crop = size or plain.crop_size[0]
-    return v2.Compose([v2.ToImage(), v2.Resize(round(crop * plain.resize_size[0] / plain.crop_size[0]),
-                                               interpolation=plain.interpolation, antialias=True),
-                       v2.CenterCrop(crop), v2.ToDtype(torch.float32, scale=True)]), plain
+    return v2.Compose([v2.ToImage(), v2.Resize(plain.resize_size, interpolation=plain.interpolation, antialias=True),
+                       v2.CenterCrop(plain.crop_size), v2.ToDtype(torch.float32, scale=True)]), plain
 
 
 def _class_index(names: list[str], wanted: str | None, key: str, default: int = 0) -> int:
@@ -207,13 +205,11 @@ def run(params: dict[str, Any], data_dir: Path, results: Path, out_dir: Path) ->
             break
         pixels = to_pixels(load_rgb(root / path))[None]
         with torch.no_grad():
-            predicted = int(model(pixels).argmax(1))
+            ranked = model(pixels)[0].argsort(descending=True).tolist()
+        predicted = ranked[0]
         if source == "fine-tuned model" and names[predicted] != label:
             continue  # attack only images the model gets right
-        with torch.no_grad():
-            ranked = torch.softmax(model(pixels), 1)[0].argsort(descending=True).tolist()
-        runner_up = ranked[1] if ranked[0] == predicted else ranked[0]
-        goal = _class_index(names, vis["adversarial_to"], "adversarial_to", runner_up)
+        goal = _class_index(names, vis["adversarial_to"], "adversarial_to", ranked[1])
         if goal == predicted:
             continue
         result = adversarial(model, pixels, goal, vis["epsilon"], vis["adversarial_steps"],
