@@ -11,7 +11,8 @@ from torchvision import models
 from test_features_head import prepare, tiny_params
 from transferlab import backbones, features, finetune, head
 from transferlab.evaluation import skipped
-from transferlab.images import load_rgb
+from transferlab.images import load_tensor
+from transferlab.transforms import evaluation
 from transferlab.params import validate
 
 
@@ -92,11 +93,12 @@ def test_warm_start_reproduces_the_probe(probe_setup):
     frame = pd.read_csv(data_dir / "splits" / "test.csv")
     classes = json.loads((data_dir / "dataset.json").read_text())["classes"]
     root = data_dir.parent / "src"
-    proba, labels = finetune.predict(model, frame, root, classes, params["model"], 4, 0)
+    proba, labels = finetune.predict(model, frame, root, classes, params["model"], 4)
     W, b = head.as_linear(probe)
     probe_logits = test["features"].astype(np.float64) @ W.T + b
     with torch.inference_mode():
-        x = torch.stack([backbones.preprocessing(params["model"])(load_rgb(root / p)) for p in frame["path"]])
+        plain = evaluation(backbones.preprocessing(params["model"]))
+        x = torch.stack([plain(load_tensor(root / p)) for p in frame["path"]])
         model_logits = model(x).numpy()
     np.testing.assert_allclose(model_logits, probe_logits, atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(proba, head.predict_proba(probe, test["features"], 3), atol=1e-5)

@@ -40,7 +40,7 @@ def pipeline(tmp_path: Path, with_finetune: bool) -> tuple[dict, Path, Path]:
         net = finetune.load(params["model"], results / "finetune" / "model.pt", 3)
         root = Path(json.loads((data_dir / "dataset.json").read_text())["root"])
         out = {s: finetune.predict(net, pd.read_csv(data_dir / "splits" / f"{s}.csv"), root, names, params["model"],
-                                   8, 0) for s in SPLITS}
+                                   8) for s in SPLITS}
         evaluation.evaluate("finetune", {s: o[0] for s, o in out.items()}, {s: o[1] for s, o in out.items()},
                             cached["test"]["ids"], names, results / "metrics", results / "eval")
     else:

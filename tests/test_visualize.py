@@ -3,7 +3,7 @@ import pytest
 import torch
 from torchvision import models
 
-from transferlab import visualize
+from transferlab import backbones, visualize
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
@@ -12,7 +12,7 @@ MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 def model():
     torch.manual_seed(0)
     net = models.resnet18(num_classes=3)
-    wrapped = visualize.Normalized(net, MEAN, STD)
+    wrapped = backbones.Normalized(net, MEAN, STD)
     wrapped.requires_grad_(False)
     return wrapped
 

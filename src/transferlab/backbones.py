@@ -103,3 +103,20 @@ def load_feature_extractor(model_params: dict[str, Any]) -> tuple[nn.Module, int
         p.requires_grad_(False)
     info["feature_dim"] = linear.in_features
     return model, linear.in_features, info
+
+
+class Normalized(nn.Module):
+    """A network taking pixels (in [0, 1], or uint8 with scale=255): normalises with the weights' mean/std first.
+
+    Extraction feeds uint8 batches, so the cast and normalisation run inside the engine (one fused pass per batch)
+    rather than per image while decoding.
+    """
+
+    def __init__(self, model: nn.Module, mean: list[float], std: list[float], scale: float = 1.0):
+        super().__init__()
+        self.model = model.eval()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * scale)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * scale)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model((pixels.float() - self.mean) / self.std)

@@ -1,9 +1,12 @@
 """The extract stage: frozen backbone features for every split, computed once and cached on disk."""
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -13,31 +16,58 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from . import backbones
+from . import backbones, engines
 from .atomic import atomic_path, scratch_file, write_json
-from .images import load_rgb
+from .images import decode_jpegs, load_encoded, load_tensor
 from .split import SPLITS
-from .transforms import augmentation
+from .transforms import augmentation, evaluation
+
+
+_RNG = threading.Lock()
 
 
 class ImageList(Dataset):
-    """Images of one split as (tensor, class index, row); augmented views are seeded per image."""
+    """Images of one split as (tensor, class index, row); augmented views are seeded per image.
+
+    With `encoded`, items are JPEG bytes (other files decoded) and `prepare` decodes and transforms a batch on
+    the model's device, so a GPU decodes its own input.
+    """
 
     def __init__(self, root: Path, frame: pd.DataFrame, classes: list[str], transform: Callable,
-                 min_size: int | None = None, seed: int | None = None):
+                 min_size: int | None = None, seed: int | None = None, encoded: bool = False):
         self.paths = [root / p for p in frame["path"]]
         lookup = {c: i for i, c in enumerate(classes)}
         self.labels = [lookup[c] for c in frame["label"]]
-        self.transform, self.min_size, self.seed = transform, min_size, seed
+        self.transform, self.min_size, self.seed, self.encoded = transform, min_size, seed, encoded
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
-        image = load_rgb(self.paths[i], self.min_size)
-        if self.seed is not None:
+    def view(self, i: int, image: torch.Tensor) -> torch.Tensor:
+        """Image i as the model sees it (augmentation seeded by image and `seed`)."""
+        if self.seed is None:
+            return self.transform(image)
+        with _RNG:  # streams share torch's global generator, which the v2 transforms draw from
             torch.manual_seed(self.seed * 1_000_003 + i)
-        return self.transform(image), self.labels[i], i
+            return self.transform(image)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
+        if self.encoded:
+            return load_encoded(self.paths[i], self.min_size), self.labels[i], i
+        return self.view(i, load_tensor(self.paths[i], self.min_size)), self.labels[i], i
+
+    def prepare(self, items: list[torch.Tensor], rows: torch.Tensor, dev: torch.device) -> torch.Tensor:
+        """Decode a batch of `encoded` items on `dev` (one batched nvJPEG call on CUDA) and transform them."""
+        jpegs = [k for k, item in enumerate(items) if item.ndim == 1]
+        images = [item.to(dev, non_blocking=True) for item in items]
+        for k, decoded in zip(jpegs, decode_jpegs([items[k] for k in jpegs], dev)):
+            images[k] = decoded
+        return torch.stack([self.view(int(r), image) for r, image in zip(rows, images)])
+
+
+def _collate_encoded(batch: list[tuple[torch.Tensor, int, int]]) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    items, labels, rows = zip(*batch)
+    return list(items), torch.tensor(labels), torch.tensor(rows)
 
 
 def _worker_init(_: int) -> None:
@@ -48,20 +78,38 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def loader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: bool = False,
+def loader(dataset: ImageList, batch_size: int, num_workers: int, shuffle: bool = False,
            generator: torch.Generator | None = None) -> DataLoader:
+    """Batches with `num_workers` processes (one thread each) decoding ahead; pinned memory on CUDA."""
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
                       worker_init_fn=_worker_init, pin_memory=torch.cuda.is_available(), generator=generator,
-                      persistent_workers=False)
+                      collate_fn=_collate_encoded if dataset.encoded else None,
+                      prefetch_factor=4 if num_workers else None, persistent_workers=False)
 
 
-@torch.inference_mode()
-def compute(model: torch.nn.Module, data: DataLoader, out: np.ndarray, desc: str) -> None:
-    """Fill `out` (rows in dataset order) with the model's outputs, batch by batch."""
-    dev = next(model.parameters()).device
-    for images, _, rows in tqdm(data, desc=desc, unit="batch"):
-        images = images.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        out[rows.numpy()] = model(images).float().cpu().numpy()
+def compute(forward: engines.Forward, images: ImageList, out: np.ndarray, desc: str, batch_size: int,
+            streams: int = 1, num_workers: int = 0, dev: torch.device | None = None) -> None:
+    """Fill `out` (rows in dataset order) with forward's outputs for every image.
+
+    CPU: `streams` threads each decode a batch and run the engine on it (one thread each), so every core is
+    busy all the time and decoding never waits for the model or the model for decoding. `encoded` images (the
+    CUDA path): DataLoader workers read the files and the batch is decoded on `dev`.
+    """
+    with tqdm(total=len(images), desc=desc, unit="img") as bar:
+        if images.encoded:
+            for items, _, rows in loader(images, batch_size, num_workers):
+                out[rows.numpy()] = forward(images.prepare(items, rows, dev or device()))
+                bar.update(len(rows))
+            return
+
+        def one(start: int) -> None:
+            stop = min(start + batch_size, len(images))
+            out[start:stop] = forward(torch.stack([images[i][0] for i in range(start, stop)]))
+            bar.update(stop - start)
+
+        with ThreadPoolExecutor(max(1, streams)) as pool:
+            for _ in pool.map(one, range(0, len(images), batch_size)):
+                pass
 
 
 def run(params: dict[str, Any], data_dir: Path, out_dir: Path) -> dict[str, Any]:
@@ -69,40 +117,63 @@ def run(params: dict[str, Any], data_dir: Path, out_dir: Path) -> dict[str, Any]
     model_params, feat = params["model"], params["features"]
     dataset = json.loads((data_dir / "dataset.json").read_text())
     classes, root = dataset["classes"], Path(dataset["root"])
-    model, dim, info = backbones.load_feature_extractor(model_params)
+    extractor, dim, info = backbones.load_feature_extractor(model_params)
     dev = device()
-    model = model.to(dev).to(memory_format=torch.channels_last)
     plain = backbones.preprocessing(model_params)
-    min_size = plain.resize_size[0]
-    meta: dict[str, Any] = {**info, "image_size": plain.crop_size[0], "device": str(dev),
-                            "torch": torch.__version__, "classes": classes, "splits": {}}
-    for split in SPLITS:
-        frame = pd.read_csv(data_dir / "splits" / f"{split}.csv")
-        views = [ImageList(root, frame, classes, plain, min_size)]
-        if split == "train":
-            aug = augmentation(plain)
-            views += [ImageList(root, frame, classes, aug, min_size, seed=feat["seed"] + 1 + v)
-                      for v in range(feat["train_views"])]
-        n = len(frame)
-        start = time.perf_counter()
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out_dir / f"{split}.npz") as tmp, scratch_file(out_dir, ".npy") as buf:
-            features = np.lib.format.open_memmap(buf, mode="w+", dtype=np.float32, shape=(n * len(views), dim))
-            for v, ds in enumerate(views):
-                compute(model, loader(ds, feat["batch_size"], feat["num_workers"]), features[v * n:(v + 1) * n],
-                        desc=f"extract {split}" + (f" view {v}" if v else ""))
-            features.flush()
-            labels = np.tile(np.asarray(views[0].labels, dtype=np.int64), len(views))
-            ids = np.tile(frame["path"].to_numpy(dtype=str), len(views))
-            with open(tmp, "wb") as fh:
-                np.savez(fh, features=features, labels=labels, ids=ids,
-                         views=np.repeat(np.arange(len(views)), n), classes=np.asarray(classes, dtype=str))
-            del features
-        seconds = time.perf_counter() - start
-        meta["splits"][split] = {"images": n * len(views), "seconds": round(seconds, 3),
-                                 "images_per_s": round(n * len(views) / seconds, 2) if seconds else None}
+    model = backbones.Normalized(extractor, plain.mean, plain.std, scale=255)
+    min_size, size = plain.resize_size[0], plain.crop_size[0]
+    on_gpu = dev.type == "cuda"  # decode JPEGs on the GPU
+    threads = torch.get_num_threads()
+    streams = 1 if on_gpu else threads
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with scratch_file(out_dir, ".onnx") as onnx_path, torch_threads(threads // streams):
+        forward, engine = engines.build(model, feat["engine"], feat["precision"], dev, size, onnx_path,
+                                        threads=threads // streams)
+        meta: dict[str, Any] = {**info, **engine, "image_size": size, "device": str(dev), "gpu_decode": on_gpu,
+                                "threads": threads, "streams": streams, "torch": torch.__version__,
+                                "classes": classes, "splits": {}}
+        for split in SPLITS:
+            frame = pd.read_csv(data_dir / "splits" / f"{split}.csv")
+            views = [ImageList(root, frame, classes, evaluation(plain, normalize=False), min_size, encoded=on_gpu)]
+            if split == "train":
+                views += [ImageList(root, frame, classes, augmentation(plain, normalize=False), min_size,
+                                    seed=feat["seed"] + 1 + v, encoded=on_gpu) for v in range(feat["train_views"])]
+            meta["splits"][split] = _extract_split(forward, views, dim, feat, out_dir / f"{split}.npz", classes,
+                                                   frame["path"].to_numpy(dtype=str), streams, dev)
     write_json(out_dir / "meta.json", meta)
     return meta
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads per stream while the streams run, restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _extract_split(forward: engines.Forward, views: list[ImageList], dim: int, feat: dict[str, Any], path: Path,
+                   classes: list[str], ids: np.ndarray, streams: int, dev: torch.device) -> dict[str, Any]:
+    """Features of every view of one split, filled into a memory-mapped scratch array, then one atomic .npz."""
+    n, split = len(ids), path.stem
+    start = time.perf_counter()
+    with atomic_path(path) as tmp, scratch_file(path.parent, ".npy") as buf:
+        features = np.lib.format.open_memmap(buf, mode="w+", dtype=np.float32, shape=(n * len(views), dim))
+        for v, ds in enumerate(views):
+            compute(forward, ds, features[v * n:(v + 1) * n], f"extract {split}" + (f" view {v}" if v else ""),
+                    feat["batch_size"], streams, feat["num_workers"], dev)
+        features.flush()
+        labels = np.tile(np.asarray(views[0].labels, dtype=np.int64), len(views))
+        with open(tmp, "wb") as fh:  # np.savez streams the memmap in chunks: memory stays flat
+            np.savez(fh, features=features, labels=labels, ids=np.tile(ids, len(views)),
+                     views=np.repeat(np.arange(len(views)), n), classes=np.asarray(classes, dtype=str))
+        del features
+    seconds = time.perf_counter() - start
+    return {"images": n * len(views), "seconds": round(seconds, 3),
+            "images_per_s": round(n * len(views) / seconds, 2) if seconds else None}
 
 
 def load(path: Path | str) -> dict[str, np.ndarray]:

@@ -17,10 +17,10 @@ from torch import nn
 from torchvision import models
 from tqdm.auto import tqdm
 
-from . import backbones, head
+from . import backbones, engines, head
 from .atomic import atomic_path, write_csv, write_json
-from .features import ImageList, compute, device, loader
-from .transforms import augmentation
+from .features import ImageList, compute, device, loader, torch_threads
+from .transforms import augmentation, evaluation
 
 
 class FineTuneNet(nn.Module):
@@ -194,7 +194,8 @@ def train(params: dict[str, Any], data_dir: Path, probe_path: Path, out_dir: Pat
     frames = {s: pd.read_csv(data_dir / "splits" / f"{s}.csv") for s in ("train", "val")}
     min_size = plain.resize_size[0]
     train_set = ImageList(root, frames["train"], classes, train_tf, min_size, seed=ft["seed"])
-    val_data = loader(ImageList(root, frames["val"], classes, plain, min_size), ft["batch_size"], ft["num_workers"])
+    val_data = loader(ImageList(root, frames["val"], classes, evaluation(plain), min_size), ft["batch_size"],
+                      ft["num_workers"])
     generator = torch.Generator().manual_seed(ft["seed"])
     steps_per_epoch = math.ceil(len(train_set) / ft["batch_size"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps_per_epoch, ft))
@@ -237,11 +238,13 @@ def train(params: dict[str, Any], data_dir: Path, probe_path: Path, out_dir: Pat
 
 
 def predict(model: FineTuneNet, frame: pd.DataFrame, root: Path, classes: list[str], model_params: dict[str, Any],
-            batch_size: int, num_workers: int) -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities and labels of one split, plain preprocessing."""
-    model = model.to(device()).to(memory_format=torch.channels_last).eval()
+            batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities and labels of one split, plain preprocessing, one stream per thread as in extraction."""
     plain = backbones.preprocessing(model_params)
-    images = ImageList(root, frame, classes, plain, plain.resize_size[0])
+    images = ImageList(root, frame, classes, evaluation(plain, normalize=False), plain.resize_size[0])
+    net = backbones.Normalized(model, plain.mean, plain.std, scale=255)
     logits = np.empty((len(images), len(classes)), dtype=np.float32)
-    compute(model, loader(images, batch_size, num_workers), logits, desc="predict")
+    streams = torch.get_num_threads()
+    with torch_threads(1):
+        compute(engines.torch_forward(net, device()), images, logits, "predict", batch_size, streams)
     return softmax(logits.astype(np.float64), axis=1), np.asarray(images.labels)

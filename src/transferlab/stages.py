@@ -25,7 +25,7 @@ STAGE_PARAMS: dict[str, list[str]] = {
 SCRIPTS: dict[str, str] = {"evaluate_probe": "evaluate", "evaluate_finetune": "evaluate"}
 
 _CORE = ["__init__", "cli", "params", "atomic", "fetch", "datasets"]
-_FEATURES = _CORE + ["images", "split", "backbones", "transforms", "features"]
+_FEATURES = _CORE + ["images", "split", "backbones", "transforms", "engines", "features"]
 STAGE_MODULES: dict[str, list[str]] = {
     "download": _CORE + ["images", "index"],
     "split": _CORE + ["split"],

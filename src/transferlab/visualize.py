@@ -20,20 +20,8 @@ from . import backbones, head
 from . import finetune as finetune_mod
 from .atomic import atomic_path, write_json
 from .finetune import blocks
+from .backbones import Normalized
 from .images import load_rgb
-
-
-class Normalized(nn.Module):
-    """A classifier taking pixels in [0, 1]: normalises with the weights' mean/std, then classifies."""
-
-    def __init__(self, model: nn.Module, mean: list[float], std: list[float]):
-        super().__init__()
-        self.model = model.eval()
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model((pixels - self.mean) / self.std)
 
 
 def total_variation(pixels: torch.Tensor) -> torch.Tensor:

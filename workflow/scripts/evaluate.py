@@ -31,8 +31,7 @@ def finetune_outputs(params):
     proba, labels = {}, {}
     for split in SPLITS:
         frame = pd.read_csv(Path("data/splits") / f"{split}.csv")
-        proba[split], labels[split] = finetune.predict(model, frame, root, classes, params["model"],
-                                                       ft["batch_size"], ft["num_workers"])
+        proba[split], labels[split] = finetune.predict(model, frame, root, classes, params["model"], ft["batch_size"])
     return proba, labels, frame["path"].to_numpy(), classes
 
 
