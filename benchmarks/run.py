@@ -1,0 +1,395 @@
+"""transferlab benchmark: feature extraction against the machine's compute ceiling, and what caching saves.
+
+    python benchmarks/run.py                  # every row (about 25 min on 2 cores)
+    python benchmarks/run.py --rows 1 2 3     # some rows
+
+All rows come from the same run and print as one Markdown table (also written to --out as JSON). Needs the
+shared offline data (../shared): Oxford-IIIT Pet photos and the ImageNet MobileNetV2 state_dict. ResNet-50 runs
+with random weights (speed does not depend on them).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+PETS = SHARED / "data" / "oxford-iiit-pet"
+MOBILENET = SHARED / "weights" / "mobilenet_v2-imagenet-int8-dequantized.pth"
+sys.path.insert(0, str(ROOT / "src"))
+
+from transferlab import backbones, engines, features, head, index, split  # noqa: E402
+from transferlab.cli import set_threads  # noqa: E402
+from transferlab.images import load_tensor  # noqa: E402
+from transferlab.params import validate  # noqa: E402
+from transferlab.transforms import evaluation  # noqa: E402
+
+warnings.filterwarnings("ignore")
+THREADS = os.cpu_count() or 1
+MODELS = {
+    "resnet50": {"backbone": "resnet50", "weights": "none", "checkpoint": None, "image_size": None},
+    "mobilenet_v2": {"backbone": "mobilenet_v2", "weights": "IMAGENET1K_V1", "checkpoint": str(MOBILENET),
+                     "image_size": None},
+}
+ROWS: list[dict] = []
+
+
+def row(group: str, what: str, value: float, unit: str, note: str = "") -> float:
+    ROWS.append({"row": group, "what": what, "value": round(value, 3), "unit": unit, "note": note})
+    print(f"  {group:<3} {what:<58} {value:>10.3f} {unit:<9} {note}", flush=True)
+    return value
+
+
+def rate(fn: Callable[[], object], items: int, repeat: int) -> float:
+    """Items per second of fn, best of `repeat` timed calls after one warm-up."""
+    fn()
+    best = min(_timed(fn) for _ in range(repeat))
+    return items / best
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+# -- 1. the ceiling ---------------------------------------------------------------------------------------------
+
+def matmul_ceiling(n: int = 2048) -> dict[str, float]:
+    """GFLOP/s of an n×n matrix product in torch (fp32, bf16), numpy and ONNX Runtime, all cores."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    flop = 2 * n ** 3 / 1e9
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    out = {"torch fp32": rate(lambda: a @ b, 1, 5) * flop}
+    an, bn = a.numpy(), b.numpy()
+    out["numpy fp32"] = rate(lambda: an @ bn, 1, 5) * flop
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "mm",
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, [n, n]) for x in "ab"],
+                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = THREADS
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    out["onnxruntime fp32"] = rate(lambda: session.run(None, {"a": an, "b": bn}), 1, 5) * flop
+    ab, bb = a.bfloat16(), b.bfloat16()
+    out["torch bf16"] = rate(lambda: ab @ bb, 1, 5) * flop
+    del onnx
+    return out
+
+
+def gflop_per_image(name: str) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model, _, _ = backbones.load_feature_extractor(MODELS[name])
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model(torch.zeros(1, 3, 224, 224))
+    return counter.get_total_flops() / 1e9
+
+
+def forward_rates(name: str, batch: int = 32, repeat: int = 2) -> dict[str, float]:
+    """Forward-only img/s of each engine/precision on a ready uint8 batch (no decoding)."""
+    extractor, _, _ = backbones.load_feature_extractor(MODELS[name])
+    plain = backbones.preprocessing(MODELS[name])
+    model = backbones.Normalized(extractor, plain.mean, plain.std, scale=255)
+    x = torch.randint(0, 256, (batch, 3, 224, 224), dtype=torch.uint8)
+    out: dict[str, float] = {}
+    n = 2 if name == "resnet50" else 6
+    with tempfile.TemporaryDirectory() as tmp:
+        for engine, precision in (("torch", "float32"), ("torch", "bfloat16"), ("onnxruntime", "float32")):
+            if precision == "bfloat16" and not engines.bf16_supported(torch.device("cpu")):
+                continue
+            for streams in (1, THREADS):
+                with features.torch_threads(THREADS // streams):
+                    forward, _ = engines.build(model, engine, precision, torch.device("cpu"), 224,
+                                               Path(tmp) / "m.onnx", threads=THREADS // streams)
+                    out[f"{engine} {precision}, {streams} stream(s) x {THREADS // streams} thread(s)"] = rate(
+                        lambda: _parallel(forward, x, streams, n), batch * n, repeat)
+    return out
+
+
+def _parallel(forward: engines.Forward, x: torch.Tensor, streams: int, batches: int) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(streams) as pool:
+        list(pool.map(lambda _: forward(x), range(batches)))
+
+
+# -- 2. decoding ------------------------------------------------------------------------------------------------
+
+def decode_rates(paths: list[Path]) -> dict[str, float]:
+    """Decode + preprocess img/s on one core: the notebooks' PIL path and ours."""
+    plain = backbones.preprocessing(MODELS["mobilenet_v2"])
+    ours = evaluation(plain, normalize=False)
+    with features.torch_threads(1):
+        return {"PIL + weights.transforms() (notebooks)": rate(lambda: [plain(Image.open(p).convert("RGB"))
+                                                                         for p in paths], len(paths), 2),
+                "torchvision.io / PIL draft + uint8 v2 resize (ours)": rate(
+                    lambda: [ours(load_tensor(p, plain.resize_size[0])) for p in paths], len(paths), 2)}
+
+
+# -- 3. the extract stage end to end ------------------------------------------------------------------------------
+
+def dataset(work: Path, n_per_class: int | None) -> Path:
+    """data/ for the shared Pets photos (all, or n per class in the train split), as the download+split stages make it."""
+    data_dir = work / f"data-{n_per_class or 'all'}"
+    if not (data_dir / "dataset.json").exists():
+        data = validate({"data": {"dataset": "oxford_pets", "source": str(PETS)}})["data"]
+        index.build(data, data_dir, workers=THREADS)
+        split.run(data, data_dir)
+        if n_per_class:
+            for name in split.SPLITS:
+                frame = pd.read_csv(data_dir / "splits" / f"{name}.csv")
+                frame = frame.groupby("label").head(n_per_class if name == "train" else 1)
+                frame.to_csv(data_dir / "splits" / f"{name}.csv", index=False)
+    return data_dir
+
+
+def extract_rate(name: str, data_dir: Path, work: Path, engine: str, precision: str) -> tuple[float, float]:
+    """img/s of features.run (all splits, decode included) and the peak RSS so far (MB)."""
+    params = validate({"data": {"dataset": "oxford_pets", "source": str(PETS)}, "model": MODELS[name],
+                       "features": {"engine": engine, "precision": precision}})
+    meta = features.run(params, data_dir, work / f"feat-{name}-{engine}-{precision}")
+    images = sum(s["images"] for s in meta["splits"].values())
+    seconds = sum(s["seconds"] for s in meta["splits"].values())
+    return images / seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# -- 4. the notebook baseline -------------------------------------------------------------------------------------
+
+class NotebookImages(torch.utils.data.Dataset):
+    """What the lesson notebooks build: PIL open + convert + the weights' transforms, per item."""
+
+    def __init__(self, root: Path, frame: pd.DataFrame, transform: Callable):
+        self.paths, self.transform = [root / p for p in frame["path"]], transform
+        classes = sorted(frame["label"].unique())
+        self.labels = [classes.index(c) for c in frame["label"]]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(Image.open(self.paths[i]).convert("RGB")), self.labels[i]
+
+
+def notebook_rate(name: str, data_dir: Path, bf16: bool = False) -> float:
+    """img/s of the notebook way: DataLoader(batch_size=32) defaults, NCHW eager model under no_grad."""
+    root = Path(json.loads((data_dir / "dataset.json").read_text())["root"])
+    frames = [pd.read_csv(data_dir / "splits" / f"{s}.csv") for s in split.SPLITS]
+    model, _, _ = backbones.load_feature_extractor(MODELS[name])
+    plain = backbones.preprocessing(MODELS[name])
+    start, n = time.perf_counter(), 0
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        for frame in frames:
+            for x, _ in torch.utils.data.DataLoader(NotebookImages(root, frame, plain), batch_size=32):
+                model(x)
+                n += len(x)
+    return n / (time.perf_counter() - start)
+
+
+# -- 5. head on cached features vs frozen-backbone training ---------------------------------------------------------
+
+def head_vs_notebook(data_dir: Path, feat_dir: Path, epochs: int) -> dict[str, float]:
+    """Seconds and test accuracy: our LogisticRegression on cached features vs E epochs of a Linear head on a frozen
+    MobileNetV2 recomputed every epoch (Adam 1e-3, batch 32, the notebooks' data pipeline)."""
+    cached = {s: features.load(feat_dir / f"{s}.npz") for s in split.SPLITS}
+    params = validate({"data": {"dataset": "oxford_pets", "source": str(PETS)}})
+    start = time.perf_counter()
+    model, _ = head.fit(cached["train"], cached["val"], params["head"])
+    fit_s = time.perf_counter() - start
+    n_classes = len(cached["train"]["classes"])
+    ours_acc = float((head.predict_proba(model, cached["test"]["features"], n_classes).argmax(1)
+                      == cached["test"]["labels"]).mean())
+
+    root = Path(json.loads((data_dir / "dataset.json").read_text())["root"])
+    frames = {s: pd.read_csv(data_dir / "splits" / f"{s}.csv") for s in split.SPLITS}
+    backbone, dim, _ = backbones.load_feature_extractor(MODELS["mobilenet_v2"])
+    plain = backbones.preprocessing(MODELS["mobilenet_v2"])
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(dim, n_classes)
+    optimizer = torch.optim.Adam(linear.parameters(), lr=1e-3)
+    train = torch.utils.data.DataLoader(NotebookImages(root, frames["train"], plain), batch_size=32, shuffle=True)
+    start = time.perf_counter()
+    for _ in range(epochs):
+        for x, y in train:
+            with torch.no_grad():
+                f = backbone(x)
+            loss = torch.nn.functional.cross_entropy(linear(f), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    train_s = time.perf_counter() - start
+    correct = 0
+    with torch.no_grad():
+        for x, y in torch.utils.data.DataLoader(NotebookImages(root, frames["test"], plain), batch_size=32):
+            correct += int((linear(backbone(x)).argmax(1) == y).sum())
+    return {"fit_s": fit_s, "ours_acc": ours_acc, "train_s": train_s, "notebook_acc": correct / len(frames["test"])}
+
+
+# -- 6. re-run costs ------------------------------------------------------------------------------------------------
+
+def rerun_costs(work: Path) -> dict[str, float]:
+    """Full snakemake run, no-op snakemake and dvc repro, and dvc exp run -S finetune.lr in a git copy."""
+    copy = work / "project"
+    ignore = shutil.ignore_patterns(".git", ".venv", "data", "results", "logs", ".snakemake", ".dvc/cache",
+                                    ".dvc/tmp", "benchmarks", "__pycache__", "*.egg-info")
+    shutil.copytree(ROOT, copy, ignore=ignore)
+    (copy / "params.yaml").write_text((copy / "params.yaml").read_text().replace("../shared", str(SHARED)))
+    env = {**os.environ, "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "bench",
+           "GIT_COMMITTER_EMAIL": "b@b"}
+    bin_dir = Path(sys.executable).parent
+
+    def sh(*cmd: str) -> float:
+        start = time.perf_counter()
+        subprocess.run(cmd, cwd=copy, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return time.perf_counter() - start
+
+    sh("git", "init", "-q")
+    sh("git", "add", "-A")
+    sh("git", "commit", "-qm", "bench")
+    snakemake, dvc = str(bin_dir / "snakemake"), str(bin_dir / "dvc")
+    out = {"snakemake full": sh(snakemake, "--cores", str(THREADS))}
+    out["snakemake no-op"] = sh(snakemake, "--cores", str(THREADS))
+    sh(dvc, "commit", "-f")  # record what Snakemake made: both engines run the same stages on the same files
+    out["dvc repro no-op"] = sh(dvc, "repro")
+    sh("git", "add", "dvc.lock")
+    sh("git", "commit", "-qm", "lock")
+    out["dvc exp run -S finetune.lr=2e-5"] = sh(dvc, "exp", "run", "-S", "finetune.lr=2e-5")
+    return out
+
+
+# -- 7. memory over the full Oxford-IIIT Pet size -------------------------------------------------------------------
+
+def memory_run(work: Path, n: int) -> tuple[float, float]:
+    """Peak RSS (MB) and seconds of the extract stage script over n synthetic JPEGs sized like the Pets photos."""
+    project = work / "memory"
+    sizes = [Image.open(p).size for p in sorted((PETS / "images").glob("*.jpg"))]
+    rng = np.random.default_rng(0)
+    classes = [f"class{c:02d}" for c in range(37)]
+    for i in range(n):
+        w, h = sizes[rng.integers(len(sizes))]
+        folder = project / "images" / classes[i % 37]
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{i:05d}.jpg"
+        if not path.exists():
+            base = rng.integers(0, 255, (h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8)
+            Image.fromarray(base).resize((w, h), Image.BILINEAR).save(path, quality=85)
+    (project / "params.yaml").write_text(json.dumps({"data": {"dataset": "folder", "source": "images"},
+                                                     "model": MODELS["mobilenet_v2"]}))
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    for stage in ("download", "split"):
+        subprocess.run([sys.executable, str(ROOT / "workflow" / "scripts" / f"{stage}.py")], cwd=project, env=env,
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, str(ROOT / "workflow" / "scripts" / "extract.py")], cwd=project, env=env,
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, nargs="+", default=list(range(1, 8)))
+    parser.add_argument("--resnet-images", type=int, default=4, help="ResNet-50 train photos per class (row 3/4)")
+    parser.add_argument("--epochs", type=int, default=10, help="notebook frozen-backbone epochs (row 5)")
+    parser.add_argument("--memory-images", type=int, default=7349, help="synthetic photos for row 7")
+    parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.json")
+    args = parser.parse_args()
+    for path in (PETS, MOBILENET):
+        if not path.exists():
+            sys.exit(f"needs {path} (the shared offline data, ../shared/README.md)")
+    set_threads(THREADS)
+    work = args.work or Path(tempfile.mkdtemp(prefix="transferlab-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"transferlab benchmark: {THREADS} threads, torch {torch.__version__}, work in {work}", flush=True)
+    best_fp32: dict[str, float] = {}
+    ceiling = 0.0
+    if 1 in args.rows:
+        mm = matmul_ceiling()
+        for what, gflops in mm.items():
+            row("1", f"matmul 2048³ {what}", gflops, "GFLOP/s")
+        ceiling = max(v for k, v in mm.items() if "fp32" in k)
+        for name in MODELS:
+            gflop = row("1", f"{name} GFLOP/img (flop_counter, 224 px)", gflop_per_image(name), "GFLOP")
+            row("1", f"{name} ceiling = best fp32 matmul / GFLOP", ceiling / gflop, "img/s")
+            for what, value in forward_rates(name).items():
+                row("1", f"{name} forward only: {what}", value, "img/s")
+                if "float32" in what:
+                    best_fp32[name] = max(best_fp32.get(name, 0.0), value)
+    photos = sorted((PETS / "images").glob("*.jpg"))
+    if 2 in args.rows:
+        for what, value in decode_rates(photos[:300]).items():
+            row("2", f"decode+preprocess 1 core: {what}", value, "img/s", "Pets photos")
+    small = dataset(work, args.resnet_images)
+    full = dataset(work, None)
+    ours: dict[str, float] = {}
+    if 3 in args.rows:
+        for name, data_dir in (("mobilenet_v2", full), ("resnet50", small)):
+            for engine, precision in (("auto", "float32"), ("torch", "bfloat16")):
+                value, rss = extract_rate(name, data_dir, work, engine, precision)
+                ours[f"{name} {precision}"] = value
+                note = ""
+                if precision == "float32" and name in best_fp32:
+                    note = f"{value / best_fp32[name]:.0%} of best fp32 forward-only"
+                    if name == "resnet50" and ceiling:
+                        gflop = gflop_per_image(name)
+                        note += f"; {value * gflop / ceiling:.0%} of the fp32 ceiling"
+                row("3", f"extract stage end to end: {name} {precision}", value, "img/s", note)
+            row("3", "peak RSS of this benchmark process so far", rss, "MB")
+    if 4 in args.rows:
+        for bf16 in (False, True):
+            value = notebook_rate("resnet50", small, bf16)
+            label = "bfloat16" if bf16 else "float32"
+            ratio = ours.get(f"resnet50 {label}")
+            row("4", f"notebook baseline resnet50 {label}", value, "img/s",
+                f"ours is {ratio / value:.1f}x faster" if ratio else "")
+    if 5 in args.rows:
+        feat_dir = work / "feat-mobilenet_v2-auto-float32"
+        if not (feat_dir / "test.npz").exists():
+            extract_rate("mobilenet_v2", full, work, "auto", "float32")
+        extract_s = json.loads((feat_dir / "meta.json").read_text())["splits"]
+        extract_s = sum(s["seconds"] for s in extract_s.values())
+        result = head_vs_notebook(full, feat_dir, args.epochs)
+        row("5", "head on cached features: fit (C grid on val)", result["fit_s"], "s",
+            f"test acc {result['ours_acc']:.3f}")
+        row("5", "extraction once (all splits) + fit", extract_s + result["fit_s"], "s")
+        row("5", f"notebook: frozen MobileNetV2 + Linear, {args.epochs} epochs", result["train_s"], "s",
+            f"test acc {result['notebook_acc']:.3f}")
+        row("5", "speed-up of the cached head (fit only)", result["train_s"] / result["fit_s"], "x")
+        row("5", "speed-up including the one extraction", result["train_s"] / (extract_s + result["fit_s"]), "x")
+    if 6 in args.rows:
+        costs = rerun_costs(work)
+        for what, seconds in costs.items():
+            row("6", what, seconds, "s")
+        row("6", "exp run after a change of finetune.lr / full run",
+            costs["dvc exp run -S finetune.lr=2e-5"] / costs["snakemake full"], "ratio")
+    if 7 in args.rows:
+        rss, seconds = memory_run(work, args.memory_images)
+        row("7", f"extract stage peak RSS, {args.memory_images} synthetic Pets-sized JPEGs", rss, "MB",
+            f"{args.memory_images / seconds:.0f} img/s incl. start-up")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"threads": THREADS, "torch": torch.__version__, "rows": ROWS}, indent=1) + "\n")
+    print("\n| row | what | value | unit | note |\n|---|---|---:|---|---|")
+    for r in ROWS:
+        print(f"| {r['row']} | {r['what']} | {r['value']:g} | {r['unit']} | {r['note']} |")
+
+
+if __name__ == "__main__":
+    main()
