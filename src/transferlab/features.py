@@ -102,12 +102,15 @@ def compute(forward: engines.Forward, images: ImageList, out: np.ndarray, desc: 
                 bar.update(len(rows))
             return
 
+        streams = max(1, streams)
+        batch_size = min(batch_size, -(-len(images) // streams))  # a small split still keeps every stream busy
+
         def one(start: int) -> None:
             stop = min(start + batch_size, len(images))
             out[start:stop] = forward(torch.stack([images[i][0] for i in range(start, stop)]))
             bar.update(stop - start)
 
-        with ThreadPoolExecutor(max(1, streams)) as pool:
+        with ThreadPoolExecutor(streams) as pool:
             for _ in pool.map(one, range(0, len(images), batch_size)):
                 pass
 
