@@ -6,6 +6,7 @@ from snakemake.exceptions import WorkflowError
 
 from transferlab import params as P
 from transferlab.stages import deps, params_for
+from transferlab.sweep import label, points
 
 
 configfile: "params.yaml"
@@ -27,12 +28,27 @@ def lib(stage):
 
 METHODS = ["probe"] + (["finetune"] if config["finetune"]["enabled"] else [])
 VISUALIZE = ["results/visualize/summary.json"] if config["visualize"]["enabled"] else []
+SWEEP = config["sweep"]["enabled"]
+SWEEP_POINTS = [f"results/sweep/{b}/{label(f)}/{s}/metrics.json" for b, f, s in points(config)] if SWEEP else []
+SWEEP_CURVE = ["results/curve/summary.json"] if SWEEP else []
+
+
+wildcard_constraints:
+    backbone="[A-Za-z0-9_]+",
+    fraction="[0-9]+[.][0-9]+",
+    seed="[0-9]+",
 
 
 rule all:
     input:
         expand("results/metrics/{method}.json", method=METHODS),
         "results/report.html",
+
+
+rule sweep:
+    """The learning curve alone: snakemake --cores 8 sweep"""
+    input:
+        SWEEP_CURVE,
 
 
 rule download:
@@ -195,6 +211,7 @@ rule report:
         meta=rules.extract.output.meta,
         head=rules.train_head.output.summary,
         visualize=VISUALIZE,
+        curve=SWEEP_CURVE,
         evaluations=list(rules.evaluate_probe.output)
         + (list(rules.evaluate_finetune.output) + [rules.finetune.output.history, rules.finetune.output.summary]
            if config["finetune"]["enabled"] else []),
@@ -234,5 +251,72 @@ rule visualize:
         "logs/visualize.log",
     benchmark:
         "logs/benchmarks/visualize.tsv"
+    shell:
+        SHELL
+
+
+rule sweep_extract:
+    """Features of every image for one backbone: computed once, shared by all fractions and seeds."""
+    input:
+        script="workflow/scripts/sweep_extract.py",
+        lib=lib("sweep_extract"),
+        splits=rules.split.output,
+        dataset=rules.download.output.dataset,
+    output:
+        train="results/sweep/{backbone}/features/train.npz",
+        val="results/sweep/{backbone}/features/val.npz",
+        test="results/sweep/{backbone}/features/test.npz",
+        meta="results/sweep/{backbone}/features/meta.json",
+    params:
+        stage=params_for(config, "sweep_extract"),
+    threads: 8
+    log:
+        "logs/sweep/{backbone}/extract.log",
+    benchmark:
+        "logs/benchmarks/sweep/{backbone}/extract.tsv"
+    shell:
+        "{PY} {input.script} --backbone {wildcards.backbone} --threads {threads} > {log} 2>&1"
+
+
+rule sweep_point:
+    """Probe and fine-tune on one seeded training subsample; independent points run in parallel."""
+    input:
+        script="workflow/scripts/sweep_point.py",
+        lib=lib("sweep_point"),
+        splits=rules.split.output,
+        dataset=rules.download.output.dataset,
+        features=rules.sweep_extract.output,
+    output:
+        metrics="results/sweep/{backbone}/{fraction}/{seed}/metrics.json",
+    params:
+        stage=params_for(config, "sweep_point"),
+    threads: 2
+    log:
+        "logs/sweep/{backbone}/{fraction}/{seed}.log",
+    benchmark:
+        "logs/benchmarks/sweep/{backbone}/{fraction}/{seed}.tsv"
+    shell:
+        "{PY} {input.script} --backbone {wildcards.backbone} --fraction {wildcards.fraction} --seed {wildcards.seed}"
+        " --threads {threads} > {log} 2>&1"
+
+
+rule sweep_aggregate:
+    input:
+        script="workflow/scripts/sweep_aggregate.py",
+        lib=lib("sweep_aggregate"),
+        points=SWEEP_POINTS,
+    output:
+        summary="results/curve/summary.json",
+        points="results/curve/points.csv",
+        curve="results/curve/curve.csv",
+        metrics="results/curve/metrics.json",
+        plot=report("results/curve/curve.png", category="Learning curve"),
+    params:
+        stage=params_for(config, "sweep_aggregate"),
+    threads: 1
+    log:
+        "logs/sweep_aggregate.log",
+    benchmark:
+        "logs/benchmarks/sweep_aggregate.tsv"
     shell:
         SHELL

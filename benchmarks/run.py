@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -245,12 +246,14 @@ def head_vs_notebook(data_dir: Path, feat_dir: Path, epochs: int) -> dict[str, f
 # -- 6. re-run costs ------------------------------------------------------------------------------------------------
 
 def rerun_costs(work: Path) -> dict[str, float]:
-    """Full snakemake run, no-op snakemake and dvc repro, and dvc exp run -S finetune.lr in a git copy."""
+    """Full snakemake run (sweep off), no-op snakemake and dvc repro, and dvc exp run -S finetune.lr in a git copy."""
     copy = work / "project"
     ignore = shutil.ignore_patterns(".git", ".venv", "data", "results", "logs", ".snakemake", ".dvc/cache",
                                     ".dvc/tmp", "benchmarks", "__pycache__", "*.egg-info")
     shutil.copytree(ROOT, copy, ignore=ignore)
-    (copy / "params.yaml").write_text((copy / "params.yaml").read_text().replace("../shared", str(SHARED)))
+    params = yaml.safe_load((copy / "params.yaml").read_text().replace("../shared", str(SHARED)))
+    params["sweep"]["enabled"] = False  # the main pipeline; the learning curve has its own command (README)
+    (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "bench",
            "GIT_COMMITTER_EMAIL": "b@b"}
     bin_dir = Path(sys.executable).parent
@@ -261,6 +264,7 @@ def rerun_costs(work: Path) -> dict[str, float]:
         return time.perf_counter() - start
 
     sh("git", "init", "-q")
+    sh(str(bin_dir / "dvc"), "init", "-q")
     sh("git", "add", "-A")
     sh("git", "commit", "-qm", "bench")
     snakemake, dvc = str(bin_dir / "snakemake"), str(bin_dir / "dvc")

@@ -58,6 +58,7 @@ TINY_PARAMS = {
     "head": {"C_grid": [0.1, 1.0], "max_iter": 500, "refit_on": "train"},
     "finetune": {"enabled": True, "unfreeze": 1, "lr": 1e-4, "epochs": 1, "batch_size": 8, "num_workers": 0},
     "visualize": {"enabled": True, "steps": 5, "image_size": 32, "adversarial_steps": 3, "adversarial_images": 1},
+    "sweep": {"enabled": True, "backbones": ["resnet18"], "fractions": [0.5, 1.0], "seeds": [0]},
 }
 
 
@@ -65,7 +66,7 @@ def copy_project(parent: Path) -> Path:
     """A temporary copy of the project (git-tracked layout) with a tiny synthetic dataset and tiny params."""
     dest = parent / "project"
     dest.mkdir()
-    for name in ("Snakefile", "dvc.yaml", "pyproject.toml", ".gitignore", "src", "workflow"):
+    for name in ("Snakefile", "dvc.yaml", "pyproject.toml", ".gitignore", "src", "workflow", "profiles"):
         src = ROOT / name
         if src.is_dir():
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))

@@ -38,8 +38,13 @@ def snakemake_jobs(output: str) -> set[str]:
     return set(re.findall(r"^(?:local)?rule (\w+):", output, re.M)) - {"all"}
 
 
+def dvc_stages_ran(output: str) -> list[str]:
+    """Stage names as DVC prints them (matrix stages as name@values)."""
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
 def dvc_ran(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '(\w+)'", output))
+    return {name.split("@")[0] for name in dvc_stages_ran(output)}
 
 
 def set_param(project, section, key, value):
@@ -77,7 +82,7 @@ def test_full_runs_then_noop(both_engines):
     sm_dir, sm_first, sm_again = both_engines["snakemake"]
     dvc_dir, dvc_first, dvc_again = both_engines["dvc"]
     stages = {"download", "split", "extract", "train_head", "evaluate_probe", "finetune", "evaluate_finetune",
-              "visualize", "report"}
+              "visualize", "sweep_extract", "sweep_point", "sweep_aggregate", "report"}
     assert snakemake_jobs(sm_first) == stages and dvc_ran(dvc_first) == stages
     assert "Nothing to be done" in sm_again and not snakemake_jobs(sm_again)
     assert "Data and pipelines are up to date" in dvc_again and not dvc_ran(dvc_again)
@@ -122,7 +127,8 @@ def test_head_param_change_never_reruns_extraction(both_engines):
         set_param(project, "head", "C_grid", [0.5])
     sm = run(["snakemake", "--cores", "2"], sm_dir)
     dv = run(["dvc", "repro"], dvc_dir)
-    expected = {"train_head", "evaluate_probe", "finetune", "evaluate_finetune", "visualize", "report"}
+    expected = {"train_head", "evaluate_probe", "finetune", "evaluate_finetune", "visualize", "sweep_point",
+                "sweep_aggregate", "report"}
     assert snakemake_jobs(sm.stdout + sm.stderr) == expected
     assert dvc_ran(dv.stdout + dv.stderr) == expected
     search = pd.read_csv(dvc_dir / "results/head/search.csv")
@@ -146,7 +152,8 @@ def test_finetune_param_change_reruns_only_finetune(both_engines):
     sm_dir = both_engines["snakemake"][0]
     set_param(sm_dir, "finetune", "lr", "3e-05")
     sm = run(["snakemake", "--cores", "2"], sm_dir)
-    assert snakemake_jobs(sm.stdout + sm.stderr) == {"finetune", "evaluate_finetune", "visualize", "report"}
+    assert snakemake_jobs(sm.stdout + sm.stderr) == {"finetune", "evaluate_finetune", "visualize", "sweep_point",
+                                                     "sweep_aggregate", "report"}
     assert json.loads((sm_dir / "results/finetune/summary.json").read_text())["lr"] == 3e-05
 
 
@@ -168,8 +175,9 @@ def test_dvc_exp_run_reruns_only_finetune_and_lr_is_a_number(both_engines):
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"], project)
     exp = run(["dvc", "exp", "run", "-S", "finetune.lr=1e-5"], project)
     output = exp.stdout + exp.stderr
-    assert dvc_ran(output) == {"finetune", "evaluate_finetune", "visualize", "report"}
-    assert "Stage 'extract' didn't change" in output and "Stage 'train_head' didn't change" in output
+    assert dvc_ran(output) == {"finetune", "evaluate_finetune", "visualize", "sweep_point", "sweep_aggregate",
+                               "report"}
+    assert "Stage 'extract' didn't change" in output and "Stage 'sweep_extract@resnet18' didn't change" in output and "Stage 'train_head' didn't change" in output
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
     lrs = list(_values(shown, "lr"))
     assert 1e-05 in lrs and all(isinstance(v, float) for v in lrs), lrs
@@ -178,3 +186,53 @@ def test_dvc_exp_run_reruns_only_finetune_and_lr_is_a_number(both_engines):
     assert summary["lr"] == 1e-05
     diff = run(["dvc", "metrics", "diff", "--json"], project)
     assert "results/metrics/finetune.json" in diff.stdout
+
+
+def test_sweep_extracts_once_per_backbone_and_reports_the_curve(both_engines):
+    sm_dir, sm_first, _ = both_engines["snakemake"]
+    dvc_dir, dvc_first, _ = both_engines["dvc"]
+    assert sm_first.count("rule sweep_extract:") == 1 and sm_first.count("rule sweep_point:") == 2
+    assert dvc_stages_ran(dvc_first).count("sweep_extract@resnet18") == 1
+    assert sorted(n for n in dvc_stages_ran(dvc_first) if n.startswith("sweep_point")) == [
+        "sweep_point@resnet18-0.5-0", "sweep_point@resnet18-1.0-0"]
+    assert "extracted once for the whole sweep" in (sm_dir / "logs/sweep/resnet18/extract.log").read_text()
+    assert "no extraction here" in (sm_dir / "logs/sweep/resnet18/0.5/0.log").read_text()
+    for project in (sm_dir, dvc_dir):
+        points = pd.read_csv(project / "results/curve/points.csv")
+        assert set(zip(points["method"], points["fraction"])) == {(m, f) for m in ("probe", "finetune")
+                                                                   for f in (0.5, 1.0)}
+        assert points.set_index(["method", "fraction"])["train_images"].to_dict()[("probe", 0.5)] == 6
+        page = (project / "results/report.html").read_text()
+        assert "Learning curve" in page and 'id="curve-reading"' in page and "resnet18" in page
+    # the probe points agree between the engines (earlier tests set different fine-tune learning rates in each)
+    same = [pd.read_csv(d / "results/curve/points.csv").query("method == 'probe'").drop(columns="seconds")
+            for d in (sm_dir, dvc_dir)]
+    pd.testing.assert_frame_equal(same[0], same[1], atol=1e-6)
+
+
+def test_one_more_fraction_computes_only_the_new_point(both_engines):
+    sm_dir, dvc_dir = both_engines["snakemake"][0], both_engines["dvc"][0]
+    for project in (sm_dir, dvc_dir):
+        set_param(project, "sweep", "fractions", [0.5, 1.0, 0.75])
+    sm = run(["snakemake", "--cores", "2"], sm_dir)
+    dv = run(["dvc", "repro"], dvc_dir)
+    sm_out, dv_out = sm.stdout + sm.stderr, dv.stdout + dv.stderr
+    assert snakemake_jobs(sm_out) == {"sweep_point", "sweep_aggregate", "report"}
+    assert sm_out.count("rule sweep_point:") == 1 and "fraction=0.75" in sm_out
+    assert dvc_stages_ran(dv_out) == ["sweep_point@resnet18-0.75-0", "sweep_aggregate", "report"]
+    for project in (sm_dir, dvc_dir):
+        assert sorted(pd.read_csv(project / "results/curve/curve.csv")["fraction"].unique()) == [0.5, 0.75, 1.0]
+
+
+@pytest.mark.parametrize("profile", ["local", "slurm"])
+def test_profiles_dry_run(tmp_path, profile):
+    project = copy_project(tmp_path)
+    dry = run(["snakemake", "-n", "--profile", f"profiles/{profile}"], project)
+    output = dry.stdout + dry.stderr
+    assert f"Using profile profiles/{profile}" in output
+    assert snakemake_jobs(output) == {"download", "split", "extract", "train_head", "evaluate_probe", "finetune",
+                                      "evaluate_finetune", "visualize", "sweep_extract", "sweep_point",
+                                      "sweep_aggregate", "report"}
+    if profile == "slurm":  # GPU rules ask the cluster for a GPU, the others for the CPU partition
+        assert re.search(r"rule sweep_point:.*?resources:[^\n]*slurm_partition=gpu[^\n]*gpu=1", output, re.S)
+        assert re.search(r"rule split:.*?resources:[^\n]*slurm_partition=cpu", output, re.S)

@@ -99,11 +99,14 @@ def _check_semantics(params: dict[str, Any], base_dir: Path) -> None:
         raise ParamsError(f"params: model.checkpoint: no such file: {checkpoint}")
     from torchvision import models  # imported late: torch is slow to import and not needed for data checks
 
-    if model["backbone"] not in models.list_models(module=models):
-        raise ParamsError(
-            f"params: model.backbone: unknown torchvision classification model {model['backbone']!r} "
-            f"(choose from torchvision.models.list_models(), e.g. resnet18, resnet50, mobilenet_v2, vgg16)"
-        )
+    known = models.list_models(module=models)
+    for key, name in [("model.backbone", model["backbone"])] + [("sweep.backbones", b)
+                                                                 for b in params["sweep"]["backbones"]]:
+        if name not in known:
+            raise ParamsError(
+                f"params: {key}: unknown torchvision classification model {name!r} "
+                f"(choose from torchvision.models.list_models(), e.g. resnet18, resnet50, mobilenet_v2, vgg16)"
+            )
     if model["weights"].lower() != "none":
         enum = models.get_model_weights(model["backbone"])
         if model["weights"] != "DEFAULT" and model["weights"] not in enum.__members__:

@@ -71,6 +71,16 @@ def visualizations(results: Path) -> dict[str, Any] | None:
     return summary
 
 
+def learning_curve(results: Path) -> dict[str, Any] | None:
+    """The sweep's curve (figure embedded, table, generated reading), or None where the sweep did not run."""
+    folder = results / "curve"
+    summary = _json(folder / "summary.json")
+    if not summary or summary.get("skipped"):
+        return None
+    table = pd.read_csv(folder / "curve.csv").sort_values(["backbone", "fraction", "method"])
+    return {**summary, "src": _embed_png(folder / "curve.png"), "rows": table.to_dict("records")}
+
+
 def _thumb(path: Path, size: int = 112) -> str:
     try:
         image = load_rgb(path, size)
@@ -265,7 +275,8 @@ def render(params: dict[str, Any], data_dir: Path, results: Path, template_dir: 
         info=info, methods=METHODS, table=comparison(info["methods"]), figures=figures,
         galleries=galleries(info, Path(info["dataset"]["root"])), differences=params_mod.differences(params),
         commit=git_commit(), date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        versions=versions(), visualize=visualizations(results), rejected_reasons=info["dataset"]["left_out_reasons"], cap=GALLERY_CAP)
+        versions=versions(), visualize=visualizations(results), curve=learning_curve(results),
+        rejected_reasons=info["dataset"]["left_out_reasons"], cap=GALLERY_CAP)
     with atomic_path(out) as tmp:
         tmp.write_text(html)
     return out

@@ -18,7 +18,10 @@ STAGE_PARAMS: dict[str, list[str]] = {
     "finetune": ["model", "finetune"],
     "evaluate_finetune": ["model", "finetune"],
     "visualize": ["model", "finetune.enabled", "visualize"],
-    "report": ["data", "model", "features", "head", "finetune", "visualize"],
+    "sweep_extract": ["model", "features", "sweep.enabled"],
+    "sweep_point": ["model", "head", "finetune", "sweep.enabled"],
+    "sweep_aggregate": ["sweep"],
+    "report": ["data", "model", "features", "head", "finetune", "visualize", "sweep"],
 }
 
 # Stages that share a script with another (the method is a command-line argument).
@@ -35,6 +38,9 @@ STAGE_MODULES: dict[str, list[str]] = {
     "finetune": _FEATURES + ["head", "finetune"],
     "evaluate_finetune": _FEATURES + ["head", "finetune", "evaluation"],
     "visualize": _FEATURES + ["head", "finetune", "visualize"],
+    "sweep_extract": _FEATURES + ["head", "finetune", "evaluation", "sweep"],
+    "sweep_point": _FEATURES + ["head", "finetune", "evaluation", "sweep"],
+    "sweep_aggregate": _FEATURES + ["head", "finetune", "evaluation", "sweep"],
     "report": ["__init__", "cli", "params", "atomic", "images", "report"],
 }
 

@@ -1,0 +1,107 @@
+"""The learning-curve sweep: points reuse one extraction, subsample correctly, and the reading follows the numbers."""
+import json
+
+import pandas as pd
+import pytest
+
+from test_features_head import prepare
+from transferlab import features, sweep
+from transferlab.params import ParamsError, validate
+
+
+def sweep_params(**over):
+    return validate({"data": {"dataset": "folder", "source": "."},
+                     "model": {"backbone": "resnet18", "weights": "none", "image_size": 32},
+                     "features": {"batch_size": 4, "num_workers": 0},
+                     "head": {"C_grid": [1.0], "max_iter": 300},
+                     "finetune": {"enabled": True, "unfreeze": 1, "epochs": 1, "batch_size": 4, "num_workers": 0},
+                     "sweep": {"backbones": ["resnet18"], "fractions": [0.25, 1.0], "seeds": [0, 1], **over}})
+
+
+def test_points_reuse_the_cached_features_and_subsample_per_class(tmp_path, monkeypatch):
+    data_dir = prepare(tmp_path, {"ant": 16, "bee": 16, "cat": 16})
+    params = sweep_params()
+    cache = tmp_path / "results" / "sweep" / "resnet18" / "features"
+    sweep.extract(params, "resnet18", data_dir, cache)
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("a sweep point must not extract features")
+
+    monkeypatch.setattr(features, "run", no_extraction)
+    results = {}
+    for backbone, fraction, seed in sweep.points(params):
+        out = sweep.point_dir(tmp_path / "results", backbone, fraction, seed)
+        results[fraction, seed] = sweep.run_point(params, backbone, fraction, seed, data_dir, cache, out)
+    assert set(results) == {(0.25, 0), (0.25, 1), (1.0, 0), (1.0, 1)}
+    full = pd.read_csv(data_dir / "splits" / "train.csv")  # 8 per class
+    assert results[1.0, 0]["train_images"] == len(full) == 24
+    assert results[0.25, 0]["train_images"] == 6 and results[0.25, 0]["images_per_class"] == 2
+    small = [pd.read_csv(sweep.point_dir(tmp_path / "results", "resnet18", 0.25, s) / "data/splits/train.csv")
+             for s in (0, 1)]
+    assert set(small[0]["path"]) <= set(full["path"]) and set(small[0]["path"]) != set(small[1]["path"])
+    assert small[0]["label"].value_counts().tolist() == [2, 2, 2]
+    for result in results.values():
+        assert result["test_images"] == 12 and 0 <= result["probe"]["accuracy"] <= 1
+        assert result["finetune"]["epochs_run"] == 1
+
+    files = sweep.metric_files(params, tmp_path / "results")
+    summary = sweep.aggregate(files, tmp_path / "results" / "curve")
+    curve = pd.read_csv(tmp_path / "results" / "curve" / "curve.csv")
+    assert summary["points"] == 4 and len(curve) == 4 and (curve["seeds"] == 2).all()
+    assert (curve["accuracy_min"] <= curve["accuracy"]).all() and (curve["accuracy"] <= curve["accuracy_max"]).all()
+    assert (tmp_path / "results" / "curve" / "curve.png").stat().st_size > 5000
+    assert summary["reading"].startswith("resnet18:")
+    shown = json.loads((tmp_path / "results" / "curve" / "metrics.json").read_text())
+    assert set(shown["resnet18"]) == {"25% of train", "100% of train"}
+    assert shown["resnet18"]["25% of train"]["probe"] == pytest.approx(
+        curve.query("method == 'probe' and fraction == 0.25")["accuracy"].item(), abs=1e-6)
+
+
+def test_metric_files_accept_any_spelling_and_name_missing_points(tmp_path):
+    params = sweep_params(seeds=[0])
+    for folder in ("0.25", "1"):  # DVC writes an integer-valued fraction as the YAML spelled it
+        path = tmp_path / "sweep" / "resnet18" / folder / "0" / "metrics.json"
+        path.parent.mkdir(parents=True)
+        path.write_text("{}")
+    assert len(sweep.metric_files(params, tmp_path)) == 2
+    with pytest.raises(FileNotFoundError, match="0.5"):
+        sweep.metric_files(sweep_params(seeds=[0], fractions=[0.25, 0.5, 1.0]), tmp_path)
+
+
+def curve_of(probe, finetune, per_class=(2, 5, 10, 20)):
+    rows = []
+    for method, accs in (("probe", probe), ("finetune", finetune)):
+        for f, (n, acc) in enumerate(zip(per_class, accs)):
+            rows.append({"backbone": "mobilenet_v2", "method": method, "fraction": [0.1, 0.25, 0.5, 1.0][f],
+                         "images_per_class": n, "accuracy": acc, "accuracy_min": acc, "accuracy_max": acc,
+                         "seeds": 1})
+    return pd.DataFrame(rows)
+
+
+def test_reading_says_where_fine_tuning_starts_paying_off():
+    text = sweep.reading(curve_of([0.5, 0.7, 0.8, 0.85], [0.45, 0.7, 0.83, 0.9]))
+    assert "starts paying off from 10 training images per class" in text and "+3.0%" in text
+    text = sweep.reading(curve_of([0.5, 0.7, 0.8, 0.85], [0.45, 0.69, 0.8, 0.855]))
+    assert "never beats the frozen features" in text and "keep the backbone frozen" in text
+    text = sweep.reading(curve_of([0.5, 0.7, 0.8, 0.85], [0.52, 0.75, 0.8, 0.85]))
+    assert "not consistently" in text and "5" in text
+    only_probe = curve_of([0.5, 0.7, 0.8, 0.85], [0, 0, 0, 0])
+    assert "only the frozen-features probe ran" in sweep.reading(only_probe[only_probe["method"] == "probe"])
+
+
+def test_sweep_params_are_validated():
+    with pytest.raises(ParamsError, match="sweep.backbones"):
+        sweep_params(backbones=["resnet7"])
+    with pytest.raises(ParamsError, match="sweep.fractions"):
+        sweep_params(fractions=[0.0, 0.5])
+    assert sweep_params(fractions=["0.5"])["sweep"]["fractions"] == [0.5]  # cast like dvc exp run -S writes
+
+
+def test_other_backbones_use_their_default_weights():
+    params = sweep_params()
+    params["model"].update(checkpoint="x.pth")
+    assert sweep.with_backbone(params, "resnet18")["model"]["checkpoint"] == "x.pth"
+    other = sweep.with_backbone(params, "mobilenet_v3_small")["model"]
+    assert other == {**params["model"], "backbone": "mobilenet_v3_small", "weights": "DEFAULT", "checkpoint": None}
+    assert json.dumps(params)  # the original is untouched and serialisable
+    assert params["model"]["backbone"] == "resnet18"

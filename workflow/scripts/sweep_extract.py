@@ -1,0 +1,26 @@
+"""Stage sweep_extract: one backbone's features for every image of the split → results/sweep/<backbone>/features/."""
+from pathlib import Path
+
+from transferlab import sweep
+from transferlab.atomic import write_json
+from transferlab.cli import log, run_stage
+
+
+def main(params, args) -> None:
+    out = Path(args.out or f"results/sweep/{args.backbone}/features")
+    if not params["sweep"]["enabled"]:
+        write_json(out / "meta.json", {"skipped": True, "reason": "sweep.enabled: false"})
+        return
+    meta = sweep.extract(params, args.backbone, Path("data"), out)
+    images = sum(s["images"] for s in meta["splits"].values())
+    log.info("%s: extracted once for the whole sweep: %d images, %s engine, %d features → %s", args.backbone, images,
+             meta["engine"], meta["feature_dim"], out)
+
+
+def arguments(parser) -> None:
+    parser.add_argument("--backbone", required=True, help="a torchvision model name from sweep.backbones")
+    parser.add_argument("--out", help="output folder (default: results/sweep/<backbone>/features)")
+
+
+if __name__ == "__main__":
+    run_stage("sweep_extract", main, arguments)
