@@ -164,8 +164,11 @@ def reading(points_curve: pd.DataFrame) -> str:
                              f"{PAYS_OFF:.0%} ({ends}); with this little data keep the backbone frozen.")
         elif (gain.loc[paying.index[0]:] > PAYS_OFF).all():
             first = paying.index[0]
+            below = gain.loc[:first].iloc[:-1]
+            before = (f"; below that the frozen features are as good or better (by up to {-below.min():.1%} at "
+                      f"{per_class[below.idxmin()]:g} images per class)" if len(below) and below.min() < 0 else "")
             sentences.append(f"{backbone}: fine-tuning starts paying off from {per_class[first]:g} training images "
-                             f"per class (+{gain[first]:.1%}; {ends}).")
+                             f"per class (+{gain[first]:.1%}){before}; {ends}.")
         else:
             sentences.append(f"{backbone}: fine-tuning beats the probe by more than {PAYS_OFF:.0%} only at "
                              f"{', '.join(f'{per_class[f]:g}' for f in paying.index)} images per class, not "
@@ -184,6 +187,9 @@ def plot(points_curve: pd.DataFrame, out: Path) -> None:
             ax.fill_between(group["images_per_class"], group["accuracy_min"], group["accuracy_max"],
                             color=line.get_color(), alpha=0.2)
     ax.set_xscale("log")
+    ticks = sorted(points_curve["images_per_class"].unique())
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
     ax.set_xlabel("training images per class (log scale)")
     ax.set_ylabel("test accuracy")
     ax.set_title("Learning curve: frozen features + linear head vs fine-tuning")
