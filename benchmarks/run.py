@@ -50,8 +50,8 @@ ROWS: list[dict] = []
 
 
 def row(group: str, what: str, value: float, unit: str, note: str = "") -> float:
-    ROWS.append({"row": group, "what": what, "value": round(value, 3), "unit": unit, "note": note})
-    print(f"  {group:<3} {what:<58} {value:>10.3f} {unit:<9} {note}", flush=True)
+    ROWS.append({"row": group, "what": what, "value": round(value, 4), "unit": unit, "note": note})
+    print(f"  {group:<3} {what:<58} {value:>10.4g} {unit:<9} {note}", flush=True)
     return value
 
 
