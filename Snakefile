@@ -1,12 +1,13 @@
 # transferlab pipeline for Snakemake. Same stages, scripts and params.yaml as dvc.yaml.
 # Run from the project root:  snakemake --cores 2
 import sys
+from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
 from transferlab import params as P
 from transferlab.stages import deps, params_for
-from transferlab.sweep import label, points
+from transferlab.sweep import point_dir, points
 
 
 configfile: "params.yaml"
@@ -29,7 +30,7 @@ def lib(stage):
 METHODS = ["probe"] + (["finetune"] if config["finetune"]["enabled"] else [])
 VISUALIZE = ["results/visualize/summary.json"] if config["visualize"]["enabled"] else []
 SWEEP = config["sweep"]["enabled"]
-SWEEP_POINTS = [f"results/sweep/{b}/{label(f)}/{s}/metrics.json" for b, f, s in points(config)] if SWEEP else []
+SWEEP_POINTS = [str(point_dir(Path("results"), *p) / "metrics.json") for p in points(config)] if SWEEP else []
 SWEEP_CURVE = ["results/curve/summary.json"] if SWEEP else []
 
 

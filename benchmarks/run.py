@@ -72,7 +72,6 @@ def _timed(fn: Callable[[], object]) -> float:
 
 def matmul_ceiling(n: int = 2048) -> dict[str, float]:
     """GFLOP/s of an n×n matrix product in torch (fp32, bf16), numpy and ONNX Runtime, all cores."""
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
@@ -91,7 +90,6 @@ def matmul_ceiling(n: int = 2048) -> dict[str, float]:
     out["onnxruntime fp32"] = rate(lambda: session.run(None, {"a": an, "b": bn}), 1, 5) * flop
     ab, bb = a.bfloat16(), b.bfloat16()
     out["torch bf16"] = rate(lambda: ab @ bb, 1, 5) * flop
-    del onnx
     return out
 
 

@@ -29,6 +29,7 @@ SCRIPTS: dict[str, str] = {"evaluate_probe": "evaluate", "evaluate_finetune": "e
 
 _CORE = ["__init__", "cli", "params", "atomic", "fetch", "datasets"]
 _FEATURES = _CORE + ["images", "split", "backbones", "transforms", "engines", "features"]
+_SWEEP = _FEATURES + ["head", "finetune", "evaluation", "sweep"]
 STAGE_MODULES: dict[str, list[str]] = {
     "download": _CORE + ["images", "index"],
     "split": _CORE + ["split"],
@@ -38,9 +39,9 @@ STAGE_MODULES: dict[str, list[str]] = {
     "finetune": _FEATURES + ["head", "finetune"],
     "evaluate_finetune": _FEATURES + ["head", "finetune", "evaluation"],
     "visualize": _FEATURES + ["head", "finetune", "visualize"],
-    "sweep_extract": _FEATURES + ["head", "finetune", "evaluation", "sweep"],
-    "sweep_point": _FEATURES + ["head", "finetune", "evaluation", "sweep"],
-    "sweep_aggregate": _FEATURES + ["head", "finetune", "evaluation", "sweep"],
+    "sweep_extract": _SWEEP,
+    "sweep_point": _SWEEP,
+    "sweep_aggregate": _SWEEP,
     "report": ["__init__", "cli", "params", "atomic", "images", "report"],
 }
 

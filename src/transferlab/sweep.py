@@ -36,6 +36,11 @@ def label(value: float) -> str:
     return str(float(value))
 
 
+def features_dir(results: Path, backbone: str) -> Path:
+    """Where the backbone's features for the whole sweep are cached."""
+    return results / "sweep" / backbone / "features"
+
+
 def point_dir(results: Path, backbone: str, fraction: float, seed: int) -> Path:
     return results / "sweep" / backbone / label(fraction) / str(seed)
 

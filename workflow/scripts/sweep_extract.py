@@ -7,7 +7,7 @@ from transferlab.cli import log, run_stage
 
 
 def main(params, args) -> None:
-    out = Path(args.out or f"results/sweep/{args.backbone}/features")
+    out = sweep.features_dir(Path("results"), args.backbone)
     if not params["sweep"]["enabled"]:
         write_json(out / "meta.json", {"skipped": True, "reason": "sweep.enabled: false"})
         return
@@ -19,7 +19,6 @@ def main(params, args) -> None:
 
 def arguments(parser) -> None:
     parser.add_argument("--backbone", required=True, help="a torchvision model name from sweep.backbones")
-    parser.add_argument("--out", help="output folder (default: results/sweep/<backbone>/features)")
 
 
 if __name__ == "__main__":

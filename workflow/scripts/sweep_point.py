@@ -11,7 +11,7 @@ def main(params, args) -> None:
     if not params["sweep"]["enabled"]:
         write_json(out / "metrics.json", {"skipped": True, "reason": "sweep.enabled: false"})
         return
-    features_dir = Path(f"results/sweep/{args.backbone}/features")
+    features_dir = sweep.features_dir(Path("results"), args.backbone)
     log.info("%s fraction %s seed %d: cached features from %s (no extraction here)", args.backbone, args.fraction,
              args.seed, features_dir)
     result = sweep.run_point(params, args.backbone, args.fraction, args.seed, Path("data"), features_dir, out)
