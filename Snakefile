@@ -184,6 +184,7 @@ rule evaluate_finetune:
         lib=lib("evaluate_finetune"),
         model=rules.finetune.output.model,
         summary=rules.finetune.output.summary,
+        probe=rules.evaluate_probe.output.predictions,
         splits=rules.split.output,
     output:
         metrics="results/metrics/finetune.json",

@@ -173,17 +173,32 @@ def test_metrics_on_hand_made_example(tmp_path):
     assert "top5_accuracy" not in got
     probs = {"train": proba, "val": proba[:4], "test": proba}
     labels = {"train": y, "val": y[:4], "test": y}
+    settings = {"bootstrap": 500, "confidence": 0.95, "seed": 0}
     result = evaluation.evaluate("probe", probs, labels, np.array([f"i{i}" for i in range(6)]), ["a", "b", "c"],
-                                 tmp_path / "metrics", tmp_path / "eval")
+                                 tmp_path / "metrics", tmp_path / "eval", settings)
     assert result["train_val_gap"] == pytest.approx(4 / 6 - 3 / 4, abs=1e-6)
     saved = json.loads((tmp_path / "metrics" / "probe.json").read_text())
     assert saved["accuracy"] == pytest.approx(4 / 6, abs=1e-6)
+    for metric in ("accuracy", "balanced_accuracy", "macro_f1"):  # the interval holds the estimate
+        assert saved["interval"][metric]["low"] <= saved[metric] <= saved["interval"][metric]["high"], metric
+    assert set(saved["interval"]) == {"accuracy", "balanced_accuracy", "macro_f1"} and "vs_probe" not in saved
     matrix = pd.read_csv(tmp_path / "eval" / "probe" / "confusion_matrix.csv", index_col="actual")
     assert matrix.loc["a"].tolist() == [1, 1, 0] and matrix.loc["c"].tolist() == [1, 0, 1]
     per_class = pd.read_csv(tmp_path / "eval" / "probe" / "per_class.csv")
     assert per_class["recall"].tolist() == pytest.approx([0.5, 1.0, 0.5])
     preds = pd.read_csv(tmp_path / "eval" / "probe" / "predictions.csv")
     assert preds["predicted"].tolist() == ["a", "b", "b", "b", "c", "a"]
+    worse = {**probs, "test": np.roll(proba, 1, axis=1)}  # a "fine-tune" that gets other images right
+    pair = evaluation.evaluate("finetune", worse, labels, np.array([f"i{i}" for i in range(6)]), ["a", "b", "c"],
+                               tmp_path / "metrics", tmp_path / "eval", settings,
+                               baseline=preds.iloc[::-1])["vs_probe"]  # matched by id, not by row order
+    right = np.roll(proba, 1, axis=1).argmax(1) == y
+    assert pair["only_correct"] == {"probe": int((~right & (proba.argmax(1) == y)).sum()),
+                                    "finetune": int((right & (proba.argmax(1) != y)).sum())}
+    assert pair["difference"] == pytest.approx(right.mean() - 4 / 6, abs=1e-6)
+    with pytest.raises(ValueError, match="same test images"):
+        evaluation.evaluate("finetune", worse, labels, np.array([f"j{i}" for i in range(6)]), ["a", "b", "c"],
+                            tmp_path / "metrics", tmp_path / "eval", settings, baseline=preds)
 
 
 def test_top5_with_many_classes():

@@ -1,6 +1,8 @@
 """The HTML report on a tiny pipeline run: sections, values equal to the metrics, escaping, probe-only runs."""
+import copy
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,9 +17,9 @@ from transferlab.split import SPLITS
 EVIL = "<script>alert(1)"
 
 
-def pipeline(tmp_path: Path, with_finetune: bool) -> tuple[dict, Path, Path]:
+def pipeline(tmp_path: Path, with_finetune: bool, classes=("ant", EVIL, "cat")) -> tuple[dict, Path, Path]:
     """download → … → evaluate (and fine-tune) through the library, outputs laid out as the stages write them."""
-    data_dir = prepare(tmp_path, {"ant": 8, EVIL: 8, "cat": 8})
+    data_dir = prepare(tmp_path, {c: 8 for c in classes})
     params = tiny_params()
     params["finetune"].update({"enabled": with_finetune, "epochs": 1, "batch_size": 8, "num_workers": 0})
     params["visualize"].update({"enabled": with_finetune, "steps": 5, "image_size": 32, "adversarial_steps": 3})
@@ -32,7 +34,9 @@ def pipeline(tmp_path: Path, with_finetune: bool) -> tuple[dict, Path, Path]:
     names = [str(c) for c in cached["train"]["classes"]]
     proba = {s: head.predict_proba(model, cached[s]["features"], 3) for s in SPLITS}
     labels = {s: cached[s]["labels"] for s in SPLITS}
-    evaluation.evaluate("probe", proba, labels, cached["test"]["ids"], names, results / "metrics", results / "eval")
+    settings = params["evaluate"]
+    evaluation.evaluate("probe", proba, labels, cached["test"]["ids"], names, results / "metrics", results / "eval",
+                        settings)
     summary = finetune.train(params, data_dir, results / "head" / "model.npz", results / "finetune")
     if with_finetune:
         import pandas as pd
@@ -42,7 +46,9 @@ def pipeline(tmp_path: Path, with_finetune: bool) -> tuple[dict, Path, Path]:
         out = {s: finetune.predict(net, pd.read_csv(data_dir / "splits" / f"{s}.csv"), root, names, params["model"],
                                    8) for s in SPLITS}
         evaluation.evaluate("finetune", {s: o[0] for s, o in out.items()}, {s: o[1] for s, o in out.items()},
-                            cached["test"]["ids"], names, results / "metrics", results / "eval")
+                            pd.read_csv(data_dir / "splits" / "test.csv")["path"].to_numpy(), names,
+                            results / "metrics", results / "eval", settings,
+                            pd.read_csv(results / "eval" / "probe" / "predictions.csv"))
     else:
         evaluation.skipped("finetune", summary["reason"], results / "metrics", results / "eval")
     visualize.run(params, data_dir, results, results / "visualize")
@@ -101,8 +107,91 @@ def test_html_looking_class_name_is_escaped(full):
 
 def test_probe_only_run_renders(tmp_path):
     html, _ = render(tmp_path, False)
+    assert "Only the frozen features + linear head ran: test accuracy" in html and 'id="paired-table"' not in html
     assert "not run (finetune.enabled: false)" in html
     assert "fine-tune not run" not in html  # that text is inside the figure, not the page
     assert cell(html, "probe", "accuracy")
     assert 'data-method="finetune"' not in html
     assert "not run (visualize.enabled: false)" in html
+
+
+def test_verdict_opens_the_page_with_its_numbers(full):
+    html, results = full
+    assert html.index('id="verdict"') < html.index('id="comparison"') < html.index('id="per-split-counts"')
+    assert re.search(r'<details><summary>Images per class and split', html)  # the class table is folded
+    metrics = {m: json.loads((results / "metrics" / f"{m}.json").read_text()) for m in ("probe", "finetune")}
+    pair = metrics["finetune"]["vs_probe"]
+    text = re.search(r'id="verdict-text"[^>]*>([^<]*)<', html).group(1)
+    assert f"{abs(pair['difference']) * 100:.1f} points" in text
+    assert f"{pair['low'] * 100:+.1f} to {pair['high'] * 100:+.1f} points" in text and "McNemar p" in text
+    assert re.search(r"costs \d+\.\d× the compute", text)
+    for method in ("probe", "finetune"):
+        low, high = (metrics[method]["interval"]["accuracy"][k] for k in ("low", "high"))
+        assert f'data-interval="accuracy"> ({low:.3f}–{high:.3f})' in html.replace(f'data-method="{method}"', "")
+    assert 'id="paired-table"' in html and f"p = {pair['mcnemar_p']:.3g}" in html
+    assert html.count('class="from">Made from folder') >= 6  # every section names where it came from
+    assert 'id="ideal-caption"' in html and "It is not a photo of the class" in html
+
+
+def made_up(difference, low, high, p, only=(10, 14)):
+    probe = {"accuracy": 0.80, "test_images": 230, "interval": {"accuracy": {"low": 0.75, "high": 0.85}}}
+    finetune = {"accuracy": 0.80 + difference, "vs_probe": {
+        "difference": difference, "low": low, "high": high, "mcnemar_p": p, "test_images": 230,
+        "only_correct": {"probe": only[0], "finetune": only[1]}}}
+    return probe, finetune
+
+
+@pytest.mark.parametrize("difference, low, high, p, expected", [
+    (0.017, -0.013, 0.048, 0.3, "Fine-tuning is 1.7 points ahead, within the uncertainty of 230 test images"),
+    (-0.017, -0.048, 0.013, 0.3, "The frozen features are 1.7 points ahead, within the uncertainty of 230 test"),
+    (0.061, 0.030, 0.091, 0.0004, "Fine-tuning is 6.1 points ahead of the frozen features"),
+    (-0.061, -0.091, -0.030, 0.0004, "The frozen features are 6.1 points ahead of fine-tuning"),
+    (0.030, 0.001, 0.060, 0.07, "Fine-tuning is 3.0 points ahead, within the uncertainty"),  # interval clear of 0, test not
+])
+def test_verdict_wording_follows_the_numbers(difference, low, high, p, expected):
+    text = report.verdict(*made_up(difference, low, high, p), cost_ratio=9.04, confidence=0.95)
+    assert text.startswith(expected.split(",")[0]) and expected in text
+    assert "9.0× the compute" in text and f"{low * 100:+.1f} to {high * 100:+.1f} points" in text
+    if "within" in expected:
+        assert "keep the frozen features, or collect more test images: about" in text
+    elif difference > 0:
+        assert "the fine-tuned model is the better choice" in text
+    else:
+        assert "Keep the backbone frozen" in text
+    assert ("p < 0.001" if p < 0.001 else f"p = {p:.2g}") in text
+
+
+def test_verdict_without_a_fine_tune_and_at_another_confidence():
+    probe, finetune = made_up(0.03, 0.001, 0.06, 0.03)
+    assert "more than the uncertainty" in report.verdict(probe, finetune, 2.0, 0.95)
+    assert "within the uncertainty" in report.verdict(probe, finetune, 2.0, 0.99)
+    alone = report.verdict(probe, None, None, 0.95)
+    assert alone.startswith("Only the frozen features + linear head ran: test accuracy 80.0% (95% interval 75.0% to "
+                            "85.0% on 230 test images)")
+
+
+def test_sections_from_another_dataset_or_a_disabled_stage_are_not_shown(full, tmp_path):
+    _, old = full
+    params, data_dir, results = pipeline(tmp_path, False, classes=("dog", "emu", "fox"))
+    shutil.rmtree(results / "visualize")  # as under Snakemake, which runs no disabled stage: the previous
+    shutil.copytree(old / "visualize", results / "visualize")  # dataset's outputs are still there
+    old_stamp = json.loads((old / "visualize" / "summary.json").read_text())["made_from"]
+    (results / "curve").mkdir()
+    write_json(results / "curve" / "summary.json", {"points": 1, "reading": "OLD CURVE", "confidence": 0.95,
+                                                    "made_from": {**old_stamp, "params": {"sweep": params["sweep"]}}})
+
+    def page(p):
+        return report.render(p, data_dir, results, ROOT / "workflow" / "report", results / "report.html",
+                             results / "report").read_text()
+
+    params["sweep"]["enabled"] = False
+    html = page(params)  # visualize and sweep off, as the new run's params say
+    assert "not run (visualize.enabled: false)" in html and "not run (sweep.enabled: false)" in html
+    assert "OLD CURVE" not in html and 'alt="ideal' not in html and "<code>visualize.steps</code>" not in html
+    on = copy.deepcopy(params)
+    on["visualize"]["enabled"] = on["sweep"]["enabled"] = True
+    html = page(on)  # enabled, but the outputs on disk were made from the other dataset
+    assert "not shown: results of the visualize stage were made from another dataset" in html
+    assert "not shown: results of the sweep_aggregate stage were made from another dataset" in html
+    assert "OLD CURVE" not in html and 'alt="ideal' not in html
+    assert "<code>visualize.steps</code>" in html  # an enabled stage's params are listed

@@ -45,10 +45,18 @@ def test_points_reuse_the_cached_features_and_subsample_per_class(tmp_path, monk
         assert result["finetune"]["epochs_run"] == 1
 
     files = sweep.metric_files(params, tmp_path / "results")
-    summary = sweep.aggregate(files, tmp_path / "results" / "curve")
+    summary = sweep.aggregate(params, files, tmp_path / "results" / "curve")
     curve = pd.read_csv(tmp_path / "results" / "curve" / "curve.csv")
     assert summary["points"] == 4 and len(curve) == 4 and (curve["seeds"] == 2).all()
     assert (curve["accuracy_min"] <= curve["accuracy"]).all() and (curve["accuracy"] <= curve["accuracy_max"]).all()
+    assert (curve["accuracy_low"] <= curve["accuracy_high"]).all() and summary["confidence"] == 0.95
+    finetuned = curve[curve["method"] == "finetune"]
+    assert set(finetuned["verdict"]) <= {"finetune", "probe", "within"}
+    assert (finetuned["difference_low"] <= finetuned["difference_high"]).all()
+    point = json.loads(files[0].read_text())
+    assert point["vs_probe"]["test_images"] == 12 and sum(point["vs_probe"]["only_correct"].values()) <= 12
+    assert summary["made_from"]["dataset"]["dataset"] == "folder" and summary["made_from"]["classes"] == 3
+    assert summary["made_from"]["params"] == {"sweep": params["sweep"]}
     assert (tmp_path / "results" / "curve" / "curve.png").stat().st_size > 5000
     assert summary["reading"].startswith("resnet18:")
     shown = json.loads((tmp_path / "results" / "curve" / "metrics.json").read_text())
@@ -68,26 +76,46 @@ def test_metric_files_accept_any_spelling_and_name_missing_points(tmp_path):
         sweep.metric_files(sweep_params(seeds=[0], fractions=[0.25, 0.5, 1.0]), tmp_path)
 
 
-def curve_of(probe, finetune, per_class=(2, 5, 10, 20)):
+def curve_of(probe, finetune, verdicts, per_class=(2, 5, 10, 20)):
     rows = []
     for method, accs in (("probe", probe), ("finetune", finetune)):
         for f, (n, acc) in enumerate(zip(per_class, accs)):
-            rows.append({"backbone": "mobilenet_v2", "method": method, "fraction": [0.1, 0.25, 0.5, 1.0][f],
-                         "images_per_class": n, "accuracy": acc, "accuracy_min": acc, "accuracy_max": acc,
-                         "seeds": 1})
+            row = {"backbone": "mobilenet_v2", "method": method, "fraction": [0.1, 0.25, 0.5, 1.0][f],
+                   "images_per_class": n, "test_images": 230, "accuracy": acc, "accuracy_min": acc,
+                   "accuracy_max": acc, "seeds": 1}
+            if method == "finetune":
+                gap = acc - probe[f]
+                row.update(difference=gap, difference_low=gap - 0.02, difference_high=gap + 0.02, mcnemar_p=0.01,
+                           verdict=verdicts[f])
+            rows.append(row)
     return pd.DataFrame(rows)
 
 
-def test_reading_says_where_fine_tuning_starts_paying_off():
-    text = sweep.reading(curve_of([0.5, 0.7, 0.8, 0.85], [0.45, 0.7, 0.83, 0.9]))
-    assert "starts paying off from 10 training images per class (+3.0%)" in text
-    assert "frozen features are as good or better (by up to 5.0% at 2 images per class)" in text
-    text = sweep.reading(curve_of([0.5, 0.7, 0.8, 0.85], [0.45, 0.69, 0.8, 0.855]))
-    assert "never beats the frozen features" in text and "keep the backbone frozen" in text
-    text = sweep.reading(curve_of([0.5, 0.7, 0.8, 0.85], [0.52, 0.75, 0.8, 0.85]))
-    assert "not consistently" in text and "5" in text
-    only_probe = curve_of([0.5, 0.7, 0.8, 0.85], [0, 0, 0, 0])
+def test_reading_says_where_the_lead_is_larger_than_its_uncertainty():
+    text = sweep.reading(curve_of([0.5, 0.7, 0.8, 0.85], [0.45, 0.7, 0.83, 0.9],
+                                  ["probe", "within", "finetune", "finetune"]))
+    assert "fine-tuning leads by more than its uncertainty at 10, 20 images per class (+3.0 points" in text
+    assert "the frozen features lead by more than the uncertainty at 2 images per class (-5.0 points" in text
+    assert "at 5 images per class the difference is within the uncertainty of 230 test images (+0.0 points" in text
+    assert "Fine-tuning pays off from 10 training images per class on." in text
+    text = sweep.reading(curve_of([0.5, 0.7, 0.8, 0.85], [0.52, 0.75, 0.8, 0.86], ["within"] * 4))
+    assert "leads" not in text and "within the uncertainty of 230 test images" in text
+    assert "Nowhere does fine-tuning beat the frozen features by more than the test set can tell" in text
+    text = sweep.reading(curve_of([0.5, 0.7, 0.8, 0.85], [0.52, 0.75, 0.8, 0.86],
+                                  ["within", "finetune", "within", "within"]))
+    assert "at 5 images per class (+5.0 points" in text and "not consistent" in text
+    only_probe = curve_of([0.5, 0.7, 0.8, 0.85], [0, 0, 0, 0], ["within"] * 4)
     assert "only the frozen-features probe ran" in sweep.reading(only_probe[only_probe["method"] == "probe"])
+
+
+def test_a_lead_counts_only_where_every_seed_shows_it():
+    rows = [{"backbone": "b", "method": "finetune", "fraction": 0.5, "seed": s, "images_per_class": 5,
+             "test_images": 10, "accuracy": 0.8, "accuracy_low": 0.6, "accuracy_high": 0.9, "difference": d,
+             "difference_low": d - 0.01, "difference_high": d + 0.01, "mcnemar_p": p, "verdict": v}
+            for s, d, p, v in ((0, 0.1, 0.01, "finetune"), (1, 0.02, 0.4, "within"))]
+    got = sweep.curve(pd.DataFrame(rows)).iloc[0]
+    assert got["verdict"] == "within" and got["mcnemar_p"] == 0.4 and got["difference"] == pytest.approx(0.06)
+    assert sweep.curve(pd.DataFrame(rows[:1])).iloc[0]["verdict"] == "finetune"
 
 
 def test_sweep_params_are_validated():

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
+from . import stats
 from .atomic import write_csv, write_json
 
 
@@ -33,11 +34,25 @@ def per_class(y_true: np.ndarray, predicted: np.ndarray, class_names: list[str])
                          "support": support})
 
 
+def versus(baseline: pd.DataFrame, method: str, ids: np.ndarray, correct: np.ndarray,
+           settings: dict[str, Any]) -> dict[str, Any]:
+    """The paired comparison of `method` with the baseline's predictions.csv on the same test images."""
+    mine = pd.Series(correct, index=ids)
+    theirs = baseline.set_index("id")["correct"].astype(bool)
+    if set(theirs.index) != set(mine.index):
+        raise ValueError(f"evaluate: the probe's predictions are not of the same test images ({len(theirs)} vs "
+                         f"{len(mine)}); re-run evaluate_probe")
+    return stats.paired({"probe": theirs.loc[mine.index].to_numpy(), method: mine.to_numpy()}, settings)
+
+
 def evaluate(method: str, proba: dict[str, np.ndarray], labels: dict[str, np.ndarray], ids: np.ndarray,
-             class_names: list[str], metrics_dir: Path, eval_dir: Path) -> dict[str, Any]:
+             class_names: list[str], metrics_dir: Path, eval_dir: Path, settings: dict[str, Any],
+             baseline: pd.DataFrame | None = None) -> dict[str, Any]:
     """Write metrics_dir/<method>.json and eval_dir/<method>/{predictions,per_class,confusion_matrix}.csv.
 
-    `proba` and `labels` hold the train, val and test splits; ids are the test images.
+    `proba` and `labels` hold the train, val and test splits; ids are the test images. `settings` are the
+    `evaluate:` params (bootstrap intervals); with the probe's predictions as `baseline`, the metrics also
+    hold the paired comparison with it (`vs_probe`).
     """
     test_proba, y = proba["test"], labels["test"]
     predicted = test_proba.argmax(1)
@@ -50,7 +65,10 @@ def evaluate(method: str, proba: dict[str, np.ndarray], labels: dict[str, np.nda
         "train_val_gap": round(accuracy["train"] - accuracy["val"], 6),
         "test_images": int(len(y)),
         "classes": len(class_names),
+        "interval": stats.intervals(y, predicted, len(class_names), settings),
     }
+    if baseline is not None:
+        result["vs_probe"] = versus(baseline, method, np.asarray(ids), predicted == y, settings)
     names = np.asarray(class_names)
     out = eval_dir / method
     write_csv(out / "predictions.csv", pd.DataFrame({

@@ -19,8 +19,10 @@ import pandas as pd  # noqa: E402
 from jinja2 import Environment, FileSystemLoader, select_autoescape  # noqa: E402
 
 from . import params as params_mod  # noqa: E402
+from . import stats  # noqa: E402
 from .atomic import atomic_path  # noqa: E402
 from .images import load_rgb  # noqa: E402
+from .stages import STAGE_PARAMS, made_from  # noqa: E402
 
 METHODS = {"probe": "Frozen features + linear head", "finetune": "Fine-tuned"}
 # metric key, label, True when higher is better
@@ -56,29 +58,61 @@ def _embed_png(path: Path) -> str:
     return _data_uri(path.read_bytes())
 
 
-def visualizations(results: Path) -> dict[str, Any] | None:
-    """The visualize stage's summary with its PNGs embedded, or None where it did not run."""
+def optional_section(params: dict[str, Any], dataset: dict[str, Any], section: str, stage: str,
+                     summary: dict[str, Any] | None) -> dict[str, Any]:
+    """Whether an optional stage's output belongs to this run: shown, or why not (disabled, not run, stale)."""
+    if not params[section]["enabled"]:
+        return {"shown": False, "why": f"not run ({section}.enabled: false)"}
+    if not summary or summary.get("skipped"):
+        return {"shown": False, "why": f"not run yet: run the {stage} stage"}
+    if summary.get("made_from") != made_from(params, stage, dataset):
+        return {"shown": False, "why": f"not shown: results of the {stage} stage were made from another dataset or "
+                                       f"other params than this run; re-run {stage}"}
+    return {"shown": True, "made_from": summary["made_from"]}
+
+
+def visualizations(params: dict[str, Any], dataset: dict[str, Any], results: Path) -> dict[str, Any]:
+    """The visualize stage's summary with its PNGs embedded where it belongs to this run (see optional_section)."""
     folder = results / "visualize"
     summary = _json(folder / "summary.json")
-    if not summary or summary.get("skipped"):
-        return None
+    state = optional_section(params, dataset, "visualize", "visualize", summary)
+    if not state["shown"]:
+        return state
     for item in summary["ideal"].values():
         item["src"] = _embed_png(folder / item["image"])
     for i, attack in enumerate(summary["adversarial"]):
         attack["src"] = {kind: _embed_png(folder / f"adversarial_{i}_{kind}.png")
                          for kind in ("original", "perturbation", "adversarial")}
     summary["feature_maps"]["src"] = _embed_png(folder / summary["feature_maps"]["figure"])
-    return summary
+    return {**summary, **state, "caption": ideal_caption(summary)}
 
 
-def learning_curve(results: Path) -> dict[str, Any] | None:
-    """The sweep's curve (figure embedded, table, generated reading), or None where the sweep did not run."""
+def ideal_caption(summary: dict[str, Any]) -> str:
+    """What the ideal images show and why they look as they do, with their numbers."""
+    smooth, raw = summary["ideal"]["with_tv"], summary["ideal"]["without_tv"]
+    gap = raw["probability"] - smooth["probability"]
+    score = "an even higher" if gap > 1e-3 else ("a lower" if gap < -1e-3 else "the same")
+    certain = (" The network is all but certain about pictures no person would label so."
+               if min(smooth["probability"], raw["probability"]) > 0.9 else "")
+    return (f"Each picture is the input the {summary['model']} scores as “{summary['target_class']}”: found by "
+            f"gradient ascent on the pixels from seeded noise, p = {smooth['probability']:.4f} with the smoothness "
+            f"term and {raw['probability']:.4f} without.{certain} It is not a photo of the class: the network "
+            f"rewards local evidence (textures and parts it learned for the class) wherever it appears, so the "
+            f"optimiser repeats such motifs across the frame instead of composing one animal or object. Without the "
+            f"total-variation term it reaches {score} score with high-frequency noise (total variation "
+            f"{raw['total_variation']:.3f} vs {smooth['total_variation']:.3f}): the sensitivity that the adversarial "
+            f"examples below exploit.")
+
+
+def learning_curve(params: dict[str, Any], dataset: dict[str, Any], results: Path) -> dict[str, Any]:
+    """The sweep's curve (figure embedded, table, generated reading) where it belongs to this run."""
     folder = results / "curve"
     summary = _json(folder / "summary.json")
-    if not summary or summary.get("skipped"):
-        return None
+    state = optional_section(params, dataset, "sweep", "sweep_aggregate", summary)
+    if not state["shown"]:
+        return state
     table = pd.read_csv(folder / "curve.csv").sort_values(["backbone", "fraction", "method"])
-    return {**summary, "src": _embed_png(folder / "curve.png"), "rows": table.to_dict("records")}
+    return {**summary, **state, "src": _embed_png(folder / "curve.png"), "rows": table.to_dict("records")}
 
 
 def _thumb(path: Path, size: int = 112) -> str:
@@ -112,34 +146,107 @@ def git_commit() -> str:
 
 
 def comparison(methods: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Table rows: one value per method, the better one marked where that has a meaning."""
+    """Table rows: one value per method (with its bootstrap interval where there is one), the better one marked
+    where that has a meaning."""
     rows = []
     for key, label, higher in ROWS:
         values = {m: info["row"].get(key) for m, info in methods.items()}
+        intervals = {m: info["row"].get("interval", {}).get(key) for m, info in methods.items()}
         present = {m: v for m, v in values.items() if isinstance(v, (int, float))}
         best = None
         if higher is not None and len(present) == 2 and len(set(present.values())) == 2:
             best = (max if higher else min)(present, key=present.get)
-        rows.append({"key": key, "label": label, "values": values, "best": best})
+        rows.append({"key": key, "label": label, "values": values, "intervals": intervals, "best": best})
     return rows
 
 
+def _p(value: float) -> str:
+    return "p < 0.001" if value < 0.001 else f"p = {value:.2g}"
+
+
+def verdict(probe: dict[str, Any], finetune: dict[str, Any] | None, cost_ratio: float | None,
+            confidence: float) -> str:
+    """The answer to "freeze or fine-tune, for this much data?" in one or two sentences, from the metrics:
+    the paired difference, its interval, McNemar's p-value and the cost ratio. `finetune` is None where it did
+    not run."""
+    level = f"{confidence:.0%}"
+    if finetune is None:
+        low, high = (probe["interval"]["accuracy"][k] for k in ("low", "high"))
+        return (f"Only the frozen features + linear head ran: test accuracy {probe['accuracy']:.1%} ({level} "
+                f"interval {low:.1%} to {high:.1%} on {probe['test_images']} test images). Enable finetune to "
+                f"learn whether fine-tuning pays off for this data.")
+    pair = finetune["vs_probe"]
+    gap, n = pair["difference"] * 100, pair["test_images"]
+    numbers = (f"{finetune['accuracy']:.1%} vs {probe['accuracy']:.1%}; {level} interval of the difference "
+               f"{pair['low'] * 100:+.1f} to {pair['high'] * 100:+.1f} points, McNemar {_p(pair['mcnemar_p'])}")
+    cost = f"{cost_ratio:.1f}× the compute of the frozen features" if cost_ratio else "more compute"
+    if stats.clear(pair, confidence) and gap > 0:
+        return (f"Fine-tuning is {gap:.1f} points ahead of the frozen features ({numbers}), more than the "
+                f"uncertainty of {n} test images; it costs {cost}. For this data the fine-tuned model is the better "
+                f"choice.")
+    if stats.clear(pair, confidence):
+        return (f"The frozen features are {-gap:.1f} points ahead of fine-tuning ({numbers}), more than the "
+                f"uncertainty of {n} test images, although fine-tuning costs {cost}. Keep the backbone frozen, or "
+                f"fine-tune fewer blocks with a smaller learning rate.")
+    if gap == 0:
+        return (f"Fine-tuning and the frozen features get the same test accuracy on {n} test images ({numbers}); "
+                f"fine-tuning costs {cost}. Keep the frozen features.")
+    leader = "Fine-tuning is" if gap > 0 else "The frozen features are"
+    needed = stats.images_needed(pair, confidence)
+    more = (f": about {needed:,} would tell a {abs(gap):.1f}-point difference apart at this rate of disagreement"
+            if needed else "")
+    return (f"{leader} {abs(gap):.1f} points ahead, within the uncertainty of {n} test images ({numbers}); "
+            f"fine-tuning costs {cost}. With this much data keep the frozen features, or collect more test "
+            f"images{more}.")
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested params as dotted keys."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def shown_differences(params: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Params that differ from the defaults, leaving out the keys of disabled stages (but their `enabled`)."""
+    def disabled(key: str) -> bool:
+        section = params.get(key.split(".")[0])
+        return isinstance(section, dict) and section.get("enabled") is False and not key.endswith(".enabled")
+
+    return {k: v for k, v in params_mod.differences(params).items() if not disabled(k)}
+
+
 def confusion_figure(methods: dict[str, dict[str, Any]], out: Path) -> str:
+    """Row-normalised confusion matrices with a colour bar; each non-zero cell carries its image count."""
     run = [m for m in methods if methods[m]["ran"]]
-    fig, axes = plt.subplots(1, len(run), figsize=(7 * len(run), 6.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(run), figsize=(7.5 * len(run), 6.8), squeeze=False, layout="constrained")
     for ax, m in zip(axes[0], run):
         matrix = methods[m]["confusion"]
         counts = matrix.to_numpy(dtype=float)
         norm = counts / np.maximum(counts.sum(1, keepdims=True), 1)
-        ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        shown = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
         names = list(matrix.columns)
         small = len(names) > 12
+        for i, j in zip(*np.nonzero(counts)):
+            ax.text(j, i, f"{counts[i, j]:.0f}", ha="center", va="center", fontsize=5 if small else 9,
+                    color="white" if norm[i, j] > 0.6 else "black")
         ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6 if small else 9)
         ax.set_yticks(range(len(names)), names, fontsize=6 if small else 9)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
-        ax.set_title(f"{METHODS[m]} (rows normalised)")
+        ax.set_title(f"{METHODS[m]}\n(colour: share of the true class; numbers: test images)")
+        fig.colorbar(shown, ax=ax, shrink=0.8, label="share of the row")
     return _png(fig, out)
+
+
+def _legend_below(fig: plt.Figure, ax: plt.Axes) -> None:
+    """One legend under the axes (of a constrained-layout figure), where it covers no data."""
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), frameon=False)
 
 
 def per_class_figure(methods: dict[str, dict[str, Any]], out: Path) -> str:
@@ -151,13 +258,13 @@ def per_class_figure(methods: dict[str, dict[str, Any]], out: Path) -> str:
         ax.bar(np.arange(len(names)) + i * width, methods[m]["per_class"]["recall"], width, label=METHODS[m])
     ax.set_xticks(np.arange(len(names)) + width * (len(run) - 1) / 2, names, rotation=90, fontsize=7)
     ax.set_ylabel("test accuracy of the class (recall)")
-    ax.set_ylim(0, 1.05)
-    ax.legend()
+    ax.set_ylim(0, 1.02)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(run), frameon=False)
     return _png(fig, out)
 
 
 def learning_figure(history: pd.DataFrame | None, out: Path) -> str:
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
     if history is None:
         for ax in axes:
             ax.text(0.5, 0.5, "fine-tune not run", ha="center", va="center")
@@ -168,13 +275,13 @@ def learning_figure(history: pd.DataFrame | None, out: Path) -> str:
             ax.plot(history["epoch"], history[f"val_{what}"], "o-", label="validation")
             ax.set_xlabel("epoch")
             ax.set_ylabel(what)
-            ax.legend()
+        _legend_below(fig, axes[0])
     fig.suptitle("Fine-tune learning curves")
     return _png(fig, out)
 
 
 def reliability_figure(methods: dict[str, dict[str, Any]], out: Path, bins: int = 10) -> str:
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    fig, ax = plt.subplots(figsize=(5, 5), layout="constrained")
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
     edges = np.linspace(0, 1, bins + 1)
     for m, info in methods.items():
@@ -188,7 +295,8 @@ def reliability_figure(methods: dict[str, dict[str, Any]], out: Path, bins: int 
     ax.set_xlabel("confidence")
     ax.set_ylabel("accuracy")
     ax.set_title("Reliability diagram (test)")
-    ax.legend(fontsize=8)
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=1, frameon=False, fontsize=8)
     return _png(fig, out)
 
 
@@ -261,22 +369,28 @@ def render(params: dict[str, Any], data_dir: Path, results: Path, template_dir: 
            figures_dir: Path) -> Path:
     """Write the self-contained report (images embedded as data URIs) and the figures as PNG files."""
     info = gather(params, data_dir, results)
-    ran = [m for m, d in info["methods"].items() if d["ran"]]
-    if not ran:
-        raise ValueError("report: no evaluated method found under results/metrics (run evaluate first)")
+    methods = info["methods"]
+    if not methods["probe"]["ran"]:
+        raise ValueError("report: no evaluation of the probe under results/metrics (run evaluate_probe first)")
     figures = {
-        "confusion": confusion_figure(info["methods"], figures_dir / "confusion.png"),
-        "per_class": per_class_figure(info["methods"], figures_dir / "per_class.png"),
+        "confusion": confusion_figure(methods, figures_dir / "confusion.png"),
+        "per_class": per_class_figure(methods, figures_dir / "per_class.png"),
         "learning": learning_figure(info["history"], figures_dir / "learning_curves.png"),
-        "reliability": reliability_figure(info["methods"], figures_dir / "reliability.png"),
+        "reliability": reliability_figure(methods, figures_dir / "reliability.png"),
     }
+    finetune = methods["finetune"]["row"] if methods["finetune"]["ran"] else None
+    cost_ratio = finetune["seconds"] / methods["probe"]["row"]["seconds"] if finetune else None
     env = Environment(loader=FileSystemLoader(template_dir), autoescape=select_autoescape(["html", "j2"]))
+    dataset = info["dataset"]
     html = env.get_template("report.html.j2").render(
-        info=info, methods=METHODS, table=comparison(info["methods"]), figures=figures,
-        galleries=galleries(info, Path(info["dataset"]["root"])), differences=params_mod.differences(params),
-        commit=git_commit(), date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        versions=versions(), visualize=visualizations(results), curve=learning_curve(results),
-        rejected_reasons=info["dataset"]["left_out_reasons"], cap=GALLERY_CAP)
+        info=info, methods=METHODS, table=comparison(methods), figures=figures,
+        verdict=verdict(methods["probe"]["row"], finetune, cost_ratio, params["evaluate"]["confidence"]),
+        pair=finetune["vs_probe"] if finetune else None, confidence=params["evaluate"]["confidence"],
+        cost_ratio=cost_ratio, galleries=galleries(info, Path(dataset["root"])),
+        differences=shown_differences(params), stage_params=STAGE_PARAMS, commit=git_commit(),
+        date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), versions=versions(),
+        visualize=visualizations(params, dataset, results), curve=learning_curve(params, dataset, results),
+        rejected_reasons=dataset["left_out_reasons"], cap=GALLERY_CAP, flatten=flatten)
     with atomic_path(out) as tmp:
         tmp.write_text(html)
     return out

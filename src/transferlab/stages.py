@@ -14,14 +14,14 @@ STAGE_PARAMS: dict[str, list[str]] = {
     "split": ["data.split", "data.val_fraction", "data.test_fraction", "data.train_fraction", "data.seed"],
     "extract": ["model", "features"],
     "train_head": ["head"],
-    "evaluate_probe": [],
+    "evaluate_probe": ["evaluate"],
     "finetune": ["model", "finetune"],
-    "evaluate_finetune": ["model", "finetune"],
+    "evaluate_finetune": ["model", "finetune", "evaluate"],
     "visualize": ["model", "finetune.enabled", "visualize"],
     "sweep_extract": ["model", "features", "sweep.enabled"],
-    "sweep_point": ["model", "head", "finetune", "sweep.enabled"],
+    "sweep_point": ["model", "head", "finetune", "evaluate", "sweep.enabled"],
     "sweep_aggregate": ["sweep"],
-    "report": ["data", "model", "features", "head", "finetune", "visualize", "sweep"],
+    "report": ["data", "model", "features", "head", "finetune", "evaluate", "visualize", "sweep"],
 }
 
 # Stages that share a script with another (the method is a command-line argument).
@@ -29,26 +29,36 @@ SCRIPTS: dict[str, str] = {"evaluate_probe": "evaluate", "evaluate_finetune": "e
 
 _CORE = ["__init__", "cli", "params", "atomic", "fetch", "datasets"]
 _FEATURES = _CORE + ["images", "split", "backbones", "transforms", "engines", "features"]
-_SWEEP = _FEATURES + ["head", "finetune", "evaluation", "sweep"]
+_EVALUATE = _FEATURES + ["head", "finetune", "stats", "evaluation"]
+_SWEEP = _EVALUATE + ["stages", "sweep"]
 STAGE_MODULES: dict[str, list[str]] = {
     "download": _CORE + ["images", "index"],
     "split": _CORE + ["split"],
     "extract": _FEATURES,
     "train_head": _FEATURES + ["head"],
-    "evaluate_probe": _FEATURES + ["head", "finetune", "evaluation"],
+    "evaluate_probe": _EVALUATE,
     "finetune": _FEATURES + ["head", "finetune"],
-    "evaluate_finetune": _FEATURES + ["head", "finetune", "evaluation"],
-    "visualize": _FEATURES + ["head", "finetune", "visualize"],
+    "evaluate_finetune": _EVALUATE,
+    "visualize": _FEATURES + ["head", "finetune", "stages", "visualize"],
     "sweep_extract": _SWEEP,
     "sweep_point": _SWEEP,
     "sweep_aggregate": _SWEEP,
-    "report": ["__init__", "cli", "params", "atomic", "images", "report"],
+    "report": ["__init__", "cli", "params", "atomic", "images", "stats", "stages", "report"],
 }
 
 
 def params_for(params: dict[str, Any], stage: str) -> dict[str, Any]:
     """The part of params a stage depends on (what the engines track for it)."""
     return select(params, STAGE_PARAMS[stage])
+
+
+def made_from(params: dict[str, Any], stage: str, dataset: dict[str, Any]) -> dict[str, Any]:
+    """What a stage's output was made from: the dataset (as data/dataset.json names it) and the stage's params.
+
+    Stored in the output, it lets the report show a section only when it belongs to the current run.
+    """
+    return {"dataset": {key: dataset[key] for key in ("dataset", "source", "label", "images")},
+            "classes": len(dataset["classes"]), "params": params_for(params, stage)}
 
 
 def deps(stage: str) -> list[str]:

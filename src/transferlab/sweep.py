@@ -21,14 +21,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from . import features, finetune, head  # noqa: E402
+from . import features, finetune, head, stats  # noqa: E402
 from .atomic import atomic_path, write_csv, write_json  # noqa: E402
-from .evaluation import scores  # noqa: E402
+from .evaluation import scores, versus  # noqa: E402
 from .split import SPLITS, subsample  # noqa: E402
+from .stages import made_from, params_for  # noqa: E402
 
 METHODS = ("probe", "finetune")
-# Fine-tuning "pays off" where it beats the probe by more than this (accuracy, on the same test images).
-PAYS_OFF = 0.01
 
 
 def label(value: float) -> str:
@@ -101,54 +100,106 @@ def run_point(params: dict[str, Any], backbone: str, fraction: float, seed: int,
 
     cached = {s: _rows(features.load(features_dir / f"{s}.npz"), set(frames[s]["path"])) for s in SPLITS}
     classes = [str(c) for c in cached["train"]["classes"]]
+    dataset = json.loads((data_dir / "dataset.json").read_text())
+    settings = params["evaluate"]
     start = time.perf_counter()
     model, search = head.fit(cached["train"], cached["val"], params["head"])
     head.save(model, out_dir / "head.npz", classes)
     test = cached["test"]
-    probe = {**scores(test["labels"], head.predict_proba(model, test["features"], len(classes))),
+    proba = head.predict_proba(model, test["features"], len(classes))
+    predicted = proba.argmax(1)
+    probe = {**scores(test["labels"], proba),
+             "interval": stats.intervals(test["labels"], predicted, len(classes), settings),
              "seconds": round(time.perf_counter() - start, 3),
              "C": float(search.loc[search["chosen"], "C"].iloc[0])}
     result: dict[str, Any] = {
         "backbone": backbone, "fraction": fraction, "seed": seed, "train_images": len(frames["train"]),
         "images_per_class": round(len(frames["train"]) / len(classes), 2), "test_images": int(len(test["labels"])),
-        "features": str(features_dir), "probe": probe, "finetune": None,
+        "features": str(features_dir), "made_from": made_from(params, "sweep_point", dataset),
+        "confidence": settings["confidence"], "probe": probe, "finetune": None,
     }
     if params["finetune"]["enabled"]:
         params["finetune"]["seed"] = seed
         summary = finetune.train(params, point_data, out_dir / "head.npz", out_dir / "finetune")
         net = finetune.load(params["model"], out_dir / "finetune" / "model.pt", len(classes))
-        proba, labels = finetune.predict(net, frames["test"], Path(json.loads(
-            (data_dir / "dataset.json").read_text())["root"]), classes, params["model"], params["finetune"]["batch_size"])
-        result["finetune"] = {**scores(labels, proba), "seconds": summary["seconds"],
-                              "epochs_run": summary["epochs_run"]}
+        proba, labels = finetune.predict(net, frames["test"], Path(dataset["root"]), classes, params["model"],
+                                         params["finetune"]["batch_size"])
+        result["finetune"] = {**scores(labels, proba),
+                              "interval": stats.intervals(labels, proba.argmax(1), len(classes), settings),
+                              "seconds": summary["seconds"], "epochs_run": summary["epochs_run"]}
+        baseline = pd.DataFrame({"id": test["ids"], "correct": predicted == test["labels"]})
+        result["vs_probe"] = versus(baseline, "finetune", frames["test"]["path"].to_numpy(), proba.argmax(1) == labels,
+                                    settings)
     write_json(out_dir / "metrics.json", result)
     return result
 
 
 def table(metrics: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per point and method: backbone, fraction, seed, images per class, test scores."""
+    """One row per point and method: backbone, fraction, seed, images per class, test scores with the accuracy's
+    interval, and on fine-tune rows the paired difference to the probe with its interval and verdict."""
     rows = []
     for m in metrics:
         for method in METHODS:
             if m.get(method):
-                rows.append({"backbone": m["backbone"], "method": method, "fraction": m["fraction"],
-                             "seed": m["seed"], "train_images": m["train_images"],
-                             "images_per_class": m["images_per_class"], "accuracy": m[method]["accuracy"],
-                             "macro_f1": m[method]["macro_f1"], "log_loss": m[method]["log_loss"],
-                             "seconds": m[method]["seconds"]})
-    return pd.DataFrame(rows, columns=["backbone", "method", "fraction", "seed", "train_images", "images_per_class",
-                                       "accuracy", "macro_f1", "log_loss", "seconds"])
+                row = {"backbone": m["backbone"], "method": method, "fraction": m["fraction"], "seed": m["seed"],
+                       "train_images": m["train_images"], "images_per_class": m["images_per_class"],
+                       "test_images": m["test_images"], "accuracy": m[method]["accuracy"],
+                       "accuracy_low": m[method]["interval"]["accuracy"]["low"],
+                       "accuracy_high": m[method]["interval"]["accuracy"]["high"],
+                       "macro_f1": m[method]["macro_f1"], "log_loss": m[method]["log_loss"],
+                       "seconds": m[method]["seconds"]}
+                if method == "finetune":
+                    pair = m["vs_probe"]
+                    row.update(difference=pair["difference"], difference_low=pair["low"],
+                               difference_high=pair["high"], mcnemar_p=pair["mcnemar_p"],
+                               verdict=lead(pair, m["confidence"]))
+                rows.append(row)
+    return pd.DataFrame(rows, columns=POINT_COLUMNS)
+
+
+def lead(pair: dict[str, Any], confidence: float) -> str:
+    """'finetune' or 'probe' where that method leads by more than the uncertainty, else 'within'."""
+    if not stats.clear(pair, confidence):
+        return "within"
+    return "finetune" if pair["difference"] > 0 else "probe"
+
+
+POINT_COLUMNS = ["backbone", "method", "fraction", "seed", "train_images", "images_per_class", "test_images",
+                 "accuracy", "accuracy_low", "accuracy_high", "macro_f1", "log_loss", "seconds", "difference",
+                 "difference_low", "difference_high", "mcnemar_p", "verdict"]
+
+
+def _same_or_within(verdicts: pd.Series) -> str:
+    """A lead holds for a point only where every seed shows it."""
+    values = set(verdicts.dropna())
+    return values.pop() if len(values) == 1 else ("within" if values else "")
 
 
 def curve(frame: pd.DataFrame) -> pd.DataFrame:
-    """Mean, min and max test accuracy over seeds per backbone, method and fraction."""
+    """Per backbone, method and fraction: mean, min and max test accuracy over seeds, the test-set interval
+    (mean of the seeds' bounds) and, for the fine-tune, the paired difference to the probe."""
     grouped = frame.groupby(["backbone", "method", "fraction"], as_index=False)
-    return grouped.agg(images_per_class=("images_per_class", "mean"), accuracy=("accuracy", "mean"),
-                       accuracy_min=("accuracy", "min"), accuracy_max=("accuracy", "max"), seeds=("seed", "nunique"))
+    return grouped.agg(images_per_class=("images_per_class", "mean"), test_images=("test_images", "first"),
+                       accuracy=("accuracy", "mean"), accuracy_min=("accuracy", "min"),
+                       accuracy_max=("accuracy", "max"), accuracy_low=("accuracy_low", "mean"),
+                       accuracy_high=("accuracy_high", "mean"), seeds=("seed", "nunique"),
+                       difference=("difference", "mean"), difference_low=("difference_low", "mean"),
+                       difference_high=("difference_high", "mean"), mcnemar_p=("mcnemar_p", "max"),
+                       verdict=("verdict", _same_or_within))
+
+
+def _points(sizes: list[float]) -> str:
+    return ", ".join(f"{s:g}" for s in sizes) + " images per class"
+
+
+def _gain(row: Any) -> str:
+    return (f"{row.difference * 100:+.1f} points, interval {row.difference_low * 100:+.1f} to "
+            f"{row.difference_high * 100:+.1f}, p = {row.mcnemar_p:.2g}")
 
 
 def reading(points_curve: pd.DataFrame) -> str:
-    """One paragraph, from the numbers: where fine-tuning starts paying off, if it does."""
+    """One paragraph, from the numbers: at which training-set sizes fine-tuning's lead over the frozen features
+    (or the reverse) is larger than its test-set uncertainty, and where it is not."""
     sentences = []
     for backbone, group in points_curve.groupby("backbone", sort=True):
         wide = group.pivot(index="fraction", columns="method", values="accuracy").sort_index()
@@ -159,35 +210,41 @@ def reading(points_curve: pd.DataFrame) -> str:
                              f"{best.iloc[0]:.1%} at {per_class.iloc[0]:g} images per class to {best.iloc[-1]:.1%} "
                              f"at {per_class.iloc[-1]:g}.")
             continue
-        gain = (wide["finetune"] - wide["probe"]).dropna()
-        paying = gain[gain > PAYS_OFF]
-        ends = (f"probe {wide['probe'].iloc[0]:.1%} vs fine-tune {wide['finetune'].iloc[0]:.1%} at "
-                f"{per_class.iloc[0]:g} images per class, {wide['probe'].iloc[-1]:.1%} vs "
-                f"{wide['finetune'].iloc[-1]:.1%} at {per_class.iloc[-1]:g}")
-        if paying.empty:
-            sentences.append(f"{backbone}: fine-tuning never beats the frozen features by more than "
-                             f"{PAYS_OFF:.0%} ({ends}); with this little data keep the backbone frozen.")
-        elif (gain.loc[paying.index[0]:] > PAYS_OFF).all():
-            first = paying.index[0]
-            below = gain.loc[:first].iloc[:-1]
-            before = (f"; below that the frozen features are as good or better (by up to {-below.min():.1%} at "
-                      f"{per_class[below.idxmin()]:g} images per class)" if len(below) and below.min() < 0 else "")
-            sentences.append(f"{backbone}: fine-tuning starts paying off from {per_class[first]:g} training images "
-                             f"per class (+{gain[first]:.1%}){before}; {ends}.")
+        ft = group[group["method"] == "finetune"].sort_values("fraction")
+        by = {v: ft[ft["verdict"] == v] for v in ("finetune", "probe", "within")}
+        parts = []
+        for who, text in (("finetune", "fine-tuning leads by more than its uncertainty at"),
+                          ("probe", "the frozen features lead by more than the uncertainty at")):
+            if len(by[who]):
+                parts.append(f"{text} {_points(by[who]['images_per_class'].tolist())} ("
+                             + "; ".join(_gain(r) for r in by[who].itertuples()) + ")")
+        if len(by["within"]):
+            parts.append(f"at {_points(by['within']['images_per_class'].tolist())} the difference is within the "
+                         f"uncertainty of {int(ft['test_images'].iloc[0])} test images ("
+                         + "; ".join(_gain(r) for r in by["within"].itertuples()) + ")")
+        verdicts = ft["verdict"].tolist()
+        first = verdicts.index("finetune") if "finetune" in verdicts else None
+        if first is None:
+            advice = ("nowhere does fine-tuning beat the frozen features by more than the test set can tell: keep "
+                      "the backbone frozen at these sizes, or measure on more test images")
+        elif all(v == "finetune" for v in verdicts[first:]):
+            advice = f"fine-tuning pays off from {ft['images_per_class'].iloc[first]:g} training images per class on"
         else:
-            sentences.append(f"{backbone}: fine-tuning beats the probe by more than {PAYS_OFF:.0%} only at "
-                             f"{', '.join(f'{per_class[f]:g}' for f in paying.index)} images per class, not "
-                             f"consistently ({ends}); differences this small are within seed noise.")
+            advice = "fine-tuning's lead is not consistent across sizes: treat it as noise"
+        sentences.append(f"{backbone}: " + "; ".join(parts) + f". {advice[0].upper()}{advice[1:]}.")
     return " ".join(sentences)
 
 
-def plot(points_curve: pd.DataFrame, out: Path) -> None:
-    """Test accuracy against training images per class, a line per method × backbone, a band over seeds."""
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+def plot(points_curve: pd.DataFrame, out: Path, confidence: float) -> None:
+    """Test accuracy against training images per class, a line per method × backbone with the test-set interval
+    as error bars (the two methods nudged apart), a band over seeds; the legend below the axes."""
+    fig, ax = plt.subplots(figsize=(7, 4.6))
     for (backbone, method), group in points_curve.groupby(["backbone", "method"], sort=True):
         group = group.sort_values("images_per_class")
-        line, = ax.plot(group["images_per_class"], group["accuracy"], marker="o",
-                        linestyle="-" if method == "finetune" else "--", label=f"{method} · {backbone}")
+        x = group["images_per_class"] * (1.02 if method == "finetune" else 0.98)
+        error = [group["accuracy"] - group["accuracy_low"], group["accuracy_high"] - group["accuracy"]]
+        line, _, _ = ax.errorbar(x, group["accuracy"], yerr=error, marker="o", capsize=3,
+                                 linestyle="-" if method == "finetune" else "--", label=f"{method} · {backbone}")
         if (group["seeds"] > 1).any():
             ax.fill_between(group["images_per_class"], group["accuracy_min"], group["accuracy_max"],
                             color=line.get_color(), alpha=0.2)
@@ -199,7 +256,8 @@ def plot(points_curve: pd.DataFrame, out: Path) -> None:
     ax.set_ylabel("test accuracy")
     ax.set_title("Learning curve: frozen features + linear head vs fine-tuning")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False,
+              title=f"error bars: {confidence:.0%} interval over the test images")
     fig.tight_layout()
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
@@ -215,14 +273,21 @@ def metrics(points_curve: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
-def aggregate(metric_files: list[Path], out_dir: Path) -> dict[str, Any]:
+def aggregate(params: dict[str, Any], metric_files: list[Path], out_dir: Path) -> dict[str, Any]:
     """Write out_dir/{points.csv, curve.csv, curve.png, metrics.json, summary.json} from the points' metrics."""
-    frame = table([json.loads(Path(p).read_text()) for p in metric_files])
+    point_metrics = [json.loads(Path(p).read_text()) for p in metric_files]
+    sources = {json.dumps({k: v for k, v in m["made_from"].items() if k != "params"}, sort_keys=True)
+               for m in point_metrics}
+    if len(sources) != 1:
+        raise ValueError("sweep_aggregate: the sweep points were made from different datasets; re-run sweep_point")
+    confidence = point_metrics[0]["confidence"]
+    frame = table(point_metrics)
     points_curve = curve(frame)
     write_csv(out_dir / "points.csv", frame)
     write_csv(out_dir / "curve.csv", points_curve)
     write_json(out_dir / "metrics.json", metrics(points_curve))
-    plot(points_curve, out_dir / "curve.png")
-    summary = {"points": len(metric_files), "reading": reading(points_curve)}
+    plot(points_curve, out_dir / "curve.png", confidence)
+    summary = {"points": len(metric_files), "reading": reading(points_curve), "confidence": confidence,
+               "made_from": {**json.loads(sources.pop()), "params": params_for(params, "sweep_aggregate")}}
     write_json(out_dir / "summary.json", summary)
     return summary

@@ -22,6 +22,7 @@ from .atomic import atomic_path, write_json
 from .finetune import blocks
 from .backbones import Normalized
 from .images import load_rgb
+from .stages import made_from
 
 
 def total_variation(pixels: torch.Tensor) -> torch.Tensor:
@@ -224,7 +225,8 @@ def run(params: dict[str, Any], data_dir: Path, results: Path, out_dir: Path) ->
 
     first = to_pixels(load_rgb(root / test["path"].iloc[0]))[None]
     _feature_figure(feature_maps(backbone, model, first), out_dir / "feature_maps.png")
-    summary = {"enabled": True, "skipped": False, "model": source, "target_class": names[target],
+    summary = {"enabled": True, "skipped": False, "made_from": made_from(params, "visualize", dataset),
+               "model": source, "target_class": names[target],
                "ideal": ideal, "adversarial": attacks, "feature_maps": {"image": test["path"].iloc[0],
                                                                          "figure": "feature_maps.png"}}
     write_json(out_dir / "summary.json", summary)

@@ -44,7 +44,8 @@ def main(params, args) -> None:
             log.info("fine-tune was not run (%s)", summary["reason"])
             return
     outputs = probe_outputs if args.method == "probe" else finetune_outputs
-    result = evaluation.evaluate(args.method, *outputs(params), metrics_dir, eval_dir)
+    baseline = None if args.method == "probe" else pd.read_csv(eval_dir / "probe" / "predictions.csv")
+    result = evaluation.evaluate(args.method, *outputs(params), metrics_dir, eval_dir, params["evaluate"], baseline)
     log.info("%s: %s", args.method, {k: v for k, v in result.items() if k != "method"})
 
 

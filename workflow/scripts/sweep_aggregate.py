@@ -12,7 +12,7 @@ def main(params, args) -> None:
         write_json(out / "metrics.json", {})
         write_json(out / "summary.json", {"skipped": True, "reason": "sweep.enabled: false"})
         return
-    summary = sweep.aggregate(sweep.metric_files(params, Path("results")), out)
+    summary = sweep.aggregate(params, sweep.metric_files(params, Path("results")), out)
     log.info("%d points: %s", summary["points"], summary["reading"])
 
 
