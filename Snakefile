@@ -44,6 +44,7 @@ rule all:
     input:
         expand("results/metrics/{method}.json", method=METHODS),
         "results/report.html",
+        "results/model/model.onnx",
 
 
 rule sweep:
@@ -230,6 +231,35 @@ rule report:
         "logs/report.log",
     benchmark:
         "logs/benchmarks/report.tsv"
+    shell:
+        SHELL
+
+
+rule export:
+    """The chosen classifier as ONNX with labels, preprocessing and its model card: results/model/"""
+    input:
+        script="workflow/scripts/export.py",
+        lib=lib("export"),
+        template="workflow/report/model_card.md.j2",
+        dataset=rules.download.output.dataset,
+        splits=rules.split.output,
+        meta=rules.extract.output.meta,
+        probe=rules.train_head.output.model,
+        metrics=expand("results/metrics/{method}.json", method=METHODS),
+        model=rules.finetune.output.model if config["finetune"]["enabled"] else [],
+    output:
+        model="results/model/model.onnx",
+        labels="results/model/labels.json",
+        preprocessing="results/model/preprocessing.json",
+        summary="results/model/summary.json",
+        card=report("results/model/model_card.md", caption="workflow/report/model_caption.rst", category="Model"),
+    params:
+        stage=params_for(config, "export"),
+    threads: 8
+    log:
+        "logs/export.log",
+    benchmark:
+        "logs/benchmarks/export.tsv"
     shell:
         SHELL
 

@@ -82,7 +82,7 @@ def test_full_runs_then_noop(both_engines):
     sm_dir, sm_first, sm_again = both_engines["snakemake"]
     dvc_dir, dvc_first, dvc_again = both_engines["dvc"]
     stages = {"download", "split", "extract", "train_head", "evaluate_probe", "finetune", "evaluate_finetune",
-              "visualize", "sweep_extract", "sweep_point", "sweep_aggregate", "report"}
+              "export", "visualize", "sweep_extract", "sweep_point", "sweep_aggregate", "report"}
     assert snakemake_jobs(sm_first) == stages and dvc_ran(dvc_first) == stages
     assert "Nothing to be done" in sm_again and not snakemake_jobs(sm_again)
     assert "Data and pipelines are up to date" in dvc_again and not dvc_ran(dvc_again)
@@ -93,6 +93,8 @@ def test_full_runs_then_noop(both_engines):
         page = (engine_dir / "results/report.html").read_text()
         assert "Feature extraction vs fine-tuning" in page and "Ideal" in page
         assert json.loads((engine_dir / "results/visualize/summary.json").read_text())["model"] == "fine-tuned model"
+        exported = json.loads((engine_dir / "results/model/summary.json").read_text())
+        assert exported["check"]["top1_differences"] == 0 and (engine_dir / "results/model/model_card.md").exists()
     assert (sm_dir / "logs/extract.log").exists() and (sm_dir / "logs/benchmarks/extract.tsv").exists()
 
 
@@ -100,6 +102,7 @@ def test_snakemake_report_and_dvc_plots(both_engines):
     sm_dir, dvc_dir = both_engines["snakemake"][0], both_engines["dvc"][0]
     run(["snakemake", "--cores", "1", "--report", "snakemake-report.html"], sm_dir)
     assert (sm_dir / "snakemake-report.html").stat().st_size > 10_000
+    assert "model_card.md" in (sm_dir / "snakemake-report.html").read_text()
     shown = run(["dvc", "plots", "show", "--json"], dvc_dir)
     plots = json.loads(shown.stdout)["data"]
     assert {"results/eval/probe/predictions.csv", "results/eval/finetune/predictions.csv", "Fine-tune loss",
@@ -127,7 +130,7 @@ def test_head_param_change_never_reruns_extraction(both_engines):
         set_param(project, "head", "C_grid", [0.5])
     sm = run(["snakemake", "--cores", "2"], sm_dir)
     dv = run(["dvc", "repro"], dvc_dir)
-    expected = {"train_head", "evaluate_probe", "finetune", "evaluate_finetune", "visualize", "sweep_point",
+    expected = {"train_head", "evaluate_probe", "finetune", "evaluate_finetune", "export", "visualize", "sweep_point",
                 "sweep_aggregate", "report"}
     assert snakemake_jobs(sm.stdout + sm.stderr) == expected
     assert dvc_ran(dv.stdout + dv.stderr) == expected
@@ -152,8 +155,8 @@ def test_finetune_param_change_reruns_only_finetune(both_engines):
     sm_dir = both_engines["snakemake"][0]
     set_param(sm_dir, "finetune", "lr", "3e-05")
     sm = run(["snakemake", "--cores", "2"], sm_dir)
-    assert snakemake_jobs(sm.stdout + sm.stderr) == {"finetune", "evaluate_finetune", "visualize", "sweep_point",
-                                                     "sweep_aggregate", "report"}
+    assert snakemake_jobs(sm.stdout + sm.stderr) == {"finetune", "evaluate_finetune", "export", "visualize",
+                                                     "sweep_point", "sweep_aggregate", "report"}
     assert json.loads((sm_dir / "results/finetune/summary.json").read_text())["lr"] == 3e-05
 
 
@@ -175,8 +178,8 @@ def test_dvc_exp_run_reruns_only_finetune_and_lr_is_a_number(both_engines):
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"], project)
     exp = run(["dvc", "exp", "run", "-S", "finetune.lr=1e-5"], project)
     output = exp.stdout + exp.stderr
-    assert dvc_ran(output) == {"finetune", "evaluate_finetune", "visualize", "sweep_point", "sweep_aggregate",
-                               "report"}
+    assert dvc_ran(output) == {"finetune", "evaluate_finetune", "export", "visualize", "sweep_point",
+                               "sweep_aggregate", "report"}
     assert "Stage 'extract' didn't change" in output and "Stage 'sweep_extract@resnet18' didn't change" in output and "Stage 'train_head' didn't change" in output
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
     lrs = list(_values(shown, "lr"))
@@ -231,7 +234,7 @@ def test_profiles_dry_run(tmp_path, profile):
     output = dry.stdout + dry.stderr
     assert f"Using profile profiles/{profile}" in output
     assert snakemake_jobs(output) == {"download", "split", "extract", "train_head", "evaluate_probe", "finetune",
-                                      "evaluate_finetune", "visualize", "sweep_extract", "sweep_point",
+                                      "evaluate_finetune", "export", "visualize", "sweep_extract", "sweep_point",
                                       "sweep_aggregate", "report"}
     if profile == "slurm":  # GPU rules ask the cluster for a GPU, the others for the CPU partition
         assert re.search(r"rule sweep_point:.*?resources:[^\n]*slurm_partition=gpu[^\n]*gpu=1", output, re.S)

@@ -45,10 +45,11 @@ def pipeline(tmp_path: Path, with_finetune: bool, classes=("ant", EVIL, "cat")) 
         root = Path(json.loads((data_dir / "dataset.json").read_text())["root"])
         out = {s: finetune.predict(net, pd.read_csv(data_dir / "splits" / f"{s}.csv"), root, names, params["model"],
                                    8) for s in SPLITS}
+        test = pd.read_csv(data_dir / "splits" / "test.csv")
+        tta, _ = finetune.predict(net, test, root, names, params["model"], 8, tta=True)
         evaluation.evaluate("finetune", {s: o[0] for s, o in out.items()}, {s: o[1] for s, o in out.items()},
-                            pd.read_csv(data_dir / "splits" / "test.csv")["path"].to_numpy(), names,
-                            results / "metrics", results / "eval", settings,
-                            pd.read_csv(results / "eval" / "probe" / "predictions.csv"))
+                            test["path"].to_numpy(), names, results / "metrics", results / "eval", settings,
+                            pd.read_csv(results / "eval" / "probe" / "predictions.csv"), tta)
     else:
         evaluation.skipped("finetune", summary["reason"], results / "metrics", results / "eval")
     visualize.run(params, data_dir, results, results / "visualize")
@@ -195,3 +196,12 @@ def test_sections_from_another_dataset_or_a_disabled_stage_are_not_shown(full, t
     assert "not shown: results of the sweep_aggregate stage were made from another dataset" in html
     assert "OLD CURVE" not in html and 'alt="ideal' not in html
     assert "<code>visualize.steps</code>" in html  # an enabled stage's params are listed
+
+
+def test_comparison_shows_tta_beside_plain_accuracy(full):
+    html, results = full
+    tuned = json.loads((results / "metrics" / "finetune.json").read_text())
+    assert cell(html, "finetune", "tta_accuracy").strip() == f"{tuned['tta']['accuracy']:.4f}"
+    low, high = tuned["tta"]["interval"]["accuracy"]["low"], tuned["tta"]["interval"]["accuracy"]["high"]
+    assert f'data-interval="tta_accuracy"> ({low:.3f}–{high:.3f})' in html
+    assert "— (cached test features: one view)" in html

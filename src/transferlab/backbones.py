@@ -35,11 +35,12 @@ def preprocessing(model_params: dict[str, Any]) -> ImageClassification:
     """The weights' own eval preprocessing, optionally at another crop size (same resize ratio)."""
     member = _reference_weights(model_params["backbone"], model_params["weights"])
     kwargs = dict(member.transforms.keywords)
+    own = ImageClassification(**kwargs)  # resize_size is often left at ImageClassification's default (256)
     size = model_params["image_size"]
     if size:
-        ratio = kwargs.get("resize_size", kwargs["crop_size"]) / kwargs["crop_size"]
-        kwargs.update(crop_size=size, resize_size=round(size * ratio))
-    return ImageClassification(**kwargs)
+        kwargs.update(crop_size=size, resize_size=round(size * own.resize_size[0] / own.crop_size[0]))
+        return ImageClassification(**kwargs)
+    return own
 
 
 def class_names(model_params: dict[str, Any]) -> list[str]:

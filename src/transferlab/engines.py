@@ -53,14 +53,14 @@ def torch_forward(model: nn.Module, dev: torch.device, precision: str = "float32
     return forward
 
 
-def export_onnx(model: nn.Module, image_size: int, path: Path) -> Path:
-    """Export the float32 CPU module (uint8 input) to an ONNX graph with a dynamic batch dimension."""
+def export_onnx(model: nn.Module, image_size: int, path: Path, output_name: str = "features") -> Path:
+    """Export the float32 CPU module (uint8 input `images`) to an ONNX graph with a dynamic batch dimension."""
     model = model.to("cpu", memory_format=torch.contiguous_format).eval()
     example = torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8)
     with warnings.catch_warnings():  # the TorchScript exporter needs no onnxscript and exports these CNNs exactly
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (example,), str(path), dynamo=False, input_names=["images"],
-                          output_names=["features"], dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}})
+                          output_names=[output_name], dynamic_axes={"images": {0: "batch"}, output_name: {0: "batch"}})
     return path
 
 

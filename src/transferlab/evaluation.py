@@ -10,6 +10,7 @@ from sklearn import metrics as skm
 
 from . import stats
 from .atomic import write_csv, write_json
+from .transforms import TTA_VIEWS
 
 
 def scores(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
@@ -47,7 +48,7 @@ def versus(baseline: pd.DataFrame, method: str, ids: np.ndarray, correct: np.nda
 
 def evaluate(method: str, proba: dict[str, np.ndarray], labels: dict[str, np.ndarray], ids: np.ndarray,
              class_names: list[str], metrics_dir: Path, eval_dir: Path, settings: dict[str, Any],
-             baseline: pd.DataFrame | None = None) -> dict[str, Any]:
+             baseline: pd.DataFrame | None = None, tta_proba: np.ndarray | None = None) -> dict[str, Any]:
     """Write metrics_dir/<method>.json and eval_dir/<method>/{predictions,per_class,confusion_matrix}.csv.
 
     `proba` and `labels` hold the train, val and test splits; ids are the test images. `settings` are the
@@ -67,6 +68,10 @@ def evaluate(method: str, proba: dict[str, np.ndarray], labels: dict[str, np.nda
         "classes": len(class_names),
         "interval": stats.intervals(y, predicted, len(class_names), settings),
     }
+    if tta_proba is not None:
+        tta = scores(y, tta_proba)
+        result["tta"] = {"views": len(TTA_VIEWS), **{k: tta[k] for k in ("accuracy", "balanced_accuracy", "macro_f1")},
+                         "interval": stats.intervals(y, tta_proba.argmax(1), len(class_names), settings)}
     if baseline is not None:
         result["vs_probe"] = versus(baseline, method, np.asarray(ids), predicted == y, settings)
     names = np.asarray(class_names)

@@ -29,6 +29,8 @@ _RNG = threading.Lock()
 class ImageList(Dataset):
     """Images of one split as (tensor, class index, row); augmented views are seeded per image.
 
+    A frame without a `label` column (new images to classify) gives class index -1.
+
     With `encoded`, items are JPEG bytes (other files decoded) and `prepare` decodes and transforms a batch on
     the model's device, so a GPU decodes its own input.
     """
@@ -37,7 +39,7 @@ class ImageList(Dataset):
                  min_size: int | None = None, seed: int | None = None, encoded: bool = False):
         self.paths = [root / p for p in frame["path"]]
         lookup = {c: i for i, c in enumerate(classes)}
-        self.labels = [lookup[c] for c in frame["label"]]
+        self.labels = [lookup[c] for c in frame["label"]] if "label" in frame else [-1] * len(self.paths)
         self.transform, self.min_size, self.seed, self.encoded = transform, min_size, seed, encoded
 
     def __len__(self) -> int:
@@ -113,6 +115,16 @@ def compute(forward: engines.Forward, images: ImageList, out: np.ndarray, desc: 
         with ThreadPoolExecutor(streams) as pool:
             for _ in pool.map(one, range(0, len(images), batch_size)):
                 pass
+
+
+def outputs(forward: engines.Forward, images: ImageList, width: int, desc: str, batch_size: int,
+            dtype: type = np.float32) -> np.ndarray:
+    """Forward's outputs (width columns) for every image, one CPU stream per thread, as in extraction."""
+    out = np.empty((len(images), width), dtype=dtype)
+    streams = torch.get_num_threads()
+    with torch_threads(1):
+        compute(forward, images, out, desc, batch_size, streams)
+    return out
 
 
 def run(params: dict[str, Any], data_dir: Path, out_dir: Path) -> dict[str, Any]:

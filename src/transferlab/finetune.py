@@ -17,9 +17,9 @@ from torch import nn
 from torchvision import models
 from tqdm.auto import tqdm
 
-from . import backbones, engines, head
+from . import backbones, engines, head, transforms
 from .atomic import atomic_path, write_csv, write_json
-from .features import ImageList, compute, device, loader, torch_threads
+from .features import ImageList, device, loader, outputs
 from .transforms import augmentation, evaluation
 
 
@@ -237,14 +237,18 @@ def train(params: dict[str, Any], data_dir: Path, probe_path: Path, out_dir: Pat
     return summary
 
 
-def predict(model: FineTuneNet, frame: pd.DataFrame, root: Path, classes: list[str], model_params: dict[str, Any],
-            batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities and labels of one split, plain preprocessing, one stream per thread as in extraction."""
+def probabilities(model: nn.Module, model_params: dict[str, Any]) -> engines.Forward:
+    """The network as a forward from uint8 batches to class probabilities (float64 softmax of its logits)."""
     plain = backbones.preprocessing(model_params)
-    images = ImageList(root, frame, classes, evaluation(plain, normalize=False), plain.resize_size[0])
-    net = backbones.Normalized(model, plain.mean, plain.std, scale=255)
-    logits = np.empty((len(images), len(classes)), dtype=np.float32)
-    streams = torch.get_num_threads()
-    with torch_threads(1):
-        compute(engines.torch_forward(net, device()), images, logits, "predict", batch_size, streams)
-    return softmax(logits.astype(np.float64), axis=1), np.asarray(images.labels)
+    logits = engines.torch_forward(backbones.Normalized(model, plain.mean, plain.std, scale=255), device())
+    return lambda images: softmax(logits(images).astype(np.float64), axis=1)
+
+
+def predict(model: FineTuneNet, frame: pd.DataFrame, root: Path, classes: list[str], model_params: dict[str, Any],
+            batch_size: int, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities and labels of one split, plain preprocessing (with `tta`: averaged over TTA_VIEWS)."""
+    plain = backbones.preprocessing(model_params)
+    transform, forward, batch_size = transforms.for_prediction(plain, probabilities(model, model_params), batch_size, tta)
+    images = ImageList(root, frame, classes, transform, plain.resize_size[0])
+    proba = outputs(forward, images, len(classes), "predict with TTA" if tta else "predict", batch_size, np.float64)
+    return proba, np.asarray(images.labels)

@@ -26,7 +26,8 @@ from .stages import STAGE_PARAMS, made_from  # noqa: E402
 
 METHODS = {"probe": "Frozen features + linear head", "finetune": "Fine-tuned"}
 # metric key, label, True when higher is better
-ROWS = [("accuracy", "Test accuracy", True), ("top5_accuracy", "Top-5 accuracy", True),
+ROWS = [("accuracy", "Test accuracy", True), ("tta_accuracy", "Test accuracy with TTA", True),
+        ("top5_accuracy", "Top-5 accuracy", True),
         ("balanced_accuracy", "Balanced accuracy", True), ("macro_f1", "Macro F1", True),
         ("log_loss", "Log-loss", False), ("train_val_gap", "Train–val gap (overfitting risk)", False),
         ("trainable_parameters", "Trainable parameters", None), ("learning_rate", "Learning rate", None),
@@ -310,8 +311,18 @@ def _load_method(method: str, results: Path, extra: dict[str, Any]) -> dict[str,
     info["predictions"] = pd.read_csv(folder / "predictions.csv")
     info["per_class"] = pd.read_csv(folder / "per_class.csv")
     info["confusion"] = pd.read_csv(folder / "confusion_matrix.csv", index_col="actual")
-    info["row"] = {**metrics, **extra}
+    info["row"] = {**metrics, **extra, **tta_row(metrics)}
     return info
+
+
+def tta_row(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The TTA accuracy and its interval as comparison-table entries, or why there is none."""
+    tta = metrics.get("tta")
+    if tta is None:
+        why = "— (cached test features: one view)" if metrics["method"] == "probe" else "— (evaluate.tta: false)"
+        return {"tta_accuracy": why}
+    return {"tta_accuracy": tta["accuracy"],
+            "interval": {**metrics["interval"], "tta_accuracy": tta["interval"]["accuracy"]}}
 
 
 def gather(params: dict[str, Any], data_dir: Path, results: Path) -> dict[str, Any]:

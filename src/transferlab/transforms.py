@@ -1,8 +1,12 @@
-"""Image pipelines: the weights' eval preprocessing, and seeded training augmentation around it."""
+"""Image pipelines: the weights' eval preprocessing, seeded training augmentation around it, and test-time views."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
 import torch
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 from torchvision.transforms._presets import ImageClassification
 
 
@@ -38,3 +42,42 @@ def evaluation(eval_transform: ImageClassification, normalize: bool = True) -> v
     Same steps as `eval_transform`, but on uint8 tensors it resizes with torchvision's fast uint8 kernels.
     """
     return augmentation(eval_transform, scale=(1.0, 1.0), flip=False, degrees=0.0, jitter=0.0, normalize=normalize)
+
+
+# Test-time augmentation: the views `tta` stacks, in order (the first is the plain evaluation view).
+TTA_VIEWS = ("centre", "mirrored centre", "top-left", "top-right", "bottom-left", "bottom-right")
+
+
+def test_time_views(eval_transform: ImageClassification) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Test-time views of one uint8 image, stacked (V, 3, H, W) as TTA_VIEWS names them.
+
+    The image is resized as for evaluation; the views are its centre crop (exactly the evaluation view), that
+    crop mirrored, and the four corner crops. The model's probabilities are averaged over them (see `for_prediction`).
+    """
+    resize = v2.Resize(eval_transform.resize_size, interpolation=eval_transform.interpolation, antialias=True)
+    size = eval_transform.crop_size
+
+    def views(image: torch.Tensor) -> torch.Tensor:
+        top_left, top_right, bottom_left, bottom_right, centre = F.five_crop(resize(F.to_image(image)), size)
+        return torch.stack([centre, F.horizontal_flip(centre), top_left, top_right, bottom_left, bottom_right])
+
+    return views
+
+
+def averaged(forward: Callable[[torch.Tensor], np.ndarray]) -> Callable[[torch.Tensor], np.ndarray]:
+    """A forward over batches of stacked views (N, V, 3, H, W): its outputs (probabilities) averaged over V."""
+
+    def run(images: torch.Tensor) -> np.ndarray:
+        n, v = images.shape[:2]
+        return forward(images.flatten(0, 1)).reshape(n, v, -1).mean(1)
+
+    return run
+
+
+def for_prediction(eval_transform: ImageClassification, forward: Callable[[torch.Tensor], np.ndarray], batch_size: int,
+                   tta: bool) -> tuple[Callable, Callable[[torch.Tensor], np.ndarray], int]:
+    """(transform, forward, images per batch) for plain prediction, or for TTA: every view of an image in the
+    same batch, the probabilities averaged, and as many views per batch as plain prediction has images."""
+    if not tta:
+        return evaluation(eval_transform, normalize=False), forward, batch_size
+    return test_time_views(eval_transform), averaged(forward), max(1, batch_size // len(TTA_VIEWS))

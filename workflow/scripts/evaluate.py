@@ -10,7 +10,8 @@ from transferlab.split import SPLITS
 
 
 def probe_outputs(params):
-    """Probabilities of the linear probe on the cached (un-augmented) features of each split."""
+    """Probabilities of the linear probe on the cached (un-augmented) features of each split; no TTA (the cached
+    test features hold the centre view only)."""
     model, class_names = head.load("results/head/model.npz")
     proba, labels = {}, {}
     for split in SPLITS:
@@ -19,11 +20,11 @@ def probe_outputs(params):
         proba[split] = head.predict_proba(model, cached["features"][plain], len(class_names))
         labels[split] = cached["labels"][plain]
         ids = cached["ids"][plain]
-    return proba, labels, ids, class_names
+    return proba, labels, ids, class_names, None
 
 
 def finetune_outputs(params):
-    """Probabilities of the fine-tuned network on the images of each split."""
+    """Probabilities of the fine-tuned network on the images of each split, and on the test split with TTA."""
     dataset = json.loads(Path("data/dataset.json").read_text())
     classes, root = dataset["classes"], Path(dataset["root"])
     model = finetune.load(params["model"], "results/finetune/model.pt", len(classes))
@@ -32,7 +33,10 @@ def finetune_outputs(params):
     for split in SPLITS:
         frame = pd.read_csv(Path("data/splits") / f"{split}.csv")
         proba[split], labels[split] = finetune.predict(model, frame, root, classes, params["model"], ft["batch_size"])
-    return proba, labels, frame["path"].to_numpy(), classes
+    tta = None
+    if params["evaluate"]["tta"]:
+        tta, _ = finetune.predict(model, frame, root, classes, params["model"], ft["batch_size"], tta=True)
+    return proba, labels, frame["path"].to_numpy(), classes, tta
 
 
 def main(params, args) -> None:
@@ -45,7 +49,9 @@ def main(params, args) -> None:
             return
     outputs = probe_outputs if args.method == "probe" else finetune_outputs
     baseline = None if args.method == "probe" else pd.read_csv(eval_dir / "probe" / "predictions.csv")
-    result = evaluation.evaluate(args.method, *outputs(params), metrics_dir, eval_dir, params["evaluate"], baseline)
+    proba, labels, ids, classes, tta = outputs(params)
+    result = evaluation.evaluate(args.method, proba, labels, ids, classes, metrics_dir, eval_dir, params["evaluate"],
+                                 baseline, tta)
     log.info("%s: %s", args.method, {k: v for k, v in result.items() if k != "method"})
 
 

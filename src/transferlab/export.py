@@ -1,0 +1,93 @@
+"""The export stage: the chosen classifier as one ONNX graph (uint8 images in, class probabilities out), checked
+against torch on the test split, with labels.json, preprocessing.json, summary.json and a model card."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from . import backbones, engines, predict
+from .atomic import atomic_path, write_json
+from .features import ImageList, outputs
+from .transforms import evaluation
+
+# Largest difference allowed between the graph's and torch's probability of any class on any test image.
+TOLERANCE = 1e-4
+
+
+def probabilities_module(net: nn.Module, params: dict[str, Any]) -> nn.Module:
+    """uint8 images (N, 3, H, W) → class probabilities: normalisation, the network, softmax in one module."""
+    plain = backbones.preprocessing(params)
+    return nn.Sequential(backbones.Normalized(net, plain.mean, plain.std, scale=255), nn.Softmax(dim=1)).eval()
+
+
+def check(module: nn.Module, graph: engines.Forward, images: ImageList, classes: int,
+          batch_size: int) -> dict[str, Any]:
+    """Run torch and the graph on the same batches; raise ValueError unless every top-1 agrees and every
+    probability is within TOLERANCE. Returns the figures and the graph's test predictions."""
+    reference = engines.torch_forward(module, torch.device("cpu"))
+    n = len(images.labels)
+    both = outputs(lambda x: np.hstack([reference(x), graph(x)]), images, 2 * classes, "check export", batch_size)
+    ours, theirs = both[:, :classes], both[:, classes:]
+    differ = int((ours.argmax(1) != theirs.argmax(1)).sum())
+    largest = float(np.abs(ours - theirs).max())
+    if differ or not largest <= TOLERANCE:
+        raise ValueError(f"export: the ONNX graph disagrees with torch on the test split ({differ} of {n} top-1 "
+                         f"differ, largest probability difference {largest:.2e} > {TOLERANCE:g}); nothing written")
+    return {"images": n, "top1_differences": differ, "max_probability_difference": largest, "tolerance": TOLERANCE,
+            "predicted": theirs.argmax(1)}
+
+
+def run(project: Path, method: str, template: Path, out_dir: Path, batch_size: int = 32) -> dict[str, Any]:
+    """Write out_dir/{model.onnx, labels.json, preprocessing.json, summary.json, model_card.md}."""
+    start = time.perf_counter()
+    method, why = predict.resolve(project, method)
+    params = predict.model_params(project)
+    labels = params["classes"]
+    module = probabilities_module(predict.network(project, method, params), params)
+    plain = backbones.preprocessing(params)
+    dataset = json.loads((project / "data" / "dataset.json").read_text())
+    test = pd.read_csv(project / "data" / "splits" / "test.csv")
+    images = ImageList(project / dataset["root"], test, labels, evaluation(plain, normalize=False),
+                       plain.resize_size[0])
+    with atomic_path(out_dir / "model.onnx") as tmp:
+        engines.export_onnx(module, plain.crop_size[0], tmp, output_name="probabilities")
+        graph, provider = engines.onnx_forward(tmp)
+        checked = check(module, graph, images, len(labels), batch_size)
+    predicted = checked.pop("predicted")
+    metrics = predict.evaluated(project)
+    summary = {
+        "method": method, "why": why, "labels": len(labels), "backbone": params["backbone"],
+        "weights": params["weights"], "image_size": plain.crop_size[0],
+        "check": {**checked, "provider": provider,
+                  "test_accuracy": round(float((predicted == np.asarray(images.labels)).mean()), 6)},
+        "onnx_bytes": (out_dir / "model.onnx").stat().st_size, "seconds": round(time.perf_counter() - start, 3),
+    }
+    write_json(out_dir / "labels.json", labels)
+    write_json(out_dir / "preprocessing.json", predict.preprocessing_record(plain))
+    write_json(out_dir / "summary.json", summary)
+    card = model_card(template, summary, metrics, dataset, params, project)
+    with atomic_path(out_dir / "model_card.md") as tmp:
+        tmp.write_text(card)
+    return summary
+
+
+def model_card(template: Path, summary: dict[str, Any], metrics: dict[str, dict[str, Any]], dataset: dict[str, Any],
+               params: dict[str, Any], project: Path) -> str:
+    """The model card (Markdown) from the run's own records."""
+    splits = json.loads((project / "data" / "splits" / "summary.json").read_text())
+    train = splits["train"]["per_class"]
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(template.parent), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True)
+    return env.get_template(template.name).render(
+        summary=summary, metrics=metrics, chosen=metrics[summary["method"]], dataset=dataset, splits=splits,
+        params=params, plain=predict.preprocessing_record(backbones.preprocessing(params)),
+        fewest=sorted(train.items(), key=lambda kv: (kv[1], kv[0]))[:5], names={"probe": "frozen features + linear head",
+                                                                              "finetune": "fine-tuned network"})

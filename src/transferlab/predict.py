@@ -1,0 +1,199 @@
+"""Use a trained model on new images: from a project's outputs (probe or fine-tuned network) or from an
+exported model folder (ONNX graph, labels, preprocessing), with optional test-time augmentation."""
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms._presets import ImageClassification
+
+from . import backbones, engines, finetune, head, index, transforms
+from .features import ImageList, device, outputs, torch_threads
+
+METHODS = ("probe", "finetune")
+RUN_PIPELINE = "run the pipeline first (snakemake --cores 2, or dvc repro)"
+
+
+@dataclass(frozen=True)
+class Classifier:
+    """What classifies images: the method, its class names, the preprocessing it expects, and a forward from
+    uint8 batches (N, 3, H, W) to class probabilities."""
+
+    method: str
+    labels: list[str]
+    preprocessing: ImageClassification
+    forward: engines.Forward
+
+
+def evaluated(project: Path) -> dict[str, dict[str, Any]]:
+    """The evaluate stage's metrics of each method that ran and is enabled in the project's params.yaml (Snakemake
+    leaves a disabled fine-tune's earlier outputs in place)."""
+    metrics = project / "results" / "metrics"
+    found = {m: json.loads((metrics / f"{m}.json").read_text()) for m in METHODS if (metrics / f"{m}.json").exists()}
+    settings = project / "params.yaml"
+    raw = yaml.safe_load(settings.read_text()) if settings.exists() else None
+    if isinstance(raw, dict) and (raw.get("finetune") or {}).get("enabled") is False:
+        found.pop("finetune", None)
+    return {m: r for m, r in found.items() if not r.get("skipped")}
+
+
+def choose(project: Path) -> tuple[str, str]:
+    """The method with the higher validation accuracy (never test) and why; the probe on a tie (it is cheaper)."""
+    ran = evaluated(project)
+    if "probe" not in ran:
+        raise FileNotFoundError(f"{project / 'results' / 'metrics' / 'probe.json'}: no evaluated model in this "
+                                f"project; {RUN_PIPELINE}")
+    probe = ran["probe"]["val_accuracy"]
+    if "finetune" not in ran:
+        return "probe", "the fine-tune did not run (finetune.enabled: false, or its stages have not run)"
+    tuned = ran["finetune"]["val_accuracy"]
+    if tuned > probe:
+        return "finetune", f"higher validation accuracy: {tuned:.4f} vs the probe's {probe:.4f}"
+    return "probe", f"validation accuracy {probe:.4f} at least the fine-tune's {tuned:.4f}, at a fraction of the cost"
+
+
+def model_params(project: Path) -> dict[str, Any]:
+    """The backbone as the extract stage ran it (results/features/meta.json), checkpoint relative to the project."""
+    path = project / "results" / "features" / "meta.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: this project has no trained model; {RUN_PIPELINE}")
+    meta = json.loads(path.read_text())
+    checkpoint = meta["checkpoint"]
+    if checkpoint and not Path(checkpoint).is_absolute():
+        checkpoint = str(project / checkpoint)
+    return {"backbone": meta["backbone"], "weights": meta["weights"], "checkpoint": checkpoint,
+            "image_size": meta["image_size"], "engine": meta["engine"], "precision": meta["precision"],
+            "classes": meta["classes"]}
+
+
+def network(project: Path, method: str, params: dict[str, Any]) -> finetune.FineTuneNet:
+    """The method's classifier as one torch network: backbone + the probe's head, or the fine-tuned network."""
+    results = project / "results"
+    if method == "probe":
+        return finetune.build(params, results / "head" / "model.npz").eval()
+    path = results / "finetune" / "model.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no fine-tuned model (finetune.enabled: false, or the finetune stage has "
+                                f"not run)")
+    return finetune.load(params, path, len(params["classes"]))
+
+
+def resolve(project: Path, method: str) -> tuple[str, str]:
+    """`best` chosen by validation accuracy, or a named method that has been evaluated; and why."""
+    if method == "best":
+        return choose(project)
+    if method not in evaluated(project):
+        raise FileNotFoundError(f"{project / 'results' / 'metrics' / (method + '.json')}: the {method} model has not "
+                                f"been evaluated; {RUN_PIPELINE}")
+    return method, "asked for"
+
+
+def from_project(project: Path, method: str = "best") -> tuple[Classifier, str]:
+    """A project's trained classifier, and why it was chosen.
+
+    The probe runs as the pipeline ran it: the extract stage's engine for the features, then the scikit-learn
+    head; so its predictions on the test split equal the evaluate stage's.
+    """
+    method, why = resolve(project, method)
+    params = model_params(project)
+    plain = backbones.preprocessing(params)
+    if method == "finetune":
+        forward = finetune.probabilities(network(project, method, params), params)
+        return Classifier(method, params["classes"], plain, forward), why
+    probe, labels = head.load(project / "results" / "head" / "model.npz")
+    extractor, _, _ = backbones.load_feature_extractor(params)
+    net = backbones.Normalized(extractor, plain.mean, plain.std, scale=255)
+    with tempfile.TemporaryDirectory() as tmp, torch_threads(1):
+        features, _ = engines.build(net, params["engine"], params["precision"], device(), plain.crop_size[0],
+                                    Path(tmp) / "backbone.onnx")
+    forward = lambda images: head.predict_proba(probe, features(images), len(labels))  # noqa: E731
+    return Classifier(method, labels, plain, forward), why
+
+
+def preprocessing_record(plain: ImageClassification) -> dict[str, Any]:
+    """What an exported graph expects, for preprocessing.json (and `from_model_dir` reads back)."""
+    return {
+        "input": {"name": "images", "dtype": "uint8", "layout": "NCHW", "channels": "RGB", "range": [0, 255]},
+        "resize_size": plain.resize_size[0], "crop_size": plain.crop_size[0],
+        "interpolation": plain.interpolation.value, "antialias": True,
+        "steps": [f"resize so the shorter side is {plain.resize_size[0]} px ({plain.interpolation.value}, "
+                  f"antialiased)", f"centre crop {plain.crop_size[0]}x{plain.crop_size[0]}",
+                  "uint8 RGB, channels first, batch first"],
+        "normalisation": "inside the graph: (pixels - 255 * mean) / (255 * std)",
+        "mean": list(plain.mean), "std": list(plain.std),
+        "output": {"name": "probabilities", "classes": "labels.json, in order"},
+        "tta_views": list(transforms.TTA_VIEWS),
+    }
+
+
+def from_model_dir(folder: Path) -> tuple[Classifier, str]:
+    """An exported model folder (model.onnx, labels.json, preprocessing.json), run by ONNX Runtime."""
+    for name in ("model.onnx", "labels.json", "preprocessing.json", "summary.json"):
+        if not (folder / name).exists():
+            raise FileNotFoundError(f"{folder / name}: not an exported model folder (the export stage writes it)")
+    labels = json.loads((folder / "labels.json").read_text())
+    record = json.loads((folder / "preprocessing.json").read_text())
+    plain = ImageClassification(crop_size=record["crop_size"], resize_size=record["resize_size"],
+                                mean=record["mean"], std=record["std"],
+                                interpolation=InterpolationMode(record["interpolation"]))
+    forward, provider = engines.onnx_forward(folder / "model.onnx")
+    method = json.loads((folder / "summary.json").read_text())["method"]
+    return Classifier(method, labels, plain, forward), f"exported to {folder} (ONNX Runtime, {provider})"
+
+
+def find_images(paths: list[Path]) -> list[Path]:
+    """Files named, and every file under folders named (recursive, hidden files left out), in order."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files += sorted(f for f in path.rglob("*") if f.is_file()
+                            and not any(part.startswith(".") for part in f.relative_to(path).parts))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"{path}: no such file or folder")
+    return files
+
+
+def classify(clf: Classifier, files: list[Path], batch_size: int = 32, tta: bool = False,
+             workers: int = 1) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
+    """Check every file as the download stage does, then predict the readable ones.
+
+    Returns (readable files, their probabilities (N, classes), skipped files with the reason).
+    """
+    readable, skipped = index.scan(Path("."), [(str(f), "") for f in files], workers)
+    order = {str(f): i for i, f in enumerate(files)}
+    readable = readable.sort_values("path", key=lambda p: p.map(order), kind="stable")[["path"]]
+    readable = readable.reset_index(drop=True)
+    if readable.empty:
+        return readable, np.empty((0, len(clf.labels))), skipped
+    plain = clf.preprocessing
+    transform, forward, batch_size = transforms.for_prediction(plain, clf.forward, batch_size, tta)
+    images = ImageList(Path("."), readable, clf.labels, transform, plain.resize_size[0])
+    proba = outputs(forward, images, len(clf.labels), "predict with TTA" if tta else "predict", batch_size, np.float64)
+    return readable, proba, skipped
+
+
+def check_top_k(top_k: int, classes: int) -> None:
+    if not 1 <= top_k <= classes:
+        raise ValueError(f"--top-k: {top_k} is not between 1 and the model's {classes} classes")
+
+
+def table(paths: pd.Series, proba: np.ndarray, labels: list[str], top_k: int = 1) -> pd.DataFrame:
+    """path, label, probability (top-1), then label_2, probability_2 … up to top_k."""
+    check_top_k(top_k, len(labels))
+    order = np.argsort(-proba, axis=1, kind="stable")[:, :top_k]
+    names = np.asarray(labels)
+    out = pd.DataFrame({"path": paths.to_numpy()})
+    for k in range(top_k):
+        suffix = f"_{k + 1}" if k else ""
+        out["label" + suffix] = names[order[:, k]]
+        out["probability" + suffix] = np.take_along_axis(proba, order[:, k:k + 1], axis=1)[:, 0].round(6)
+    return out
