@@ -191,6 +191,20 @@ def test_dvc_exp_run_reruns_only_finetune_and_lr_is_a_number(both_engines):
     assert "results/metrics/finetune.json" in diff.stdout
 
 
+def test_dvc_artifacts_get_delivers_the_exported_model(both_engines, tmp_path):
+    project = both_engines["dvc"][0]
+    run(["git", "add", "-A"], project)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "model", "--allow-empty"], project)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "tag", "-a", "classifier@v0.1.0", "-m", "v0.1.0"],
+        project)  # the tag `gto register classifier` makes
+    run(["dvc", "artifacts", "get", str(project), "classifier", "-o", str(tmp_path / "model")], tmp_path)
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == [
+        "labels.json", "model.onnx", "model_card.md", "preprocessing.json", "summary.json"]
+    predicted = run([sys.executable, "-m", "transferlab.commands", "predict", "--model-dir", str(tmp_path / "model"),
+                     str(project / "images" / "ant")], tmp_path)
+    assert len(predicted.stdout.splitlines()) == 1 + 8
+
+
 def test_sweep_extracts_once_per_backbone_and_reports_the_curve(both_engines):
     sm_dir, sm_first, _ = both_engines["snakemake"]
     dvc_dir, dvc_first, _ = both_engines["dvc"]

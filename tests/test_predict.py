@@ -146,9 +146,11 @@ def test_a_project_without_a_trained_model_says_which_stage_to_run(tmp_path):
     assert result.returncode == 2 and "run the pipeline first" in result.stderr
 
 
-def test_the_console_script_is_declared():
-    scripts = (ROOT / "pyproject.toml").read_text()
-    assert 'transferlab = "transferlab.commands:main"' in scripts
+def test_the_install_puts_the_transferlab_command_beside_python(tmp_path):
+    command = Path(sys.executable).parent / "transferlab"
+    assert command.exists(), "pip install -e . installs the console script (pyproject [project.scripts])"
+    result = run([str(command), "predict", "--help"], tmp_path)
+    assert "--model-dir" in result.stdout and "--tta" in result.stdout
 
 
 def test_tta_views_are_the_centre_its_mirror_and_the_corners():
