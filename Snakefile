@@ -14,7 +14,8 @@ configfile: "params.yaml"
 
 
 try:
-    config.update(P.validate(config))
+    config.update(P.validate(P.complete(config)))
+    P.same_as_file(config)
 except P.ParamsError as exc:
     raise WorkflowError(str(exc))
 

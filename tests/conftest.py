@@ -66,10 +66,11 @@ def copy_project(parent: Path) -> Path:
     """A temporary copy of the project (git-tracked layout) with a tiny synthetic dataset and tiny params."""
     dest = parent / "project"
     dest.mkdir()
-    for name in ("Snakefile", "dvc.yaml", "pyproject.toml", ".gitignore", "src", "workflow", "profiles"):
+    for name in ("Snakefile", "dvc.yaml", "pyproject.toml", ".gitignore", ".dvcignore", ".dvc", "src", "workflow",
+                 "profiles"):
         src = ROOT / name
         if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "tmp", "cache"))
         else:
             shutil.copy2(src, dest / name)
     make_tree(dest / "images", {"ant": 8, "bee": 8, "cat": 8})

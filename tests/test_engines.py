@@ -54,10 +54,9 @@ def set_param(project, section, key, value):
 
 
 def git_dvc_init(project):
+    """A git repository of the project as cloned: the shipped .dvc/ makes it a DVC project, no `dvc init`."""
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"],
-                ["dvc", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "dvc"]):
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
         run(cmd, project)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
@@ -17,9 +18,14 @@ os.umask(_UMASK)
 
 @contextlib.contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; move it into place only if the block succeeds."""
+    """Yield a temporary path beside `path`; move it into place only if the block succeeds.
+
+    Temporary files a killed run left for the same `path` are removed first (one writer per output: the
+    workflow engines never run two jobs writing the same file).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove(path.parent, f".{glob.escape(path.name)}.*.part*")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + "".join(path.suffixes), dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -31,10 +37,17 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def _remove(folder: Path, pattern: str) -> None:
+    for leftover in folder.glob(pattern):
+        leftover.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
-def scratch_file(folder: Path | str, suffix: str = "") -> Iterator[Path]:
-    """A temporary file in `folder` (same disk as the outputs), always removed afterwards."""
-    fd, tmp = tempfile.mkstemp(prefix=".scratch-", suffix=suffix, dir=folder)
+def scratch_file(folder: Path | str, suffix: str, name: str) -> Iterator[Path]:
+    """A temporary file `name` in `folder` (same disk as the outputs), always removed afterwards; one a killed
+    run left under the same name is removed first."""
+    _remove(Path(folder), f".scratch-{glob.escape(name)}-*{suffix}")
+    fd, tmp = tempfile.mkstemp(prefix=f".scratch-{name}-", suffix=suffix, dir=folder)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -45,6 +58,14 @@ def scratch_file(folder: Path | str, suffix: str = "") -> Iterator[Path]:
 def write_json(path: Path | str, data: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_jsonable) + "\n")
+
+
+def read_json(path: Path | str) -> Any:
+    """A JSON file a stage wrote; a damaged one is an error naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); re-run the stage that writes it") from None
 
 
 def write_csv(path: Path | str, frame: pd.DataFrame) -> None:

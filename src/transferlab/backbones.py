@@ -63,6 +63,9 @@ def load_classifier(model_params: dict[str, Any], seed: int = 0) -> tuple[nn.Mod
     if checkpoint:
         model = models.get_model(name, weights=None)
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict):
+            raise ValueError(f"model.checkpoint: {checkpoint} holds a {type(state).__name__}, not a state_dict "
+                             f"(save one with torch.save(model.state_dict(), path))")
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:

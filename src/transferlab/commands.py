@@ -9,7 +9,7 @@ from pathlib import Path
 
 from . import predict
 from .atomic import write_csv
-from .cli import USER_ERRORS, set_threads
+from .cli import one_line, set_threads
 from .transforms import TTA_VIEWS
 
 log = logging.getLogger("transferlab")
@@ -69,8 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         return run_predict(args)
-    except USER_ERRORS as exc:
-        print(f"transferlab {args.command}: error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        message = one_line(exc)
+        if message is None:
+            raise
+        print(f"transferlab {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -1,11 +1,12 @@
 """The datasets transferlab knows: where their archives are, and how file names map to labels."""
 from __future__ import annotations
 
+import hashlib
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from .fetch import download, extract, is_archive
+from .fetch import download, extract, file_digest, is_archive
 from .params import is_url
 
 
@@ -42,7 +43,6 @@ def materialise(dataset: str, source: str | None, raw_dir: Path) -> Path:
     """Return the folder holding the dataset's files, downloading and/or extracting into raw_dir as needed."""
     if source and not is_url(source) and not is_archive(source):
         return Path(source)
-    target = raw_dir / dataset
     if source:
         archives = [Path(source)] if not is_url(source) else [
             download(source, raw_dir / "downloads" / Path(urllib.parse.urlparse(source).path).name)]
@@ -50,6 +50,10 @@ def materialise(dataset: str, source: str | None, raw_dir: Path) -> Path:
         archives = [download(a.url, raw_dir / "downloads" / a.filename, a.checksum) for a in ARCHIVES[dataset]]
     else:
         raise ValueError(f"data.source: dataset {dataset!r} has no official archive; give a folder, archive or URL")
+    # One folder per content: another source, or an archive replaced under the same name, never mixes with
+    # (or reuses) an earlier extraction.
+    content = hashlib.sha256("".join(file_digest(a) for a in archives).encode()).hexdigest()[:16]
+    target = raw_dir / dataset / content
     for archive in archives:
         extract(archive, target)
     return target

@@ -2,7 +2,6 @@
 against torch on the test split, with labels.json, preprocessing.json, summary.json and a model card."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import torch
 from torch import nn
 
 from . import backbones, engines, predict
-from .atomic import atomic_path, write_json
+from .atomic import atomic_path, read_json, write_json
 from .features import ImageList, outputs
 from .transforms import evaluation
 
@@ -53,7 +52,7 @@ def run(project: Path, method: str, template: Path, out_dir: Path, batch_size: i
     labels = params["classes"]
     module = probabilities_module(predict.network(project, method, params), params)
     plain = backbones.preprocessing(params)
-    dataset = json.loads((project / "data" / "dataset.json").read_text())
+    dataset = read_json((project / "data" / "dataset.json"))
     test = pd.read_csv(project / "data" / "splits" / "test.csv")
     images = ImageList(project / dataset["root"], test, labels, evaluation(plain, normalize=False),
                        plain.resize_size[0])
@@ -82,7 +81,7 @@ def run(project: Path, method: str, template: Path, out_dir: Path, batch_size: i
 def model_card(template: Path, summary: dict[str, Any], metrics: dict[str, dict[str, Any]], dataset: dict[str, Any],
                params: dict[str, Any], project: Path) -> str:
     """The model card (Markdown) from the run's own records."""
-    splits = json.loads((project / "data" / "splits" / "summary.json").read_text())
+    splits = read_json((project / "data" / "splits" / "summary.json"))
     train = splits["train"]["per_class"]
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(template.parent), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True)

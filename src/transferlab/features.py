@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import contextlib
-import json
+import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,8 +18,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from . import backbones, engines
-from .atomic import atomic_path, scratch_file, write_json
+from .atomic import atomic_path, read_json, scratch_file, write_json
 from .images import decode_jpegs, load_encoded, load_tensor
+from .params import ParamsError
 from .split import SPLITS
 from .transforms import augmentation, evaluation
 
@@ -130,7 +132,7 @@ def outputs(forward: engines.Forward, images: ImageList, width: int, desc: str, 
 def run(params: dict[str, Any], data_dir: Path, out_dir: Path) -> dict[str, Any]:
     """Write out_dir/{train,val,test}.npz (features, labels, ids, views) and out_dir/meta.json."""
     model_params, feat = params["model"], params["features"]
-    dataset = json.loads((data_dir / "dataset.json").read_text())
+    dataset = read_json((data_dir / "dataset.json"))
     classes, root = dataset["classes"], Path(dataset["root"])
     extractor, dim, info = backbones.load_feature_extractor(model_params)
     dev = device()
@@ -141,7 +143,9 @@ def run(params: dict[str, Any], data_dir: Path, out_dir: Path) -> dict[str, Any]
     threads = torch.get_num_threads()
     streams = 1 if on_gpu else threads
     out_dir.mkdir(parents=True, exist_ok=True)
-    with scratch_file(out_dir, ".onnx") as onnx_path, torch_threads(threads // streams):
+    train_rows = len(pd.read_csv(data_dir / "splits" / "train.csv")) * (1 + feat["train_views"])
+    check_room(train_rows, dim, out_dir, feat["train_views"])
+    with scratch_file(out_dir, ".onnx", "backbone") as onnx_path, torch_threads(threads // streams):
         forward, engine = engines.build(model, feat["engine"], feat["precision"], dev, size, onnx_path,
                                         threads=threads // streams)
         meta: dict[str, Any] = {**info, **engine, "image_size": size, "device": str(dev), "gpu_decode": on_gpu,
@@ -157,6 +161,19 @@ def run(params: dict[str, Any], data_dir: Path, out_dir: Path) -> dict[str, Any]
                                                    frame["path"].to_numpy(dtype=str), streams, dev)
     write_json(out_dir / "meta.json", meta)
     return meta
+
+
+def check_room(rows: int, dim: int, folder: Path, views: int) -> None:
+    """Refuse, before any work, training features that would not fit: on disk the scratch array and the .npz
+    (2 × float32), in memory the head's float64 copy and its standardised twin (4 × float32)."""
+    size = rows * dim * 4
+    free = shutil.disk_usage(folder).free
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for need, have, where in ((2 * size, free, f"free disk at {folder}"), (4 * size, memory, "memory")):
+        if need > have:
+            raise ParamsError(f"params: features.train_views: {views} extra views make {rows:,} training rows × "
+                              f"{dim} features = {size / 2**30:.2f} GiB; that needs {need / 2**30:.2f} GiB of "
+                              f"{where}, and there is {have / 2**30:.2f} GiB. Use fewer views")
 
 
 @contextlib.contextmanager
@@ -175,7 +192,7 @@ def _extract_split(forward: engines.Forward, views: list[ImageList], dim: int, f
     """Features of every view of one split, filled into a memory-mapped scratch array, then one atomic .npz."""
     n, split = len(ids), path.stem
     start = time.perf_counter()
-    with atomic_path(path) as tmp, scratch_file(path.parent, ".npy") as buf:
+    with atomic_path(path) as tmp, scratch_file(path.parent, ".npy", path.stem) as buf:
         features = np.lib.format.open_memmap(buf, mode="w+", dtype=np.float32, shape=(n * len(views), dim))
         for v, ds in enumerate(views):
             compute(forward, ds, features[v * n:(v + 1) * n], f"extract {split}" + (f" view {v}" if v else ""),

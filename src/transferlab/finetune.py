@@ -3,7 +3,6 @@ trained with a tiny backbone learning rate (linear probe, then fine-tune: LP-FT)
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from pathlib import Path
@@ -18,7 +17,8 @@ from torchvision import models
 from tqdm.auto import tqdm
 
 from . import backbones, engines, head, transforms
-from .atomic import atomic_path, write_csv, write_json
+from .atomic import atomic_path, read_json, write_csv, write_json
+from .params import ParamsError
 from .features import ImageList, device, loader, outputs
 from .transforms import augmentation, evaluation
 
@@ -81,6 +81,14 @@ def unfrozen_blocks(model: FineTuneNet, unfreeze: int | str) -> list[nn.Module]:
     return all_blocks[len(all_blocks) - unfreeze:] if unfreeze else []
 
 
+def check_unfreeze(model: FineTuneNet, unfreeze: int | str, backbone: str) -> None:
+    """Refuse (before any training) a number of blocks the backbone does not have."""
+    n = len(blocks(model.backbone))
+    if unfreeze != "all" and unfreeze > n:
+        raise ParamsError(f"params: finetune.unfreeze: {unfreeze} is more than the {n} blocks of {backbone}; "
+                          f"give 0 to {n}, or all")
+
+
 def freeze(model: FineTuneNet, unfreeze: int | str) -> list[nn.Parameter]:
     """Make only the head and the unfrozen blocks trainable; return the trainable backbone parameters."""
     model.requires_grad_(False)
@@ -121,7 +129,10 @@ def load(model_params: dict[str, Any], weights_path: Path | str, n_classes: int)
     """Rebuild the fine-tuned network from its saved state_dict (weights_only: no code is executed)."""
     body, linear = backbones.split_classifier(models.get_model(model_params["backbone"], weights=None))
     model = FineTuneNet(body, nn.Linear(linear.in_features, n_classes))
-    model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+    state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise ValueError(f"{weights_path}: holds a {type(state).__name__}, not a state_dict; re-run the finetune stage")
+    model.load_state_dict(state)
     return model.eval()
 
 
@@ -142,13 +153,24 @@ def count_trainable(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def precision(dev: torch.device) -> str:
+    """What the fine-tune trains in: bfloat16 on GPUs with bf16, float16 with a gradient scaler on older GPUs
+    (T4, V100), float32 on the CPU."""
+    if dev.type != "cuda":
+        return "float32"
+    return "bfloat16" if engines.bf16_supported(dev) else "float16"
+
+
 def _autocast(dev: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
+    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(precision(dev))
+    return torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None)
 
 
 def run_epoch(model: FineTuneNet, data, dev: torch.device, optimizer=None, scheduler=None,
-              desc: str = "") -> tuple[float, float]:
-    """One pass; trains when an optimizer is given. Returns (mean loss, accuracy)."""
+              desc: str = "", scaler: torch.amp.GradScaler | None = None) -> tuple[float, float]:
+    """One pass; trains when an optimizer is given (float16 losses scaled by `scaler`). Returns (mean loss,
+    accuracy)."""
+    scaler = scaler or torch.amp.GradScaler(dev.type, enabled=False)
     loss_sum, correct, seen = 0.0, 0, 0
     loss_fn = nn.CrossEntropyLoss()
     with torch.set_grad_enabled(optimizer is not None):
@@ -160,8 +182,9 @@ def run_epoch(model: FineTuneNet, data, dev: torch.device, optimizer=None, sched
             loss = loss_fn(logits.float(), labels)
             if optimizer is not None:
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
                 scheduler.step()
             loss_sum += loss.item() * len(labels)
             correct += (logits.argmax(1) == labels).sum().item()
@@ -180,13 +203,14 @@ def train(params: dict[str, Any], data_dir: Path, probe_path: Path, out_dir: Pat
     torch.manual_seed(ft["seed"])
     dev = device()
     model = build(model_params, probe_path).to(dev).to(memory_format=torch.channels_last)
+    check_unfreeze(model, ft["unfreeze"], model_params["backbone"])
     backbone_params = freeze(model, ft["unfreeze"])
     groups = [{"params": list(model.head.parameters()), "lr": ft["head_lr"]}]
     if backbone_params:
         groups.insert(0, {"params": backbone_params, "lr": ft["lr"]})
     optimizer = torch.optim.AdamW(groups, weight_decay=ft["weight_decay"])
 
-    dataset = json.loads((data_dir / "dataset.json").read_text())
+    dataset = read_json((data_dir / "dataset.json"))
     classes, root = dataset["classes"], Path(dataset["root"])
     plain = backbones.preprocessing(model_params)
     aug = ft["augment"]
@@ -200,6 +224,7 @@ def train(params: dict[str, Any], data_dir: Path, probe_path: Path, out_dir: Pat
     steps_per_epoch = math.ceil(len(train_set) / ft["batch_size"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps_per_epoch, ft))
 
+    scaler = torch.amp.GradScaler(dev.type, enabled=precision(dev) == "float16")
     history, best, best_loss, waited = [], None, math.inf, 0
     start = time.perf_counter()
     for epoch in tqdm(range(1, ft["epochs"] + 1), desc="fine-tune", unit="epoch"):
@@ -208,7 +233,7 @@ def train(params: dict[str, Any], data_dir: Path, probe_path: Path, out_dir: Pat
         train_mode(model, ft["unfreeze"], ft["train_bn"])
         lrs = [g["lr"] for g in optimizer.param_groups]
         train_loss, train_acc = run_epoch(model, loader(train_set, ft["batch_size"], ft["num_workers"], True, generator),
-                                          dev, optimizer, scheduler, f"epoch {epoch} train")
+                                          dev, optimizer, scheduler, f"epoch {epoch} train", scaler)
         model.eval()
         val_loss, val_acc = run_epoch(model, val_data, dev, desc=f"epoch {epoch} val")
         history.append({"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val_loss,
@@ -232,6 +257,7 @@ def train(params: dict[str, Any], data_dir: Path, probe_path: Path, out_dir: Pat
         "trainable_parameters": count_trainable(model), "total_parameters": sum(p.numel() for p in model.parameters()),
         "unfreeze": ft["unfreeze"], "lr": ft["lr"], "head_lr": ft["head_lr"], "seconds": round(seconds, 3),
         "train_images_per_s": round(len(train_set) * len(history) / seconds, 2), "device": str(dev),
+        "precision": precision(dev),
     }
     write_json(out_dir / "summary.json", summary)
     return summary

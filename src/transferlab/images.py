@@ -8,11 +8,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 JPEG_MAGIC = b"\xff\xd8\xff"
+EXIF_ORIENTATION = 0x0112
 
 
 @contextlib.contextmanager
@@ -51,8 +53,14 @@ def inspect(path: Path | str) -> tuple[int, int, int, str]:
     return width, height, len(data), digest
 
 
+# Modes holding more than 8 bits per pixel, and the value that is full scale in each (Pillow reads 16-bit
+# grayscale PNG/TIFF as I;16 or I); converting them to RGB directly would clip everything above 255.
+_WIDE_MODES = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535, "F": 1.0}
+
+
 def load_rgb(path: Path | str, min_size: int | None = None) -> Image.Image:
-    """Open an image as RGB (grayscale, palette, RGBA and CMYK converted).
+    """Open an image as RGB as a person sees it: the first frame, turned by its EXIF orientation, grayscale,
+    palette, RGBA and CMYK converted, high bit depths scaled (not clipped) to 8 bits.
 
     With `min_size`, large JPEGs are decoded at a reduced scale (PIL draft) that keeps both sides ≥ min_size.
     """
@@ -61,6 +69,10 @@ def load_rgb(path: Path | str, min_size: int | None = None) -> Image.Image:
         image = Image.open(path)
         if min_size and image.format == "JPEG":
             image.draft("RGB", (min_size, min_size))
+        image = ImageOps.exif_transpose(image)
+        if image.mode in _WIDE_MODES:
+            pixels = np.asarray(image, dtype=np.float64) * (255.0 / _WIDE_MODES[image.mode])
+            image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "L")
         if image.mode == "P":
             image = image.convert("RGBA")
         return image.convert("RGB")
@@ -71,14 +83,19 @@ def load_tensor(path: Path | str, min_size: int | None = None) -> torch.Tensor:
 
     torchvision.io (libjpeg-turbo/libpng) decodes most files; a JPEG at least twice `min_size` on both sides is
     decoded by PIL at a reduced scale (draft), which is several times faster for large photos. Anything
-    torchvision cannot decode to 8-bit RGB (CMYK, 16-bit, TIFF, BMP ...) goes through PIL.
+    torchvision cannot decode to RGB (CMYK, TIFF, BMP ...) goes through PIL (`load_rgb`). Either way: the first
+    frame, EXIF orientation applied, 16 bits scaled to 8.
     """
     with Image.open(path) as image:  # reads the header only
         large_jpeg = bool(min_size) and image.format == "JPEG" and min(image.size) >= 2 * min_size
     if not large_jpeg:
         try:
             with _quiet():
-                decoded = decode_image(str(path), mode=ImageReadMode.RGB)
+                decoded = decode_image(str(path), mode=ImageReadMode.RGB, apply_exif_orientation=True)
+            if decoded.ndim == 4:  # an animated GIF: its first frame
+                decoded = decoded[0]
+            if decoded.dtype == torch.uint16:  # 16-bit PNG: full scale 65535 → 255
+                decoded = (decoded.to(torch.float32) / 257).round().to(torch.uint8)
             if decoded.dtype == torch.uint8:
                 return decoded
         except RuntimeError:
@@ -87,10 +104,14 @@ def load_tensor(path: Path | str, min_size: int | None = None) -> torch.Tensor:
 
 
 def load_encoded(path: Path | str, min_size: int | None = None) -> torch.Tensor:
-    """A JPEG's bytes as a 1-D uint8 tensor (to decode on the GPU); other files decoded here as by load_tensor."""
+    """A JPEG's bytes as a 1-D uint8 tensor (to decode on the GPU); other files, and JPEGs an EXIF orientation
+    turns (nvJPEG ignores it), decoded here as by load_tensor."""
     data = Path(path).read_bytes()
     if data.startswith(JPEG_MAGIC):
-        return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        with Image.open(path) as image:
+            upright = image.getexif().get(EXIF_ORIENTATION, 1) == 1
+        if upright:
+            return torch.frombuffer(bytearray(data), dtype=torch.uint8)
     return load_tensor(path, min_size)
 
 

@@ -44,17 +44,28 @@ def scan(root: Path, files: list[tuple[str, str]], workers: int = 1) -> tuple[pd
     return index, rejected
 
 
+def inside(root: Path, files: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Split files into those really inside root and links that lead out of it (never read)."""
+    real_root = root.resolve()
+    kept, escaping = [], []
+    for rel, label in files:
+        (kept if (root / rel).resolve().is_relative_to(real_root) else escaping).append((rel, label))
+    return kept, escaping
+
+
 def build(data: dict[str, Any], out_dir: Path, workers: int = 1) -> dict[str, Any]:
     """Run the download stage: write index.csv, rejected.csv and dataset.json into out_dir."""
     raw_dir = out_dir / "raw"
     raw_dir.mkdir(parents=True, exist_ok=True)
     root = datasets.materialise(data["dataset"], data["source"], raw_dir)
     files, stray = datasets.candidates(data["dataset"], root, data["label"])
+    files, escaping = inside(root, files)
     if not files:
         raise ValueError(f"data.source: no image files found under {root} for dataset {data['dataset']!r}")
     index, rejected = scan(root, files, workers)
-    stray_rows = pd.DataFrame([{"path": p, "label": "", "reason": "not inside a class folder"} for p, _ in stray],
-                              columns=rejected.columns)
+    stray_rows = pd.DataFrame([{"path": p, "label": "", "reason": "not inside a class folder"} for p, _ in stray]
+                              + [{"path": p, "label": label, "reason": "a link leaving the dataset folder"}
+                                 for p, label in escaping], columns=rejected.columns)
     rejected = pd.concat([rejected, stray_rows], ignore_index=True) if len(stray_rows) else rejected
     if index.empty:
         raise ValueError(f"data.source: none of the {len(files)} files under {root} is a readable image")

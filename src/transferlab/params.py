@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 from importlib import resources
 from pathlib import Path
@@ -83,8 +84,24 @@ def validate(raw: dict[str, Any] | None, base_dir: Path | str = ".") -> dict[str
     return params
 
 
+def _not_finite(value: Any, prefix: str = "") -> str | None:
+    """The dotted key of the first NaN or infinite number (they pass every schema bound), else None."""
+    if isinstance(value, dict):
+        return next((k for key, v in value.items() if (k := _not_finite(v, f"{prefix}{key}."))), None)
+    if isinstance(value, list):
+        return next((k for v in value if (k := _not_finite(v, prefix))), None)
+    return prefix[:-1] if isinstance(value, float) and not math.isfinite(value) else None
+
+
 def _check_semantics(params: dict[str, Any], base_dir: Path) -> None:
     data, model = params["data"], params["model"]
+    bad = _not_finite(params)
+    if bad:
+        raise ParamsError(f"params: {bad}: NaN and infinity are not allowed; give a finite number")
+    low, high = params["finetune"]["augment"]["scale"]
+    if low > high:
+        raise ParamsError(f"params: finetune.augment.scale: [{low}, {high}] must be [smallest, largest] area "
+                          f"fraction, e.g. [{high}, {low}]")
     if data["val_fraction"] + data["test_fraction"] >= 1:
         raise ParamsError("params: data.val_fraction + data.test_fraction must be below 1 (training needs images)")
     if data["split"] == "official" and data["dataset"] != "oxford_pets":
@@ -116,6 +133,29 @@ def _check_semantics(params: dict[str, Any], base_dir: Path) -> None:
             )
 
 
+def complete(raw: Any, name: str = "params.yaml") -> dict[str, Any]:
+    """The parameter file's mapping, refused when empty or missing a whole section (a file half-written by
+    `dvc exp run`, say): defaults stand in for single keys, never for everything a section holds."""
+    if not raw:
+        raise ParamsError(f"params: {name} is empty; it needs the sections {', '.join(schema()['properties'])}")
+    if isinstance(raw, dict):
+        missing = [section for section in schema()["properties"] if section not in raw]
+        if missing:
+            raise ParamsError(f"params: {name} has no section {', '.join(missing)} (a whole section missing; "
+                              f"copy it from the shipped params.yaml)")
+    return raw
+
+
+def same_as_file(config: dict[str, Any], path: Path | str = "params.yaml") -> None:
+    """Refuse a Snakemake config that differs from the file the stage scripts read (`--config`, `--configfile`):
+    the jobs planned and the results computed would silently disagree."""
+    on_disk = load(path)
+    changed = sorted(set(differences(config, on_disk)) | set(differences(on_disk, config)))
+    if changed:
+        raise ParamsError(f"params: {changed[0]}: set on the command line (--config/--configfile), but the stage "
+                          f"scripts read {path}; edit {path} instead (or use dvc exp run -S)")
+
+
 def load(path: Path | str = "params.yaml") -> dict[str, Any]:
     """Read and validate params.yaml; relative paths inside it are checked against its folder."""
     path = Path(path)
@@ -125,7 +165,7 @@ def load(path: Path | str = "params.yaml") -> dict[str, Any]:
         raise ParamsError(f"params: file not found: {path}") from None
     except yaml.YAMLError as exc:
         raise ParamsError(f"params: {path} is not valid YAML: {exc}") from None
-    return validate(raw, path.parent)
+    return validate(complete(raw, str(path)), path.parent)
 
 
 def select(params: dict[str, Any], keys: list[str]) -> dict[str, Any]:
@@ -145,8 +185,9 @@ def defaults() -> dict[str, Any]:
     return _fill_defaults({}, schema())
 
 
-def differences(params: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """Dotted key → (default, value) for every parameter that differs from its default."""
+def differences(params: dict[str, Any], reference: dict[str, Any] | None = None) -> dict[str, tuple[Any, Any]]:
+    """Dotted key → (reference value, value) for every parameter that differs from the reference (the
+    defaults unless given)."""
     out: dict[str, tuple[Any, Any]] = {}
 
     def walk(value: Any, default: Any, prefix: str) -> None:
@@ -156,5 +197,5 @@ def differences(params: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
         elif value != default:
             out[prefix[:-1]] = (default, value)
 
-    walk(params, defaults(), "")
+    walk(params, defaults() if reference is None else reference, "")
     return out

@@ -5,7 +5,6 @@ import base64
 import datetime as dt
 import importlib.metadata
 import io
-import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
+matplotlib.rcParams["text.parse_math"] = False  # class names are text: "cost $\frac$" is no formula
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -20,7 +20,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape  # noqa: E40
 
 from . import params as params_mod  # noqa: E402
 from . import stats  # noqa: E402
-from .atomic import atomic_path  # noqa: E402
+from .atomic import atomic_path, read_json  # noqa: E402
 from .images import load_rgb  # noqa: E402
 from .stages import STAGE_PARAMS, made_from  # noqa: E402
 
@@ -37,7 +37,7 @@ LIBRARIES = ["torch", "torchvision", "scikit-learn", "numpy", "pandas", "matplot
 
 
 def _json(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.exists() else None
+    return read_json(path) if path.exists() else None
 
 
 def _png(fig: plt.Figure, out: Path | None) -> str:

@@ -1,7 +1,6 @@
 """The split stage: deterministic, stratified train/val/test lists, and training-set subsampling."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from . import datasets
-from .atomic import write_csv, write_json
+from .atomic import read_json, write_csv, write_json
 
 SPLITS = ("train", "val", "test")
 
@@ -57,6 +56,10 @@ def subsample(train: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
 def make_splits(index: pd.DataFrame, data: dict[str, Any], root: Path | None = None) -> dict[str, pd.DataFrame]:
     """train/val/test frames from the index as params `data` asks."""
     seed = data["seed"]
+    classes = sorted(index["label"].unique())
+    if len(classes) < 2:
+        raise SplitError(f"data.source: the dataset holds {len(classes)} class ({', '.join(map(str, classes))}); a "
+                         f"classifier needs at least two (one folder of images per class)")
     if data["split"] == "official":
         lists = datasets.official_split(root)
         stems = index["path"].map(lambda p: Path(p).stem).map(lists)
@@ -71,6 +74,9 @@ def make_splits(index: pd.DataFrame, data: dict[str, Any], root: Path | None = N
     missing = set(parts["train"]["label"]) - set(parts["test"]["label"])
     if missing:
         raise SplitError(f"classes with no test image under the official split: {sorted(missing)}")
+    untrained = sorted(set(classes) - set(parts["train"]["label"]))
+    if untrained:
+        raise SplitError(f"data.split: classes with no training image after the split: {untrained}")
     parts["train"] = subsample(parts["train"], data["train_fraction"], seed)
     return {name: parts[name][["path", "label"]] for name in SPLITS}
 
@@ -78,7 +84,7 @@ def make_splits(index: pd.DataFrame, data: dict[str, Any], root: Path | None = N
 def run(data: dict[str, Any], data_dir: Path) -> dict[str, Any]:
     """The split stage: read data/index.csv, write data/splits/{train,val,test}.csv and a summary."""
     index = pd.read_csv(data_dir / "index.csv")
-    info = json.loads((data_dir / "dataset.json").read_text())
+    info = read_json((data_dir / "dataset.json"))
     parts = make_splits(index, data, Path(info["root"]))
     summary = {name: {"images": len(frame), "per_class": frame["label"].value_counts().sort_index().to_dict()}
                for name, frame in parts.items()}

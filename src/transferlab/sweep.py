@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from . import features, finetune, head, stats  # noqa: E402
-from .atomic import atomic_path, write_csv, write_json  # noqa: E402
+from .atomic import atomic_path, read_json, write_csv, write_json  # noqa: E402
 from .evaluation import scores, versus  # noqa: E402
 from .split import SPLITS, subsample  # noqa: E402
 from .stages import made_from, params_for  # noqa: E402
@@ -100,7 +100,7 @@ def run_point(params: dict[str, Any], backbone: str, fraction: float, seed: int,
 
     cached = {s: _rows(features.load(features_dir / f"{s}.npz"), set(frames[s]["path"])) for s in SPLITS}
     classes = [str(c) for c in cached["train"]["classes"]]
-    dataset = json.loads((data_dir / "dataset.json").read_text())
+    dataset = read_json((data_dir / "dataset.json"))
     settings = params["evaluate"]
     start = time.perf_counter()
     model, search = head.fit(cached["train"], cached["val"], params["head"])
@@ -275,7 +275,7 @@ def metrics(points_curve: pd.DataFrame) -> dict[str, Any]:
 
 def aggregate(params: dict[str, Any], metric_files: list[Path], out_dir: Path) -> dict[str, Any]:
     """Write out_dir/{points.csv, curve.csv, curve.png, metrics.json, summary.json} from the points' metrics."""
-    point_metrics = [json.loads(Path(p).read_text()) for p in metric_files]
+    point_metrics = [read_json(Path(p)) for p in metric_files]
     sources = {json.dumps({k: v for k, v in m["made_from"].items() if k != "params"}, sort_keys=True)
                for m in point_metrics}
     if len(sources) != 1:

@@ -6,7 +6,6 @@ valid pixel range is respected exactly by clamping.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from torch import nn
 
 from . import backbones, head
 from . import finetune as finetune_mod
-from .atomic import atomic_path, write_json
+from .atomic import atomic_path, read_json, write_json
 from .finetune import blocks
 from .backbones import Normalized
 from .images import load_rgb
@@ -156,7 +155,7 @@ def run(params: dict[str, Any], data_dir: Path, results: Path, out_dir: Path) ->
         write_json(out_dir / "summary.json", summary)
         return summary
     torch.manual_seed(vis["seed"])
-    dataset = json.loads((data_dir / "dataset.json").read_text())
+    dataset = read_json((data_dir / "dataset.json"))
     ft_weights = results / "finetune" / "model.pt"
     to_pixels, plain = _pixels_transform(params["model"])
     if params["finetune"]["enabled"] and ft_weights.exists():

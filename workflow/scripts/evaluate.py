@@ -1,9 +1,9 @@
 """Stage evaluate: test metrics, per-class table, confusion matrix and predictions of one method."""
-import json
 from pathlib import Path
 
 import pandas as pd
 
+from transferlab.atomic import read_json
 from transferlab import evaluation, features, finetune, head
 from transferlab.cli import log, run_stage
 from transferlab.split import SPLITS
@@ -25,7 +25,7 @@ def probe_outputs(params):
 
 def finetune_outputs(params):
     """Probabilities of the fine-tuned network on the images of each split, and on the test split with TTA."""
-    dataset = json.loads(Path("data/dataset.json").read_text())
+    dataset = read_json(Path("data/dataset.json"))
     classes, root = dataset["classes"], Path(dataset["root"])
     model = finetune.load(params["model"], "results/finetune/model.pt", len(classes))
     ft = params["finetune"]
@@ -42,7 +42,7 @@ def finetune_outputs(params):
 def main(params, args) -> None:
     metrics_dir, eval_dir = Path("results/metrics"), Path("results/eval")
     if args.method == "finetune":
-        summary = json.loads(Path("results/finetune/summary.json").read_text())
+        summary = read_json(Path("results/finetune/summary.json"))
         if summary.get("skipped"):
             evaluation.skipped("finetune", summary["reason"], metrics_dir, eval_dir)
             log.info("fine-tune was not run (%s)", summary["reason"])

@@ -1,0 +1,336 @@
+"""Bad input and faults: images read as a person sees them, params refused before work, one-line errors,
+nothing silently wrong, no leftovers (the numbered cases of the bad-input issue)."""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from conftest import ROOT, make_tree
+from test_features_head import tiny_params
+from transferlab import finetune, index, params, report, split
+from transferlab.atomic import atomic_path, scratch_file
+from transferlab.features import ImageList
+from transferlab.images import load_encoded, load_tensor
+from transferlab.params import ParamsError
+
+
+# 1. High bit depth is scaled, not clipped.
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_16_bit_images_are_scaled_to_8_bits(tmp_path, suffix):
+    ramp = np.linspace(0, 65535, 64 * 128).reshape(64, 128).astype(np.uint16)
+    path = tmp_path / f"ramp{suffix}"
+    Image.fromarray(ramp).save(path)
+    pixels = load_tensor(path)
+    assert pixels.dtype == torch.uint8 and pixels.shape == (3, 64, 128)
+    expected = np.rint(ramp / 257).astype(np.int16)
+    assert np.abs(pixels[0].numpy().astype(np.int16) - expected).max() <= 1
+    assert (pixels == 255).float().mean() < 0.01  # clipping made 99.6 % of them 255
+
+
+# 5. Multi-frame images use their first frame.
+def test_animated_gif_is_its_first_frame_and_stacks_with_other_images(tmp_path):
+    frames = [Image.new("RGB", (40, 30), colour) for colour in ((200, 0, 0), (0, 200, 0), (0, 0, 200))]
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:])
+    Image.new("RGB", (40, 30), (0, 0, 0)).save(tmp_path / "b.png")
+    first = load_tensor(tmp_path / "a.gif")
+    assert first.shape == (3, 30, 40) and first[0].float().mean() > 150 and first[1].float().mean() < 50
+    plain = tiny_params()
+    from transferlab.backbones import preprocessing
+    from transferlab.transforms import evaluation
+
+    images = ImageList(tmp_path, pd.DataFrame({"path": ["a.gif", "b.png"]}), [],
+                       evaluation(preprocessing(plain["model"]), normalize=False), 36)
+    assert torch.stack([images[i][0] for i in range(2)]).shape == (2, 3, 32, 32)
+
+
+# Photos as cameras write them: EXIF orientation applied (torchvision, PIL and the GPU path alike).
+def test_exif_orientation_is_applied(tmp_path):
+    image = Image.new("RGB", (60, 20), (255, 255, 255))
+    image.paste((255, 0, 0), (0, 0, 10, 20))  # a red band on the left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    image.save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    upright = load_tensor(tmp_path / "phone.jpg")
+    assert upright.shape == (3, 60, 20) and upright[1, :8].float().mean() < 80  # red band now on top
+    assert torch.equal(load_encoded(tmp_path / "phone.jpg"), upright)  # decoded here, not by nvJPEG
+    image.save(tmp_path / "plain.jpg", quality=95)
+    assert load_encoded(tmp_path / "plain.jpg").ndim == 1  # bytes for the GPU decoder
+
+
+# 3. An empty or half-written params file is an error naming what is missing.
+@pytest.mark.parametrize("text, message", [("", "is empty"), ("{}", "is empty"),
+                                           ("data:\n  dataset: folder\n", "has no section model, features")])
+def test_empty_or_partial_params_file_is_refused(tmp_path, text, message):
+    (tmp_path / "params.yaml").write_text(text)
+    with pytest.raises(ParamsError, match=message):
+        params.load(tmp_path / "params.yaml")
+
+
+def test_a_stage_on_an_empty_params_file_exits_2_and_writes_nothing(tmp_path):
+    (tmp_path / "params.yaml").write_text("")
+    result = subprocess.run([sys.executable, str(ROOT / "workflow/scripts/split.py")], cwd=tmp_path,
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "params.yaml is empty" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def valid_with(key: str, value) -> dict:
+    raw = params.defaults()
+    raw["data"].update({"dataset": "folder", "source": "."})
+    raw["model"]["checkpoint"] = None
+    section, *rest = key.split(".")
+    target = raw[section]
+    for part in rest[:-1]:
+        target = target[part]
+    target[rest[-1]] = value
+    return raw
+
+
+# 8. Schema gaps: NaN/inf, reversed ranges, negative seeds.
+@pytest.mark.parametrize("key, value, message", [
+    ("finetune.lr", math.nan, "finetune.lr: NaN"),
+    ("finetune.head_lr", math.inf, "finetune.head_lr: NaN and infinity"),
+    ("data.val_fraction", "nan", "data.val_fraction: NaN"),
+    ("sweep.fractions", [0.5, math.nan], "sweep.fractions: NaN"),
+    ("finetune.augment.scale", [1.0, 0.3], "finetune.augment.scale: [1.0, 0.3] must be"),
+    ("data.seed", -1, "data.seed"),
+    ("finetune.seed", 2 ** 40, "finetune.seed"),
+])
+def test_params_that_pass_every_bound_but_make_no_sense_are_refused(tmp_path, key, value, message):
+    with pytest.raises(ParamsError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        params.validate(valid_with(key, value), tmp_path)
+
+
+def test_unfreeze_beyond_the_backbone_is_refused_before_training(tmp_path):
+    from test_features_head import prepare
+    from transferlab import features, head
+    from transferlab.split import SPLITS
+
+    data_dir = prepare(tmp_path)
+    p = tiny_params()
+    p["finetune"].update({"unfreeze": 999, "epochs": 1, "batch_size": 8, "num_workers": 0})
+    features.run(p, data_dir, tmp_path / "feat")
+    cached = {s: features.load(tmp_path / "feat" / f"{s}.npz") for s in SPLITS}
+    model, _ = head.fit(cached["train"], cached["val"], p["head"])
+    head.save(model, tmp_path / "head.npz", list(cached["train"]["classes"]))
+    with pytest.raises(ParamsError, match=r"finetune.unfreeze: 999 is more than the 5 blocks of resnet18; give 0 to 5, or all"):
+        finetune.train(p, data_dir, tmp_path / "head.npz", tmp_path / "ft")
+    assert not (tmp_path / "ft" / "model.pt").exists()
+
+
+# 7. One class, or a class with no training image, is an error at split.
+def test_a_single_class_dataset_is_an_error_at_split(tmp_path):
+    make_tree(tmp_path / "src", {"ant": 12})
+    index.build({"dataset": "folder", "source": str(tmp_path / "src"), "label": "breed"}, tmp_path / "data")
+    with pytest.raises(split.SplitError, match=r"data.source: the dataset holds 1 class \(ant\)"):
+        split.run({"split": "random", "val_fraction": 0.25, "test_fraction": 0.25, "train_fraction": 1.0,
+                   "seed": 0}, tmp_path / "data")
+    assert not (tmp_path / "data" / "splits").exists()
+
+
+# 6. Class names are text: no mathtext in the figures, no HTML in the page.
+def test_a_class_named_like_a_formula_is_drawn_as_text(tmp_path):
+    from test_report import pipeline
+
+    p, data_dir, results = pipeline(tmp_path, False, classes=("ant", r"cost $\frac$", "cat"))
+    page = report.render(p, data_dir, results, ROOT / "workflow" / "report", results / "report.html",
+                         results / "report").read_text()
+    assert r"cost $\frac$" in page and (results / "report" / "confusion.png").stat().st_size > 1000
+
+
+# 10. Links leaving the dataset are never read.
+def test_symlinks_leaving_the_dataset_are_left_out_with_the_reason(tmp_path):
+    src = make_tree(tmp_path / "src", {"ant": 3, "bee": 3})
+    secret = tmp_path / "secret.jpg"
+    Image.new("RGB", (20, 20)).save(secret)
+    (src / "ant" / "escape.jpg").symlink_to(secret)
+    (src / "bee" / "inside.jpg").symlink_to(src / "bee" / "bee_0.jpg")
+    index.build({"dataset": "folder", "source": str(src), "label": "breed"}, tmp_path / "data")
+    indexed = pd.read_csv(tmp_path / "data" / "index.csv")["path"].tolist()
+    rejected = pd.read_csv(tmp_path / "data" / "rejected.csv")
+    assert "ant/escape.jpg" not in indexed and "bee/inside.jpg" in indexed
+    assert rejected.set_index("path").loc["ant/escape.jpg", "reason"] == "a link leaving the dataset folder"
+
+
+# 11. What a killed stage left is removed by the next run.
+def test_leftovers_of_a_killed_write_are_removed_by_the_next(tmp_path):
+    for name in (".train.npz.abc123.part.npz", ".scratch-train-xyz.npy", ".scratch-backbone-q.onnx"):
+        (tmp_path / name).write_bytes(b"partial")
+    (tmp_path / ".val.npz.def.part.npz").write_bytes(b"another output's, still being written")
+    with atomic_path(tmp_path / "train.npz") as tmp:
+        tmp.write_bytes(b"done")
+    with scratch_file(tmp_path, ".npy", "train"), scratch_file(tmp_path, ".onnx", "backbone"):
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".val.npz.def.part.npz", "train.npz"]
+
+
+# 16. Fine-tune precision follows what the GPU supports.
+@pytest.mark.parametrize("kind, bf16, expected", [("cpu", False, "float32"), ("cuda", True, "bfloat16"),
+                                                  ("cuda", False, "float16")])
+def test_finetune_precision_is_what_the_device_supports(monkeypatch, kind, bf16, expected):
+    monkeypatch.setattr(finetune.engines, "bf16_supported", lambda dev: bf16)
+    assert finetune.precision(torch.device(kind)) == expected
+
+
+def test_float16_training_scales_its_loss(monkeypatch):
+    """The scaler path runs (on the CPU, enabled by hand): losses finite and the weights move."""
+    net = torch.nn.Linear(4, 2)
+    before = net.weight.detach().clone()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    data = [(torch.randn(8, 4, 1, 1), torch.randint(0, 2, (8,)), None)]
+    model = finetune.FineTuneNet(torch.nn.Flatten(), net)
+    loss, _ = finetune.run_epoch(model, data, torch.device("cpu"), optimizer, scheduler, scaler=scaler)
+    assert math.isfinite(loss) and not torch.equal(before, net.weight) and scaler.get_scale() == 1024.0
+
+
+# 4. Damaged caches, checkpoints and images: one line naming the file, exit 2, not a traceback.
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny project laid out as the stages write it, with its params.yaml, for running stage scripts."""
+    import yaml
+    from test_report import pipeline
+
+    root = tmp_path_factory.mktemp("trained")
+    p, _, _ = pipeline(root, True, classes=("ant", "bee", "cat"))
+    (root / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    return root
+
+
+def stage(project: Path, script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "workflow/scripts" / script), *args], cwd=project,
+                          capture_output=True, text=True)
+
+
+class Payload:
+    """An arbitrary pickled object: torch.load(weights_only=True) must refuse it."""
+
+
+@pytest.mark.parametrize("target, damage, script, args, expected", [
+    ("results/head/model.npz", lambda b: b[: len(b) // 2], "evaluate.py", ["--method", "probe"],
+     "results/head/model.npz: cannot be read"),
+    ("results/features/test.npz", lambda b: b"", "evaluate.py", ["--method", "probe"],
+     "results/features/test.npz: cannot be read"),
+    ("results/finetune/model.pt", lambda b: b[:100], "evaluate.py", ["--method", "finetune"],
+     "results/finetune/model.pt: cannot be read"),
+    ("results/finetune/model.pt", "object", "evaluate.py", ["--method", "finetune"],
+     "results/finetune/model.pt: cannot be read (UnpicklingError"),
+    ("results/finetune/model.pt", "list", "evaluate.py", ["--method", "finetune"],
+     "results/finetune/model.pt: holds a list, not a state_dict"),
+    ("data/dataset.json", lambda b: b[:40], "evaluate.py", ["--method", "finetune"],
+     "data/dataset.json: not valid JSON"),
+])
+def test_damaged_files_are_one_line_naming_the_file(trained, target, damage, script, args, expected):
+    path = trained / target
+    original = path.read_bytes()
+    try:
+        if damage == "object":
+            torch.save({"weight": Payload()}, path)
+        elif damage == "list":
+            torch.save([torch.zeros(2)], path)
+        else:
+            path.write_bytes(damage(original))
+        result = stage(trained, script, *args)
+    finally:
+        path.write_bytes(original)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert expected in result.stderr and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("transferlab evaluate: error: ")
+
+
+def test_an_image_replaced_by_garbage_after_indexing_is_named(trained):
+    frame = pd.read_csv(trained / "data/splits/test.csv")
+    import json
+
+    root = Path(json.loads((trained / "data/dataset.json").read_text())["root"])
+    victim = root / frame["path"][0]
+    original = victim.read_bytes()
+    try:
+        victim.write_bytes(b"this is no longer a photo" * 10)
+        result = stage(trained, "evaluate.py", "--method", "finetune")
+    finally:
+        victim.write_bytes(original)
+    assert result.returncode == 2 and f"{victim}: cannot be read" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_bug_in_our_code_keeps_its_traceback():
+    from transferlab.cli import one_line
+
+    assert one_line(AttributeError("'NoneType' object has no attribute 'shape'")) is None
+    assert one_line(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
+    assert one_line(ValueError("data.source: no images")) == "data.source: no images"
+
+
+# 17. A failing stage's one line reaches Snakemake's console, and its outputs are not left behind.
+def test_snakemake_shows_the_failing_stage_line_on_the_console(tmp_path):
+    import shutil
+
+    from conftest import copy_project, run
+
+    project = copy_project(tmp_path)
+    shutil.rmtree(project / "images")
+    make_tree(project / "images", {"ant": 12})
+    result = run(["snakemake", "--cores", "1"], project, check=False)
+    assert result.returncode != 0
+    assert "transferlab split: error: data.source: the dataset holds 1 class (ant)" in result.stdout + result.stderr
+    assert not (project / "data" / "splits" / "train.csv").exists()
+
+
+# 2. Each archive's content gets its own folder: switching or replacing a source never mixes datasets.
+def test_switching_or_replacing_an_archive_never_mixes_datasets(tmp_path):
+    import zipfile
+
+    def archive(path: Path, classes: dict[str, int]) -> str:
+        tree = make_tree(tmp_path / f"tree-{path.stem}-{len(classes)}", classes)
+        with zipfile.ZipFile(path, "w") as zf:
+            for f in sorted(tree.rglob("*.jpg")):
+                zf.write(f, f.relative_to(tree).as_posix())
+        return str(path)
+
+    def classes_indexed(source: str) -> list[str]:
+        return index.build({"dataset": "folder", "source": source, "label": "breed"}, tmp_path / "data")["classes"]
+
+    assert classes_indexed(archive(tmp_path / "one.zip", {"ant": 3, "bee": 3})) == ["ant", "bee"]
+    assert classes_indexed(archive(tmp_path / "two.zip", {"cat": 3, "dog": 3})) == ["cat", "dog"]
+    assert classes_indexed(archive(tmp_path / "one.zip", {"eel": 3, "fox": 3, "gnu": 3})) == ["eel", "fox", "gnu"]
+
+
+# 15. Snakemake's command-line config would plan other jobs than the scripts compute: refused.
+def test_snakemake_command_line_config_is_refused_with_one_message(tmp_path):
+    from conftest import copy_project, run
+
+    project = copy_project(tmp_path)
+    refused = run(["snakemake", "-n", "--config", "sweep={'fractions': [0.3]}"], project, check=False)
+    assert refused.returncode != 0
+    assert "sweep.fractions: set on the command line" in refused.stdout + refused.stderr
+    assert "edit params.yaml instead" in refused.stdout + refused.stderr
+    assert run(["snakemake", "-n"], project).returncode == 0
+
+
+# 8. train_views bounded by what fits, with the estimate in the message, before any work.
+def test_train_views_that_cannot_fit_are_refused_with_the_estimate(tmp_path, monkeypatch):
+    import shutil
+
+    from test_features_head import prepare
+    from transferlab import features
+
+    data_dir = prepare(tmp_path)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(features.shutil, "disk_usage", lambda folder: usage._replace(free=10 * 2**20))
+    p = tiny_params(train_views=1000)
+    with pytest.raises(ParamsError, match=r"features.train_views: 1000 extra views make 12,012 training rows × 512 "
+                                          r"features = 0.02 GiB; that needs 0.05 GiB of free disk"):
+        features.run(p, data_dir, tmp_path / "feat")
+    assert not (tmp_path / "feat" / "train.npz").exists()
+    features.check_room(12, 512, tmp_path, 0)  # a few rows fit
