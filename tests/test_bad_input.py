@@ -334,3 +334,29 @@ def test_train_views_that_cannot_fit_are_refused_with_the_estimate(tmp_path, mon
         features.run(p, data_dir, tmp_path / "feat")
     assert not (tmp_path / "feat" / "train.npz").exists()
     features.check_room(12, 512, tmp_path, 0)  # a few rows fit
+
+
+# 17. Params naming classes are checked right after download, before any training.
+def test_visualize_classes_are_checked_at_split_before_any_training(tmp_path):
+    from conftest import write_params
+
+    make_tree(tmp_path / "images", {"ant": 8, "bee": 8, "cat": 8})
+    write_params(tmp_path / "params.yaml", data={"dataset": "folder", "source": "images"},
+                 model={"backbone": "resnet18", "weights": "none", "checkpoint": None},
+                 visualize={"enabled": True, "target_class": "Bengal"})
+    assert stage(tmp_path, "download.py").returncode == 0
+    result = stage(tmp_path, "split.py")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "visualize.target_class: 'Bengal' is not a class of this dataset (ant, bee, cat)" in result.stderr
+    assert not (tmp_path / "data" / "splits").exists()
+
+
+def test_without_the_finetune_the_visualized_classes_are_imagenet_ones():
+    p = params.defaults()
+    p["model"].update({"backbone": "resnet18", "weights": "none"})
+    p["visualize"].update({"enabled": True, "target_class": "tabby", "adversarial_from": "ant"})
+    p["finetune"]["enabled"] = False
+    params.check_class_names(p, ["ant", "bee"])
+    p["visualize"]["adversarial_to"] = "Bengal"  # a pet breed, not an ImageNet class
+    with pytest.raises(ParamsError, match="visualize.adversarial_to: 'Bengal' is not a class of the ImageNet"):
+        params.check_class_names(p, ["ant", "bee"])

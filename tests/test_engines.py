@@ -245,7 +245,7 @@ def test_profiles_dry_run(tmp_path, profile):
     project = copy_project(tmp_path)
     dry = run(["snakemake", "-n", "--profile", f"profiles/{profile}"], project)
     output = dry.stdout + dry.stderr
-    assert f"Using profile profiles/{profile}" in output
+    assert f"Using profiles profiles/{profile} and workflow specific profile profiles/default" in output
     assert snakemake_jobs(output) == {"download", "split", "extract", "train_head", "evaluate_probe", "finetune",
                                       "evaluate_finetune", "export", "visualize", "sweep_extract", "sweep_point",
                                       "sweep_aggregate", "report"}

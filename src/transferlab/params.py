@@ -146,6 +146,35 @@ def complete(raw: Any, name: str = "params.yaml") -> dict[str, Any]:
     return raw
 
 
+def _first_names(names: list[str], shown: int = 6) -> str:
+    return ", ".join(names[:shown]) + (", …" if len(names) > shown else "")
+
+
+def check_class_names(params: dict[str, Any], classes: list[str]) -> None:
+    """The visualize params that name classes, checked against the classes of the model they will address
+    (the dataset's with the fine-tune, else the ImageNet classifier's) right after download, before any
+    training: otherwise the visualize stage would fail only after the fine-tune."""
+    vis = params["visualize"]
+    if not vis["enabled"]:
+        return
+    if vis["adversarial_from"] is not None and vis["adversarial_from"] not in classes:
+        raise ParamsError(f"params: visualize.adversarial_from: {vis['adversarial_from']!r} is not a class of this "
+                          f"dataset ({_first_names(classes)}); name one, or null")
+    if params["finetune"]["enabled"]:
+        names, whose = classes, "this dataset"
+    else:
+        from torchvision import models
+
+        enum = models.get_model_weights(params["model"]["backbone"])
+        weights = params["model"]["weights"]
+        names = list((enum.DEFAULT if weights in ("DEFAULT", "none") else enum[weights]).meta["categories"])
+        whose = "the ImageNet classifier (finetune.enabled: false)"
+    for key in ("target_class", "adversarial_to"):
+        if vis[key] is not None and vis[key] not in names:
+            raise ParamsError(f"params: visualize.{key}: {vis[key]!r} is not a class of {whose} "
+                              f"({_first_names(names)}); name one, or null")
+
+
 def same_as_file(config: dict[str, Any], path: Path | str = "params.yaml") -> None:
     """Refuse a Snakemake config that differs from the file the stage scripts read (`--config`, `--configfile`):
     the jobs planned and the results computed would silently disagree."""
