@@ -62,24 +62,29 @@ def git_dvc_init(project):
 
 @pytest.fixture(scope="module")
 def both_engines(tmp_path_factory):
-    """One tiny project run by Snakemake and an identical one run by DVC."""
+    """One tiny project run by Snakemake and an identical one run by DVC; then each by the other engine, as the
+    README says (after Snakemake, `dvc commit -f` records its outputs; after DVC, Snakemake just runs)."""
     out = {}
     for engine in ("snakemake", "dvc"):
         dest = copy_project(tmp_path_factory.mktemp(engine))
         if engine == "snakemake":
             first = run(["snakemake", "--cores", "2"], dest)
             again = run(["snakemake", "--cores", "2"], dest)
+            git_dvc_init(dest)
+            run(["dvc", "commit", "-f"], dest)
+            other = run(["dvc", "repro"], dest)
         else:
             git_dvc_init(dest)
             first = run(["dvc", "repro"], dest)
             again = run(["dvc", "repro"], dest)
-        out[engine] = (dest, first.stdout + first.stderr, again.stdout + again.stderr)
+            other = run(["snakemake", "--cores", "2"], dest)
+        out[engine] = (dest, first.stdout + first.stderr, again.stdout + again.stderr, other.stdout + other.stderr)
     return out
 
 
 def test_full_runs_then_noop(both_engines):
-    sm_dir, sm_first, sm_again = both_engines["snakemake"]
-    dvc_dir, dvc_first, dvc_again = both_engines["dvc"]
+    sm_dir, sm_first, sm_again, _ = both_engines["snakemake"]
+    dvc_dir, dvc_first, dvc_again, _ = both_engines["dvc"]
     stages = {"download", "split", "extract", "train_head", "evaluate_probe", "finetune", "evaluate_finetune",
               "export", "visualize", "sweep_extract", "sweep_point", "sweep_aggregate", "report"}
     assert snakemake_jobs(sm_first) == stages and dvc_ran(dvc_first) == stages
@@ -95,6 +100,28 @@ def test_full_runs_then_noop(both_engines):
         exported = json.loads((engine_dir / "results/model/summary.json").read_text())
         assert exported["check"]["top1_differences"] == 0 and (engine_dir / "results/model/model_card.md").exists()
     assert (sm_dir / "logs/extract.log").exists() and (sm_dir / "logs/benchmarks/extract.tsv").exists()
+
+
+def test_one_engine_after_the_other_reruns_nothing(both_engines):
+    sm_dir, _, _, dvc_after_snakemake = both_engines["snakemake"]
+    dvc_dir, _, _, snakemake_after_dvc = both_engines["dvc"]
+    assert not dvc_ran(dvc_after_snakemake) and "Data and pipelines are up to date" in dvc_after_snakemake
+    assert "Nothing to be done" in snakemake_after_dvc and not snakemake_jobs(snakemake_after_dvc)
+    for project in (sm_dir, dvc_dir):
+        assert "Data and pipelines are up to date" in run(["dvc", "status"], project).stdout
+        dry = run(["snakemake", "-n", "--cores", "2"], project)
+        assert "Nothing to be done" in dry.stdout + dry.stderr
+
+
+def test_dvc_caches_every_output_and_nothing_lands_in_git(both_engines):
+    dvc_dir = both_engines["dvc"][0]
+    for name, stage in dvc_stages().items():
+        for out in stage["outs"]:
+            assert isinstance(out, str), f"{name}: {out} (every output cached, so `dvc checkout` restores it)"
+    tracked = run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all"], dvc_dir).stdout
+    assert not [line for line in tracked.splitlines()
+                if line.startswith("??") and line[3:].startswith(("results/", "data/"))]
+    assert not (dvc_dir / "results/.gitignore").exists() and not (dvc_dir / "data/.gitignore").exists()
 
 
 def test_snakemake_report_and_dvc_plots(both_engines):
@@ -150,6 +177,22 @@ def test_bad_params_fail_before_any_work(both_engines):
     assert script.returncode == 2 and "model.backbone" in script.stderr
 
 
+def test_dvc_checkout_restores_what_a_failed_stage_took_away(both_engines):
+    dvc_dir = both_engines["dvc"][0]
+    text = (dvc_dir / "params.yaml").read_text()
+    model = (dvc_dir / "results/finetune/model.pt").read_bytes()
+    set_param(dvc_dir, "finetune", "lr", -1.0)
+    try:
+        failed = run(["dvc", "repro"], dvc_dir, check=False)
+    finally:
+        (dvc_dir / "params.yaml").write_text(text)
+    assert failed.returncode != 0 and "finetune.lr" in failed.stdout + failed.stderr
+    assert not (dvc_dir / "results/finetune").exists()  # DVC removes a stage's outputs before running it
+    run(["dvc", "checkout"], dvc_dir)
+    assert (dvc_dir / "results/finetune/model.pt").read_bytes() == model
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], dvc_dir).stdout
+
+
 def test_finetune_param_change_reruns_only_finetune(both_engines):
     sm_dir = both_engines["snakemake"][0]
     set_param(sm_dir, "finetune", "lr", "3e-05")
@@ -157,6 +200,9 @@ def test_finetune_param_change_reruns_only_finetune(both_engines):
     assert snakemake_jobs(sm.stdout + sm.stderr) == {"finetune", "evaluate_finetune", "export", "visualize",
                                                      "sweep_point", "sweep_aggregate", "report"}
     assert json.loads((sm_dir / "results/finetune/summary.json").read_text())["lr"] == 3e-05
+
+
+DROP_HASHES = "^(data|src|workflow|results)/[^:]*$"  # README's `dvc exp show`: no dependency hash columns
 
 
 def _values(tree, key):
@@ -186,8 +232,16 @@ def test_dvc_exp_run_reruns_only_finetune_and_lr_is_a_number(both_engines):
     assert "lr: 1e-05" in (project / "params.yaml").read_text()  # written as PyYAML reads a string
     summary = json.loads((project / "results/finetune/summary.json").read_text())
     assert summary["lr"] == 1e-05
-    diff = run(["dvc", "metrics", "diff", "--json"], project)
-    assert "results/metrics/finetune.json" in diff.stdout
+    diff = json.loads(run(["dvc", "metrics", "diff", "HEAD", "--all", "--json"], project).stdout)
+    accuracy = diff["results/metrics/finetune.json"]["accuracy"]
+    assert isinstance(accuracy["old"], float) and isinstance(accuracy["new"], float)  # HEAD's read from the cache
+    for row in shown:
+        for experiment in [row] + [e for e in row.get("experiments") or [] for e in e["revs"]]:
+            metrics = experiment["data"]["metrics"]
+            assert isinstance(metrics["results/metrics/probe.json"]["data"]["accuracy"], float), experiment["rev"]
+    readable = run(["dvc", "exp", "show", "--md", "--only-changed", "--drop", DROP_HASHES], project).stdout
+    header = readable.splitlines()[0]
+    assert "finetune.lr" in header and "results/finetune " not in header and header.count("|") < 20
 
 
 def test_dvc_artifacts_get_delivers_the_exported_model(both_engines, tmp_path):
@@ -205,8 +259,8 @@ def test_dvc_artifacts_get_delivers_the_exported_model(both_engines, tmp_path):
 
 
 def test_sweep_extracts_once_per_backbone_and_reports_the_curve(both_engines):
-    sm_dir, sm_first, _ = both_engines["snakemake"]
-    dvc_dir, dvc_first, _ = both_engines["dvc"]
+    sm_dir, sm_first, _, _ = both_engines["snakemake"]
+    dvc_dir, dvc_first, _, _ = both_engines["dvc"]
     assert sm_first.count("rule sweep_extract:") == 1 and sm_first.count("rule sweep_point:") == 2
     assert dvc_stages_ran(dvc_first).count("sweep_extract@resnet18") == 1
     assert sorted(n for n in dvc_stages_ran(dvc_first) if n.startswith("sweep_point")) == [
