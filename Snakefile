@@ -6,8 +6,8 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from transferlab import params as P
+from transferlab.layout import point_dir, points
 from transferlab.stages import deps, params_for
-from transferlab.sweep import point_dir, points
 
 
 configfile: "params.yaml"

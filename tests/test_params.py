@@ -1,5 +1,12 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import yaml
+from torchvision import models
 
 from transferlab import params
 from transferlab.params import ParamsError
@@ -93,3 +100,35 @@ def test_differences_from_defaults():
     diff = params.differences(p)
     assert diff["features.batch_size"] == (32, 8)
     assert "head.max_iter" not in diff
+
+
+SNAKEFILE_PARSE = """
+import json, sys
+from transferlab import layout, params, stages
+from conftest import ROOT
+import yaml
+config = params.validate(params.complete(yaml.safe_load((ROOT / "params.yaml").read_text())), ROOT)
+print(json.dumps({"torch": "torch" in sys.modules, "points": len(layout.points(config))}))
+"""
+
+
+def test_params_validation_as_the_snakefile_parses_imports_no_torch_once_names_are_known(tmp_path):
+    """The Snakefile validates params at every parse (every no-op run, every cluster job): torchvision's model
+    and weights names are remembered per torchvision version, so only the first parse imports torch."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    tests = Path(__file__).parent
+
+    def parse():
+        out = subprocess.run([sys.executable, "-c", SNAKEFILE_PARSE], cwd=tests, env=env, capture_output=True,
+                             text=True, check=True)
+        return json.loads(out.stdout)
+
+    assert parse()["torch"] is True  # the first time: names read from torchvision, then remembered
+    [remembered] = (tmp_path / "transferlab").glob("torchvision-*-models.json")
+    again = parse()
+    assert again["torch"] is False and again["points"] > 0
+    names = json.loads(remembered.read_text())
+    assert sorted(names) == sorted(models.list_models(module=models))
+    assert names["resnet50"] == {"name": "ResNet50_Weights", "members": ["IMAGENET1K_V1", "IMAGENET1K_V2", "DEFAULT"]}
+    remembered.write_text("{damaged")
+    assert parse()["torch"] is True and json.loads(remembered.read_text()) == names  # a damaged file is rebuilt

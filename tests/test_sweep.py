@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from test_features_head import prepare
-from transferlab import features, sweep
+from transferlab import features, layout, sweep
 from transferlab.params import ParamsError, validate
 
 
@@ -29,14 +29,14 @@ def test_points_reuse_the_cached_features_and_subsample_per_class(tmp_path, monk
 
     monkeypatch.setattr(features, "run", no_extraction)
     results = {}
-    for backbone, fraction, seed in sweep.points(params):
-        out = sweep.point_dir(tmp_path / "results", backbone, fraction, seed)
+    for backbone, fraction, seed in layout.points(params):
+        out = layout.point_dir(tmp_path / "results", backbone, fraction, seed)
         results[fraction, seed] = sweep.run_point(params, backbone, fraction, seed, data_dir, cache, out)
     assert set(results) == {(0.25, 0), (0.25, 1), (1.0, 0), (1.0, 1)}
     full = pd.read_csv(data_dir / "splits" / "train.csv")  # 8 per class
     assert results[1.0, 0]["train_images"] == len(full) == 24
     assert results[0.25, 0]["train_images"] == 6 and results[0.25, 0]["images_per_class"] == 2
-    small = [pd.read_csv(sweep.point_dir(tmp_path / "results", "resnet18", 0.25, s) / "data/splits/train.csv")
+    small = [pd.read_csv(layout.point_dir(tmp_path / "results", "resnet18", 0.25, s) / "data/splits/train.csv")
              for s in (0, 1)]
     assert set(small[0]["path"]) <= set(full["path"]) and set(small[0]["path"]) != set(small[1]["path"])
     assert small[0]["label"].value_counts().tolist() == [2, 2, 2]

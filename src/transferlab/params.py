@@ -4,8 +4,9 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import re
-from importlib import resources
+from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
@@ -114,23 +115,45 @@ def _check_semantics(params: dict[str, Any], base_dir: Path) -> None:
     checkpoint = model["checkpoint"]
     if checkpoint and not (base_dir / checkpoint).is_file():
         raise ParamsError(f"params: model.checkpoint: no such file: {checkpoint}")
-    from torchvision import models  # imported late: torch is slow to import and not needed for data checks
-
-    known = models.list_models(module=models)
+    models = torchvision_models()
     for key, name in [("model.backbone", model["backbone"])] + [("sweep.backbones", b)
                                                                  for b in params["sweep"]["backbones"]]:
-        if name not in known:
+        if name not in models:
             raise ParamsError(
                 f"params: {key}: unknown torchvision classification model {name!r} "
                 f"(choose from torchvision.models.list_models(), e.g. resnet18, resnet50, mobilenet_v2, vgg16)"
             )
     if model["weights"].lower() != "none":
-        enum = models.get_model_weights(model["backbone"])
-        if model["weights"] != "DEFAULT" and model["weights"] not in enum.__members__:
+        enum = models[model["backbone"]]
+        if model["weights"] != "DEFAULT" and model["weights"] not in enum["members"]:
             raise ParamsError(
-                f"params: model.weights: {model['weights']!r} is not a member of {enum.__name__} "
-                f"({', '.join(enum.__members__)}, DEFAULT or none)"
+                f"params: model.weights: {model['weights']!r} is not a member of {enum['name']} "
+                f"({', '.join(enum['members'])}, DEFAULT or none)"
             )
+
+
+def torchvision_models() -> dict[str, dict[str, Any]]:
+    """Every torchvision classification model with its weights enum (name, members), remembered per torchvision
+    version in the user's cache: validating params (the Snakefile does it at every parse) then imports no torch."""
+    cache = (Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "transferlab"
+             / f"torchvision-{metadata.version('torchvision')}-models.json")
+    try:
+        return json.loads(cache.read_text())
+    except (OSError, ValueError):
+        pass
+    from torchvision import models
+
+    found = {}
+    for name in models.list_models(module=models):
+        enum = models.get_model_weights(name)
+        found[name] = {"name": enum.__name__, "members": list(enum.__members__)}
+    try:
+        from .atomic import write_json
+
+        write_json(cache, found)
+    except OSError:
+        pass  # a read-only home: the names are computed again next time
+    return found
 
 
 def complete(raw: Any, name: str = "params.yaml") -> dict[str, Any]:

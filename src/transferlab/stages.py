@@ -31,7 +31,7 @@ SCRIPTS: dict[str, str] = {"evaluate_probe": "evaluate", "evaluate_finetune": "e
 _CORE = ["__init__", "cli", "params", "atomic", "fetch", "datasets"]
 _FEATURES = _CORE + ["images", "split", "backbones", "transforms", "engines", "features"]
 _EVALUATE = _FEATURES + ["head", "finetune", "stats", "evaluation"]
-_SWEEP = _EVALUATE + ["stages", "sweep"]
+_SWEEP = _EVALUATE + ["stages", "layout", "sweep"]
 STAGE_MODULES: dict[str, list[str]] = {
     "download": _CORE + ["images", "index"],
     "split": _CORE + ["split"],

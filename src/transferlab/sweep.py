@@ -24,30 +24,11 @@ import pandas as pd  # noqa: E402
 from . import features, finetune, head, stats  # noqa: E402
 from .atomic import atomic_path, read_json, write_csv, write_json  # noqa: E402
 from .evaluation import scores, versus  # noqa: E402
+from .layout import points  # noqa: E402
 from .split import SPLITS, subsample  # noqa: E402
 from .stages import made_from, params_for  # noqa: E402
 
 METHODS = ("probe", "finetune")
-
-
-def label(value: float) -> str:
-    """A fraction as it appears in paths and stage names (0.1, 0.25, 1.0)."""
-    return str(float(value))
-
-
-def features_dir(results: Path, backbone: str) -> Path:
-    """Where the backbone's features for the whole sweep are cached."""
-    return results / "sweep" / backbone / "features"
-
-
-def point_dir(results: Path, backbone: str, fraction: float, seed: int) -> Path:
-    return results / "sweep" / backbone / label(fraction) / str(seed)
-
-
-def points(params: dict[str, Any]) -> list[tuple[str, float, int]]:
-    """Every (backbone, fraction, seed) of the grid."""
-    sw = params["sweep"]
-    return [(b, float(f), int(s)) for b in sw["backbones"] for f in sw["fractions"] for s in sw["seeds"]]
 
 
 def metric_files(params: dict[str, Any], results: Path) -> list[Path]:

@@ -1,13 +1,13 @@
 """Stage sweep_extract: one backbone's features for every image of the split → results/sweep/<backbone>/features/."""
 from pathlib import Path
 
-from transferlab import sweep
+from transferlab import layout, sweep
 from transferlab.atomic import write_json
 from transferlab.cli import log, run_stage
 
 
 def main(params, args) -> None:
-    out = sweep.features_dir(Path("results"), args.backbone)
+    out = layout.features_dir(Path("results"), args.backbone)
     if not params["sweep"]["enabled"]:
         write_json(out / "meta.json", {"skipped": True, "reason": "sweep.enabled: false"})
         return

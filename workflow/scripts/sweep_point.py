@@ -1,17 +1,17 @@
 """Stage sweep_point: probe and fine-tune on one training-set fraction → results/sweep/<b>/<fraction>/<seed>/."""
 from pathlib import Path
 
-from transferlab import sweep
+from transferlab import layout, sweep
 from transferlab.atomic import write_json
 from transferlab.cli import log, run_stage
 
 
 def main(params, args) -> None:
-    out = Path(args.out or sweep.point_dir(Path("results"), args.backbone, args.fraction, args.seed))
+    out = Path(args.out or layout.point_dir(Path("results"), args.backbone, args.fraction, args.seed))
     if not params["sweep"]["enabled"]:
         write_json(out / "metrics.json", {"skipped": True, "reason": "sweep.enabled: false"})
         return
-    features_dir = sweep.features_dir(Path("results"), args.backbone)
+    features_dir = layout.features_dir(Path("results"), args.backbone)
     log.info("%s fraction %s seed %d: cached features from %s (no extraction here)", args.backbone, args.fraction,
              args.seed, features_dir)
     result = sweep.run_point(params, args.backbone, args.fraction, args.seed, Path("data"), features_dir, out)
