@@ -119,7 +119,7 @@ def forward_rates(name: str, batch: int = 32, repeat: int = 2) -> dict[str, floa
                     forward, _ = engines.build(model, engine, precision, torch.device("cpu"), 224,
                                                Path(tmp) / "m.onnx", threads=THREADS // streams)
                     out[f"{engine} {precision}, {streams} stream(s) x {THREADS // streams} thread(s)"] = rate(
-                        lambda: _parallel(forward, x, streams, n), batch * n, repeat)
+                        lambda forward=forward, streams=streams: _parallel(forward, x, streams, n), batch * n, repeat)
     return out
 
 

@@ -1,8 +1,8 @@
 """Shared fixtures: synthetic image trees, the shared offline data, and temporary project copies."""
 from __future__ import annotations
 
-import shutil
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path

@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
-
 from conftest import ROOT, make_tree
+from PIL import Image
 from test_features_head import tiny_params
+
 from transferlab import finetune, index, params, report, split
 from transferlab.atomic import atomic_path, scratch_file
 from transferlab.features import ImageList
@@ -111,6 +111,7 @@ def test_params_that_pass_every_bound_but_make_no_sense_are_refused(tmp_path, ke
 
 def test_unfreeze_beyond_the_backbone_is_refused_before_training(tmp_path):
     from test_features_head import prepare
+
     from transferlab import features, head
     from transferlab.split import SPLITS
 
@@ -323,6 +324,7 @@ def test_train_views_that_cannot_fit_are_refused_with_the_estimate(tmp_path, mon
     import shutil
 
     from test_features_head import prepare
+
     from transferlab import features
 
     data_dir = prepare(tmp_path)

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import CATS_DOGS, PETS, make_tree, need
 from PIL import Image
 
-from conftest import CATS_DOGS, PETS, make_tree, need
 from transferlab import datasets, fetch, index
 from transferlab.images import BadImage, inspect, load_rgb
 

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import ROOT, copy_project, run
+
 from transferlab.stages import SCRIPTS, STAGE_MODULES, STAGE_PARAMS, deps
 
 pytestmark = pytest.mark.engine
@@ -225,7 +225,8 @@ def test_dvc_exp_run_reruns_only_finetune_and_lr_is_a_number(both_engines):
     output = exp.stdout + exp.stderr
     assert dvc_ran(output) == {"finetune", "evaluate_finetune", "export", "visualize", "sweep_point",
                                "sweep_aggregate", "report"}
-    assert "Stage 'extract' didn't change" in output and "Stage 'sweep_extract@resnet18' didn't change" in output and "Stage 'train_head' didn't change" in output
+    for unchanged in ("extract", "sweep_extract@resnet18", "train_head"):
+        assert f"Stage '{unchanged}' didn't change" in output
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
     lrs = list(_values(shown, "lr"))
     assert 1e-05 in lrs and all(isinstance(v, float) for v in lrs), lrs
@@ -292,6 +293,15 @@ def test_one_more_fraction_computes_only_the_new_point(both_engines):
     assert dvc_stages_ran(dv_out) == ["sweep_point@resnet18-0.75-0", "sweep_aggregate", "report"]
     for project in (sm_dir, dvc_dir):
         assert sorted(pd.read_csv(project / "results/curve/curve.csv")["fraction"].unique()) == [0.5, 0.75, 1.0]
+
+
+def test_snakemake_lint_leaves_only_the_lints_the_snakefile_justifies(tmp_path):
+    project = copy_project(tmp_path)
+    lint = run(["snakemake", "--lint"], project, check=False)
+    titles = set(re.findall(r"^    \* (.+?):$", lint.stdout + lint.stderr, re.M))
+    assert titles == {"Specify a conda environment or container for each rule.",
+                      "Shell command directly uses variable PY from outside of the rule"}
+    assert "conda environment or container" in (ROOT / "Snakefile").read_text()
 
 
 @pytest.mark.parametrize("profile", ["local", "slurm"])

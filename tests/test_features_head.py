@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import MOBILENET, make_tree, need
 from torchvision import models
 
-from conftest import MOBILENET, make_tree, need
 from transferlab import backbones, evaluation, features, head, index, split
 from transferlab.params import validate
 

@@ -5,15 +5,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_features_head import prepare, tiny_params
 from torch import nn
 from torchvision import models
 
-from test_features_head import prepare, tiny_params
 from transferlab import backbones, features, finetune, head
 from transferlab.evaluation import skipped
 from transferlab.images import load_tensor
-from transferlab.transforms import evaluation
 from transferlab.params import validate
+from transferlab.transforms import evaluation
 
 
 def net(name: str) -> finetune.FineTuneNet:

@@ -3,11 +3,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import MOBILENET, PETS, need
 from PIL import Image
+from test_features_head import prepare, tiny_params
 from torchvision import models
 
-from conftest import MOBILENET, PETS, need
-from test_features_head import prepare, tiny_params
 from transferlab import backbones, engines, features
 from transferlab.images import load_encoded, load_rgb, load_tensor
 from transferlab.transforms import evaluation

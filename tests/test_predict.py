@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import ROOT, copy_project, run
 from PIL import Image
 
-from conftest import ROOT, copy_project, run
 from transferlab import export, predict, transforms
 from transferlab.backbones import preprocessing
 

@@ -6,9 +6,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
 from test_features_head import prepare, tiny_params
+
 from transferlab import evaluation, features, finetune, head, report, visualize
 from transferlab.atomic import write_json
 from transferlab.params import validate

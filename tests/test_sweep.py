@@ -3,8 +3,8 @@ import json
 
 import pandas as pd
 import pytest
-
 from test_features_head import prepare
+
 from transferlab import features, layout, sweep
 from transferlab.params import ParamsError, validate
 

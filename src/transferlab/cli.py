@@ -43,8 +43,8 @@ def set_threads(threads: int) -> None:
     """Limit torch and BLAS/OpenMP to `threads` (Snakemake's `threads:`, else all cores)."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
-    from threadpoolctl import threadpool_limits
     import torch
+    from threadpoolctl import threadpool_limits
 
     threadpool_limits(threads)
     torch.set_num_threads(threads)

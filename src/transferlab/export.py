@@ -52,7 +52,7 @@ def run(project: Path, method: str, template: Path, out_dir: Path, batch_size: i
     labels = params["classes"]
     module = probabilities_module(predict.network(project, method, params), params)
     plain = backbones.preprocessing(params)
-    dataset = read_json((project / "data" / "dataset.json"))
+    dataset = read_json(project / "data" / "dataset.json")
     test = pd.read_csv(project / "data" / "splits" / "test.csv")
     images = ImageList(project / dataset["root"], test, labels, evaluation(plain, normalize=False),
                        plain.resize_size[0])
@@ -81,7 +81,7 @@ def run(project: Path, method: str, template: Path, out_dir: Path, batch_size: i
 def model_card(template: Path, summary: dict[str, Any], metrics: dict[str, dict[str, Any]], dataset: dict[str, Any],
                params: dict[str, Any], project: Path) -> str:
     """The model card (Markdown) from the run's own records."""
-    splits = read_json((project / "data" / "splits" / "summary.json"))
+    splits = read_json(project / "data" / "splits" / "summary.json")
     train = splits["train"]["per_class"]
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(template.parent), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True)

@@ -24,7 +24,6 @@ from .params import ParamsError
 from .split import SPLITS
 from .transforms import augmentation, evaluation
 
-
 _RNG = threading.Lock()
 
 
@@ -132,7 +131,7 @@ def outputs(forward: engines.Forward, images: ImageList, width: int, desc: str, 
 def run(params: dict[str, Any], data_dir: Path, out_dir: Path) -> dict[str, Any]:
     """Write out_dir/{train,val,test}.npz (features, labels, ids, views) and out_dir/meta.json."""
     model_params, feat = params["model"], params["features"]
-    dataset = read_json((data_dir / "dataset.json"))
+    dataset = read_json(data_dir / "dataset.json")
     classes, root = dataset["classes"], Path(dataset["root"])
     extractor, dim, info = backbones.load_feature_extractor(model_params)
     dev = device()

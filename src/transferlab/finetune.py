@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 
 from . import backbones, engines, head, transforms
 from .atomic import atomic_path, read_json, write_csv, write_json
-from .params import ParamsError
 from .features import ImageList, device, loader, outputs
+from .params import ParamsError
 from .transforms import augmentation, evaluation
 
 
@@ -210,7 +210,7 @@ def train(params: dict[str, Any], data_dir: Path, probe_path: Path, out_dir: Pat
         groups.insert(0, {"params": backbone_params, "lr": ft["lr"]})
     optimizer = torch.optim.AdamW(groups, weight_decay=ft["weight_decay"])
 
-    dataset = read_json((data_dir / "dataset.json"))
+    dataset = read_json(data_dir / "dataset.json")
     classes, root = dataset["classes"], Path(dataset["root"])
     plain = backbones.preprocessing(model_params)
     aug = ft["augment"]

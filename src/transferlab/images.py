@@ -7,8 +7,8 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-import torch
 import numpy as np
+import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from torchvision.transforms.v2.functional import pil_to_tensor

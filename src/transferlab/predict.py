@@ -13,8 +13,8 @@ import yaml
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms._presets import ImageClassification
 
-from .atomic import read_json
 from . import backbones, engines, finetune, head, index, transforms
+from .atomic import read_json
 from .features import ImageList, device, outputs, torch_threads
 
 METHODS = ("probe", "finetune")
@@ -36,7 +36,7 @@ def evaluated(project: Path) -> dict[str, dict[str, Any]]:
     """The evaluate stage's metrics of each method that ran and is enabled in the project's params.yaml (Snakemake
     leaves a disabled fine-tune's earlier outputs in place)."""
     metrics = project / "results" / "metrics"
-    found = {m: read_json((metrics / f"{m}.json")) for m in METHODS if (metrics / f"{m}.json").exists()}
+    found = {m: read_json(metrics / f"{m}.json") for m in METHODS if (metrics / f"{m}.json").exists()}
     settings = project / "params.yaml"
     raw = yaml.safe_load(settings.read_text()) if settings.exists() else None
     if isinstance(raw, dict) and (raw.get("finetune") or {}).get("enabled") is False:
@@ -138,13 +138,13 @@ def from_model_dir(folder: Path) -> tuple[Classifier, str]:
     for name in ("model.onnx", "labels.json", "preprocessing.json", "summary.json"):
         if not (folder / name).exists():
             raise FileNotFoundError(f"{folder / name}: not an exported model folder (the export stage writes it)")
-    labels = read_json((folder / "labels.json"))
-    record = read_json((folder / "preprocessing.json"))
+    labels = read_json(folder / "labels.json")
+    record = read_json(folder / "preprocessing.json")
     plain = ImageClassification(crop_size=record["crop_size"], resize_size=record["resize_size"],
                                 mean=record["mean"], std=record["std"],
                                 interpolation=InterpolationMode(record["interpolation"]))
     forward, provider = engines.onnx_forward(folder / "model.onnx")
-    method = read_json((folder / "summary.json"))["method"]
+    method = read_json(folder / "summary.json")["method"]
     return Classifier(method, labels, plain, forward), f"exported to {folder} (ONNX Runtime, {provider})"
 
 

@@ -399,7 +399,7 @@ def render(params: dict[str, Any], data_dir: Path, results: Path, template_dir: 
         pair=finetune["vs_probe"] if finetune else None, confidence=params["evaluate"]["confidence"],
         cost_ratio=cost_ratio, galleries=galleries(info, Path(dataset["root"])),
         differences=shown_differences(params), stage_params=STAGE_PARAMS, commit=git_commit(),
-        date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), versions=versions(),
+        date=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), versions=versions(),
         visualize=visualizations(params, dataset, results), curve=learning_curve(params, dataset, results),
         rejected_reasons=dataset["left_out_reasons"], cap=GALLERY_CAP, flatten=flatten)
     with atomic_path(out) as tmp:

@@ -84,7 +84,7 @@ def make_splits(index: pd.DataFrame, data: dict[str, Any], root: Path | None = N
 def run(data: dict[str, Any], data_dir: Path) -> dict[str, Any]:
     """The split stage: read data/index.csv, write data/splits/{train,val,test}.csv and a summary."""
     index = pd.read_csv(data_dir / "index.csv")
-    info = read_json((data_dir / "dataset.json"))
+    info = read_json(data_dir / "dataset.json")
     parts = make_splits(index, data, Path(info["root"]))
     summary = {name: {"images": len(frame), "per_class": frame["label"].value_counts().sort_index().to_dict()}
                for name, frame in parts.items()}

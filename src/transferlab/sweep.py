@@ -81,7 +81,7 @@ def run_point(params: dict[str, Any], backbone: str, fraction: float, seed: int,
 
     cached = {s: _rows(features.load(features_dir / f"{s}.npz"), set(frames[s]["path"])) for s in SPLITS}
     classes = [str(c) for c in cached["train"]["classes"]]
-    dataset = read_json((data_dir / "dataset.json"))
+    dataset = read_json(data_dir / "dataset.json")
     settings = params["evaluate"]
     start = time.perf_counter()
     model, search = head.fit(cached["train"], cached["val"], params["head"])

@@ -6,8 +6,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as F
 from torchvision.transforms._presets import ImageClassification
+from torchvision.transforms.v2 import functional as F
 
 
 def augmentation(eval_transform: ImageClassification, scale: tuple[float, float] = (0.6, 1.0), flip: bool = True,

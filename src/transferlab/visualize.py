@@ -18,8 +18,8 @@ from torch import nn
 from . import backbones, head
 from . import finetune as finetune_mod
 from .atomic import atomic_path, read_json, write_json
-from .finetune import blocks
 from .backbones import Normalized
+from .finetune import blocks
 from .images import load_rgb
 from .stages import made_from
 
@@ -63,7 +63,7 @@ def adversarial(model: Normalized, pixels: torch.Tensor, target: int, epsilon: f
         before = torch.softmax(model(pixels), 1)[0]
     delta = torch.zeros_like(pixels, requires_grad=True)
     used = 0
-    for used in range(1, steps + 1):
+    for used in range(1, steps + 1):  # noqa: B007 (the steps taken are returned)
         loss = nn.functional.cross_entropy(model(pixels + delta), torch.tensor([target]))
         grad, = torch.autograd.grad(loss, delta)
         with torch.no_grad():
@@ -155,7 +155,7 @@ def run(params: dict[str, Any], data_dir: Path, results: Path, out_dir: Path) ->
         write_json(out_dir / "summary.json", summary)
         return summary
     torch.manual_seed(vis["seed"])
-    dataset = read_json((data_dir / "dataset.json"))
+    dataset = read_json(data_dir / "dataset.json")
     ft_weights = results / "finetune" / "model.pt"
     to_pixels, plain = _pixels_transform(params["model"])
     if params["finetune"]["enabled"] and ft_weights.exists():

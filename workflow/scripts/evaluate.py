@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from transferlab.atomic import read_json
 from transferlab import evaluation, features, finetune, head
+from transferlab.atomic import read_json
 from transferlab.cli import log, run_stage
 from transferlab.split import SPLITS
 
