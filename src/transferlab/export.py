@@ -70,16 +70,17 @@ def run(project: Path, method: str, template: Path, out_dir: Path, batch_size: i
         "onnx_bytes": (out_dir / "model.onnx").stat().st_size, "seconds": round(time.perf_counter() - start, 3),
     }
     write_json(out_dir / "labels.json", labels)
-    write_json(out_dir / "preprocessing.json", predict.preprocessing_record(plain))
+    record = predict.preprocessing_record(plain)
+    write_json(out_dir / "preprocessing.json", record)
     write_json(out_dir / "summary.json", summary)
-    card = model_card(template, summary, metrics, dataset, params, project)
+    card = model_card(template, summary, metrics, dataset, params, record, project)
     with atomic_path(out_dir / "model_card.md") as tmp:
         tmp.write_text(card)
     return summary
 
 
 def model_card(template: Path, summary: dict[str, Any], metrics: dict[str, dict[str, Any]], dataset: dict[str, Any],
-               params: dict[str, Any], project: Path) -> str:
+               params: dict[str, Any], record: dict[str, Any], project: Path) -> str:
     """The model card (Markdown) from the run's own records."""
     splits = read_json(project / "data" / "splits" / "summary.json")
     train = splits["train"]["per_class"]
@@ -87,6 +88,6 @@ def model_card(template: Path, summary: dict[str, Any], metrics: dict[str, dict[
                              keep_trailing_newline=True)
     return env.get_template(template.name).render(
         summary=summary, metrics=metrics, chosen=metrics[summary["method"]], dataset=dataset, splits=splits,
-        params=params, plain=predict.preprocessing_record(backbones.preprocessing(params)),
+        params=params, plain=record,
         fewest=sorted(train.items(), key=lambda kv: (kv[1], kv[0]))[:5], names={"probe": "frozen features + linear head",
                                                                               "finetune": "fine-tuned network"})

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms._presets import ImageClassification
 from tqdm.auto import tqdm
 
 from . import backbones, engines
@@ -22,7 +23,7 @@ from .atomic import atomic_path, read_json, scratch_file, write_json
 from .images import decode_jpegs, load_encoded, load_tensor
 from .params import ParamsError
 from .split import SPLITS
-from .transforms import augmentation, evaluation
+from .transforms import augmentation, evaluation, for_prediction
 
 _RNG = threading.Lock()
 
@@ -126,6 +127,16 @@ def outputs(forward: engines.Forward, images: ImageList, width: int, desc: str, 
     with torch_threads(1):
         compute(forward, images, out, desc, batch_size, streams)
     return out
+
+
+def predict_images(forward: engines.Forward, plain: ImageClassification, root: Path, frame: pd.DataFrame,
+                   classes: list[str], batch_size: int, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities (float64) of the frame's images under the weights' plain preprocessing (with `tta`:
+    averaged over TTA_VIEWS), and their class indices (-1 without a label column)."""
+    transform, forward, batch_size = for_prediction(plain, forward, batch_size, tta)
+    images = ImageList(root, frame, classes, transform, plain.resize_size[0])
+    proba = outputs(forward, images, len(classes), "predict with TTA" if tta else "predict", batch_size, np.float64)
+    return proba, np.asarray(images.labels)
 
 
 def run(params: dict[str, Any], data_dir: Path, out_dir: Path) -> dict[str, Any]:

@@ -16,9 +16,9 @@ from torch import nn
 from torchvision import models
 from tqdm.auto import tqdm
 
-from . import backbones, engines, head, transforms
+from . import backbones, engines, head
 from .atomic import atomic_path, read_json, write_csv, write_json
-from .features import ImageList, device, loader, outputs
+from .features import ImageList, device, loader, predict_images
 from .params import ParamsError
 from .transforms import augmentation, evaluation
 
@@ -273,8 +273,5 @@ def probabilities(model: nn.Module, model_params: dict[str, Any]) -> engines.For
 def predict(model: FineTuneNet, frame: pd.DataFrame, root: Path, classes: list[str], model_params: dict[str, Any],
             batch_size: int, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities and labels of one split, plain preprocessing (with `tta`: averaged over TTA_VIEWS)."""
-    plain = backbones.preprocessing(model_params)
-    transform, forward, batch_size = transforms.for_prediction(plain, probabilities(model, model_params), batch_size, tta)
-    images = ImageList(root, frame, classes, transform, plain.resize_size[0])
-    proba = outputs(forward, images, len(classes), "predict with TTA" if tta else "predict", batch_size, np.float64)
-    return proba, np.asarray(images.labels)
+    return predict_images(probabilities(model, model_params), backbones.preprocessing(model_params), root, frame,
+                          classes, batch_size, tta)

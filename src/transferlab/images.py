@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -108,7 +109,7 @@ def load_encoded(path: Path | str, min_size: int | None = None) -> torch.Tensor:
     turns (nvJPEG ignores it), decoded here as by load_tensor."""
     data = Path(path).read_bytes()
     if data.startswith(JPEG_MAGIC):
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(data)) as image:
             upright = image.getexif().get(EXIF_ORIENTATION, 1) == 1
         if upright:
             return torch.frombuffer(bytearray(data), dtype=torch.uint8)

@@ -186,11 +186,9 @@ def check_class_names(params: dict[str, Any], classes: list[str]) -> None:
     if params["finetune"]["enabled"]:
         names, whose = classes, "this dataset"
     else:
-        from torchvision import models
+        from .backbones import class_names  # imported late: torch is slow to import and only needed here
 
-        enum = models.get_model_weights(params["model"]["backbone"])
-        weights = params["model"]["weights"]
-        names = list((enum.DEFAULT if weights in ("DEFAULT", "none") else enum[weights]).meta["categories"])
+        names = class_names(params["model"])
         whose = "the ImageNet classifier (finetune.enabled: false)"
     for key in ("target_class", "adversarial_to"):
         if vis[key] is not None and vis[key] not in names:

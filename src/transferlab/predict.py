@@ -15,7 +15,7 @@ from torchvision.transforms._presets import ImageClassification
 
 from . import backbones, engines, finetune, head, index, transforms
 from .atomic import read_json
-from .features import ImageList, device, outputs, torch_threads
+from .features import device, predict_images, torch_threads
 
 METHODS = ("probe", "finetune")
 RUN_PIPELINE = "run the pipeline first (snakemake --cores 2, or dvc repro)"
@@ -174,10 +174,7 @@ def classify(clf: Classifier, files: list[Path], batch_size: int = 32, tta: bool
     readable = readable.reset_index(drop=True)
     if readable.empty:
         return readable, np.empty((0, len(clf.labels))), skipped
-    plain = clf.preprocessing
-    transform, forward, batch_size = transforms.for_prediction(plain, clf.forward, batch_size, tta)
-    images = ImageList(Path("."), readable, clf.labels, transform, plain.resize_size[0])
-    proba = outputs(forward, images, len(clf.labels), "predict with TTA" if tta else "predict", batch_size, np.float64)
+    proba, _ = predict_images(clf.forward, clf.preprocessing, Path("."), readable, clf.labels, batch_size, tta)
     return readable, proba, skipped
 
 
