@@ -1,16 +1,16 @@
-# transferlab pipeline for Snakemake. Same stages, scripts and params.yaml as dvc.yaml.
+# transferlab pipeline for Snakemake. Every rule reads the stage table (src/transferlab/stages.py), the same
+# table dvc.yaml is generated from: inputs, outputs (src/transferlab/layout.py), params, library modules, and
+# the switch that leaves a stage out. What is Snakemake's own is written here: threads, logs, the report.
 # Run from the project root:  snakemake --cores 2
 # `snakemake --lint` leaves two lints per rule, each on purpose (tests/test_engines.py allows these only):
 # - "conda environment or container": every rule runs in the project's one environment (pip install -e .).
 # - "uses variable PY from outside": PY is the interpreter Snakemake runs under; as a param it would re-run every rule.
 import sys
-from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
 from transferlab import params as P
-from transferlab.layout import point_dir, points
-from transferlab.stages import deps, params_for
+from transferlab import stages as S
 
 
 configfile: "params.yaml"
@@ -23,19 +23,24 @@ except P.ParamsError as exc:
     raise WorkflowError(str(exc))
 
 PY = sys.executable
-SHELL = "{PY} {input.script} --threads {threads} > {log} 2>&1"
+FIGURES = dict(category="Figures")
+KNOWS = dict(category="What the network knows")
 
 
-def lib(stage):
-    """Library modules the stage's script imports: Snakemake re-runs on the script, not on its imports."""
-    return deps(stage)[1:]
+def inputs(stage):
+    """Script, library modules (Snakemake re-runs on the script, not on its imports) and the stage's inputs."""
+    return S.snakemake_inputs(stage, config)
 
 
-METHODS = ["probe"] + (["finetune"] if config["finetune"]["enabled"] else [])
-VISUALIZE = ["results/visualize/summary.json"] if config["visualize"]["enabled"] else []
-SWEEP = config["sweep"]["enabled"]
-SWEEP_POINTS = [str(point_dir(Path("results"), *p) / "metrics.json") for p in points(config)] if SWEEP else []
-SWEEP_CURVE = ["results/curve/summary.json"] if SWEEP else []
+def outputs(stage, **shown):
+    """The stage's files; those named in `shown` also go into `snakemake --report`."""
+    return {name: report(path, **shown[name]) if name in shown else path
+            for name, path in S.layout.FILES[stage].items()}
+
+
+def targets(*names):
+    """The files of the named stages that are enabled."""
+    return [path for name in names if S.enabled(config, name) for path in S.layout.FILES[name].values()]
 
 
 wildcard_constraints:
@@ -46,313 +51,239 @@ wildcard_constraints:
 
 rule all:
     input:
-        expand("results/metrics/{method}.json", method=METHODS),
-        "results/report.html",
-        "results/model/model.onnx",
+        targets("evaluate_probe", "evaluate_finetune", "report", "export"),
 
 
 rule sweep:
     """The learning curve alone: snakemake --cores 8 sweep"""
     input:
-        SWEEP_CURVE,
+        targets("sweep_aggregate"),
 
 
 rule download:
     input:
-        script="workflow/scripts/download.py",
-        lib=lib("download"),
+        **inputs("download"),
     output:
-        index="data/index.csv",
-        rejected="data/rejected.csv",
-        dataset="data/dataset.json",
+        **outputs("download"),
     params:
-        stage=params_for(config, "download"),
+        stage=S.params_for(config, "download"),
     threads: 8
     log:
         "logs/download.log",
     benchmark:
         "logs/benchmarks/download.tsv"
     shell:
-        SHELL
+        S.shell("download")
 
 
 rule split:
     input:
-        script="workflow/scripts/split.py",
-        lib=lib("split"),
-        index=rules.download.output.index,
-        dataset=rules.download.output.dataset,
+        **inputs("split"),
     output:
-        train="data/splits/train.csv",
-        val="data/splits/val.csv",
-        test="data/splits/test.csv",
-        summary="data/splits/summary.json",
+        **outputs("split"),
     params:
-        stage=params_for(config, "split"),
+        stage=S.params_for(config, "split"),
     threads: 1
     log:
         "logs/split.log",
     benchmark:
         "logs/benchmarks/split.tsv"
     shell:
-        SHELL
+        S.shell("split")
 
 
 rule extract:
     input:
-        script="workflow/scripts/extract.py",
-        lib=lib("extract"),
-        splits=rules.split.output,
+        **inputs("extract"),
     output:
-        train="results/features/train.npz",
-        val="results/features/val.npz",
-        test="results/features/test.npz",
-        meta="results/features/meta.json",
+        **outputs("extract"),
     params:
-        stage=params_for(config, "extract"),
+        stage=S.params_for(config, "extract"),
     threads: 8
     log:
         "logs/extract.log",
     benchmark:
         "logs/benchmarks/extract.tsv"
     shell:
-        SHELL
+        S.shell("extract")
 
 
 rule train_head:
     input:
-        script="workflow/scripts/train_head.py",
-        lib=lib("train_head"),
-        train=rules.extract.output.train,
-        val=rules.extract.output.val,
+        **inputs("train_head"),
     output:
-        model="results/head/model.npz",
-        search="results/head/search.csv",
-        summary="results/head/summary.json",
+        **outputs("train_head"),
     params:
-        stage=params_for(config, "train_head"),
+        stage=S.params_for(config, "train_head"),
     threads: 2
     log:
         "logs/train_head.log",
     benchmark:
         "logs/benchmarks/train_head.tsv"
     shell:
-        SHELL
+        S.shell("train_head")
 
 
 rule evaluate_probe:
     input:
-        script="workflow/scripts/evaluate.py",
-        lib=lib("evaluate_probe"),
-        model=rules.train_head.output.model,
-        features=[rules.extract.output.train, rules.extract.output.val, rules.extract.output.test],
+        **inputs("evaluate_probe"),
     output:
-        metrics="results/metrics/probe.json",
-        predictions="results/eval/probe/predictions.csv",
-        per_class="results/eval/probe/per_class.csv",
-        confusion="results/eval/probe/confusion_matrix.csv",
+        **outputs("evaluate_probe"),
     params:
-        stage=params_for(config, "evaluate_probe"),
+        stage=S.params_for(config, "evaluate_probe"),
     threads: 2
     log:
         "logs/evaluate_probe.log",
     benchmark:
         "logs/benchmarks/evaluate_probe.tsv"
     shell:
-        "{PY} {input.script} --method probe --threads {threads} > {log} 2>&1"
+        S.shell("evaluate_probe")
 
 
 rule finetune:
     input:
-        script="workflow/scripts/finetune.py",
-        lib=lib("finetune"),
-        probe=rules.train_head.output.model,
-        splits=rules.split.output,
+        **inputs("finetune"),
     output:
-        model="results/finetune/model.pt",
-        history="results/finetune/history.csv",
-        summary="results/finetune/summary.json",
+        **outputs("finetune"),
     params:
-        stage=params_for(config, "finetune"),
+        stage=S.params_for(config, "finetune"),
     threads: 8
     log:
         "logs/finetune.log",
     benchmark:
         "logs/benchmarks/finetune.tsv"
     shell:
-        SHELL
+        S.shell("finetune")
 
 
 rule evaluate_finetune:
     input:
-        script="workflow/scripts/evaluate.py",
-        lib=lib("evaluate_finetune"),
-        model=rules.finetune.output.model,
-        summary=rules.finetune.output.summary,
-        probe=rules.evaluate_probe.output.predictions,
-        splits=rules.split.output,
+        **inputs("evaluate_finetune"),
     output:
-        metrics="results/metrics/finetune.json",
-        predictions="results/eval/finetune/predictions.csv",
-        per_class="results/eval/finetune/per_class.csv",
-        confusion="results/eval/finetune/confusion_matrix.csv",
+        **outputs("evaluate_finetune"),
     params:
-        stage=params_for(config, "evaluate_finetune"),
+        stage=S.params_for(config, "evaluate_finetune"),
     threads: 8
     log:
         "logs/evaluate_finetune.log",
     benchmark:
         "logs/benchmarks/evaluate_finetune.tsv"
     shell:
-        "{PY} {input.script} --method finetune --threads {threads} > {log} 2>&1"
+        S.shell("evaluate_finetune")
 
 
 rule report:
     input:
-        script="workflow/scripts/report.py",
-        lib=lib("report"),
-        template="workflow/report/report.html.j2",
-        dataset=rules.download.output.dataset,
-        rejected=rules.download.output.rejected,
-        splits=rules.split.output.summary,
-        meta=rules.extract.output.meta,
-        head=rules.train_head.output.summary,
-        visualize=VISUALIZE,
-        curve=SWEEP_CURVE,
-        evaluations=list(rules.evaluate_probe.output)
-        + (list(rules.evaluate_finetune.output) + [rules.finetune.output.history, rules.finetune.output.summary]
-           if config["finetune"]["enabled"] else []),
+        **inputs("report"),
     output:
-        html=report("results/report.html", caption="workflow/report/caption.rst", category="Report"),
-        confusion=report("results/report/confusion.png", category="Figures"),
-        per_class=report("results/report/per_class.png", category="Figures"),
-        learning=report("results/report/learning_curves.png", category="Figures"),
-        reliability=report("results/report/reliability.png", category="Figures"),
+        **outputs(
+            "report",
+            html=dict(caption="workflow/report/caption.rst", category="Report"),
+            confusion=FIGURES,
+            per_class=FIGURES,
+            learning=FIGURES,
+            reliability=FIGURES,
+        ),
     params:
-        stage=params_for(config, "report"),
+        stage=S.params_for(config, "report"),
     threads: 1
     log:
         "logs/report.log",
     benchmark:
         "logs/benchmarks/report.tsv"
     shell:
-        SHELL
+        S.shell("report")
 
 
 rule export:
-    """The chosen classifier as ONNX with labels, preprocessing and its model card: results/model/"""
+    """The chosen classifier as ONNX with labels, preprocessing and its model card."""
     input:
-        script="workflow/scripts/export.py",
-        lib=lib("export"),
-        template="workflow/report/model_card.md.j2",
-        dataset=rules.download.output.dataset,
-        splits=rules.split.output,
-        meta=rules.extract.output.meta,
-        probe=rules.train_head.output.model,
-        metrics=expand("results/metrics/{method}.json", method=METHODS),
-        model=rules.finetune.output.model if config["finetune"]["enabled"] else [],
+        **inputs("export"),
     output:
-        model="results/model/model.onnx",
-        labels="results/model/labels.json",
-        preprocessing="results/model/preprocessing.json",
-        summary="results/model/summary.json",
-        card=report("results/model/model_card.md", caption="workflow/report/model_caption.rst", category="Model"),
+        **outputs(
+            "export",
+            card=dict(caption="workflow/report/model_caption.rst", category="Model"),
+        ),
     params:
-        stage=params_for(config, "export"),
+        stage=S.params_for(config, "export"),
     threads: 8
     log:
         "logs/export.log",
     benchmark:
         "logs/benchmarks/export.tsv"
     shell:
-        SHELL
+        S.shell("export")
 
 
 rule visualize:
     input:
-        script="workflow/scripts/visualize.py",
-        lib=lib("visualize"),
-        splits=rules.split.output,
-        probe=rules.train_head.output.model,
-        model=rules.finetune.output.model if config["finetune"]["enabled"] else [],
+        **inputs("visualize"),
     output:
-        summary="results/visualize/summary.json",
-        ideal=report("results/visualize/ideal_with_tv.png", category="What the network knows"),
-        ideal_no_tv=report("results/visualize/ideal_without_tv.png", category="What the network knows"),
-        maps=report("results/visualize/feature_maps.png", category="What the network knows"),
+        **outputs(
+            "visualize",
+            ideal=KNOWS,
+            ideal_no_tv=KNOWS,
+            maps=KNOWS,
+        ),
     params:
-        stage=params_for(config, "visualize"),
+        stage=S.params_for(config, "visualize"),
     threads: 8
     log:
         "logs/visualize.log",
     benchmark:
         "logs/benchmarks/visualize.tsv"
     shell:
-        SHELL
+        S.shell("visualize")
 
 
 rule sweep_extract:
     """Features of every image for one backbone: computed once, shared by all fractions and seeds."""
     input:
-        script="workflow/scripts/sweep_extract.py",
-        lib=lib("sweep_extract"),
-        splits=rules.split.output,
-        dataset=rules.download.output.dataset,
+        **inputs("sweep_extract"),
     output:
-        train="results/sweep/{backbone}/features/train.npz",
-        val="results/sweep/{backbone}/features/val.npz",
-        test="results/sweep/{backbone}/features/test.npz",
-        meta="results/sweep/{backbone}/features/meta.json",
+        **outputs("sweep_extract"),
     params:
-        stage=params_for(config, "sweep_extract"),
+        stage=S.params_for(config, "sweep_extract"),
     threads: 8
     log:
         "logs/sweep/{backbone}/extract.log",
     benchmark:
         "logs/benchmarks/sweep/{backbone}/extract.tsv"
     shell:
-        "{PY} {input.script} --backbone {wildcards.backbone} --threads {threads} > {log} 2>&1"
+        S.shell("sweep_extract")
 
 
 rule sweep_point:
     """Probe and fine-tune on one seeded training subsample; independent points run in parallel."""
     input:
-        script="workflow/scripts/sweep_point.py",
-        lib=lib("sweep_point"),
-        splits=rules.split.output,
-        dataset=rules.download.output.dataset,
-        features=rules.sweep_extract.output,
+        **inputs("sweep_point"),
     output:
-        metrics="results/sweep/{backbone}/{fraction}/{seed}/metrics.json",
+        **outputs("sweep_point"),
     params:
-        stage=params_for(config, "sweep_point"),
+        stage=S.params_for(config, "sweep_point"),
     threads: 2
     log:
         "logs/sweep/{backbone}/{fraction}/{seed}.log",
     benchmark:
         "logs/benchmarks/sweep/{backbone}/{fraction}/{seed}.tsv"
     shell:
-        "{PY} {input.script} --backbone {wildcards.backbone} --fraction {wildcards.fraction} --seed {wildcards.seed}"
-        " --threads {threads} > {log} 2>&1"
+        S.shell("sweep_point")
 
 
 rule sweep_aggregate:
     input:
-        script="workflow/scripts/sweep_aggregate.py",
-        lib=lib("sweep_aggregate"),
-        points=SWEEP_POINTS,
+        **inputs("sweep_aggregate"),
     output:
-        summary="results/curve/summary.json",
-        points="results/curve/points.csv",
-        curve="results/curve/curve.csv",
-        metrics="results/curve/metrics.json",
-        plot=report("results/curve/curve.png", category="Learning curve"),
+        **outputs(
+            "sweep_aggregate",
+            plot=dict(category="Learning curve"),
+        ),
     params:
-        stage=params_for(config, "sweep_aggregate"),
+        stage=S.params_for(config, "sweep_aggregate"),
     threads: 1
     log:
         "logs/sweep_aggregate.log",
     benchmark:
         "logs/benchmarks/sweep_aggregate.tsv"
     shell:
-        SHELL
+        S.shell("sweep_aggregate")

@@ -33,9 +33,10 @@ PETS = SHARED / "data" / "oxford-iiit-pet"
 MOBILENET = SHARED / "weights" / "mobilenet_v2-imagenet-int8-dequantized.pth"
 sys.path.insert(0, str(ROOT / "src"))
 
-from transferlab import backbones, engines, features, head, index, split  # noqa: E402
+from transferlab import backbones, batches, engines, features, head, index, layout, split, stages  # noqa: E402
 from transferlab.cli import set_threads  # noqa: E402
 from transferlab.images import load_tensor  # noqa: E402
+from transferlab.layout import SPLITS  # noqa: E402
 from transferlab.params import validate  # noqa: E402
 from transferlab.transforms import evaluation  # noqa: E402
 
@@ -115,7 +116,7 @@ def forward_rates(name: str, batch: int = 32, repeat: int = 2) -> dict[str, floa
             if precision == "bfloat16" and not engines.bf16_supported(torch.device("cpu")):
                 continue
             for streams in (1, THREADS):
-                with features.torch_threads(THREADS // streams):
+                with batches.torch_threads(THREADS // streams):
                     forward, _ = engines.build(model, engine, precision, torch.device("cpu"), 224,
                                                Path(tmp) / "m.onnx", threads=THREADS // streams)
                     out[f"{engine} {precision}, {streams} stream(s) x {THREADS // streams} thread(s)"] = rate(
@@ -136,7 +137,7 @@ def decode_rates(paths: list[Path]) -> dict[str, float]:
     """Decode + preprocess img/s on one core: the notebooks' PIL path and ours."""
     plain = backbones.preprocessing(MODELS["mobilenet_v2"])
     ours = evaluation(plain, normalize=False)
-    with features.torch_threads(1):
+    with batches.torch_threads(1):
         return {"PIL + weights.transforms() (notebooks)": rate(lambda: [plain(Image.open(p).convert("RGB"))
                                                                          for p in paths], len(paths), 2),
                 "torchvision.io / PIL draft + uint8 v2 resize (ours)": rate(
@@ -147,24 +148,24 @@ def decode_rates(paths: list[Path]) -> dict[str, float]:
 
 def dataset(work: Path, n_per_class: int | None) -> Path:
     """data/ for the shared Pets photos (all, or n per class in the train split), as the download+split stages make it."""
-    data_dir = work / f"data-{n_per_class or 'all'}"
-    if not (data_dir / "dataset.json").exists():
+    files = stages.io("split", work / f"project-{n_per_class or 'all'}")
+    if not files.input.dataset.exists():
         data = validate({"data": {"dataset": "oxford_pets", "source": str(PETS)}})["data"]
-        index.build(data, data_dir, workers=THREADS)
-        split.run(data, data_dir)
+        summary = index.build(data, layout.files_in("download", files.input.dataset.parent), workers=THREADS)
+        split.write(data, files.input.index, Path(summary["root"]), files.output)
         if n_per_class:
-            for name in split.SPLITS:
-                frame = pd.read_csv(data_dir / "splits" / f"{name}.csv")
+            for name in SPLITS:
+                frame = pd.read_csv(getattr(files.output, name))
                 frame = frame.groupby("label").head(n_per_class if name == "train" else 1)
-                frame.to_csv(data_dir / "splits" / f"{name}.csv", index=False)
-    return data_dir
+                frame.to_csv(getattr(files.output, name), index=False)
+    return files.input.dataset.parent
 
 
 def extract_rate(name: str, data_dir: Path, work: Path, engine: str, precision: str) -> float:
     """img/s of features.run (all splits, decode included)."""
     params = validate({"data": {"dataset": "oxford_pets", "source": str(PETS)}, "model": MODELS[name],
                        "features": {"engine": engine, "precision": precision}})
-    meta = features.run(params, data_dir, work / f"feat-{name}-{engine}-{precision}")
+    meta = features.run(params, stages.io("extract", data_dir.parent, work / f"feat-{name}-{engine}-{precision}"))
     images = sum(s["images"] for s in meta["splits"].values())
     seconds = sum(s["seconds"] for s in meta["splits"].values())
     return images / seconds
@@ -177,7 +178,7 @@ def bf16_effect(work: Path) -> dict[str, float]:
     cached = {}
     for precision, engine in (("float32", "auto"), ("bfloat16", "torch")):
         folder = work / f"feat-mobilenet_v2-{engine}-{precision}"
-        cached[precision] = {s: features.load(folder / f"{s}.npz") for s in split.SPLITS}
+        cached[precision] = {s: features.load(getattr(layout.files_in("extract", folder), s)) for s in SPLITS}
         model, _ = head.fit(cached[precision]["train"], cached[precision]["val"], params["head"])
         test = cached[precision]["test"]
         proba = head.predict_proba(model, test["features"], len(test["classes"]))
@@ -208,8 +209,8 @@ class NotebookImages(torch.utils.data.Dataset):
 
 def notebook_rate(name: str, data_dir: Path) -> float:
     """img/s of the notebook way: DataLoader(batch_size=32) defaults, NCHW eager model under no_grad."""
-    root = Path(json.loads((data_dir / "dataset.json").read_text())["root"])
-    frames = [pd.read_csv(data_dir / "splits" / f"{s}.csv") for s in split.SPLITS]
+    root = Path(json.loads((stages.io("extract", data_dir.parent).input.dataset).read_text())["root"])
+    frames = [pd.read_csv(getattr(stages.io("extract", data_dir.parent).input.splits, s)) for s in SPLITS]
     model, _, _ = backbones.load_feature_extractor(MODELS[name])
     plain = backbones.preprocessing(MODELS[name])
     start, n = time.perf_counter(), 0
@@ -226,7 +227,7 @@ def notebook_rate(name: str, data_dir: Path) -> float:
 def head_vs_notebook(data_dir: Path, feat_dir: Path, epochs: int) -> dict[str, float]:
     """Seconds and test accuracy: our LogisticRegression on cached features vs E epochs of a Linear head on a frozen
     MobileNetV2 recomputed every epoch (Adam 1e-3, batch 32, the notebooks' data pipeline)."""
-    cached = {s: features.load(feat_dir / f"{s}.npz") for s in split.SPLITS}
+    cached = {s: features.load(getattr(layout.files_in("extract", feat_dir), s)) for s in SPLITS}
     params = validate({"data": {"dataset": "oxford_pets", "source": str(PETS)}})
     start = time.perf_counter()
     model, _ = head.fit(cached["train"], cached["val"], params["head"])
@@ -235,8 +236,8 @@ def head_vs_notebook(data_dir: Path, feat_dir: Path, epochs: int) -> dict[str, f
     ours_acc = float((head.predict_proba(model, cached["test"]["features"], n_classes).argmax(1)
                       == cached["test"]["labels"]).mean())
 
-    root = Path(json.loads((data_dir / "dataset.json").read_text())["root"])
-    frames = {s: pd.read_csv(data_dir / "splits" / f"{s}.csv") for s in split.SPLITS}
+    root = Path(json.loads((stages.io("extract", data_dir.parent).input.dataset).read_text())["root"])
+    frames = {s: pd.read_csv(getattr(stages.io("extract", data_dir.parent).input.splits, s)) for s in SPLITS}
     backbone, dim, _ = backbones.load_feature_extractor(MODELS["mobilenet_v2"])
     plain = backbones.preprocessing(MODELS["mobilenet_v2"])
     torch.manual_seed(0)
@@ -391,9 +392,9 @@ def main() -> None:
                     ours[f"resnet50 {precision}"] / value, "x")
     if 5 in args.rows:
         feat_dir = work / "feat-mobilenet_v2-auto-float32"
-        if not (feat_dir / "test.npz").exists():
+        if not layout.files_in("extract", feat_dir).test.exists():
             extract_rate("mobilenet_v2", full, work, "auto", "float32")
-        extract_s = json.loads((feat_dir / "meta.json").read_text())["splits"]
+        extract_s = json.loads((layout.files_in("extract", feat_dir).meta).read_text())["splits"]
         extract_s = sum(s["seconds"] for s in extract_s.values())
         result = head_vs_notebook(full, feat_dir, args.epochs)
         row("5", "head on cached features: fit (C grid on val)", result["fit_s"], "s",

@@ -86,3 +86,20 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result
+
+
+def stage_io(stage: str, data_dir: Path, out: Path | None = None, wildcards: dict | None = None, **given):
+    """A stage's files for a direct library call: inputs beside data_dir (the project's data/), outputs in `out`
+    (default: where the stage writes them in that project)."""
+    from transferlab.stages import io
+
+    return io(stage, data_dir.parent, out, wildcards=wildcards, **given)
+
+
+def split_into(data: dict, data_dir: Path) -> dict:
+    """The split stage's lists (and summary) of an indexed data_dir, with split params `data`."""
+    from transferlab import split
+    from transferlab.atomic import read_json
+
+    files = stage_io("split", data_dir)
+    return split.write(data, files.input.index, Path(read_json(files.input.dataset)["root"]), files.output)

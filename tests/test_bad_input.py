@@ -11,14 +11,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT, make_tree
+from conftest import ROOT, make_tree, split_into, stage_io
 from PIL import Image
 from test_features_head import tiny_params
 
-from transferlab import finetune, index, params, report, split
+from transferlab import finetune, index, params, split
 from transferlab.atomic import atomic_path, scratch_file
-from transferlab.features import ImageList
+from transferlab.batches import ImageList
 from transferlab.images import load_encoded, load_tensor
+from transferlab.layout import files_in
 from transferlab.params import ParamsError
 
 
@@ -113,37 +114,37 @@ def test_unfreeze_beyond_the_backbone_is_refused_before_training(tmp_path):
     from test_features_head import prepare
 
     from transferlab import features, head
-    from transferlab.split import SPLITS
+    from transferlab.layout import SPLITS
 
     data_dir = prepare(tmp_path)
     p = tiny_params()
     p["finetune"].update({"unfreeze": 999, "epochs": 1, "batch_size": 8, "num_workers": 0})
-    features.run(p, data_dir, tmp_path / "feat")
+    features.run(p, stage_io("extract", data_dir, tmp_path / "feat"))
     cached = {s: features.load(tmp_path / "feat" / f"{s}.npz") for s in SPLITS}
     model, _ = head.fit(cached["train"], cached["val"], p["head"])
     head.save(model, tmp_path / "head.npz", list(cached["train"]["classes"]))
     with pytest.raises(ParamsError, match=r"finetune.unfreeze: 999 is more than the 5 blocks of resnet18; give 0 to 5, or all"):
-        finetune.train(p, data_dir, tmp_path / "head.npz", tmp_path / "ft")
+        finetune.run(p, stage_io("finetune", data_dir, tmp_path / "ft", probe=tmp_path / "head.npz"))
     assert not (tmp_path / "ft" / "model.pt").exists()
 
 
 # 7. One class, or a class with no training image, is an error at split.
 def test_a_single_class_dataset_is_an_error_at_split(tmp_path):
     make_tree(tmp_path / "src", {"ant": 12})
-    index.build({"dataset": "folder", "source": str(tmp_path / "src"), "label": "breed"}, tmp_path / "data")
+    index.build({"dataset": "folder", "source": str(tmp_path / "src"), "label": "breed"}, files_in("download", tmp_path / "data"))
     with pytest.raises(split.SplitError, match=r"data.source: the dataset holds 1 class \(ant\)"):
-        split.run({"split": "random", "val_fraction": 0.25, "test_fraction": 0.25, "train_fraction": 1.0,
-                   "seed": 0}, tmp_path / "data")
+        split_into({"split": "random", "val_fraction": 0.25, "test_fraction": 0.25, "train_fraction": 1.0,
+                    "seed": 0}, tmp_path / "data")
     assert not (tmp_path / "data" / "splits").exists()
 
 
 # 6. Class names are text: no mathtext in the figures, no HTML in the page.
 def test_a_class_named_like_a_formula_is_drawn_as_text(tmp_path):
+    from test_report import page as report_page
     from test_report import pipeline
 
     p, data_dir, results = pipeline(tmp_path, False, classes=("ant", r"cost $\frac$", "cat"))
-    page = report.render(p, data_dir, results, ROOT / "workflow" / "report", results / "report.html",
-                         results / "report").read_text()
+    page = report_page(p, data_dir).read_text()
     assert r"cost $\frac$" in page and (results / "report" / "confusion.png").stat().st_size > 1000
 
 
@@ -154,7 +155,7 @@ def test_symlinks_leaving_the_dataset_are_left_out_with_the_reason(tmp_path):
     Image.new("RGB", (20, 20)).save(secret)
     (src / "ant" / "escape.jpg").symlink_to(secret)
     (src / "bee" / "inside.jpg").symlink_to(src / "bee" / "bee_0.jpg")
-    index.build({"dataset": "folder", "source": str(src), "label": "breed"}, tmp_path / "data")
+    index.build({"dataset": "folder", "source": str(src), "label": "breed"}, files_in("download", tmp_path / "data"))
     indexed = pd.read_csv(tmp_path / "data" / "index.csv")["path"].tolist()
     rejected = pd.read_csv(tmp_path / "data" / "rejected.csv")
     assert "ant/escape.jpg" not in indexed and "bee/inside.jpg" in indexed
@@ -217,17 +218,17 @@ class Payload:
 
 
 @pytest.mark.parametrize("target, damage, script, args, expected", [
-    ("results/head/model.npz", lambda b: b[: len(b) // 2], "evaluate.py", ["--method", "probe"],
+    ("results/head/model.npz", lambda b: b[: len(b) // 2], "evaluate_probe.py", [],
      "results/head/model.npz: cannot be read"),
-    ("results/features/test.npz", lambda b: b"", "evaluate.py", ["--method", "probe"],
+    ("results/features/test.npz", lambda b: b"", "evaluate_probe.py", [],
      "results/features/test.npz: cannot be read"),
-    ("results/finetune/model.pt", lambda b: b[:100], "evaluate.py", ["--method", "finetune"],
+    ("results/finetune/model.pt", lambda b: b[:100], "evaluate_finetune.py", [],
      "results/finetune/model.pt: cannot be read"),
-    ("results/finetune/model.pt", "object", "evaluate.py", ["--method", "finetune"],
+    ("results/finetune/model.pt", "object", "evaluate_finetune.py", [],
      "results/finetune/model.pt: cannot be read (UnpicklingError"),
-    ("results/finetune/model.pt", "list", "evaluate.py", ["--method", "finetune"],
+    ("results/finetune/model.pt", "list", "evaluate_finetune.py", [],
      "results/finetune/model.pt: holds a list, not a state_dict"),
-    ("data/dataset.json", lambda b: b[:40], "evaluate.py", ["--method", "finetune"],
+    ("data/dataset.json", lambda b: b[:40], "evaluate_finetune.py", [],
      "data/dataset.json: not valid JSON"),
 ])
 def test_damaged_files_are_one_line_naming_the_file(trained, target, damage, script, args, expected):
@@ -246,7 +247,7 @@ def test_damaged_files_are_one_line_naming_the_file(trained, target, damage, scr
     assert result.returncode == 2, result.stderr[-2000:]
     assert expected in result.stderr and "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
-    assert len(errors) == 1 and errors[0].startswith("transferlab evaluate: error: ")
+    assert len(errors) == 1 and errors[0].startswith(f"transferlab {script[:-3]}: error: ")
 
 
 def test_an_image_replaced_by_garbage_after_indexing_is_named(trained):
@@ -258,7 +259,7 @@ def test_an_image_replaced_by_garbage_after_indexing_is_named(trained):
     original = victim.read_bytes()
     try:
         victim.write_bytes(b"this is no longer a photo" * 10)
-        result = stage(trained, "evaluate.py", "--method", "finetune")
+        result = stage(trained, "evaluate_finetune.py")
     finally:
         victim.write_bytes(original)
     assert result.returncode == 2 and f"{victim}: cannot be read" in result.stderr
@@ -300,7 +301,8 @@ def test_switching_or_replacing_an_archive_never_mixes_datasets(tmp_path):
         return str(path)
 
     def classes_indexed(source: str) -> list[str]:
-        return index.build({"dataset": "folder", "source": source, "label": "breed"}, tmp_path / "data")["classes"]
+        found = index.build({"dataset": "folder", "source": source, "label": "breed"}, files_in("download", tmp_path / "data"))
+        return found["classes"]
 
     assert classes_indexed(archive(tmp_path / "one.zip", {"ant": 3, "bee": 3})) == ["ant", "bee"]
     assert classes_indexed(archive(tmp_path / "two.zip", {"cat": 3, "dog": 3})) == ["cat", "dog"]
@@ -333,7 +335,7 @@ def test_train_views_that_cannot_fit_are_refused_with_the_estimate(tmp_path, mon
     p = tiny_params(train_views=1000)
     with pytest.raises(ParamsError, match=r"features.train_views: 1000 extra views make 12,012 training rows × 512 "
                                           r"features = 0.02 GiB; that needs 0.05 GiB of free disk"):
-        features.run(p, data_dir, tmp_path / "feat")
+        features.run(p, stage_io("extract", data_dir, tmp_path / "feat"))
     assert not (tmp_path / "feat" / "train.npz").exists()
     features.check_room(12, 512, tmp_path, 0)  # a few rows fit
 

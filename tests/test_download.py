@@ -14,6 +14,7 @@ from PIL import Image
 
 from transferlab import datasets, fetch, index
 from transferlab.images import BadImage, inspect, load_rgb
+from transferlab.layout import files_in
 
 
 def data_params(dataset="folder", source=None, label="breed"):
@@ -29,7 +30,7 @@ def good_jpeg(path: Path, size=(48, 32)) -> bytes:
 def test_folder_dataset_index(tmp_path):
     src = make_tree(tmp_path / "src", {"cat": 3, "dog": 2})
     (src / "stray.jpg").write_bytes((src / "cat" / "cat_0.jpg").read_bytes())
-    summary = index.build(data_params(source=src), tmp_path / "data")
+    summary = index.build(data_params(source=src), files_in("download", tmp_path / "data"))
     idx = pd.read_csv(tmp_path / "data" / "index.csv")
     assert list(idx.columns) == ["path", "label", "width", "height", "bytes", "sha256"]
     assert summary["counts"] == {"cat": 3, "dog": 2} and summary["classes"] == ["cat", "dog"]
@@ -55,7 +56,7 @@ def broken_files(folder: Path) -> dict[str, str]:
 def test_every_broken_kind_is_left_out_and_counted(tmp_path):
     expected = broken_files(tmp_path / "src" / "cat")
     good_jpeg(tmp_path / "src" / "dog" / "ok.jpg")
-    summary = index.build(data_params(source=tmp_path / "src"), tmp_path / "data")
+    summary = index.build(data_params(source=tmp_path / "src"), files_in("download", tmp_path / "data"))
     rejected = pd.read_csv(tmp_path / "data" / "rejected.csv")
     assert dict(zip(rejected["path"].str.replace("cat/", ""), rejected["reason"])) == expected
     assert summary["images"] == 2 and summary["left_out"] == 4
@@ -88,10 +89,10 @@ def test_zip_and_tar_sources(tmp_path):
             tf.add(p, str(Path("set") / p.relative_to(src)))
     for archive in (zpath, tpath):
         out = tmp_path / f"data-{archive.name}"
-        summary = index.build(data_params(source=fetch.extract(archive, out / "x") / "set"), out)
+        summary = index.build(data_params(source=fetch.extract(archive, out / "x") / "set"), files_in("download", out))
         assert summary["counts"] == {"a": 2, "b": 2}
     # An archive given as data.source is extracted under data/raw/<dataset>/.
-    summary = index.build(data_params(source=zpath), tmp_path / "data-direct")
+    summary = index.build(data_params(source=zpath), files_in("download", tmp_path / "data-direct"))
     assert summary["images"] == 4 and summary["counts"] == {"set": 4}
 
 
@@ -181,7 +182,7 @@ def test_url_source_for_folder_dataset(tmp_path, server):
     with zipfile.ZipFile(root / "tree.zip", "w") as zf:
         for p in sorted(src.rglob("*.jpg")):
             zf.write(p, p.relative_to(src))
-    summary = index.build(data_params(source=f"{url}/tree.zip"), tmp_path / "data")
+    summary = index.build(data_params(source=f"{url}/tree.zip"), files_in("download", tmp_path / "data"))
     assert summary["counts"] == {"a": 2, "b": 3}
 
 
@@ -206,7 +207,7 @@ def pets_layout(root: Path) -> Path:
 @pytest.mark.parametrize("label, counts", [("breed", {"Abyssinian": 3, "beagle": 3}), ("species", {"cat": 3, "dog": 3})])
 def test_oxford_pets_labels(tmp_path, label, counts):
     root = pets_layout(tmp_path / "pets")
-    summary = index.build(data_params("oxford_pets", root, label), tmp_path / "data")
+    summary = index.build(data_params("oxford_pets", root, label), files_in("download", tmp_path / "data"))
     assert summary["counts"] == counts
     assert summary["left_out_reasons"] == {"not an image": 1}
 
@@ -244,7 +245,7 @@ def test_cats_vs_dogs_zip_with_broken_files(tmp_path):
         zf.writestr("PetImages/Dog/11702.jpg", data[:300])
         zf.writestr("PetImages/Dog/Thumbs.db", b"\x00" * 64)
         zf.writestr("readme[1].txt", "license")
-    summary = index.build(data_params("cats_vs_dogs", zpath), tmp_path / "data")
+    summary = index.build(data_params("cats_vs_dogs", zpath), files_in("download", tmp_path / "data"))
     assert summary["counts"] == {"cat": 1, "dog": 1}
     assert summary["left_out_reasons"] == {"empty file": 1, "not an image": 1, "truncated": 1,
                                            "not inside a class folder": 1}

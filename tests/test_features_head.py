@@ -6,19 +6,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import MOBILENET, make_tree, need
+from conftest import MOBILENET, make_tree, need, split_into, stage_io
 from torchvision import models
 
-from transferlab import backbones, evaluation, features, head, index, split
+from transferlab import backbones, evaluation, features, head, index
+from transferlab.layout import files_in
 from transferlab.params import validate
 
 
 def prepare(tmp_path: Path, classes=None) -> Path:
     src = make_tree(tmp_path / "src", classes or {"ant": 8, "bee": 8, "cat": 8})
     data_dir = tmp_path / "data"
-    index.build({"dataset": "folder", "source": str(src), "label": "breed"}, data_dir)
-    split.run({"split": "random", "val_fraction": 0.25, "test_fraction": 0.25, "train_fraction": 1.0, "seed": 0},
-              data_dir)
+    index.build({"dataset": "folder", "source": str(src), "label": "breed"}, files_in("download", data_dir))
+    split_into({"split": "random", "val_fraction": 0.25, "test_fraction": 0.25, "train_fraction": 1.0, "seed": 0},
+               data_dir)
     return data_dir
 
 
@@ -32,7 +33,7 @@ def tiny_params(backbone="resnet18", **features_over):
                                            ("efficientnet_b0", 1280)])
 def test_feature_shapes_per_family(tmp_path, backbone, dim):
     data_dir = prepare(tmp_path)
-    meta = features.run(tiny_params(backbone), data_dir, tmp_path / "feat")
+    meta = features.run(tiny_params(backbone), stage_io("extract", data_dir, tmp_path / "feat"))
     assert meta["feature_dim"] == dim and meta["backbone"] == backbone and meta["image_size"] == 32
     for name, n in (("train", 12), ("val", 6), ("test", 6)):
         cached = features.load(tmp_path / "feat" / f"{name}.npz")
@@ -46,7 +47,7 @@ def test_feature_shapes_per_family(tmp_path, backbone, dim):
 def test_features_equal_model_penultimate_and_train_views(tmp_path):
     data_dir = prepare(tmp_path)
     p = tiny_params(train_views=2)
-    features.run(p, data_dir, tmp_path / "feat")
+    features.run(p, stage_io("extract", data_dir, tmp_path / "feat"))
     train = features.load(tmp_path / "feat" / "train.npz")
     assert train["features"].shape == (36, 512)
     assert (train["views"] == np.repeat([0, 1, 2], 12)).all()
@@ -64,7 +65,7 @@ def test_features_equal_model_penultimate_and_train_views(tmp_path):
         expected = model(x[None]).numpy()[0]
     np.testing.assert_allclose(train["features"][0], expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
     # seeded: a second run gives the same augmented features
-    features.run(p, data_dir, tmp_path / "feat2")
+    features.run(p, stage_io("extract", data_dir, tmp_path / "feat2"))
     np.testing.assert_array_equal(features.load(tmp_path / "feat2" / "train.npz")["features"], train["features"])
 
 
@@ -81,7 +82,7 @@ def test_killed_extraction_leaves_no_complete_looking_file(tmp_path, monkeypatch
 
     monkeypatch.setattr(features, "compute", dies_on_second_split)
     with pytest.raises(KeyboardInterrupt):
-        features.run(tiny_params(), data_dir, tmp_path / "feat")
+        features.run(tiny_params(), stage_io("extract", data_dir, tmp_path / "feat"))
     left = sorted(p.name for p in (tmp_path / "feat").iterdir())
     assert left == ["train.npz"]  # finished split only; no val.npz, no meta.json, no temporary files
 
@@ -175,7 +176,7 @@ def test_metrics_on_hand_made_example(tmp_path):
     labels = {"train": y, "val": y[:4], "test": y}
     settings = {"bootstrap": 500, "confidence": 0.95, "seed": 0}
     result = evaluation.evaluate("probe", probs, labels, np.array([f"i{i}" for i in range(6)]), ["a", "b", "c"],
-                                 tmp_path / "metrics", tmp_path / "eval", settings)
+                                 files_in("evaluate_probe", tmp_path), settings)
     assert result["train_val_gap"] == pytest.approx(4 / 6 - 3 / 4, abs=1e-6)
     saved = json.loads((tmp_path / "metrics" / "probe.json").read_text())
     assert saved["accuracy"] == pytest.approx(4 / 6, abs=1e-6)
@@ -190,7 +191,7 @@ def test_metrics_on_hand_made_example(tmp_path):
     assert preds["predicted"].tolist() == ["a", "b", "b", "b", "c", "a"]
     worse = {**probs, "test": np.roll(proba, 1, axis=1)}  # a "fine-tune" that gets other images right
     pair = evaluation.evaluate("finetune", worse, labels, np.array([f"i{i}" for i in range(6)]), ["a", "b", "c"],
-                               tmp_path / "metrics", tmp_path / "eval", settings,
+                               files_in("evaluate_finetune", tmp_path), settings,
                                baseline=preds.iloc[::-1])["vs_probe"]  # matched by id, not by row order
     right = np.roll(proba, 1, axis=1).argmax(1) == y
     assert pair["only_correct"] == {"probe": int((~right & (proba.argmax(1) == y)).sum()),
@@ -198,7 +199,7 @@ def test_metrics_on_hand_made_example(tmp_path):
     assert pair["difference"] == pytest.approx(right.mean() - 4 / 6, abs=1e-6)
     with pytest.raises(ValueError, match="same test images"):
         evaluation.evaluate("finetune", worse, labels, np.array([f"j{i}" for i in range(6)]), ["a", "b", "c"],
-                            tmp_path / "metrics", tmp_path / "eval", settings, baseline=preds)
+                            files_in("evaluate_finetune", tmp_path), settings, baseline=preds)
 
 
 def test_top5_with_many_classes():

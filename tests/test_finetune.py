@@ -5,12 +5,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import stage_io
 from test_features_head import prepare, tiny_params
 from torch import nn
 from torchvision import models
 
-from transferlab import backbones, features, finetune, head
-from transferlab.evaluation import skipped
+from transferlab import backbones, features, finetune, head, stages
+from transferlab.evaluation import run_finetune
 from transferlab.images import load_tensor
 from transferlab.params import validate
 from transferlab.transforms import evaluation
@@ -79,7 +80,7 @@ def ft_params(**over):
 def probe_setup(tmp_path):
     data_dir = prepare(tmp_path)
     params = ft_params()
-    features.run(params, data_dir, tmp_path / "feat")
+    features.run(params, stage_io("extract", data_dir, tmp_path / "feat"))
     train, val = (features.load(tmp_path / "feat" / f"{s}.npz") for s in ("train", "val"))
     model, _ = head.fit(train, val, {"C_grid": [1.0], "max_iter": 500, "refit_on": "train"})
     head.save(model, tmp_path / "probe.npz", [str(c) for c in train["classes"]])
@@ -88,7 +89,7 @@ def probe_setup(tmp_path):
 
 def test_warm_start_reproduces_the_probe(probe_setup):
     tmp_path, data_dir, params, probe = probe_setup
-    model = finetune.build(params["model"], tmp_path / "probe.npz")
+    model = finetune.build(params["model"], head.load(tmp_path / "probe.npz")[0])
     test = features.load(tmp_path / "feat" / "test.npz")
     frame = pd.read_csv(data_dir / "splits" / "test.csv")
     classes = json.loads((data_dir / "dataset.json").read_text())["classes"]
@@ -107,8 +108,8 @@ def test_warm_start_reproduces_the_probe(probe_setup):
 
 def test_seeded_runs_are_identical_and_outputs_complete(probe_setup):
     tmp_path, data_dir, params, _ = probe_setup
-    one = finetune.train(params, data_dir, tmp_path / "probe.npz", tmp_path / "ft1")
-    two = finetune.train(params, data_dir, tmp_path / "probe.npz", tmp_path / "ft2")
+    one, two = (finetune.run(params, stage_io("finetune", data_dir, tmp_path / d, probe=tmp_path / "probe.npz"))
+                for d in ("ft1", "ft2"))
     h1, h2 = (pd.read_csv(tmp_path / d / "history.csv") for d in ("ft1", "ft2"))
     pd.testing.assert_frame_equal(h1.drop(columns="seconds"), h2.drop(columns="seconds"))
     assert list(h1.columns) == ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "head_lr",
@@ -122,10 +123,15 @@ def test_seeded_runs_are_identical_and_outputs_complete(probe_setup):
 def test_disabled_finetune_is_marked_skipped(probe_setup, tmp_path):
     root, data_dir, params, _ = probe_setup
     params["finetune"]["enabled"] = False
-    summary = finetune.train(params, data_dir, root / "probe.npz", tmp_path / "ft")
+    files = stage_io("finetune", data_dir, tmp_path / "ft", probe=root / "probe.npz")
+    files.output.model.parent.mkdir(parents=True)
+    files.output.model.write_bytes(b"an earlier run's weights")
+    summary = stages.execute("finetune", finetune.run, params, files)
     assert summary["skipped"] and not (tmp_path / "ft" / "model.pt").exists()
-    result = skipped("finetune", summary["reason"], tmp_path / "metrics", tmp_path / "eval")
+    evaluated = stage_io("evaluate_finetune", data_dir, tmp_path)
+    result = stages.execute("evaluate_finetune", run_finetune, params, evaluated)
     assert json.loads((tmp_path / "metrics" / "finetune.json").read_text()) == result
+    assert json.loads((tmp_path / "eval" / "finetune" / "skipped.json").read_text()) == result
     assert result["reason"] == "finetune.enabled: false"
 
 

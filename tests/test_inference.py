@@ -8,7 +8,7 @@ from PIL import Image
 from test_features_head import prepare, tiny_params
 from torchvision import models
 
-from transferlab import backbones, engines, features
+from transferlab import backbones, batches, engines
 from transferlab.images import load_encoded, load_rgb, load_tensor
 from transferlab.transforms import evaluation
 
@@ -97,9 +97,9 @@ def test_device_decoding_path_gives_the_same_batches(tmp_path):
     args = (tmp_path / "src", frame, ["ant", "bee", "cat"], plain, 36)
     assert load_encoded(tmp_path / "src" / "ant" / "extra.png").ndim == 3  # PNGs are decoded in the worker
     assert load_encoded(tmp_path / "src" / frame["path"][0]).ndim == 1
-    worker = [x for x, _, _ in features.loader(features.ImageList(*args), 5, 0)]
-    encoded = features.ImageList(*args, encoded=True)
-    device = [encoded.prepare(items, rows, torch.device("cpu")) for items, _, rows in features.loader(encoded, 5, 0)]
+    worker = [x for x, _, _ in batches.loader(batches.ImageList(*args), 5, 0)]
+    encoded = batches.ImageList(*args, encoded=True)
+    device = [encoded.prepare(items, rows, torch.device("cpu")) for items, _, rows in batches.loader(encoded, 5, 0)]
     for a, b in zip(worker, device, strict=True):
         torch.testing.assert_close(a, b)
 

@@ -132,3 +132,15 @@ def test_params_validation_as_the_snakefile_parses_imports_no_torch_once_names_a
     assert names["resnet50"] == {"name": "ResNet50_Weights", "members": ["IMAGENET1K_V1", "IMAGENET1K_V2", "DEFAULT"]}
     remembered.write_text("{damaged")
     assert parse()["torch"] is True and json.loads(remembered.read_text()) == names  # a damaged file is rebuilt
+
+
+def test_parameter_reference_is_generated_from_the_schema():
+    from conftest import ROOT
+
+    from transferlab.params import load, reference
+
+    expected = reference(load(ROOT / "params.yaml"))
+    assert (ROOT / "docs" / "parameters.md").read_text() == expected, \
+        "docs/parameters.md is stale: python -m transferlab.params > docs/parameters.md"
+    for key in ("data.source", "finetune.lr", "sweep.fractions"):
+        assert f"| `{key}` |" in expected

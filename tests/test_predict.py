@@ -81,7 +81,7 @@ def test_export_check_refuses_a_graph_that_disagrees(project):
     params = predict.model_params(project)
     module = export.probabilities_module(predict.network(project, "probe", params), params)
     frame = pd.read_csv(project / "data/splits/test.csv")
-    from transferlab.features import ImageList
+    from transferlab.batches import ImageList
     plain = preprocessing(params)
     images = ImageList(project / "images", frame, params["classes"], transforms.evaluation(plain, normalize=False),
                        plain.resize_size[0])

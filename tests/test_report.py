@@ -6,13 +6,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, stage_io
 from test_features_head import prepare, tiny_params
 
-from transferlab import evaluation, features, finetune, head, report, visualize
+from transferlab import evaluation, features, finetune, head, report, stages, visualize
 from transferlab.atomic import write_json
 from transferlab.params import validate
-from transferlab.split import SPLITS
 
 EVIL = "<script>alert(1)"
 
@@ -24,43 +23,26 @@ def pipeline(tmp_path: Path, with_finetune: bool, classes=("ant", EVIL, "cat")) 
     params["finetune"].update({"enabled": with_finetune, "epochs": 1, "batch_size": 8, "num_workers": 0})
     params["visualize"].update({"enabled": with_finetune, "steps": 5, "image_size": 32, "adversarial_steps": 3})
     params = validate(params)
-    results = tmp_path / "results"
-    features.run(params, data_dir, results / "features")
-    cached = {s: features.load(results / "features" / f"{s}.npz") for s in SPLITS}
+    features.run(params, stage_io("extract", data_dir))
+    cached = {s: features.load(path) for s, path in vars(stage_io("train_head", data_dir).input).items()}
     model, _ = head.fit(cached["train"], cached["val"], params["head"])
-    head.save(model, results / "head" / "model.npz", list(cached["train"]["classes"]))
-    write_json(results / "head" / "summary.json", {"C": 1.0, "seconds": 0.5, "train_rows": 12,
-                                                   "trainable_parameters": head.parameter_count(model)})
-    names = [str(c) for c in cached["train"]["classes"]]
-    proba = {s: head.predict_proba(model, cached[s]["features"], 3) for s in SPLITS}
-    labels = {s: cached[s]["labels"] for s in SPLITS}
-    settings = params["evaluate"]
-    evaluation.evaluate("probe", proba, labels, cached["test"]["ids"], names, results / "metrics", results / "eval",
-                        settings)
-    summary = finetune.train(params, data_dir, results / "head" / "model.npz", results / "finetune")
-    if with_finetune:
-        import pandas as pd
+    trained = stage_io("train_head", data_dir).output
+    head.save(model, trained.model, list(cached["train"]["classes"]))
+    write_json(trained.summary, {"C": 1.0, "seconds": 0.5, "train_rows": 12,
+                                 "trainable_parameters": head.parameter_count(model)})
+    for stage, run in (("evaluate_probe", evaluation.run_probe), ("finetune", finetune.run),
+                       ("evaluate_finetune", evaluation.run_finetune), ("visualize", visualize.run)):
+        stages.execute(stage, run, params, stage_io(stage, data_dir))
+    return params, data_dir, tmp_path / "results"
 
-        net = finetune.load(params["model"], results / "finetune" / "model.pt", 3)
-        root = Path(json.loads((data_dir / "dataset.json").read_text())["root"])
-        out = {s: finetune.predict(net, pd.read_csv(data_dir / "splits" / f"{s}.csv"), root, names, params["model"],
-                                   8) for s in SPLITS}
-        test = pd.read_csv(data_dir / "splits" / "test.csv")
-        tta, _ = finetune.predict(net, test, root, names, params["model"], 8, tta=True)
-        evaluation.evaluate("finetune", {s: o[0] for s, o in out.items()}, {s: o[1] for s, o in out.items()},
-                            test["path"].to_numpy(), names, results / "metrics", results / "eval", settings,
-                            pd.read_csv(results / "eval" / "probe" / "predictions.csv"), tta)
-    else:
-        evaluation.skipped("finetune", summary["reason"], results / "metrics", results / "eval")
-    visualize.run(params, data_dir, results, results / "visualize")
-    return params, data_dir, results
+
+def page(params: dict, data_dir: Path) -> Path:
+    return report.render(params, stage_io("report", data_dir, template=ROOT / "workflow" / "report" / "report.html.j2"))
 
 
 def render(tmp_path, with_finetune):
     params, data_dir, results = pipeline(tmp_path, with_finetune)
-    out = report.render(params, data_dir, results, ROOT / "workflow" / "report", results / "report.html",
-                        results / "report")
-    return out.read_text(), results
+    return page(params, data_dir).read_text(), results
 
 
 def cell(html: str, method: str, key: str) -> str:
@@ -181,17 +163,13 @@ def test_sections_from_another_dataset_or_a_disabled_stage_are_not_shown(full, t
     write_json(results / "curve" / "summary.json", {"points": 1, "reading": "OLD CURVE", "confidence": 0.95,
                                                     "made_from": {**old_stamp, "params": {"sweep": params["sweep"]}}})
 
-    def page(p):
-        return report.render(p, data_dir, results, ROOT / "workflow" / "report", results / "report.html",
-                             results / "report").read_text()
-
     params["sweep"]["enabled"] = False
-    html = page(params)  # visualize and sweep off, as the new run's params say
+    html = page(params, data_dir).read_text()  # visualize and sweep off, as the new run's params say
     assert "not run (visualize.enabled: false)" in html and "not run (sweep.enabled: false)" in html
     assert "OLD CURVE" not in html and 'alt="ideal' not in html and "<code>visualize.steps</code>" not in html
     on = copy.deepcopy(params)
     on["visualize"]["enabled"] = on["sweep"]["enabled"] = True
-    html = page(on)  # enabled, but the outputs on disk were made from the other dataset
+    html = page(on, data_dir).read_text()  # enabled, but the outputs on disk were made from the other dataset
     assert "not shown: results of the visualize stage were made from another dataset" in html
     assert "not shown: results of the sweep_aggregate stage were made from another dataset" in html
     assert "OLD CURVE" not in html and 'alt="ideal' not in html

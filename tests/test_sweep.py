@@ -3,9 +3,10 @@ import json
 
 import pandas as pd
 import pytest
+from conftest import stage_io
 from test_features_head import prepare
 
-from transferlab import features, layout, sweep
+from transferlab import features, head, layout, sweep
 from transferlab.params import ParamsError, validate
 
 
@@ -21,31 +22,39 @@ def sweep_params(**over):
 def test_points_reuse_the_cached_features_and_subsample_per_class(tmp_path, monkeypatch):
     data_dir = prepare(tmp_path, {"ant": 16, "bee": 16, "cat": 16})
     params = sweep_params()
-    cache = tmp_path / "results" / "sweep" / "resnet18" / "features"
-    sweep.extract(params, "resnet18", data_dir, cache)
+    extracted = stage_io("sweep_extract", data_dir, wildcards={"backbone": "resnet18"})
+    sweep.extract(params, extracted)
 
     def no_extraction(*args, **kwargs):
         raise AssertionError("a sweep point must not extract features")
 
     monkeypatch.setattr(features, "run", no_extraction)
-    results = {}
+    trained_on, fit = {}, head.fit
+
+    def recording_fit(train, val, settings):
+        trained_on[len(trained_on)] = pd.Series(train["labels"], index=train["ids"])
+        return fit(train, val, settings)
+
+    monkeypatch.setattr(head, "fit", recording_fit)
+    results, heads = {}, {}
     for backbone, fraction, seed in layout.points(params):
-        out = layout.point_dir(tmp_path / "results", backbone, fraction, seed)
-        results[fraction, seed] = sweep.run_point(params, backbone, fraction, seed, data_dir, cache, out)
+        point = stage_io("sweep_point", data_dir, wildcards={"backbone": backbone, "fraction": layout.label(fraction),
+                                                             "seed": str(seed)})
+        results[fraction, seed] = sweep.run(params, point)
+        heads[fraction, seed] = trained_on[len(trained_on) - 1]
     assert set(results) == {(0.25, 0), (0.25, 1), (1.0, 0), (1.0, 1)}
     full = pd.read_csv(data_dir / "splits" / "train.csv")  # 8 per class
     assert results[1.0, 0]["train_images"] == len(full) == 24
     assert results[0.25, 0]["train_images"] == 6 and results[0.25, 0]["images_per_class"] == 2
-    small = [pd.read_csv(layout.point_dir(tmp_path / "results", "resnet18", 0.25, s) / "data/splits/train.csv")
-             for s in (0, 1)]
-    assert set(small[0]["path"]) <= set(full["path"]) and set(small[0]["path"]) != set(small[1]["path"])
-    assert small[0]["label"].value_counts().tolist() == [2, 2, 2]
+    small = [heads[0.25, s] for s in (0, 1)]
+    assert set(small[0].index) <= set(full["path"]) and set(small[0].index) != set(small[1].index)
+    assert small[0].value_counts().tolist() == [2, 2, 2]
     for result in results.values():
         assert result["test_images"] == 12 and 0 <= result["probe"]["accuracy"] <= 1
         assert result["finetune"]["epochs_run"] == 1
 
-    files = sweep.metric_files(params, tmp_path / "results")
-    summary = sweep.aggregate(params, files, tmp_path / "results" / "curve")
+    files = sweep.metric_files(params, tmp_path / "results" / "sweep")
+    summary = sweep.aggregate(params, stage_io("sweep_aggregate", data_dir))
     curve = pd.read_csv(tmp_path / "results" / "curve" / "curve.csv")
     assert summary["points"] == 4 and len(curve) == 4 and (curve["seeds"] == 2).all()
     assert (curve["accuracy_min"] <= curve["accuracy"]).all() and (curve["accuracy"] <= curve["accuracy_max"]).all()
@@ -71,9 +80,9 @@ def test_metric_files_accept_any_spelling_and_name_missing_points(tmp_path):
         path = tmp_path / "sweep" / "resnet18" / folder / "0" / "metrics.json"
         path.parent.mkdir(parents=True)
         path.write_text("{}")
-    assert len(sweep.metric_files(params, tmp_path)) == 2
+    assert len(sweep.metric_files(params, tmp_path / "sweep")) == 2
     with pytest.raises(FileNotFoundError, match="0.5"):
-        sweep.metric_files(sweep_params(seeds=[0], fractions=[0.25, 0.5, 1.0]), tmp_path)
+        sweep.metric_files(sweep_params(seeds=[0], fractions=[0.25, 0.5, 1.0]), tmp_path / "sweep")
 
 
 def curve_of(probe, finetune, verdicts, per_class=(2, 5, 10, 20)):

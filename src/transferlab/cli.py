@@ -6,12 +6,14 @@ import logging
 import os
 import pickle
 import sys
+import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from . import params as params_mod
+from . import stages
 
 log = logging.getLogger("transferlab")
 
@@ -50,21 +52,28 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def run_stage(name: str, body: Callable[[dict[str, Any], argparse.Namespace], Any],
-              extra: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
-    """Parse the common arguments, validate params.yaml, and run a stage's body."""
+def run_stage(name: str, run: Callable[[dict[str, Any], stages.StageIO], object]) -> None:
+    """A stage script's whole body: parse the common arguments (and the stage's sweep wildcards), validate
+    params.yaml, and call `run(params, io)` with the stage's files from the table; a stage its switch turns off
+    leaves its 'skipped' record instead (the one place that decides it)."""
     parser = argparse.ArgumentParser(prog=f"{name}.py", description=f"transferlab stage: {name}")
     parser.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="threads for torch, BLAS and image decoding (default: all cores)")
-    if extra:
-        extra(parser)
+    for wildcard in stages.stage_wildcards(name):
+        parser.add_argument(f"--{wildcard}", required=True, help=f"the sweep point's {wildcard} (from sweep.*)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [" + name + "] %(message)s")
     try:
         params = params_mod.load(args.params)
-        set_threads(max(1, args.threads))
-        body(params, args)
+        threads = max(1, args.threads)
+        io = stages.io(name, threads=threads, wildcards={w: getattr(args, w) for w in stages.stage_wildcards(name)})
+        if not stages.enabled(params, name):
+            log.info("not run (%s: false): outputs marked skipped", stages.TABLE[name].enabled_by)
+        set_threads(threads)
+        start = time.perf_counter()
+        stages.execute(name, run, params, io)
+        log.info("done in %.1f s", time.perf_counter() - start)
     except Exception as exc:
         message = one_line(exc)
         if message is None:

@@ -1,16 +1,22 @@
 """The evaluate stage: the same metrics, tables and predictions for every method (probe, fine-tune)."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-from . import stats
-from .atomic import write_csv, write_json
+from . import features, finetune, head, stats
+from .atomic import read_json, write_csv, write_json
+from .layout import SPLITS
+from .stages import StageIO
 from .transforms import TTA_VIEWS
+
+log = logging.getLogger("transferlab")
 
 
 def scores(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
@@ -47,9 +53,10 @@ def versus(baseline: pd.DataFrame, method: str, ids: np.ndarray, correct: np.nda
 
 
 def evaluate(method: str, proba: dict[str, np.ndarray], labels: dict[str, np.ndarray], ids: np.ndarray,
-             class_names: list[str], metrics_dir: Path, eval_dir: Path, settings: dict[str, Any],
+             class_names: list[str], out: SimpleNamespace, settings: dict[str, Any],
              baseline: pd.DataFrame | None = None, tta_proba: np.ndarray | None = None) -> dict[str, Any]:
-    """Write metrics_dir/<method>.json and eval_dir/<method>/{predictions,per_class,confusion_matrix}.csv.
+    """Write the method's metrics JSON and its predictions, per-class and confusion-matrix tables (`out`: the
+    evaluate stage's files).
 
     `proba` and `labels` hold the train, val and test splits; ids are the test images. `settings` are the
     `evaluate:` params (bootstrap intervals); with the probe's predictions as `baseline`, the metrics also
@@ -75,25 +82,45 @@ def evaluate(method: str, proba: dict[str, np.ndarray], labels: dict[str, np.nda
     if baseline is not None:
         result["vs_probe"] = versus(baseline, method, np.asarray(ids), predicted == y, settings)
     names = np.asarray(class_names)
-    out = eval_dir / method
-    write_csv(out / "predictions.csv", pd.DataFrame({
+    write_csv(out.predictions, pd.DataFrame({
         "id": ids, "actual": names[y], "predicted": names[predicted],
         "confidence": test_proba.max(1).round(6), "correct": predicted == y}))
-    write_csv(out / "per_class.csv", per_class(y, predicted, class_names))
+    write_csv(out.per_class, per_class(y, predicted, class_names))
     matrix = skm.confusion_matrix(y, predicted, labels=np.arange(len(class_names)))
-    write_csv(out / "confusion_matrix.csv", pd.DataFrame(matrix, columns=class_names).assign(actual=class_names)
+    write_csv(out.confusion, pd.DataFrame(matrix, columns=class_names).assign(actual=class_names)
               .set_index("actual").reset_index())
-    (out / "skipped.json").unlink(missing_ok=True)
-    write_json(metrics_dir / f"{method}.json", result)
+    write_json(out.metrics, result)
+    log.info("%s: %s", method, {k: v for k, v in result.items() if k not in ("method", "interval", "vs_probe")})
     return result
 
 
-def skipped(method: str, reason: str, metrics_dir: Path, eval_dir: Path) -> dict[str, Any]:
-    """Mark a method as not run: metrics say so, and its eval folder holds only skipped.json."""
-    result = {"method": method, "skipped": True, "reason": reason}
-    out = eval_dir / method
-    for name in ("predictions.csv", "per_class.csv", "confusion_matrix.csv"):
-        (out / name).unlink(missing_ok=True)
-    write_json(out / "skipped.json", result)
-    write_json(metrics_dir / f"{method}.json", result)
-    return result
+def run_probe(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
+    """The evaluate_probe stage: the linear probe on the cached (un-augmented) features of each split; no TTA
+    (the cached test features hold the centre view only)."""
+    model, class_names = head.load(io.input.model)
+    proba, labels = {}, {}
+    for split in SPLITS:
+        cached = features.load(getattr(io.input.features, split))
+        plain = cached["views"] == 0
+        proba[split] = head.predict_proba(model, cached["features"][plain], len(class_names))
+        labels[split] = cached["labels"][plain]
+        ids = cached["ids"][plain]
+    return evaluate("probe", proba, labels, ids, class_names, io.output, params["evaluate"])
+
+
+def run_finetune(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
+    """The evaluate_finetune stage: the fine-tuned network on the images of each split (and the test split with
+    TTA), compared with the probe's predictions on the same test images."""
+    dataset = read_json(io.input.dataset)
+    classes, root = dataset["classes"], Path(dataset["root"])
+    model = finetune.load(params["model"], io.input.model, len(classes))
+    batch_size = params["finetune"]["batch_size"]
+    proba, labels, frames = {}, {}, {}
+    for split in SPLITS:
+        frames[split] = pd.read_csv(getattr(io.input.splits, split))
+        proba[split], labels[split] = finetune.predict(model, frames[split], root, classes, params["model"], batch_size)
+    tta = None
+    if params["evaluate"]["tta"]:
+        tta, _ = finetune.predict(model, frames["test"], root, classes, params["model"], batch_size, tta=True)
+    return evaluate("finetune", proba, labels, frames["test"]["path"].to_numpy(), classes, io.output,
+                    params["evaluate"], pd.read_csv(io.input.probe), tta)

@@ -2,6 +2,7 @@
 against torch on the test split, with labels.json, preprocessing.json, summary.json and a model card."""
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,11 @@ from torch import nn
 
 from . import backbones, engines, predict
 from .atomic import atomic_path, read_json, write_json
-from .features import ImageList, outputs
+from .batches import ImageList, outputs
+from .stages import StageIO
 from .transforms import evaluation
+
+log = logging.getLogger("transferlab")
 
 # Largest difference allowed between the graph's and torch's probability of any class on any test image.
 TOLERANCE = 1e-4
@@ -44,45 +48,47 @@ def check(module: nn.Module, graph: engines.Forward, images: ImageList, classes:
             "predicted": theirs.argmax(1)}
 
 
-def run(project: Path, method: str, template: Path, out_dir: Path, batch_size: int = 32) -> dict[str, Any]:
-    """Write out_dir/{model.onnx, labels.json, preprocessing.json, summary.json, model_card.md}."""
+def run(params: dict[str, Any], io: StageIO, batch_size: int = 32) -> dict[str, Any]:
+    """The export stage: the chosen classifier as ONNX, its labels, preprocessing record, summary and model card."""
     start = time.perf_counter()
-    method, why = predict.resolve(project, method)
-    params = predict.model_params(project)
-    labels = params["classes"]
-    module = probabilities_module(predict.network(project, method, params), params)
-    plain = backbones.preprocessing(params)
-    dataset = read_json(project / "data" / "dataset.json")
-    test = pd.read_csv(project / "data" / "splits" / "test.csv")
+    project, out = io.root, io.output
+    method, why = predict.resolve(project, params["export"]["method"])
+    model_params = predict.model_params(project)
+    labels = model_params["classes"]
+    module = probabilities_module(predict.network(project, method, model_params), model_params)
+    plain = backbones.preprocessing(model_params)
+    dataset = read_json(io.input.dataset)
+    test = pd.read_csv(io.input.splits.test)
     images = ImageList(project / dataset["root"], test, labels, evaluation(plain, normalize=False),
                        plain.resize_size[0])
-    with atomic_path(out_dir / "model.onnx") as tmp:
+    with atomic_path(out.model) as tmp:
         engines.export_onnx(module, plain.crop_size[0], tmp, output_name="probabilities")
         graph, provider = engines.onnx_forward(tmp)
         checked = check(module, graph, images, len(labels), batch_size)
     predicted = checked.pop("predicted")
     metrics = predict.evaluated(project)
     summary = {
-        "method": method, "why": why, "labels": len(labels), "backbone": params["backbone"],
-        "weights": params["weights"], "image_size": plain.crop_size[0],
+        "method": method, "why": why, "labels": len(labels), "backbone": model_params["backbone"],
+        "weights": model_params["weights"], "image_size": plain.crop_size[0],
         "check": {**checked, "provider": provider,
                   "test_accuracy": round(float((predicted == np.asarray(images.labels)).mean()), 6)},
-        "onnx_bytes": (out_dir / "model.onnx").stat().st_size, "seconds": round(time.perf_counter() - start, 3),
+        "onnx_bytes": out.model.stat().st_size, "seconds": round(time.perf_counter() - start, 3),
     }
-    write_json(out_dir / "labels.json", labels)
+    write_json(out.labels, labels)
     record = predict.preprocessing_record(plain)
-    write_json(out_dir / "preprocessing.json", record)
-    write_json(out_dir / "summary.json", summary)
-    card = model_card(template, summary, metrics, dataset, params, record, project)
-    with atomic_path(out_dir / "model_card.md") as tmp:
+    write_json(out.preprocessing, record)
+    write_json(out.summary, summary)
+    card = model_card(io.input.template, summary, metrics, dataset, read_json(io.input.splits.summary), model_params,
+                      record)
+    with atomic_path(out.card) as tmp:
         tmp.write_text(card)
+    log.info("export: %s", summary)
     return summary
 
 
 def model_card(template: Path, summary: dict[str, Any], metrics: dict[str, dict[str, Any]], dataset: dict[str, Any],
-               params: dict[str, Any], record: dict[str, Any], project: Path) -> str:
+               splits: dict[str, Any], params: dict[str, Any], record: dict[str, Any]) -> str:
     """The model card (Markdown) from the run's own records."""
-    splits = read_json(project / "data" / "splits" / "summary.json")
     train = splits["train"]["per_class"]
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(template.parent), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True)

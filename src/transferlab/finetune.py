@@ -2,7 +2,7 @@
 trained with a tiny backbone learning rate (linear probe, then fine-tune: LP-FT)."""
 from __future__ import annotations
 
-import copy
+import logging
 import math
 import time
 from pathlib import Path
@@ -12,15 +12,19 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy.special import softmax
+from sklearn.pipeline import Pipeline
 from torch import nn
 from torchvision import models
 from tqdm.auto import tqdm
 
 from . import backbones, engines, head
 from .atomic import atomic_path, read_json, write_csv, write_json
-from .features import ImageList, device, loader, predict_images
+from .batches import ImageList, device, loader, predict_images
 from .params import ParamsError
+from .stages import StageIO
 from .transforms import augmentation, evaluation
+
+log = logging.getLogger("transferlab")
 
 
 class FineTuneNet(nn.Module):
@@ -113,12 +117,11 @@ def train_mode(model: FineTuneNet, unfreeze: int | str, train_bn: bool) -> None:
                     m.eval()
 
 
-def build(model_params: dict[str, Any], probe_path: Path | str) -> FineTuneNet:
+def build(model_params: dict[str, Any], probe: Pipeline) -> FineTuneNet:
     """Backbone as in extraction + a Linear head holding the probe's weights with the scaler folded in."""
     backbone, dim, _ = backbones.load_feature_extractor(model_params)
-    probe, names = head.load(probe_path)
     weight, bias = head.as_linear(probe)
-    layer = nn.Linear(dim, len(names))
+    layer = nn.Linear(dim, len(weight))
     with torch.no_grad():
         layer.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
         layer.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
@@ -192,74 +195,93 @@ def run_epoch(model: FineTuneNet, data, dev: torch.device, optimizer=None, sched
     return loss_sum / seen, correct / seen
 
 
-def train(params: dict[str, Any], data_dir: Path, probe_path: Path, out_dir: Path) -> dict[str, Any]:
-    """Fine-tune and write out_dir/{model.pt, history.csv, summary.json}; early-stops on validation loss."""
-    ft, model_params = params["finetune"], params["model"]
-    if not ft["enabled"]:
-        summary = {"enabled": False, "skipped": True, "reason": "finetune.enabled: false"}
-        (out_dir / "model.pt").unlink(missing_ok=True)
-        write_json(out_dir / "summary.json", summary)
-        return summary
+def fit(net: FineTuneNet, train: ImageList, val: ImageList, ft: dict[str, Any],
+        dev: torch.device) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """Fine-tune `net` (on `dev`) from its current weights: the last `ft["unfreeze"]` blocks and the head, early
+    stopping on validation loss. Returns the best epoch's state_dict (on the CPU) and one history row per epoch.
+
+    `train` holds the augmenting transform; its seed is set per epoch, so the views are reproducible.
+    """
     torch.manual_seed(ft["seed"])
-    dev = device()
-    model = build(model_params, probe_path).to(dev).to(memory_format=torch.channels_last)
-    check_unfreeze(model, ft["unfreeze"], model_params["backbone"])
-    backbone_params = freeze(model, ft["unfreeze"])
-    groups = [{"params": list(model.head.parameters()), "lr": ft["head_lr"]}]
+    backbone_params = freeze(net, ft["unfreeze"])
+    groups = [{"params": list(net.head.parameters()), "lr": ft["head_lr"]}]
     if backbone_params:
         groups.insert(0, {"params": backbone_params, "lr": ft["lr"]})
     optimizer = torch.optim.AdamW(groups, weight_decay=ft["weight_decay"])
-
-    dataset = read_json(data_dir / "dataset.json")
-    classes, root = dataset["classes"], Path(dataset["root"])
-    plain = backbones.preprocessing(model_params)
-    aug = ft["augment"]
-    train_tf = augmentation(plain, tuple(aug["scale"]), aug["flip"], aug["rotation"], aug["jitter"])
-    frames = {s: pd.read_csv(data_dir / "splits" / f"{s}.csv") for s in ("train", "val")}
-    min_size = plain.resize_size[0]
-    train_set = ImageList(root, frames["train"], classes, train_tf, min_size, seed=ft["seed"])
-    val_data = loader(ImageList(root, frames["val"], classes, evaluation(plain), min_size), ft["batch_size"],
-                      ft["num_workers"])
+    val_data = loader(val, ft["batch_size"], ft["num_workers"])
     generator = torch.Generator().manual_seed(ft["seed"])
-    steps_per_epoch = math.ceil(len(train_set) / ft["batch_size"])
+    steps_per_epoch = math.ceil(len(train) / ft["batch_size"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps_per_epoch, ft))
-
     scaler = torch.amp.GradScaler(dev.type, enabled=precision(dev) == "float16")
     history, best, best_loss, waited = [], None, math.inf, 0
-    start = time.perf_counter()
     for epoch in tqdm(range(1, ft["epochs"] + 1), desc="fine-tune", unit="epoch"):
         tick = time.perf_counter()
-        train_set.seed = ft["seed"] + 7919 * epoch  # new augmentations each epoch, reproducible
-        train_mode(model, ft["unfreeze"], ft["train_bn"])
+        train.seed = ft["seed"] + 7919 * epoch  # new augmentations each epoch, reproducible
+        train_mode(net, ft["unfreeze"], ft["train_bn"])
         lrs = [g["lr"] for g in optimizer.param_groups]
-        train_loss, train_acc = run_epoch(model, loader(train_set, ft["batch_size"], ft["num_workers"], True, generator),
+        train_loss, train_acc = run_epoch(net, loader(train, ft["batch_size"], ft["num_workers"], True, generator),
                                           dev, optimizer, scheduler, f"epoch {epoch} train", scaler)
-        model.eval()
-        val_loss, val_acc = run_epoch(model, val_data, dev, desc=f"epoch {epoch} val")
+        net.eval()
+        val_loss, val_acc = run_epoch(net, val_data, dev, desc=f"epoch {epoch} val")
         history.append({"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val_loss,
                         "val_accuracy": val_acc, "lr": lrs[0], "head_lr": lrs[-1],
                         "seconds": round(time.perf_counter() - tick, 3)})
         if val_loss < best_loss:
-            best_loss, best, waited = val_loss, copy.deepcopy(model.state_dict()), 0
+            best_loss, best, waited = val_loss, {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}, 0
         else:
             waited += 1
             if waited >= ft["patience"]:
                 break
+    return best, history
+
+
+def split_images(model_params: dict[str, Any], ft: dict[str, Any], root: Path, frames: dict[str, pd.DataFrame],
+                 classes: list[str]) -> tuple[ImageList, ImageList]:
+    """The fine-tune's training images (seeded augmentation) and validation images (plain preprocessing)."""
+    plain = backbones.preprocessing(model_params)
+    aug = ft["augment"]
+    train_tf = augmentation(plain, tuple(aug["scale"]), aug["flip"], aug["rotation"], aug["jitter"])
+    min_size = plain.resize_size[0]
+    return (ImageList(root, frames["train"], classes, train_tf, min_size, seed=ft["seed"]),
+            ImageList(root, frames["val"], classes, evaluation(plain), min_size))
+
+
+def tune(model_params: dict[str, Any], ft: dict[str, Any], probe: Pipeline, root: Path,
+         frames: dict[str, pd.DataFrame], classes: list[str]) -> tuple[FineTuneNet, dict[str, Any], pd.DataFrame]:
+    """Warm-start from the probe, fit, and return the network with its best weights, a summary and the history."""
+    dev = device()
+    net = build(model_params, probe).to(dev).to(memory_format=torch.channels_last)
+    check_unfreeze(net, ft["unfreeze"], model_params["backbone"])
+    train, val = split_images(model_params, ft, root, frames, classes)
+    start = time.perf_counter()
+    best, history = fit(net, train, val, ft, dev)
     seconds = time.perf_counter() - start
+    net.load_state_dict(best)
     frame = pd.DataFrame(history)
-    best_epoch = int(frame.loc[frame["val_loss"].idxmin(), "epoch"])
-    with atomic_path(out_dir / "model.pt") as tmp:
-        torch.save({k: v.cpu() for k, v in best.items()}, tmp)
-    write_csv(out_dir / "history.csv", frame)
     summary = {
-        "enabled": True, "skipped": False, "epochs_run": len(history), "best_epoch": best_epoch,
-        "stopped_early": len(history) < ft["epochs"], "best_val_loss": round(best_loss, 6),
-        "trainable_parameters": count_trainable(model), "total_parameters": sum(p.numel() for p in model.parameters()),
-        "unfreeze": ft["unfreeze"], "lr": ft["lr"], "head_lr": ft["head_lr"], "seconds": round(seconds, 3),
-        "train_images_per_s": round(len(train_set) * len(history) / seconds, 2), "device": str(dev),
+        "enabled": True, "skipped": False, "epochs_run": len(history),
+        "best_epoch": int(frame.loc[frame["val_loss"].idxmin(), "epoch"]), "stopped_early": len(history) < ft["epochs"],
+        "best_val_loss": round(float(frame["val_loss"].min()), 6), "trainable_parameters": count_trainable(net),
+        "total_parameters": sum(p.numel() for p in net.parameters()), "unfreeze": ft["unfreeze"], "lr": ft["lr"],
+        "head_lr": ft["head_lr"], "seconds": round(seconds, 3),
+        "train_images_per_s": round(len(train) * len(history) / seconds, 2), "device": str(dev),
         "precision": precision(dev),
     }
-    write_json(out_dir / "summary.json", summary)
+    return net.eval(), summary, frame
+
+
+def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
+    """The finetune stage: the best epoch's weights, the per-epoch history and a summary."""
+    dataset = read_json(io.input.dataset)
+    frames = {s: pd.read_csv(getattr(io.input.splits, s)) for s in ("train", "val")}
+    probe, _ = head.load(io.input.probe)
+    net, summary, history = tune(params["model"], params["finetune"], probe, Path(dataset["root"]), frames,
+                                 dataset["classes"])
+    with atomic_path(io.output.model) as tmp:
+        torch.save({k: v.cpu() for k, v in net.state_dict().items()}, tmp)
+    write_csv(io.output.history, history)
+    write_json(io.output.summary, summary)
+    log.info("fine-tune: %s", summary)
     return summary
 
 

@@ -1,6 +1,8 @@
 """The train_head stage: a scikit-learn linear probe on cached features, saved as plain arrays."""
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,25 @@ from sklearn.metrics import accuracy_score, log_loss
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from .atomic import atomic_path
+from .atomic import atomic_path, write_csv, write_json
+from .features import load as load_features
+from .stages import StageIO
+
+log = logging.getLogger("transferlab")
+
+
+def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
+    """The train_head stage: choose C on val, save the head, its C search and a summary."""
+    train, val = load_features(io.input.train), load_features(io.input.val)
+    start = time.perf_counter()
+    model, search = fit(train, val, params["head"])
+    summary = {"C": float(search.loc[search["chosen"], "C"].iloc[0]), "seconds": round(time.perf_counter() - start, 3),
+               "train_rows": int(len(train["labels"])), "trainable_parameters": parameter_count(model)}
+    write_json(io.output.summary, summary)
+    write_csv(io.output.search, search)
+    save(model, io.output.model, [str(c) for c in train["classes"]])
+    log.info("C search:\n%s", search.to_string(index=False))
+    return summary
 
 
 def make_head(C: float, max_iter: int) -> Pipeline:

@@ -1,8 +1,10 @@
 """The download stage: turn a dataset into a validated image index and a list of files left out."""
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pandas as pd
@@ -11,6 +13,10 @@ from tqdm.auto import tqdm
 from . import datasets
 from .atomic import write_csv, write_json
 from .images import BadImage, inspect
+from .layout import raw_dir as raw_dir_of
+from .stages import StageIO
+
+log = logging.getLogger("transferlab")
 
 INDEX_COLUMNS = ["path", "label", "width", "height", "bytes", "sha256"]
 
@@ -53,9 +59,17 @@ def inside(root: Path, files: list[tuple[str, str]]) -> tuple[list[tuple[str, st
     return kept, escaping
 
 
-def build(data: dict[str, Any], out_dir: Path, workers: int = 1) -> dict[str, Any]:
-    """Run the download stage: write index.csv, rejected.csv and dataset.json into out_dir."""
-    raw_dir = out_dir / "raw"
+def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
+    """The download stage."""
+    summary = build(params["data"], io.output, io.threads)
+    log.info("%d images in %d classes; %d files left out %s", summary["images"], len(summary["classes"]),
+             summary["left_out"], summary["left_out_reasons"])
+    return summary
+
+
+def build(data: dict[str, Any], out: SimpleNamespace, workers: int = 1) -> dict[str, Any]:
+    """Materialise the dataset and write the download stage's index, rejected list and dataset summary."""
+    raw_dir = raw_dir_of(out.dataset)
     raw_dir.mkdir(parents=True, exist_ok=True)
     root = datasets.materialise(data["dataset"], data["source"], raw_dir)
     files, stray = datasets.candidates(data["dataset"], root, data["label"])
@@ -81,7 +95,7 @@ def build(data: dict[str, Any], out_dir: Path, workers: int = 1) -> dict[str, An
         "left_out": len(rejected),
         "left_out_reasons": {r: int(n) for r, n in rejected["reason"].value_counts().sort_index().items()},
     }
-    write_csv(out_dir / "rejected.csv", rejected)
-    write_json(out_dir / "dataset.json", summary)
-    write_csv(out_dir / "index.csv", index)  # last: its presence means the stage finished
+    write_csv(out.rejected, rejected)
+    write_json(out.dataset, summary)
+    write_csv(out.index, index)  # last: its presence means the stage finished
     return summary

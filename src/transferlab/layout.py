@@ -1,25 +1,100 @@
-"""Where the learning-curve sweep keeps its outputs: one folder per backbone's features and per grid point.
+"""Where every stage's files live, relative to the project root: the one place a path is spelled.
 
-Kept apart from the sweep's compute so the Snakefile can name every point without importing torch at parse.
+Stage outputs are templates: {backbone}, {fraction} and {seed} name a learning-curve sweep point. Imports no
+torch, so the Snakefile can read it at parse time.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
+
+SPLITS = ("train", "val", "test")
+METHODS = ("probe", "finetune")
+# A wildcard of the sweep's stages and the params list it takes its values from (a DVC matrix).
+WILDCARDS = {"backbone": "sweep.backbones", "fraction": "sweep.fractions", "seed": "sweep.seeds"}
+SWEEP = "results/sweep"
+SWEEP_POINT = SWEEP + "/{backbone}/{fraction}/{seed}"
+
+
+def _evaluation(method: str) -> dict[str, str]:
+    folder = f"results/eval/{method}"
+    return {"metrics": f"results/metrics/{method}.json", "predictions": f"{folder}/predictions.csv",
+            "per_class": f"{folder}/per_class.csv", "confusion": f"{folder}/confusion_matrix.csv"}
+
+
+def _splits(folder: str, suffix: str) -> dict[str, str]:
+    return {split: f"{folder}/{split}{suffix}" for split in SPLITS}
+
+
+FILES: dict[str, dict[str, str]] = {
+    "download": {"index": "data/index.csv", "rejected": "data/rejected.csv", "dataset": "data/dataset.json"},
+    "split": {**_splits("data/splits", ".csv"), "summary": "data/splits/summary.json"},
+    "extract": {**_splits("results/features", ".npz"), "meta": "results/features/meta.json"},
+    "train_head": {"model": "results/head/model.npz", "search": "results/head/search.csv",
+                   "summary": "results/head/summary.json"},
+    "evaluate_probe": _evaluation("probe"),
+    "finetune": {"model": "results/finetune/model.pt", "history": "results/finetune/history.csv",
+                 "summary": "results/finetune/summary.json"},
+    "evaluate_finetune": _evaluation("finetune"),
+    "export": {"model": "results/model/model.onnx", "labels": "results/model/labels.json",
+               "preprocessing": "results/model/preprocessing.json", "summary": "results/model/summary.json",
+               "card": "results/model/model_card.md"},
+    "visualize": {"summary": "results/visualize/summary.json", "ideal": "results/visualize/ideal_with_tv.png",
+                  "ideal_no_tv": "results/visualize/ideal_without_tv.png",
+                  "maps": "results/visualize/feature_maps.png"},
+    "sweep_extract": {**_splits(SWEEP + "/{backbone}/features", ".npz"),
+                      "meta": SWEEP + "/{backbone}/features/meta.json"},
+    "sweep_point": {"metrics": SWEEP_POINT + "/metrics.json"},
+    "sweep_aggregate": {"summary": "results/curve/summary.json", "points": "results/curve/points.csv",
+                        "curve": "results/curve/curve.csv", "metrics": "results/curve/metrics.json",
+                        "plot": "results/curve/curve.png"},
+    "report": {"html": "results/report.html", "confusion": "results/report/confusion.png",
+               "per_class": "results/report/per_class.png", "learning": "results/report/learning_curves.png",
+               "reliability": "results/report/reliability.png"},
+}
+
+# Folders a stage writes as a whole (DVC caches each as one output; it may hold files named at run time).
+OWNED: dict[str, list[str]] = {
+    "evaluate_probe": ["results/eval/probe"], "finetune": ["results/finetune"],
+    "evaluate_finetune": ["results/eval/finetune"], "export": ["results/model"], "visualize": ["results/visualize"],
+    "sweep_extract": [SWEEP + "/{backbone}/features"], "sweep_point": [SWEEP_POINT],
+    "sweep_aggregate": ["results/curve"], "report": ["results/report"],
+}
+SKIPPED = "skipped.json"  # what a disabled stage leaves in a folder it owns
+
+
+def files(stage: str, root: Path | str = ".", **wildcards: Any) -> SimpleNamespace:
+    """A stage's files by name (attribute access) under `root`, sweep wildcards filled in."""
+    return SimpleNamespace(**{name: Path(root) / path.format(**wildcards) for name, path in FILES[stage].items()})
+
+
+def folder(stage: str) -> str:
+    """The folder holding all of a stage's files (results/features, results/model, data...)."""
+    return os.path.commonpath([os.path.dirname(path) for path in FILES[stage].values()])
+
+
+def files_in(stage: str, where: Path | str, **wildcards: Any) -> SimpleNamespace:
+    """A stage's files with its folder moved to `where` (an exported model copied elsewhere, a test's tmp dir)."""
+    base = folder(stage)
+    return SimpleNamespace(**{name: Path(where) / os.path.relpath(path, base).format(**wildcards)
+                              for name, path in FILES[stage].items()})
+
+
+def raw_dir(dataset_json: Path) -> Path:
+    """Where the download stage unpacks archives (beside data/dataset.json)."""
+    return dataset_json.parent / "raw"
+
+
+def adversarial_png(folder: Path, i: int, kind: str) -> Path:
+    """One of the visualize stage's adversarial images (original, perturbation, adversarial) in its folder."""
+    return folder / f"adversarial_{i}_{kind}.png"
 
 
 def label(value: float) -> str:
-    """A fraction as it appears in paths and stage names (0.1, 0.25, 1.0)."""
+    """A fraction as the Snakefile spells it in paths (0.1, 0.25, 1.0)."""
     return str(float(value))
-
-
-def features_dir(results: Path, backbone: str) -> Path:
-    """Where the backbone's features for the whole sweep are cached."""
-    return results / "sweep" / backbone / "features"
-
-
-def point_dir(results: Path, backbone: str, fraction: float, seed: int) -> Path:
-    return results / "sweep" / backbone / label(fraction) / str(seed)
 
 
 def points(params: dict[str, Any]) -> list[tuple[str, float, int]]:

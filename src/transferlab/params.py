@@ -249,3 +249,39 @@ def differences(params: dict[str, Any], reference: dict[str, Any] | None = None)
 
     walk(params, defaults() if reference is None else reference, "")
     return out
+
+
+def _cell(value: Any) -> str:
+    return "`" + json.dumps(value) + "`" if value is not None else "`null`"
+
+
+def reference(shipped: dict[str, Any]) -> str:
+    """docs/parameters.md: every key of the schema with its allowed values, default, the value params.yaml ships
+    where it differs, and its description (`python -m transferlab.params > docs/parameters.md`)."""
+    lines = ["# Parameters", "",
+             "Generated from `src/transferlab/schema/params.schema.json` and `params.yaml` by "
+             "`python -m transferlab.params > docs/parameters.md` (a test checks it is current). "
+             "`params.yaml` is the only place a knob is set; *shipped* shows where it differs from the default, "
+             "and the comment on that line of `params.yaml` says why.", ""]
+
+    def walk(node: dict[str, Any], values: dict[str, Any], prefix: str) -> None:
+        for key, sub in node["properties"].items():
+            name = prefix + key
+            if sub.get("type") == "object" and "properties" in sub:
+                lines.extend(["", f"## `{name}`", "", sub.get("description", ""), "",
+                              "| key | allowed | default | shipped | meaning |", "|---|---|---|---|---|"])
+                walk(sub, values.get(key, {}), name + ".")
+                continue
+            allowed = " \\| ".join(_cell(v) for v in sub["enum"]) if "enum" in sub else str(sub.get("type", "")
+                                                                                           ).replace("'", "")
+            value = values.get(key, sub.get("default"))
+            differs = _cell(value) if value != sub.get("default") else ""
+            meaning = sub.get("description", "").replace("|", "\\|")
+            lines.append(f"| `{name}` | {allowed} | {_cell(sub.get('default'))} | {differs} | {meaning} |")
+
+    walk(schema(), shipped, "")
+    return "\n".join(line for i, line in enumerate(lines) if line or lines[i - 1]) + "\n"
+
+
+if __name__ == "__main__":
+    print(reference(load("params.yaml")), end="")

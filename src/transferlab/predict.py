@@ -13,11 +13,11 @@ import yaml
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms._presets import ImageClassification
 
-from . import backbones, engines, finetune, head, index, transforms
+from . import backbones, engines, finetune, head, index, layout, transforms
 from .atomic import read_json
-from .features import device, predict_images, torch_threads
+from .batches import device, predict_images, torch_threads
+from .layout import METHODS
 
-METHODS = ("probe", "finetune")
 RUN_PIPELINE = "run the pipeline first (snakemake --cores 2, or dvc repro)"
 
 
@@ -35,8 +35,8 @@ class Classifier:
 def evaluated(project: Path) -> dict[str, dict[str, Any]]:
     """The evaluate stage's metrics of each method that ran and is enabled in the project's params.yaml (Snakemake
     leaves a disabled fine-tune's earlier outputs in place)."""
-    metrics = project / "results" / "metrics"
-    found = {m: read_json(metrics / f"{m}.json") for m in METHODS if (metrics / f"{m}.json").exists()}
+    paths = {m: metrics_file(project, m) for m in METHODS}
+    found = {m: read_json(path) for m, path in paths.items() if path.exists()}
     settings = project / "params.yaml"
     raw = yaml.safe_load(settings.read_text()) if settings.exists() else None
     if isinstance(raw, dict) and (raw.get("finetune") or {}).get("enabled") is False:
@@ -44,11 +44,15 @@ def evaluated(project: Path) -> dict[str, dict[str, Any]]:
     return {m: r for m, r in found.items() if not r.get("skipped")}
 
 
+def metrics_file(project: Path, method: str) -> Path:
+    return layout.files(f"evaluate_{method}", project).metrics
+
+
 def choose(project: Path) -> tuple[str, str]:
     """The method with the higher validation accuracy (never test) and why; the probe on a tie (it is cheaper)."""
     ran = evaluated(project)
     if "probe" not in ran:
-        raise FileNotFoundError(f"{project / 'results' / 'metrics' / 'probe.json'}: no evaluated model in this "
+        raise FileNotFoundError(f"{metrics_file(project, 'probe')}: no evaluated model in this "
                                 f"project; {RUN_PIPELINE}")
     probe = ran["probe"]["val_accuracy"]
     if "finetune" not in ran:
@@ -61,7 +65,7 @@ def choose(project: Path) -> tuple[str, str]:
 
 def model_params(project: Path) -> dict[str, Any]:
     """The backbone as the extract stage ran it (results/features/meta.json), checkpoint relative to the project."""
-    path = project / "results" / "features" / "meta.json"
+    path = layout.files("extract", project).meta
     if not path.exists():
         raise FileNotFoundError(f"{path}: this project has no trained model; {RUN_PIPELINE}")
     meta = read_json(path)
@@ -75,10 +79,9 @@ def model_params(project: Path) -> dict[str, Any]:
 
 def network(project: Path, method: str, params: dict[str, Any]) -> finetune.FineTuneNet:
     """The method's classifier as one torch network: backbone + the probe's head, or the fine-tuned network."""
-    results = project / "results"
     if method == "probe":
-        return finetune.build(params, results / "head" / "model.npz").eval()
-    path = results / "finetune" / "model.pt"
+        return finetune.build(params, head.load(layout.files("train_head", project).model)[0]).eval()
+    path = layout.files("finetune", project).model
     if not path.exists():
         raise FileNotFoundError(f"{path}: no fine-tuned model (finetune.enabled: false, or the finetune stage has "
                                 f"not run)")
@@ -90,7 +93,7 @@ def resolve(project: Path, method: str) -> tuple[str, str]:
     if method == "best":
         return choose(project)
     if method not in evaluated(project):
-        raise FileNotFoundError(f"{project / 'results' / 'metrics' / (method + '.json')}: the {method} model has not "
+        raise FileNotFoundError(f"{metrics_file(project, method)}: the {method} model has not "
                                 f"been evaluated; {RUN_PIPELINE}")
     return method, "asked for"
 
@@ -107,7 +110,7 @@ def from_project(project: Path, method: str = "best") -> tuple[Classifier, str]:
     if method == "finetune":
         forward = finetune.probabilities(network(project, method, params), params)
         return Classifier(method, params["classes"], plain, forward), why
-    probe, labels = head.load(project / "results" / "head" / "model.npz")
+    probe, labels = head.load(layout.files("train_head", project).model)
     extractor, _, _ = backbones.load_feature_extractor(params)
     net = backbones.Normalized(extractor, plain.mean, plain.std, scale=255)
     with tempfile.TemporaryDirectory() as tmp, torch_threads(1):
@@ -135,16 +138,17 @@ def preprocessing_record(plain: ImageClassification) -> dict[str, Any]:
 
 def from_model_dir(folder: Path) -> tuple[Classifier, str]:
     """An exported model folder (model.onnx, labels.json, preprocessing.json), run by ONNX Runtime."""
-    for name in ("model.onnx", "labels.json", "preprocessing.json", "summary.json"):
-        if not (folder / name).exists():
-            raise FileNotFoundError(f"{folder / name}: not an exported model folder (the export stage writes it)")
-    labels = read_json(folder / "labels.json")
-    record = read_json(folder / "preprocessing.json")
+    exported = layout.files_in("export", folder)
+    for path in (exported.model, exported.labels, exported.preprocessing, exported.summary):
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: not an exported model folder (the export stage writes it)")
+    labels = read_json(exported.labels)
+    record = read_json(exported.preprocessing)
     plain = ImageClassification(crop_size=record["crop_size"], resize_size=record["resize_size"],
                                 mean=record["mean"], std=record["std"],
                                 interpolation=InterpolationMode(record["interpolation"]))
-    forward, provider = engines.onnx_forward(folder / "model.onnx")
-    method = read_json(folder / "summary.json")["method"]
+    forward, provider = engines.onnx_forward(exported.model)
+    method = read_json(exported.summary)["method"]
     return Classifier(method, labels, plain, forward), f"exported to {folder} (ONNX Runtime, {provider})"
 
 

@@ -5,8 +5,10 @@ import base64
 import datetime as dt
 import importlib.metadata
 import io
+import logging
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import matplotlib
@@ -22,8 +24,10 @@ from . import params as params_mod  # noqa: E402
 from . import stats  # noqa: E402
 from .atomic import atomic_path, read_json  # noqa: E402
 from .images import load_rgb  # noqa: E402
-from .stages import STAGE_PARAMS, made_from  # noqa: E402
+from .layout import adversarial_png  # noqa: E402
+from .stages import STAGE_PARAMS, StageIO, made_from  # noqa: E402
 
+log = logging.getLogger("transferlab")
 METHODS = {"probe": "Frozen features + linear head", "finetune": "Fine-tuned"}
 # metric key, label, True when higher is better
 ROWS = [("accuracy", "Test accuracy", True), ("tta_accuracy", "Test accuracy with TTA", True),
@@ -72,17 +76,17 @@ def optional_section(params: dict[str, Any], dataset: dict[str, Any], section: s
     return {"shown": True, "made_from": summary["made_from"]}
 
 
-def visualizations(params: dict[str, Any], dataset: dict[str, Any], results: Path) -> dict[str, Any]:
+def visualizations(params: dict[str, Any], dataset: dict[str, Any], files: SimpleNamespace) -> dict[str, Any]:
     """The visualize stage's summary with its PNGs embedded where it belongs to this run (see optional_section)."""
-    folder = results / "visualize"
-    summary = _json(folder / "summary.json")
+    folder = files.summary.parent
+    summary = _json(files.summary)
     state = optional_section(params, dataset, "visualize", "visualize", summary)
     if not state["shown"]:
         return state
     for item in summary["ideal"].values():
         item["src"] = _embed_png(folder / item["image"])
     for i, attack in enumerate(summary["adversarial"]):
-        attack["src"] = {kind: _embed_png(folder / f"adversarial_{i}_{kind}.png")
+        attack["src"] = {kind: _embed_png(adversarial_png(folder, i, kind))
                          for kind in ("original", "perturbation", "adversarial")}
     summary["feature_maps"]["src"] = _embed_png(folder / summary["feature_maps"]["figure"])
     return {**summary, **state, "caption": ideal_caption(summary)}
@@ -105,15 +109,14 @@ def ideal_caption(summary: dict[str, Any]) -> str:
             f"examples below exploit.")
 
 
-def learning_curve(params: dict[str, Any], dataset: dict[str, Any], results: Path) -> dict[str, Any]:
+def learning_curve(params: dict[str, Any], dataset: dict[str, Any], files: SimpleNamespace) -> dict[str, Any]:
     """The sweep's curve (figure embedded, table, generated reading) where it belongs to this run."""
-    folder = results / "curve"
-    summary = _json(folder / "summary.json")
+    summary = _json(files.summary)
     state = optional_section(params, dataset, "sweep", "sweep_aggregate", summary)
     if not state["shown"]:
         return state
-    table = pd.read_csv(folder / "curve.csv").sort_values(["backbone", "fraction", "method"])
-    return {**summary, **state, "src": _embed_png(folder / "curve.png"), "rows": table.to_dict("records")}
+    table = pd.read_csv(files.curve).sort_values(["backbone", "fraction", "method"])
+    return {**summary, **state, "src": _embed_png(files.plot), "rows": table.to_dict("records")}
 
 
 def _thumb(path: Path, size: int = 112) -> str:
@@ -301,16 +304,15 @@ def reliability_figure(methods: dict[str, dict[str, Any]], out: Path, bins: int 
     return _png(fig, out)
 
 
-def _load_method(method: str, results: Path, extra: dict[str, Any]) -> dict[str, Any]:
-    metrics = _json(results / "metrics" / f"{method}.json")
+def _load_method(files: SimpleNamespace, extra: dict[str, Any]) -> dict[str, Any]:
+    metrics = _json(files.metrics)
     ran = bool(metrics) and not metrics.get("skipped")
     info: dict[str, Any] = {"ran": ran, "metrics": metrics or {}, "row": {}}
     if not ran:
         return info
-    folder = results / "eval" / method
-    info["predictions"] = pd.read_csv(folder / "predictions.csv")
-    info["per_class"] = pd.read_csv(folder / "per_class.csv")
-    info["confusion"] = pd.read_csv(folder / "confusion_matrix.csv", index_col="actual")
+    info["predictions"] = pd.read_csv(files.predictions)
+    info["per_class"] = pd.read_csv(files.per_class)
+    info["confusion"] = pd.read_csv(files.confusion, index_col="actual")
     info["row"] = {**metrics, **extra, **tta_row(metrics)}
     return info
 
@@ -325,25 +327,25 @@ def tta_row(metrics: dict[str, Any]) -> dict[str, Any]:
             "interval": {**metrics["interval"], "tta_accuracy": tta["interval"]["accuracy"]}}
 
 
-def gather(params: dict[str, Any], data_dir: Path, results: Path) -> dict[str, Any]:
-    """Everything the page shows, read from the stage outputs that exist."""
-    dataset = _json(data_dir / "dataset.json")
-    splits = _json(data_dir / "splits" / "summary.json")
-    meta = _json(results / "features" / "meta.json")
-    head_summary = _json(results / "head" / "summary.json") or {}
-    ft = _json(results / "finetune" / "summary.json") or {"skipped": True, "reason": "finetune stage not run"}
+def gather(params: dict[str, Any], files: SimpleNamespace) -> dict[str, Any]:
+    """Everything the page shows, read from the stage outputs that exist (`files`: the report stage's inputs)."""
+    dataset = _json(files.dataset)
+    splits = _json(files.splits)
+    meta = _json(files.meta)
+    head_summary = _json(files.head) or {}
+    ft = _json(files.finetune.summary) or {"skipped": True, "reason": "finetune stage not run"}
     extract_seconds = sum(s["seconds"] for s in meta["splits"].values())
     probe_extra = {"trainable_parameters": head_summary.get("trainable_parameters"), "learning_rate": "lbfgs (C = "
                    f"{head_summary.get('C')})", "epochs": "—",
                    "seconds": round(extract_seconds + head_summary.get("seconds", 0), 1)}
-    methods = {"probe": _load_method("probe", results, probe_extra)}
+    methods = {"probe": _load_method(files.probe, probe_extra)}
     ft_extra = {}
     if not ft.get("skipped"):
         ft_extra = {"trainable_parameters": ft["trainable_parameters"], "learning_rate":
                     f"{ft['lr']:g} (head {ft['head_lr']:g})", "epochs": f"{ft['epochs_run']} (best {ft['best_epoch']})",
                     "seconds": round(extract_seconds + head_summary.get("seconds", 0) + ft["seconds"], 1)}
-    methods["finetune"] = _load_method("finetune", results, ft_extra)
-    history_path = results / "finetune" / "history.csv"
+    methods["finetune"] = _load_method(files.finetune_eval, ft_extra)
+    history_path = files.finetune.history
     history = pd.read_csv(history_path) if methods["finetune"]["ran"] and history_path.exists() else None
     stage_costs = [{"stage": f"extract ({split})", "images": s["images"], "seconds": s["seconds"],
                     "images_per_s": s["images_per_s"]} for split, s in meta["splits"].items()]
@@ -352,7 +354,7 @@ def gather(params: dict[str, Any], data_dir: Path, results: Path) -> dict[str, A
     if methods["finetune"]["ran"]:
         stage_costs.append({"stage": f"finetune ({ft['epochs_run']} epochs)", "images": None,
                             "seconds": ft["seconds"], "images_per_s": ft["train_images_per_s"]})
-    rejected = pd.read_csv(data_dir / "rejected.csv") if (data_dir / "rejected.csv").exists() else pd.DataFrame()
+    rejected = pd.read_csv(files.rejected) if files.rejected.exists() else pd.DataFrame()
     return {"params": params, "dataset": dataset, "splits": splits, "meta": meta, "methods": methods,
             "history": history, "finetune": ft, "stage_costs": stage_costs, "rejected": rejected}
 
@@ -376,32 +378,33 @@ def galleries(info: dict[str, Any], root: Path) -> dict[str, list[dict[str, Any]
     return out
 
 
-def render(params: dict[str, Any], data_dir: Path, results: Path, template_dir: Path, out: Path,
-           figures_dir: Path) -> Path:
-    """Write the self-contained report (images embedded as data URIs) and the figures as PNG files."""
-    info = gather(params, data_dir, results)
+def render(params: dict[str, Any], stage: StageIO) -> Path:
+    """The report stage: the self-contained page (images embedded as data URIs) and the figures as PNG files."""
+    files, out = stage.input, stage.output
+    info = gather(params, files)
     methods = info["methods"]
     if not methods["probe"]["ran"]:
-        raise ValueError("report: no evaluation of the probe under results/metrics (run evaluate_probe first)")
+        raise ValueError(f"report: no evaluation of the probe in {files.probe.metrics} (run evaluate_probe first)")
     figures = {
-        "confusion": confusion_figure(methods, figures_dir / "confusion.png"),
-        "per_class": per_class_figure(methods, figures_dir / "per_class.png"),
-        "learning": learning_figure(info["history"], figures_dir / "learning_curves.png"),
-        "reliability": reliability_figure(methods, figures_dir / "reliability.png"),
+        "confusion": confusion_figure(methods, out.confusion),
+        "per_class": per_class_figure(methods, out.per_class),
+        "learning": learning_figure(info["history"], out.learning),
+        "reliability": reliability_figure(methods, out.reliability),
     }
     finetune = methods["finetune"]["row"] if methods["finetune"]["ran"] else None
     cost_ratio = finetune["seconds"] / methods["probe"]["row"]["seconds"] if finetune else None
-    env = Environment(loader=FileSystemLoader(template_dir), autoescape=select_autoescape(["html", "j2"]))
+    env = Environment(loader=FileSystemLoader(files.template.parent), autoescape=select_autoescape(["html", "j2"]))
     dataset = info["dataset"]
-    html = env.get_template("report.html.j2").render(
+    html = env.get_template(files.template.name).render(
         info=info, methods=METHODS, table=comparison(methods), figures=figures,
         verdict=verdict(methods["probe"]["row"], finetune, cost_ratio, params["evaluate"]["confidence"]),
         pair=finetune["vs_probe"] if finetune else None, confidence=params["evaluate"]["confidence"],
         cost_ratio=cost_ratio, galleries=galleries(info, Path(dataset["root"])),
         differences=shown_differences(params), stage_params=STAGE_PARAMS, commit=git_commit(),
         date=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), versions=versions(),
-        visualize=visualizations(params, dataset, results), curve=learning_curve(params, dataset, results),
+        visualize=visualizations(params, dataset, files.visualize), curve=learning_curve(params, dataset, files.curve),
         rejected_reasons=dataset["left_out_reasons"], cap=GALLERY_CAP, flatten=flatten)
-    with atomic_path(out) as tmp:
+    with atomic_path(out.html) as tmp:
         tmp.write_text(html)
-    return out
+    log.info("wrote %s", out.html)
+    return out.html

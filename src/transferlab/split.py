@@ -1,7 +1,9 @@
 """The split stage: deterministic, stratified train/val/test lists, and training-set subsampling."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -9,8 +11,11 @@ import pandas as pd
 
 from . import datasets
 from .atomic import read_json, write_csv, write_json
+from .layout import SPLITS
+from .params import check_class_names
+from .stages import StageIO
 
-SPLITS = ("train", "val", "test")
+log = logging.getLogger("transferlab")
 
 
 class SplitError(ValueError):
@@ -81,15 +86,21 @@ def make_splits(index: pd.DataFrame, data: dict[str, Any], root: Path | None = N
     return {name: parts[name][["path", "label"]] for name in SPLITS}
 
 
-def run(data: dict[str, Any], data_dir: Path) -> dict[str, Any]:
-    """The split stage: read data/index.csv, write data/splits/{train,val,test}.csv and a summary."""
-    index = pd.read_csv(data_dir / "index.csv")
-    info = read_json(data_dir / "dataset.json")
-    parts = make_splits(index, data, Path(info["root"]))
+def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
+    """The split stage; first, the params that name classes are checked against the dataset."""
+    info = read_json(io.input.dataset)
+    check_class_names(params, info["classes"])
+    summary = write(params["data"], io.input.index, Path(info["root"]), io.output)
+    log.info("split: %s", {name: part["images"] for name, part in summary.items()})
+    return summary
+
+
+def write(data: dict[str, Any], index_csv: Path, root: Path, out: SimpleNamespace) -> dict[str, Any]:
+    """Split the index into the stage's train, val and test lists and write them with a summary."""
+    parts = make_splits(pd.read_csv(index_csv), data, root)
     summary = {name: {"images": len(frame), "per_class": frame["label"].value_counts().sort_index().to_dict()}
                for name, frame in parts.items()}
-    out = data_dir / "splits"
-    write_json(out / "summary.json", summary)
+    write_json(out.summary, summary)
     for name, frame in parts.items():
-        write_csv(out / f"{name}.csv", frame)
+        write_csv(getattr(out, name), frame)
     return summary

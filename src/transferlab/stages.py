@@ -1,57 +1,82 @@
-"""The pipeline's stages as both engines see them: which params and which library modules each depends on.
+"""The stage table: every stage's inputs, params, library modules and switch, read by both workflow engines.
 
-The Snakefile reads these lists; dvc.yaml spells them out, and a test checks the two agree with each other
-and with what each script really imports (Snakemake re-runs a rule on its script, not on imported modules).
+The Snakefile reads it at parse time; dvc.yaml is generated from it (`python -m transferlab.stages > dvc.yaml`,
+tests/test_engines.py checks the file equals the rendering); `cli.run_stage` hands each stage script its files
+from it and decides, in one place, what a disabled stage leaves behind. Outputs are in `layout.FILES`; every
+output is cached by DVC. Imports no torch.
 """
 from __future__ import annotations
 
+import re
+import string
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import yaml
+
+from . import layout
+from .atomic import write_json
 from .params import select
 
-STAGE_PARAMS: dict[str, list[str]] = {
-    "download": ["data.dataset", "data.source", "data.label"],
-    "split": ["data.split", "data.val_fraction", "data.test_fraction", "data.train_fraction", "data.seed"],
-    "extract": ["model", "features"],
-    "train_head": ["head"],
-    "evaluate_probe": ["evaluate"],
-    "finetune": ["model", "finetune"],
-    "evaluate_finetune": ["model", "finetune", "evaluate"],
-    "export": ["finetune.enabled", "export"],
-    "visualize": ["model", "finetune.enabled", "visualize"],
-    "sweep_extract": ["model", "features", "sweep.enabled"],
-    "sweep_point": ["model", "head", "finetune", "evaluate", "sweep.enabled"],
-    "sweep_aggregate": ["sweep"],
-    "report": ["data", "model", "features", "head", "finetune", "evaluate", "visualize", "sweep"],
-}
 
-# Stages that share a script with another (the method is a command-line argument).
-SCRIPTS: dict[str, str] = {"evaluate_probe": "evaluate", "evaluate_finetune": "evaluate"}
+@dataclass(frozen=True)
+class Stage:
+    """inputs: name → another stage ("split": all its files; "extract.meta": one) or a project file;
+    modules: the library modules its script imports (the engines re-run the stage when one changes);
+    enabled_by: the params switch that turns it off (then it leaves a 'skipped' record, see `skip`)."""
 
-_CORE = ["__init__", "cli", "params", "atomic", "fetch", "datasets"]
-_FEATURES = _CORE + ["images", "split", "backbones", "transforms", "engines", "features"]
-_EVALUATE = _FEATURES + ["head", "finetune", "stats", "evaluation"]
-_SWEEP = _EVALUATE + ["stages", "layout", "sweep"]
-STAGE_MODULES: dict[str, list[str]] = {
-    "download": _CORE + ["images", "index"],
-    "split": _CORE + ["split"],
-    "extract": _FEATURES,
-    "train_head": _FEATURES + ["head"],
-    "evaluate_probe": _EVALUATE,
-    "finetune": _FEATURES + ["head", "finetune"],
-    "evaluate_finetune": _EVALUATE,
-    "export": _FEATURES + ["index", "head", "finetune", "predict", "export"],
-    "visualize": _FEATURES + ["head", "finetune", "stages", "visualize"],
-    "sweep_extract": _SWEEP,
-    "sweep_point": _SWEEP,
-    "sweep_aggregate": _SWEEP,
-    "report": ["__init__", "cli", "params", "atomic", "images", "stats", "stages", "report"],
+    inputs: dict[str, str]
+    params: list[str]
+    modules: list[str]
+    enabled_by: str | None = None
+
+
+_CORE = ["__init__", "cli", "params", "atomic", "stages", "layout"]
+_DATASETS = _CORE + ["fetch", "datasets"]
+_FEATURES = _CORE + ["fetch", "images", "backbones", "transforms", "engines", "batches", "features"]
+_FINETUNE = _FEATURES + ["head", "finetune"]
+_EVALUATE = _FINETUNE + ["stats", "evaluation"]
+_SWEEP = _EVALUATE + ["datasets", "split", "sweep"]
+_DATA = {"dataset": "download.dataset", "splits": "split"}
+
+TABLE: dict[str, Stage] = {
+    "download": Stage({}, ["data.dataset", "data.source", "data.label"], _DATASETS + ["images", "index"]),
+    "split": Stage({"index": "download.index", "dataset": "download.dataset"},
+                   ["data.split", "data.val_fraction", "data.test_fraction", "data.train_fraction", "data.seed"],
+                   _DATASETS + ["split"]),
+    "extract": Stage(_DATA, ["model", "features"], _FEATURES),
+    "train_head": Stage({"train": "extract.train", "val": "extract.val"}, ["head"], _FEATURES + ["head"]),
+    "evaluate_probe": Stage({"model": "train_head.model", "features": "extract"}, ["evaluate"], _EVALUATE),
+    "finetune": Stage({**_DATA, "probe": "train_head.model"}, ["model", "finetune"], _FINETUNE, "finetune.enabled"),
+    "evaluate_finetune": Stage({**_DATA, "model": "finetune.model", "probe": "evaluate_probe.predictions"},
+                               ["model", "finetune", "evaluate"], _EVALUATE, "finetune.enabled"),
+    "export": Stage({"template": "workflow/report/model_card.md.j2", **_DATA, "meta": "extract.meta",
+                     "probe": "train_head.model", "finetune": "finetune.model",
+                     "probe_metrics": "evaluate_probe.metrics", "finetune_metrics": "evaluate_finetune.metrics"},
+                    ["finetune.enabled", "export"], _FINETUNE + ["datasets", "index", "predict", "export"]),
+    "visualize": Stage({**_DATA, "probe": "train_head.model", "finetune": "finetune.model"},
+                       ["model", "finetune.enabled", "visualize"], _FINETUNE + ["visualize"], "visualize.enabled"),
+    "sweep_extract": Stage(_DATA, ["model", "features", "sweep.enabled"], _SWEEP, "sweep.enabled"),
+    "sweep_point": Stage({**_DATA, "features": "sweep_extract"},
+                         ["model", "head", "finetune", "evaluate", "sweep.enabled"], _SWEEP, "sweep.enabled"),
+    "sweep_aggregate": Stage({"points": "sweep_point.metrics"}, ["sweep"], _SWEEP, "sweep.enabled"),
+    "report": Stage({"template": "workflow/report/report.html.j2", "dataset": "download.dataset",
+                     "rejected": "download.rejected", "splits": "split.summary", "meta": "extract.meta",
+                     "head": "train_head.summary", "probe": "evaluate_probe", "finetune": "finetune",
+                     "finetune_eval": "evaluate_finetune", "visualize": "visualize", "curve": "sweep_aggregate"},
+                    ["data", "model", "features", "head", "finetune", "evaluate", "visualize", "sweep"],
+                    _CORE + ["images", "stats", "report"]),
 }
+STAGE_PARAMS: dict[str, list[str]] = {name: stage.params for name, stage in TABLE.items()}
 
 
 def params_for(params: dict[str, Any], stage: str) -> dict[str, Any]:
     """The part of params a stage depends on (what the engines track for it)."""
-    return select(params, STAGE_PARAMS[stage])
+    return select(params, TABLE[stage].params)
 
 
 def made_from(params: dict[str, Any], stage: str, dataset: dict[str, Any]) -> dict[str, Any]:
@@ -63,7 +88,212 @@ def made_from(params: dict[str, Any], stage: str, dataset: dict[str, Any]) -> di
             "classes": len(dataset["classes"]), "params": params_for(params, stage)}
 
 
+def script(stage: str) -> str:
+    return f"workflow/scripts/{stage}.py"
+
+
 def deps(stage: str) -> list[str]:
     """The stage's script and library files, relative to the project root."""
-    script = SCRIPTS.get(stage, stage)
-    return [f"workflow/scripts/{script}.py"] + [f"src/transferlab/{m}.py" for m in STAGE_MODULES[stage]]
+    return [script(stage)] + [f"src/transferlab/{m}.py" for m in TABLE[stage].modules]
+
+
+def stage_wildcards(stage: str) -> list[str]:
+    """The sweep wildcards in the stage's output paths, in the order they first appear."""
+    names = [f for path in layout.FILES[stage].values() for _, f, _, _ in string.Formatter().parse(path) if f]
+    return list(dict.fromkeys(names))
+
+
+def enabled(params: dict[str, Any], stage: str) -> bool:
+    switch = TABLE[stage].enabled_by
+    if switch is None:
+        return True
+    section, key = switch.split(".")
+    return bool(params[section][key])
+
+
+def _ref(value: str) -> tuple[str, str | None] | None:
+    """(stage, file or None) when an input names another stage's output, None for a project file."""
+    stage, _, name = value.partition(".")
+    return (stage, name or None) if stage in TABLE and (not name or name in layout.FILES[stage]) else None
+
+
+def _unfilled_prefix(template: str) -> str:
+    """The folder above a template's first wildcard: what a stage without that wildcard depends on."""
+    return template.split("{")[0].rstrip("/")
+
+
+def dvc_outs(stage: str) -> list[str]:
+    """What DVC caches for a stage: the folders it owns as a whole, and its files outside them."""
+    owned = layout.OWNED.get(stage, [])
+    outs = [next((f for f in owned if path.startswith(f + "/")), path) for path in layout.FILES[stage].values()]
+    return list(dict.fromkeys(outs))
+
+
+def _input_templates(stage: str, value: str) -> list[str]:
+    """An input as path templates; another stage's files keep only the wildcards this stage has."""
+    ref = _ref(value)
+    if ref is None:
+        return [value]
+    source, name = ref
+    paths = [layout.FILES[source][name]] if name else dvc_outs(source)
+    if set(stage_wildcards(source)) <= set(stage_wildcards(stage)):
+        return paths
+    return [_unfilled_prefix(p) for p in paths]
+
+
+@dataclass(frozen=True)
+class StageIO:
+    """What a stage's `run(params, io)` receives: its input and output files by name, as the table says."""
+
+    input: SimpleNamespace
+    output: SimpleNamespace
+    wildcards: dict[str, str]
+    threads: int
+    root: Path
+    owned: list[Path]  # the folders among the outputs the stage writes as a whole
+
+
+def io(stage: str, root: Path | str = ".", out: Path | str | None = None, threads: int = 1,
+       wildcards: dict[str, str] | None = None, **given: Any) -> StageIO:
+    """A stage's files under the project `root` (its outputs in the folder `out` instead, if given); `given`
+    replaces inputs by name.
+
+    An input naming a whole stage is that stage's files (attribute access); a sweep input the stage has no
+    wildcard for is the folder above it.
+    """
+    root, filled = Path(root), dict(wildcards or {})
+    inputs: dict[str, Any] = {}
+    for name, value in TABLE[stage].inputs.items():
+        ref = _ref(value)
+        if name in given:
+            inputs[name] = given[name]
+        elif ref is None:
+            inputs[name] = root / value
+        elif not set(stage_wildcards(ref[0])) <= set(filled):
+            inputs[name] = root / _unfilled_prefix(next(iter(layout.FILES[ref[0]].values())))
+        else:
+            files = layout.files(ref[0], root, **filled)
+            inputs[name] = getattr(files, ref[1]) if ref[1] else files
+    output = layout.files(stage, root, **filled) if out is None else layout.files_in(stage, out, **filled)
+    owned = [Path(f.format(**filled)) for f in layout.OWNED.get(stage, [])]
+    if out is None:
+        owned = [root / f for f in owned]
+    else:
+        owned = [Path(out) / f.relative_to(layout.folder(stage).format(**filled)) for f in owned]
+    return StageIO(SimpleNamespace(**inputs), output, filled, threads, root, owned)
+
+
+def execute(stage: str, run: Callable[[dict[str, Any], StageIO], object], params: dict[str, Any],
+            files: StageIO) -> object:
+    """Run a stage, or, where its switch is off, leave its 'skipped' record instead: the one place that decides."""
+    if not enabled(params, stage):
+        return skip(stage, files, f"{TABLE[stage].enabled_by}: false")
+    clear_skipped(stage, files)
+    return run(params, files)
+
+
+def skip(stage: str, io_: StageIO, reason: str) -> dict[str, Any]:
+    """What a disabled stage leaves (DVC needs every output to exist): each JSON output and each folder it
+    owns holds {"skipped": true, "reason": ...}; its other files are removed, so nothing stale looks current."""
+    record = {"skipped": True, "reason": reason}
+    outputs = list(vars(io_.output).values())
+    for path in outputs:
+        if path.suffix == ".json":
+            write_json(path, record)
+        else:
+            path.unlink(missing_ok=True)
+    for folder in io_.owned:
+        if not any(p.suffix == ".json" and folder in p.parents for p in outputs):
+            write_json(folder / layout.SKIPPED, record)
+    return record
+
+
+def clear_skipped(stage: str, io_: StageIO) -> None:
+    """Remove what `skip` left in the stage's folders before the stage runs."""
+    for folder in io_.owned:
+        (folder / layout.SKIPPED).unlink(missing_ok=True)
+
+
+def snakemake_inputs(stage: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The rule's input: script, library modules, and the inputs of stages that are enabled (Snakemake leaves a
+    disabled stage out), sweep points expanded over the grid where the rule has no wildcard for them."""
+    out: dict[str, Any] = {"script": script(stage), "lib": deps(stage)[1:]}
+    for name, value in TABLE[stage].inputs.items():
+        ref = _ref(value)
+        if ref is None:
+            out[name] = value
+            continue
+        source, file = ref
+        if not enabled(params, source):
+            continue
+        paths = [layout.FILES[source][file]] if file else list(layout.FILES[source].values())
+        if not set(stage_wildcards(source)) <= set(stage_wildcards(stage)):
+            paths = [p.format(backbone=b, fraction=layout.label(f), seed=s) for p in paths
+                     for b, f, s in layout.points(params)]
+        out[name] = paths[0] if file and len(paths) == 1 else paths
+    return out
+
+
+def shell(stage: str) -> str:
+    """The rule's shell command: the stage script with its wildcards, logged."""
+    extra = "".join(f" --{w} {{wildcards.{w}}}" for w in stage_wildcards(stage))
+    return "{PY} {input.script}" + extra + " --threads {threads} > {log} 2>&1"
+
+
+def _dvc(template: str) -> str:
+    return re.sub(r"\{(\w+)\}", r"${item.\1}", template)
+
+
+def dvc_stage(stage: str) -> dict[str, Any]:
+    """One stage of dvc.yaml."""
+    entry: dict[str, Any] = {}
+    names = stage_wildcards(stage)
+    if names:
+        entry["matrix"] = {w: "${" + layout.WILDCARDS[w] + "}" for w in names}
+    entry["cmd"] = " ".join(["python", script(stage)] + [f"--{w} ${{item.{w}}}" for w in names])
+    inputs = [p for value in TABLE[stage].inputs.values() for p in _input_templates(stage, value)]
+    entry["deps"] = deps(stage) + [_dvc(p) for p in dict.fromkeys(inputs)]
+    entry["params"] = list(TABLE[stage].params)
+    entry["outs"] = [_dvc(p) for p in dvc_outs(stage)]
+    return entry
+
+
+def _file(stage: str, name: str) -> str:
+    return layout.FILES[stage][name]
+
+
+def dvc_yaml() -> str:
+    """dvc.yaml as generated from the table, with the metrics, plots and artifact DVC shows."""
+    history, predictions = _file("finetune", "history"), "predictions"
+    document = {
+        "stages": {name: dvc_stage(name) for name in TABLE},
+        "artifacts": {"classifier": {
+            "path": dvc_outs("export")[0], "type": "model",
+            "desc": "The chosen classifier (frozen features + linear head, or the fine-tuned network) as one ONNX "
+                    "graph, uint8 images in and class probabilities out, with labels.json, preprocessing.json and "
+                    "model_card.md",
+            "labels": ["image-classification", "transfer-learning", "onnx"]}},
+        "metrics": [_file("evaluate_probe", "metrics"), _file("evaluate_finetune", "metrics"),
+                    _file("sweep_aggregate", "metrics")],
+        "plots": [
+            {"Learning curve": {"template": "scatter", "x": "train_images",
+                                "y": {_file("sweep_aggregate", "points"): "accuracy"}}},
+            {_file("evaluate_probe", predictions): {"template": "confusion", "x": "actual", "y": "predicted",
+                                                    "title": "Frozen features + linear head - confusion matrix"}},
+            {_file("evaluate_finetune", predictions): {"template": "confusion", "x": "actual", "y": "predicted",
+                                                       "title": "Fine-tuned - confusion matrix"}},
+            {"Fine-tune loss": {"x": "epoch", "y": {history: ["train_loss", "val_loss"]}}},
+            {"Fine-tune accuracy": {"x": "epoch", "y": {history: ["train_accuracy", "val_accuracy"]}}},
+            {"Linear head C search": {"x": "C", "y": {_file("train_head", "search"): ["train_accuracy",
+                                                                                      "val_accuracy"]}}},
+        ],
+    }
+    header = ("# Generated from the stage table in src/transferlab/stages.py: edit the table, then run\n"
+              "#   python -m transferlab.stages > dvc.yaml\n"
+              "# (tests/test_engines.py checks this file equals the rendering). Every output is cached by DVC, metrics\n"
+              "# and plots too: results/ and data/ stay out of git.\n")
+    return header + yaml.safe_dump(document, sort_keys=False, width=120)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(dvc_yaml())

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
+import logging
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import matplotlib
@@ -21,22 +22,24 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from . import features, finetune, head, stats  # noqa: E402
+from . import features, finetune, head, layout, stats  # noqa: E402
 from .atomic import atomic_path, read_json, write_csv, write_json  # noqa: E402
 from .evaluation import scores, versus  # noqa: E402
-from .layout import points  # noqa: E402
-from .split import SPLITS, subsample  # noqa: E402
-from .stages import made_from, params_for  # noqa: E402
+from .layout import METHODS, SPLITS, points  # noqa: E402
+from .split import subsample  # noqa: E402
+from .stages import StageIO, made_from, params_for  # noqa: E402
 
-METHODS = ("probe", "finetune")
+log = logging.getLogger("transferlab")
 
 
-def metric_files(params: dict[str, Any], results: Path) -> list[Path]:
-    """The metrics.json of every grid point, however the engine spelled its fraction folder (0.5, 1 or 1.0)."""
+def metric_files(params: dict[str, Any], sweep_dir: Path) -> list[Path]:
+    """The metrics file of every grid point under the sweep folder, however the engine spelled its fraction
+    (0.5, 1 or 1.0)."""
     wanted = set(points(params))
+    template = Path(layout.FILES["sweep_point"]["metrics"]).relative_to(layout.SWEEP)
     found = {}
-    for path in sorted(results.glob("sweep/*/*/*/metrics.json")):
-        backbone, fraction, seed = path.parts[-4:-1]
+    for path in sorted(sweep_dir.glob(str(template).format(backbone="*", fraction="*", seed="*"))):
+        backbone, fraction, seed = path.relative_to(sweep_dir).parts[:3]
         try:
             key = (backbone, float(fraction), int(seed))
         except ValueError:
@@ -57,9 +60,13 @@ def with_backbone(params: dict[str, Any], backbone: str) -> dict[str, Any]:
     return out
 
 
-def extract(params: dict[str, Any], backbone: str, data_dir: Path, out_dir: Path) -> dict[str, Any]:
-    """The backbone's features for every image of data/splits (the sweep's only extraction for it)."""
-    return features.run(with_backbone(params, backbone), data_dir, out_dir)
+def extract(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
+    """The sweep_extract stage: the backbone's features for every image of the split (its only extraction)."""
+    backbone = io.wildcards["backbone"]
+    meta = features.run(with_backbone(params, backbone), io)
+    log.info("%s: extracted once for the whole sweep: %d images, %s engine, %d features", backbone,
+             sum(s["images"] for s in meta["splits"].values()), meta["engine"], meta["feature_dim"])
+    return meta
 
 
 def _rows(cached: dict[str, np.ndarray], ids: set[str]) -> dict[str, np.ndarray]:
@@ -67,25 +74,31 @@ def _rows(cached: dict[str, np.ndarray], ids: set[str]) -> dict[str, np.ndarray]
     return {k: (v[keep] if k != "classes" else v) for k, v in cached.items()}
 
 
-def run_point(params: dict[str, Any], backbone: str, fraction: float, seed: int, data_dir: Path, features_dir: Path,
-              out_dir: Path) -> dict[str, Any]:
-    """Fit the head on the point's subsample of cached features, then fine-tune from it; write out_dir/metrics.json."""
-    params = with_backbone(params, backbone)
-    frames = {s: pd.read_csv(data_dir / "splits" / f"{s}.csv") for s in SPLITS}
-    frames["train"] = subsample(frames["train"], fraction, seed)
-    point_data = out_dir / "data"
-    (point_data / "splits").mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(data_dir / "dataset.json", point_data / "dataset.json")
-    for split, frame in frames.items():
-        write_csv(point_data / "splits" / f"{split}.csv", frame)
+def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
+    """The sweep_point stage: one (backbone, fraction, seed) of the learning curve."""
+    w = io.wildcards
+    log.info("%s fraction %s seed %s: cached features from %s (no extraction here)", w["backbone"], w["fraction"],
+             w["seed"], io.input.features.meta.parent)
+    frames = {s: pd.read_csv(getattr(io.input.splits, s)) for s in SPLITS}
+    result = run_point(params, w["backbone"], float(w["fraction"]), int(w["seed"]), read_json(io.input.dataset),
+                       frames, io.input.features)
+    write_json(io.output.metrics, result)
+    log.info("%d training images (%.1f per class): probe accuracy %.4f%s", result["train_images"],
+             result["images_per_class"], result["probe"]["accuracy"],
+             f", fine-tune {result['finetune']['accuracy']:.4f}" if result["finetune"] else "")
+    return result
 
-    cached = {s: _rows(features.load(features_dir / f"{s}.npz"), set(frames[s]["path"])) for s in SPLITS}
+
+def run_point(params: dict[str, Any], backbone: str, fraction: float, seed: int, dataset: dict[str, Any],
+              frames: dict[str, pd.DataFrame], cache: SimpleNamespace) -> dict[str, Any]:
+    """Fit the head on the point's subsample of the cached features, then fine-tune from it; the point's metrics."""
+    params = with_backbone(params, backbone)
+    frames = {**frames, "train": subsample(frames["train"], fraction, seed)}
+    cached = {s: _rows(features.load(getattr(cache, s)), set(frames[s]["path"])) for s in SPLITS}
     classes = [str(c) for c in cached["train"]["classes"]]
-    dataset = read_json(data_dir / "dataset.json")
     settings = params["evaluate"]
     start = time.perf_counter()
     model, search = head.fit(cached["train"], cached["val"], params["head"])
-    head.save(model, out_dir / "head.npz", classes)
     test = cached["test"]
     proba = head.predict_proba(model, test["features"], len(classes))
     predicted = proba.argmax(1)
@@ -96,22 +109,20 @@ def run_point(params: dict[str, Any], backbone: str, fraction: float, seed: int,
     result: dict[str, Any] = {
         "backbone": backbone, "fraction": fraction, "seed": seed, "train_images": len(frames["train"]),
         "images_per_class": round(len(frames["train"]) / len(classes), 2), "test_images": int(len(test["labels"])),
-        "features": str(features_dir), "made_from": made_from(params, "sweep_point", dataset),
+        "features": str(cache.meta.parent), "made_from": made_from(params, "sweep_point", dataset),
         "confidence": settings["confidence"], "probe": probe, "finetune": None,
     }
     if params["finetune"]["enabled"]:
-        params["finetune"]["seed"] = seed
-        summary = finetune.train(params, point_data, out_dir / "head.npz", out_dir / "finetune")
-        net = finetune.load(params["model"], out_dir / "finetune" / "model.pt", len(classes))
-        proba, labels = finetune.predict(net, frames["test"], Path(dataset["root"]), classes, params["model"],
-                                         params["finetune"]["batch_size"])
+        ft = {**params["finetune"], "seed": seed}
+        root = Path(dataset["root"])
+        net, summary, _ = finetune.tune(params["model"], ft, model, root, frames, classes)
+        proba, labels = finetune.predict(net, frames["test"], root, classes, params["model"], ft["batch_size"])
         result["finetune"] = {**scores(labels, proba),
                               "interval": stats.intervals(labels, proba.argmax(1), len(classes), settings),
                               "seconds": summary["seconds"], "epochs_run": summary["epochs_run"]}
         baseline = pd.DataFrame({"id": test["ids"], "correct": predicted == test["labels"]})
         result["vs_probe"] = versus(baseline, "finetune", frames["test"]["path"].to_numpy(), proba.argmax(1) == labels,
                                     settings)
-    write_json(out_dir / "metrics.json", result)
     return result
 
 
@@ -254,9 +265,10 @@ def metrics(points_curve: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
-def aggregate(params: dict[str, Any], metric_files: list[Path], out_dir: Path) -> dict[str, Any]:
-    """Write out_dir/{points.csv, curve.csv, curve.png, metrics.json, summary.json} from the points' metrics."""
-    point_metrics = [read_json(Path(p)) for p in metric_files]
+def aggregate(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
+    """The sweep_aggregate stage: the points table, the curve, its plot, metrics and a summary from every point."""
+    files = metric_files(params, io.input.points)
+    point_metrics = [read_json(p) for p in files]
     sources = {json.dumps({k: v for k, v in m["made_from"].items() if k != "params"}, sort_keys=True)
                for m in point_metrics}
     if len(sources) != 1:
@@ -264,11 +276,13 @@ def aggregate(params: dict[str, Any], metric_files: list[Path], out_dir: Path) -
     confidence = point_metrics[0]["confidence"]
     frame = table(point_metrics)
     points_curve = curve(frame)
-    write_csv(out_dir / "points.csv", frame)
-    write_csv(out_dir / "curve.csv", points_curve)
-    write_json(out_dir / "metrics.json", metrics(points_curve))
-    plot(points_curve, out_dir / "curve.png", confidence)
-    summary = {"points": len(metric_files), "reading": reading(points_curve), "confidence": confidence,
+    out = io.output
+    write_csv(out.points, frame)
+    write_csv(out.curve, points_curve)
+    write_json(out.metrics, metrics(points_curve))
+    plot(points_curve, out.plot, confidence)
+    summary = {"points": len(files), "reading": reading(points_curve), "confidence": confidence,
                "made_from": {**json.loads(sources.pop()), "params": params_for(params, "sweep_aggregate")}}
-    write_json(out_dir / "summary.json", summary)
+    write_json(out.summary, summary)
+    log.info("%d points: %s", summary["points"], summary["reading"])
     return summary

@@ -6,6 +6,7 @@ valid pixel range is respected exactly by clamping.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,10 @@ from .atomic import atomic_path, read_json, write_json
 from .backbones import Normalized
 from .finetune import blocks
 from .images import load_rgb
-from .stages import made_from
+from .layout import adversarial_png
+from .stages import StageIO, made_from
+
+log = logging.getLogger("transferlab")
 
 
 def total_variation(pixels: torch.Tensor) -> torch.Tensor:
@@ -147,16 +151,12 @@ def _feature_figure(maps: dict[str, np.ndarray], path: Path) -> None:
     plt.close(fig)
 
 
-def run(params: dict[str, Any], data_dir: Path, results: Path, out_dir: Path) -> dict[str, Any]:
-    """The visualize stage: PNGs and summary.json under out_dir (a 'skipped' summary when disabled)."""
-    vis = params["visualize"]
-    if not vis["enabled"]:
-        summary = {"enabled": False, "skipped": True, "reason": "visualize.enabled: false"}
-        write_json(out_dir / "summary.json", summary)
-        return summary
+def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
+    """The visualize stage: the ideal class images, adversarial examples and feature maps as PNGs, and a summary."""
+    vis, out = params["visualize"], io.output
     torch.manual_seed(vis["seed"])
-    dataset = read_json(data_dir / "dataset.json")
-    ft_weights = results / "finetune" / "model.pt"
+    dataset = read_json(io.input.dataset)
+    ft_weights = io.input.finetune
     to_pixels, plain = _pixels_transform(params["model"])
     if params["finetune"]["enabled"] and ft_weights.exists():
         net = finetune_mod.load(params["model"], ft_weights, len(dataset["classes"]))
@@ -169,21 +169,21 @@ def run(params: dict[str, Any], data_dir: Path, results: Path, out_dir: Path) ->
 
     target = _class_index(names, vis["target_class"], "target_class")
     ideal = {}
-    for name, weight in (("with_tv", vis["tv_weight"]), ("without_tv", 0.0)):
+    for name, weight, path in (("with_tv", vis["tv_weight"], out.ideal), ("without_tv", 0.0, out.ideal_no_tv)):
         pixels, prob = ideal_image(model, target, vis["image_size"], vis["steps"], vis["step_size"], weight,
                                    vis["jitter"], vis["seed"])
-        save_png(pixels, out_dir / f"ideal_{name}.png")
+        save_png(pixels, path)
         ideal[name] = {"tv_weight": weight, "probability": round(prob, 6),
-                       "total_variation": round(float(total_variation(pixels)), 6), "image": f"ideal_{name}.png"}
+                       "total_variation": round(float(total_variation(pixels)), 6), "image": path.name}
 
-    test = pd.read_csv(data_dir / "splits" / "test.csv")
+    test = pd.read_csv(io.input.splits.test)
     if vis["adversarial_from"] is not None:
         test = test[test["label"] == vis["adversarial_from"]]
         if test.empty:
             raise ValueError(f"visualize.adversarial_from: no test image of class {vis['adversarial_from']!r}")
     probe_check = None
     if source == "fine-tuned model":
-        probe, _ = head.load(results / "head" / "model.npz")
+        probe, _ = head.load(io.input.probe)
         extractor, _, _ = backbones.load_feature_extractor(params["model"])
         probe_check = (Normalized(extractor, plain.mean, plain.std), probe)
     attacks = []
@@ -205,7 +205,7 @@ def run(params: dict[str, Any], data_dir: Path, results: Path, out_dir: Path) ->
         i = len(attacks)
         for kind, image in (("original", pixels), ("perturbation", amplified(result["perturbation"])),
                             ("adversarial", result["adversarial"])):
-            save_png(image, out_dir / f"adversarial_{i}_{kind}.png")
+            save_png(image, adversarial_png(out.summary.parent, i, kind))
         entry = {"image": path, "true": label, "predicted_before": names[predicted], "target": names[goal],
                  "p_target_before": round(float(result["before"][goal]), 6),
                  "p_target_after": round(float(result["after"][goal]), 6),
@@ -223,10 +223,11 @@ def run(params: dict[str, Any], data_dir: Path, results: Path, out_dir: Path) ->
         attacks.append(entry)
 
     first = to_pixels(load_rgb(root / test["path"].iloc[0]))[None]
-    _feature_figure(feature_maps(backbone, model, first), out_dir / "feature_maps.png")
+    _feature_figure(feature_maps(backbone, model, first), out.maps)
     summary = {"enabled": True, "skipped": False, "made_from": made_from(params, "visualize", dataset),
                "model": source, "target_class": names[target],
                "ideal": ideal, "adversarial": attacks, "feature_maps": {"image": test["path"].iloc[0],
-                                                                         "figure": "feature_maps.png"}}
-    write_json(out_dir / "summary.json", summary)
+                                                                         "figure": out.maps.name}}
+    write_json(out.summary, summary)
+    log.info("visualize: %s", {k: v for k, v in summary.items() if k != "adversarial"})
     return summary

@@ -1,15 +1,6 @@
-"""Stage export: the chosen classifier as ONNX with labels, preprocessing and a model card → results/model/."""
-from pathlib import Path
-
+"""Stage export: the chosen classifier as ONNX with labels, preprocessing and a model card."""
 from transferlab import export
-from transferlab.cli import log, run_stage
-
-
-def main(params, args) -> None:
-    summary = export.run(Path("."), params["export"]["method"], Path("workflow/report/model_card.md.j2"),
-                         Path("results/model"))
-    log.info("export: %s", summary)
-
+from transferlab.cli import run_stage
 
 if __name__ == "__main__":
-    run_stage("export", main)
+    run_stage("export", export.run)

@@ -1,15 +1,6 @@
-"""Stage report: results/report.html (self-contained) and its figures under results/report/."""
-from pathlib import Path
-
+"""Stage report: the self-contained HTML report and its figures."""
 from transferlab import report
-from transferlab.cli import log, run_stage
-
-
-def main(params, args) -> None:
-    out = report.render(params, Path("data"), Path("results"), Path("workflow/report"),
-                        Path("results/report.html"), Path("results/report"))
-    log.info("wrote %s", out)
-
+from transferlab.cli import run_stage
 
 if __name__ == "__main__":
-    run_stage("report", main)
+    run_stage("report", report.render)

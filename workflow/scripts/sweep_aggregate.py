@@ -1,20 +1,6 @@
-"""Stage sweep_aggregate: the learning curve → results/curve/ (points, curve, plot, metrics)."""
-from pathlib import Path
-
+"""Stage sweep_aggregate: the learning curve from every sweep point."""
 from transferlab import sweep
-from transferlab.atomic import write_json
-from transferlab.cli import log, run_stage
-
-
-def main(params, args) -> None:
-    out = Path("results/curve")
-    if not params["sweep"]["enabled"]:
-        write_json(out / "metrics.json", {})
-        write_json(out / "summary.json", {"skipped": True, "reason": "sweep.enabled: false"})
-        return
-    summary = sweep.aggregate(params, sweep.metric_files(params, Path("results")), out)
-    log.info("%d points: %s", summary["points"], summary["reading"])
-
+from transferlab.cli import run_stage
 
 if __name__ == "__main__":
-    run_stage("sweep_aggregate", main)
+    run_stage("sweep_aggregate", sweep.aggregate)
