@@ -315,3 +315,24 @@ def test_profiles_dry_run(tmp_path, profile):
     if profile == "slurm":  # GPU rules ask the cluster for a GPU, the others for the CPU partition
         assert re.search(r"rule sweep_point:.*?resources:[^\n]*slurm_partition=gpu[^\n]*gpu=1", output, re.S)
         assert re.search(r"rule split:.*?resources:[^\n]*slurm_partition=cpu", output, re.S)
+
+
+def test_disabled_stages_are_left_out_by_snakemake_and_marked_skipped_under_dvc(tmp_path):
+    project = copy_project(tmp_path)
+    for section in ("finetune", "visualize", "sweep"):
+        set_param(project, section, "enabled", False)
+    planned = snakemake_jobs(run(["snakemake", "-n", "--cores", "2"], project).stdout)
+    assert planned == {"download", "split", "extract", "train_head", "evaluate_probe", "export", "report"}
+    git_dvc_init(project)
+    ran = dvc_ran(run(["dvc", "repro"], project).stdout)
+    assert {"finetune", "evaluate_finetune", "visualize", "sweep_point", "sweep_aggregate"} <= ran
+    for path, reason in (("results/finetune/summary.json", "finetune.enabled: false"),
+                         ("results/metrics/finetune.json", "finetune.enabled: false"),
+                         ("results/eval/finetune/skipped.json", "finetune.enabled: false"),
+                         ("results/visualize/summary.json", "visualize.enabled: false"),
+                         ("results/curve/summary.json", "sweep.enabled: false")):
+        assert json.loads((project / path).read_text()) == {"skipped": True, "reason": reason}, path
+    assert not (project / "results/finetune/model.pt").exists()
+    assert json.loads((project / "results/model/summary.json").read_text())["method"] == "probe"
+    page = (project / "results/report.html").read_text()
+    assert "not run (visualize.enabled: false)" in page and "not run (sweep.enabled: false)" in page

@@ -135,7 +135,10 @@ def _input_templates(stage: str, value: str) -> list[str]:
     if ref is None:
         return [value]
     source, name = ref
-    paths = [layout.FILES[source][name]] if name else dvc_outs(source)
+    paths = dvc_outs(source)
+    if name:  # DVC tracks the output holding the file: a disabled stage's folder exists, its files may not
+        file = layout.FILES[source][name]
+        paths = [next(out for out in paths if file == out or file.startswith(out + "/"))]
     if set(stage_wildcards(source)) <= set(stage_wildcards(stage)):
         return paths
     return [_unfilled_prefix(p) for p in paths]
