@@ -68,8 +68,6 @@ def run_stage(name: str, run: Callable[[dict[str, Any], stages.StageIO], object]
         params = params_mod.load(args.params)
         threads = max(1, args.threads)
         io = stages.io(name, threads=threads, wildcards={w: getattr(args, w) for w in stages.stage_wildcards(name)})
-        if not stages.enabled(params, name):
-            log.info("not run (%s: false): outputs marked skipped", stages.TABLE[name].enabled_by)
         set_threads(threads)
         start = time.perf_counter()
         stages.execute(name, run, params, io)

@@ -25,13 +25,18 @@ def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
     train, val = load_features(io.input.train), load_features(io.input.val)
     start = time.perf_counter()
     model, search = fit(train, val, params["head"])
-    summary = {"C": float(search.loc[search["chosen"], "C"].iloc[0]), "seconds": round(time.perf_counter() - start, 3),
+    summary = {"C": chosen_C(search), "seconds": round(time.perf_counter() - start, 3),
                "train_rows": int(len(train["labels"])), "trainable_parameters": parameter_count(model)}
     write_json(io.output.summary, summary)
     write_csv(io.output.search, search)
     save(model, io.output.model, [str(c) for c in train["classes"]])
     log.info("C search:\n%s", search.to_string(index=False))
     return summary
+
+
+def chosen_C(search: pd.DataFrame) -> float:
+    """The C that `fit` chose, from its search table."""
+    return float(search.loc[search["chosen"], "C"].iloc[0])
 
 
 def make_head(C: float, max_iter: int) -> Pipeline:

@@ -65,9 +65,16 @@ OWNED: dict[str, list[str]] = {
 SKIPPED = "skipped.json"  # what a disabled stage leaves in a folder it owns
 
 
+def _place(stage: str, template: str, root: Path | str, where: Path | str | None, wildcards: dict[str, Any]) -> Path:
+    """One of a stage's paths under the project `root`, or with the stage's folder moved to `where`."""
+    if where is not None:
+        template = os.path.relpath(template, folder(stage))
+    return Path(root if where is None else where) / template.format(**wildcards)
+
+
 def files(stage: str, root: Path | str = ".", **wildcards: Any) -> SimpleNamespace:
     """A stage's files by name (attribute access) under `root`, sweep wildcards filled in."""
-    return SimpleNamespace(**{name: Path(root) / path.format(**wildcards) for name, path in FILES[stage].items()})
+    return SimpleNamespace(**{name: _place(stage, path, root, None, wildcards) for name, path in FILES[stage].items()})
 
 
 def folder(stage: str) -> str:
@@ -77,9 +84,12 @@ def folder(stage: str) -> str:
 
 def files_in(stage: str, where: Path | str, **wildcards: Any) -> SimpleNamespace:
     """A stage's files with its folder moved to `where` (an exported model copied elsewhere, a test's tmp dir)."""
-    base = folder(stage)
-    return SimpleNamespace(**{name: Path(where) / os.path.relpath(path, base).format(**wildcards)
-                              for name, path in FILES[stage].items()})
+    return SimpleNamespace(**{name: _place(stage, path, ".", where, wildcards) for name, path in FILES[stage].items()})
+
+
+def owned(stage: str, root: Path | str = ".", where: Path | str | None = None, **wildcards: Any) -> list[Path]:
+    """The folders the stage owns, placed as `files` (under `root`) or `files_in` (moved to `where`) place them."""
+    return [_place(stage, path, root, where, wildcards) for path in OWNED.get(stage, [])]
 
 
 def raw_dir(dataset_json: Path) -> Path:

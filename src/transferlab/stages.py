@@ -7,6 +7,7 @@ output is cached by DVC. Imports no torch.
 """
 from __future__ import annotations
 
+import logging
 import re
 import string
 import sys
@@ -21,6 +22,8 @@ import yaml
 from . import layout
 from .atomic import write_json
 from .params import select
+
+log = logging.getLogger("transferlab")
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,11 @@ def _ref(value: str) -> tuple[str, str | None] | None:
     return (stage, name or None) if stage in TABLE and (not name or name in layout.FILES[stage]) else None
 
 
+def _spans_points(stage: str, source: str) -> bool:
+    """Whether `source` has sweep wildcards `stage` lacks: the stage reads every point of it."""
+    return not set(stage_wildcards(source)) <= set(stage_wildcards(stage))
+
+
 def _unfilled_prefix(template: str) -> str:
     """The folder above a template's first wildcard: what a stage without that wildcard depends on."""
     return template.split("{")[0].rstrip("/")
@@ -139,9 +147,7 @@ def _input_templates(stage: str, value: str) -> list[str]:
     if name:  # DVC tracks the output holding the file: a disabled stage's folder exists, its files may not
         file = layout.FILES[source][name]
         paths = [next(out for out in paths if file == out or file.startswith(out + "/"))]
-    if set(stage_wildcards(source)) <= set(stage_wildcards(stage)):
-        return paths
-    return [_unfilled_prefix(p) for p in paths]
+    return [_unfilled_prefix(p) for p in paths] if _spans_points(stage, source) else paths
 
 
 @dataclass(frozen=True)
@@ -172,25 +178,22 @@ def io(stage: str, root: Path | str = ".", out: Path | str | None = None, thread
             inputs[name] = given[name]
         elif ref is None:
             inputs[name] = root / value
-        elif not set(stage_wildcards(ref[0])) <= set(filled):
+        elif _spans_points(stage, ref[0]):
             inputs[name] = root / _unfilled_prefix(next(iter(layout.FILES[ref[0]].values())))
         else:
             files = layout.files(ref[0], root, **filled)
             inputs[name] = getattr(files, ref[1]) if ref[1] else files
     output = layout.files(stage, root, **filled) if out is None else layout.files_in(stage, out, **filled)
-    owned = [Path(f.format(**filled)) for f in layout.OWNED.get(stage, [])]
-    if out is None:
-        owned = [root / f for f in owned]
-    else:
-        owned = [Path(out) / f.relative_to(layout.folder(stage).format(**filled)) for f in owned]
-    return StageIO(SimpleNamespace(**inputs), output, filled, threads, root, owned)
+    return StageIO(SimpleNamespace(**inputs), output, filled, threads, root, layout.owned(stage, root, out, **filled))
 
 
 def execute(stage: str, run: Callable[[dict[str, Any], StageIO], object], params: dict[str, Any],
             files: StageIO) -> object:
     """Run a stage, or, where its switch is off, leave its 'skipped' record instead: the one place that decides."""
     if not enabled(params, stage):
-        return skip(stage, files, f"{TABLE[stage].enabled_by}: false")
+        record = skip(stage, files, f"{TABLE[stage].enabled_by}: false")
+        log.info("not run (%s): outputs marked skipped", record["reason"])
+        return record
     clear_skipped(stage, files)
     return run(params, files)
 
@@ -230,7 +233,7 @@ def snakemake_inputs(stage: str, params: dict[str, Any]) -> dict[str, Any]:
         if not enabled(params, source):
             continue
         paths = [layout.FILES[source][file]] if file else list(layout.FILES[source].values())
-        if not set(stage_wildcards(source)) <= set(stage_wildcards(stage)):
+        if _spans_points(stage, source):
             paths = [p.format(backbone=b, fraction=layout.label(f), seed=s) for p in paths
                      for b, f, s in layout.points(params)]
         out[name] = paths[0] if file and len(paths) == 1 else paths
@@ -267,7 +270,7 @@ def _file(stage: str, name: str) -> str:
 
 def dvc_yaml() -> str:
     """dvc.yaml as generated from the table, with the metrics, plots and artifact DVC shows."""
-    history, predictions = _file("finetune", "history"), "predictions"
+    history = _file("finetune", "history")
     document = {
         "stages": {name: dvc_stage(name) for name in TABLE},
         "artifacts": {"classifier": {
@@ -281,9 +284,9 @@ def dvc_yaml() -> str:
         "plots": [
             {"Learning curve": {"template": "scatter", "x": "train_images",
                                 "y": {_file("sweep_aggregate", "points"): "accuracy"}}},
-            {_file("evaluate_probe", predictions): {"template": "confusion", "x": "actual", "y": "predicted",
+            {_file("evaluate_probe", "predictions"): {"template": "confusion", "x": "actual", "y": "predicted",
                                                     "title": "Frozen features + linear head - confusion matrix"}},
-            {_file("evaluate_finetune", predictions): {"template": "confusion", "x": "actual", "y": "predicted",
+            {_file("evaluate_finetune", "predictions"): {"template": "confusion", "x": "actual", "y": "predicted",
                                                        "title": "Fine-tuned - confusion matrix"}},
             {"Fine-tune loss": {"x": "epoch", "y": {history: ["train_loss", "val_loss"]}}},
             {"Fine-tune accuracy": {"x": "epoch", "y": {history: ["train_accuracy", "val_accuracy"]}}},

@@ -24,7 +24,7 @@ import pandas as pd  # noqa: E402
 
 from . import features, finetune, head, layout, stats  # noqa: E402
 from .atomic import atomic_path, read_json, write_csv, write_json  # noqa: E402
-from .evaluation import scores, versus  # noqa: E402
+from .evaluation import scored, versus  # noqa: E402
 from .layout import METHODS, SPLITS, points  # noqa: E402
 from .split import subsample  # noqa: E402
 from .stages import StageIO, made_from, params_for  # noqa: E402
@@ -102,10 +102,8 @@ def run_point(params: dict[str, Any], backbone: str, fraction: float, seed: int,
     test = cached["test"]
     proba = head.predict_proba(model, test["features"], len(classes))
     predicted = proba.argmax(1)
-    probe = {**scores(test["labels"], proba),
-             "interval": stats.intervals(test["labels"], predicted, len(classes), settings),
-             "seconds": round(time.perf_counter() - start, 3),
-             "C": float(search.loc[search["chosen"], "C"].iloc[0])}
+    probe = {**scored(test["labels"], proba, settings), "seconds": round(time.perf_counter() - start, 3),
+             "C": head.chosen_C(search)}
     result: dict[str, Any] = {
         "backbone": backbone, "fraction": fraction, "seed": seed, "train_images": len(frames["train"]),
         "images_per_class": round(len(frames["train"]) / len(classes), 2), "test_images": int(len(test["labels"])),
@@ -117,9 +115,8 @@ def run_point(params: dict[str, Any], backbone: str, fraction: float, seed: int,
         root = Path(dataset["root"])
         net, summary, _ = finetune.tune(params["model"], ft, model, root, frames, classes)
         proba, labels = finetune.predict(net, frames["test"], root, classes, params["model"], ft["batch_size"])
-        result["finetune"] = {**scores(labels, proba),
-                              "interval": stats.intervals(labels, proba.argmax(1), len(classes), settings),
-                              "seconds": summary["seconds"], "epochs_run": summary["epochs_run"]}
+        result["finetune"] = {**scored(labels, proba, settings), "seconds": summary["seconds"],
+                              "epochs_run": summary["epochs_run"]}
         baseline = pd.DataFrame({"id": test["ids"], "correct": predicted == test["labels"]})
         result["vs_probe"] = versus(baseline, "finetune", frames["test"]["path"].to_numpy(), proba.argmax(1) == labels,
                                     settings)
