@@ -23,6 +23,7 @@ except P.ParamsError as exc:
     raise WorkflowError(str(exc))
 
 PY = sys.executable
+MAIN = 10  # the main results come before the learning-curve sweep's points (Snakemake runs higher priority first)
 FIGURES = dict(category="Figures")
 KNOWS = dict(category="What the network knows")
 
@@ -100,6 +101,7 @@ rule extract:
     params:
         stage=S.params_for(config, "extract"),
     threads: 8
+    priority: MAIN
     log:
         "logs/extract.log",
     benchmark:
@@ -116,6 +118,7 @@ rule train_head:
     params:
         stage=S.params_for(config, "train_head"),
     threads: 2
+    priority: MAIN
     log:
         "logs/train_head.log",
     benchmark:
@@ -132,12 +135,31 @@ rule evaluate_probe:
     params:
         stage=S.params_for(config, "evaluate_probe"),
     threads: 2
+    priority: MAIN
     log:
         "logs/evaluate_probe.log",
     benchmark:
         "logs/benchmarks/evaluate_probe.tsv"
     shell:
         S.shell("evaluate_probe")
+
+
+rule frozen_cache:
+    """The fine-tune's frozen blocks, run once over every view it trains and is scored on."""
+    input:
+        **inputs("frozen_cache"),
+    output:
+        **outputs("frozen_cache"),
+    params:
+        stage=S.params_for(config, "frozen_cache"),
+    threads: 8
+    priority: MAIN
+    log:
+        "logs/frozen_cache.log",
+    benchmark:
+        "logs/benchmarks/frozen_cache.tsv"
+    shell:
+        S.shell("frozen_cache")
 
 
 rule finetune:
@@ -148,6 +170,7 @@ rule finetune:
     params:
         stage=S.params_for(config, "finetune"),
     threads: 8
+    priority: MAIN
     log:
         "logs/finetune.log",
     benchmark:
@@ -164,6 +187,7 @@ rule evaluate_finetune:
     params:
         stage=S.params_for(config, "evaluate_finetune"),
     threads: 8
+    priority: MAIN
     log:
         "logs/evaluate_finetune.log",
     benchmark:
@@ -207,6 +231,7 @@ rule export:
     params:
         stage=S.params_for(config, "export"),
     threads: 8
+    priority: MAIN
     log:
         "logs/export.log",
     benchmark:
@@ -237,7 +262,8 @@ rule visualize:
 
 
 rule sweep_extract:
-    """Features of every image for one backbone: computed once, shared by all fractions and seeds."""
+    """Features of every image for one backbone: computed once, shared by all fractions and seeds (model.backbone's
+    are the extract stage's, linked)."""
     input:
         **inputs("sweep_extract"),
     output:
@@ -251,6 +277,23 @@ rule sweep_extract:
         "logs/benchmarks/sweep/{backbone}/extract.tsv"
     shell:
         S.shell("sweep_extract")
+
+
+rule sweep_frozen:
+    """One (backbone, seed)'s frozen-prefix cache, shared by every fraction (the main one's, linked, where equal)."""
+    input:
+        **inputs("sweep_frozen"),
+    output:
+        **outputs("sweep_frozen"),
+    params:
+        stage=S.params_for(config, "sweep_frozen"),
+    threads: 8
+    log:
+        "logs/sweep/{backbone}/frozen/{seed}.log",
+    benchmark:
+        "logs/benchmarks/sweep/{backbone}/frozen/{seed}.tsv"
+    shell:
+        S.shell("sweep_frozen")
 
 
 rule sweep_point:

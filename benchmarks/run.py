@@ -1,6 +1,6 @@
 """transferlab benchmark: feature extraction against the machine's compute ceiling, and what caching saves.
 
-    python benchmarks/run.py                  # every row (about 25 min on 2 cores)
+    python benchmarks/run.py                  # every row (about 75 min on 2 cores; row 8 alone ~40)
     python benchmarks/run.py --rows 1 2 3     # some rows
 
 All rows come from the same run and print as one Markdown table (also written to --out as JSON). Needs the
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -263,40 +264,89 @@ def head_vs_notebook(data_dir: Path, feat_dir: Path, epochs: int) -> dict[str, f
 
 # -- 6. re-run costs ------------------------------------------------------------------------------------------------
 
-def rerun_costs(work: Path) -> dict[str, float]:
-    """Full snakemake run (sweep off), no-op snakemake and dvc repro, and dvc exp run -S finetune.lr in a git copy."""
-    copy = work / "project"
+ENV = {**os.environ, "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "bench",
+       "GIT_COMMITTER_EMAIL": "b@b"}
+BIN = Path(sys.executable).parent
+SNAKEMAKE, DVC = str(BIN / "snakemake"), str(BIN / "dvc")
+
+
+def sh(project: Path, *cmd: str) -> float:
+    """Seconds a command takes in the project (its output goes to <project>/bench.log)."""
+    start = time.perf_counter()
+    with open(project / "bench.log", "a") as log:
+        log.write(f"$ {' '.join(cmd)}\n")
+        log.flush()
+        subprocess.run(cmd, cwd=project, env=ENV, check=True, stdout=log, stderr=subprocess.STDOUT)
+    return time.perf_counter() - start
+
+
+def git_copy(work: Path, name: str, **changes: dict) -> Path:
+    """A git repository of the project as cloned (shipped params with `changes` per section, ../shared made
+    absolute), with one commit, ready for both workflow engines."""
+    copy = work / name
     ignore = shutil.ignore_patterns(".git", ".venv", "data", "results", "logs", ".snakemake", ".dvc/cache",
                                     ".dvc/tmp", "benchmarks", "__pycache__", "*.egg-info")
+    shutil.rmtree(copy, ignore_errors=True)
     shutil.copytree(ROOT, copy, ignore=ignore)
     params = yaml.safe_load((copy / "params.yaml").read_text().replace("../shared", str(SHARED)))
-    params["sweep"]["enabled"] = False  # the main pipeline; the learning curve has its own command (README)
+    for section, values in changes.items():
+        params[section].update(values)
     (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "bench",
-           "GIT_COMMITTER_EMAIL": "b@b"}
-    bin_dir = Path(sys.executable).parent
+    for cmd in (("git", "init", "-q"), ("git", "add", "-A"), ("git", "commit", "-qm", "bench")):
+        sh(copy, *cmd)
+    return copy
 
-    def sh(*cmd: str) -> float:
-        start = time.perf_counter()
-        subprocess.run(cmd, cwd=copy, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        return time.perf_counter() - start
 
-    sh("git", "init", "-q")
-    sh(str(bin_dir / "dvc"), "init", "-q")
-    sh("git", "add", "-A")
-    sh("git", "commit", "-qm", "bench")
-    snakemake, dvc = str(bin_dir / "snakemake"), str(bin_dir / "dvc")
-    out = {"snakemake full": sh(snakemake, "--cores", str(THREADS))}
-    out["snakemake no-op"] = sh(snakemake, "--cores", str(THREADS))
+def rerun_costs(work: Path) -> dict[str, float]:
+    """Full snakemake run (sweep off), no-op snakemake and dvc repro, and dvc exp run -S finetune.lr in a git copy."""
+    copy = git_copy(work, "project", sweep={"enabled": False})  # the learning curve has its own command (README)
+    out = {"snakemake full": sh(copy, SNAKEMAKE, "--cores", str(THREADS))}
+    out["snakemake no-op"] = sh(copy, SNAKEMAKE, "--cores", str(THREADS))
     # Record what Snakemake made (both engines run the same stages on the same files), let DVC write its
     # "skipped" sweep outputs and the report, then time a DVC run with nothing to do.
-    sh(dvc, "commit", "-f", "download", "split", "extract", "train_head", "evaluate_probe", "finetune",
-       "evaluate_finetune", "visualize")
-    sh(dvc, "repro")
-    out["dvc repro no-op"] = sh(dvc, "repro")
-    sh("git", "add", "dvc.lock")
-    sh("git", "commit", "-qm", "lock")
-    out["dvc exp run -S finetune.lr=2e-5"] = sh(dvc, "exp", "run", "-S", "finetune.lr=2e-5")
+    sh(copy, DVC, "commit", "-f", "download", "split", "extract", "train_head", "evaluate_probe", "frozen_cache",
+       "finetune", "evaluate_finetune", "visualize")
+    sh(copy, DVC, "repro")
+    out["dvc repro no-op"] = sh(copy, DVC, "repro")
+    sh(copy, "git", "add", "dvc.lock")
+    sh(copy, "git", "commit", "-qm", "lock")
+    out["dvc exp run -S finetune.lr=2e-5"] = sh(copy, DVC, "exp", "run", "-S", "finetune.lr=2e-5")
+    return out
+
+
+# -- 8. the frozen-prefix cache ---------------------------------------------------------------------------------------
+
+def _finetune_rates(project: Path) -> tuple[float, float, float]:
+    """(training img/s, mean epoch seconds, test accuracy) of the project's main fine-tune."""
+    summary = json.loads((project / layout.FILES["finetune"]["summary"]).read_text())
+    epochs = pd.read_csv(project / layout.FILES["finetune"]["history"])["seconds"].mean()
+    accuracy = json.loads((project / layout.FILES["evaluate_finetune"]["metrics"]).read_text())["accuracy"]
+    return summary["train_images_per_s"], float(epochs), accuracy
+
+
+def cache_costs(work: Path) -> dict[str, float]:
+    """The default `snakemake --cores N` (main pipeline, sweep, report) with the frozen-prefix cache and with
+    `finetune.cache: never`, one after the other; then a changed finetune.lr under Snakemake, and under DVC
+    `dvc repro` and `dvc exp run -S finetune.lr=3e-5` in a third copy."""
+    auto = git_copy(work, "cache-auto")
+    out = {"snakemake full, cache auto": sh(auto, SNAKEMAKE, "--cores", str(THREADS))}
+    params = yaml.safe_load((auto / "params.yaml").read_text())
+    params["finetune"]["lr"] = 3e-5
+    (auto / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out["snakemake after finetune.lr=3e-5, cache auto"] = sh(auto, SNAKEMAKE, "--cores", str(THREADS))
+    never = git_copy(work, "cache-never", finetune={"cache": "never"})
+    out["snakemake full, cache never"] = sh(never, SNAKEMAKE, "--cores", str(THREADS))
+    for name, project in (("cache", auto), ("on the fly", never)):
+        rate, epoch, accuracy = _finetune_rates(project)
+        out[f"fine-tune from {name}: img/s"], out[f"fine-tune from {name}: s/epoch"] = rate, epoch
+        out[f"fine-tune from {name}: test accuracy"] = accuracy
+    dvc = git_copy(work, "dvc")
+    out["dvc repro full, cache auto"] = sh(dvc, DVC, "repro")
+    sh(dvc, "git", "add", "dvc.lock")
+    sh(dvc, "git", "commit", "-qm", "lock")
+    out["dvc exp run -S finetune.lr=3e-5"] = sh(dvc, DVC, "exp", "run", "-S", "finetune.lr=3e-5")
+    ran = set(re.findall(r"Running stage '([^'@]+)", (dvc / "bench.log").read_text().split("$ ")[-1]))
+    out["stages the exp run ran"] = ", ".join(sorted(ran))
     return out
 
 
@@ -334,7 +384,7 @@ def memory_run(work: Path, n: int) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, nargs="+", default=list(range(1, 8)))
+    parser.add_argument("--rows", type=int, nargs="+", default=list(range(1, 9)))
     parser.add_argument("--resnet-images", type=int, default=4, help="ResNet-50 train photos per class (row 3/4)")
     parser.add_argument("--epochs", type=int, default=10, help="notebook frozen-backbone epochs (row 5)")
     parser.add_argument("--memory-images", type=int, default=7349, help="synthetic photos for row 7")
@@ -410,6 +460,21 @@ def main() -> None:
             row("6", what, seconds, "s")
         row("6", "exp run after a change of finetune.lr / full run",
             costs["dvc exp run -S finetune.lr=2e-5"] / costs["snakemake full"], "ratio")
+    if 8 in args.rows:
+        costs = cache_costs(work)
+        ran = costs.pop("stages the exp run ran")
+        for what, value in costs.items():
+            unit = "img/s" if what.endswith("img/s") else "" if "accuracy" in what else "s"
+            row("8", what.removesuffix(": img/s"), value, unit, f"ran: {ran}" if what.startswith("dvc exp") else "")
+        row("8", "fine-tune speed-up from the cache", costs["fine-tune from cache: img/s"]
+            / costs["fine-tune from on the fly: img/s"], "x")
+        row("8", "dvc exp run -S finetune.lr / dvc repro", costs["dvc exp run -S finetune.lr=3e-5"]
+            / costs["dvc repro full, cache auto"], "ratio", "goal <= 0.10")
+        row("8", "snakemake after finetune.lr / snakemake full (cache auto)",
+            costs["snakemake after finetune.lr=3e-5, cache auto"] / costs["snakemake full, cache auto"], "ratio",
+            "goal <= 0.10")
+        row("8", "snakemake full: cache auto / cache never", costs["snakemake full, cache auto"]
+            / costs["snakemake full, cache never"], "ratio", "goal <= 0.5")
     if 7 in args.rows:
         rss, seconds = memory_run(work, args.memory_images)
         row("7", f"extract stage peak RSS, {args.memory_images} synthetic Pets-sized JPEGs", rss, "MB",

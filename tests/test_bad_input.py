@@ -113,7 +113,8 @@ def test_params_that_pass_every_bound_but_make_no_sense_are_refused(tmp_path, ke
 def test_unfreeze_beyond_the_backbone_is_refused_before_training(tmp_path):
     from test_features_head import prepare
 
-    from transferlab import features, head
+    from transferlab import features, frozen, head
+    from transferlab.atomic import write_json
     from transferlab.layout import SPLITS
 
     data_dir = prepare(tmp_path)
@@ -123,8 +124,14 @@ def test_unfreeze_beyond_the_backbone_is_refused_before_training(tmp_path):
     cached = {s: features.load(tmp_path / "feat" / f"{s}.npz") for s in SPLITS}
     model, _ = head.fit(cached["train"], cached["val"], p["head"])
     head.save(model, tmp_path / "head.npz", list(cached["train"]["classes"]))
-    with pytest.raises(ParamsError, match=r"finetune.unfreeze: 999 is more than the 5 blocks of resnet18; give 0 to 5, or all"):
-        finetune.run(p, stage_io("finetune", data_dir, tmp_path / "ft", probe=tmp_path / "head.npz"))
+    refused = r"finetune.unfreeze: 999 is more than the 5 blocks of resnet18; give 0 to 5, or all"
+    with pytest.raises(ParamsError, match=refused):  # the frozen_cache stage, which runs first
+        frozen.run(p, stage_io("frozen_cache", data_dir, tmp_path / "frozen"))
+    assert not (tmp_path / "frozen" / "meta.json").exists()
+    write_json(tmp_path / "frozen" / "meta.json", {"cached": False})
+    with pytest.raises(ParamsError, match=refused):
+        finetune.run(p, stage_io("finetune", data_dir, tmp_path / "ft", probe=tmp_path / "head.npz",
+                                 frozen=tmp_path / "frozen" / "meta.json"))
     assert not (tmp_path / "ft" / "model.pt").exists()
 
 
@@ -259,7 +266,7 @@ def test_an_image_replaced_by_garbage_after_indexing_is_named(trained):
     original = victim.read_bytes()
     try:
         victim.write_bytes(b"this is no longer a photo" * 10)
-        result = stage(trained, "evaluate_finetune.py")
+        result = stage(trained, "extract.py")  # reads every image (evaluate_finetune reads the frozen cache)
     finally:
         victim.write_bytes(original)
     assert result.returncode == 2 and f"{victim}: cannot be read" in result.stderr

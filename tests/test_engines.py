@@ -84,8 +84,9 @@ def both_engines(tmp_path_factory):
 def test_full_runs_then_noop(both_engines):
     sm_dir, sm_first, sm_again, _ = both_engines["snakemake"]
     dvc_dir, dvc_first, dvc_again, _ = both_engines["dvc"]
-    stages = {"download", "split", "extract", "train_head", "evaluate_probe", "finetune", "evaluate_finetune",
-              "export", "visualize", "sweep_extract", "sweep_point", "sweep_aggregate", "report"}
+    stages = {"download", "split", "extract", "train_head", "evaluate_probe", "frozen_cache", "finetune",
+              "evaluate_finetune", "export", "visualize", "sweep_extract", "sweep_frozen", "sweep_point",
+              "sweep_aggregate", "report"}
     assert snakemake_jobs(sm_first) == stages and dvc_ran(dvc_first) == stages
     assert "Nothing to be done" in sm_again and not snakemake_jobs(sm_again)
     assert "Data and pipelines are up to date" in dvc_again and not dvc_ran(dvc_again)
@@ -224,14 +225,14 @@ def test_dvc_exp_run_reruns_only_finetune_and_lr_is_a_number(both_engines):
     output = exp.stdout + exp.stderr
     assert dvc_ran(output) == {"finetune", "evaluate_finetune", "export", "visualize", "sweep_point",
                                "sweep_aggregate", "report"}
-    for unchanged in ("extract", "sweep_extract@resnet18", "train_head"):
+    for unchanged in ("extract", "sweep_extract@resnet18", "train_head", "frozen_cache", "sweep_frozen@resnet18-0"):
         assert f"Stage '{unchanged}' didn't change" in output
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
     lrs = list(_values(shown, "lr"))
     assert 1e-05 in lrs and all(isinstance(v, float) for v in lrs), lrs
     assert "lr: 1e-05" in (project / "params.yaml").read_text()  # written as PyYAML reads a string
     summary = json.loads((project / "results/finetune/summary.json").read_text())
-    assert summary["lr"] == 1e-05
+    assert summary["lr"] == 1e-05 and summary["from_cache"]  # trained from the frozen-prefix cache
     diff = json.loads(run(["dvc", "metrics", "diff", "HEAD", "--all", "--json"], project).stdout)
     accuracy = diff["results/metrics/finetune.json"]["accuracy"]
     assert isinstance(accuracy["old"], float) and isinstance(accuracy["new"], float)  # HEAD's read from the cache
@@ -258,15 +259,30 @@ def test_dvc_artifacts_get_delivers_the_exported_model(both_engines, tmp_path):
     assert len(predicted.stdout.splitlines()) == 1 + 8
 
 
-def test_sweep_extracts_once_per_backbone_and_reports_the_curve(both_engines):
+def test_sweep_reuses_the_main_features_and_cache_and_reports_the_curve(both_engines):
     sm_dir, sm_first, _, _ = both_engines["snakemake"]
     dvc_dir, dvc_first, _, _ = both_engines["dvc"]
     assert sm_first.count("rule sweep_extract:") == 1 and sm_first.count("rule sweep_point:") == 2
+    assert sm_first.count("rule sweep_frozen:") == 1
     assert dvc_stages_ran(dvc_first).count("sweep_extract@resnet18") == 1
+    assert dvc_stages_ran(dvc_first).count("sweep_frozen@resnet18-0") == 1
     assert sorted(n for n in dvc_stages_ran(dvc_first) if n.startswith("sweep_point")) == [
         "sweep_point@resnet18-0.5-0", "sweep_point@resnet18-1.0-0"]
-    assert "extracted once for the whole sweep" in (sm_dir / "logs/sweep/resnet18/extract.log").read_text()
+    # resnet18 is model.backbone and seed 0 finetune.seed: the main stages' files, linked, nothing computed twice
+    assert "the extract stage's features, linked" in (sm_dir / "logs/sweep/resnet18/extract.log").read_text()
+    assert "frozen-prefix cache, linked" in (sm_dir / "logs/sweep/resnet18/frozen/0.log").read_text()
     assert "no extraction here" in (sm_dir / "logs/sweep/resnet18/0.5/0.log").read_text()
+    for project in (sm_dir, dvc_dir):
+        # the main cache's record, its compute time included: linked, not computed again (DVC may later check the
+        # files out of its cache as copies, so the link itself need not survive)
+        main, linked = (json.loads((project / f).read_text()) for f in ("results/frozen/meta.json",
+                                                                         "results/sweep/resnet18/frozen/0/meta.json"))
+        assert linked == main and main["cached"]
+        point = json.loads((project / "results/sweep/resnet18/0.5/0/metrics.json").read_text())
+        assert point["finetune"]["from_cache"]
+    # the main stages come first under Snakemake (priority), the sweep's points after them
+    order = re.findall(r"^(?:local)?rule (\w+):", sm_first, re.M)
+    assert order.index("evaluate_finetune") < order.index("sweep_point")
     for project in (sm_dir, dvc_dir):
         points = pd.read_csv(project / "results/curve/points.csv")
         assert set(zip(points["method"], points["fraction"])) == {(m, f) for m in ("probe", "finetune")
@@ -309,9 +325,9 @@ def test_profiles_dry_run(tmp_path, profile):
     dry = run(["snakemake", "-n", "--profile", f"profiles/{profile}"], project)
     output = dry.stdout + dry.stderr
     assert f"Using profiles profiles/{profile} and workflow specific profile profiles/default" in output
-    assert snakemake_jobs(output) == {"download", "split", "extract", "train_head", "evaluate_probe", "finetune",
-                                      "evaluate_finetune", "export", "visualize", "sweep_extract", "sweep_point",
-                                      "sweep_aggregate", "report"}
+    assert snakemake_jobs(output) == {"download", "split", "extract", "train_head", "evaluate_probe",
+                                      "frozen_cache", "finetune", "evaluate_finetune", "export", "visualize",
+                                      "sweep_extract", "sweep_frozen", "sweep_point", "sweep_aggregate", "report"}
     if profile == "slurm":  # GPU rules ask the cluster for a GPU, the others for the CPU partition
         assert re.search(r"rule sweep_point:.*?resources:[^\n]*slurm_partition=gpu[^\n]*gpu=1", output, re.S)
         assert re.search(r"rule split:.*?resources:[^\n]*slurm_partition=cpu", output, re.S)
@@ -325,8 +341,9 @@ def test_disabled_stages_are_left_out_by_snakemake_and_marked_skipped_under_dvc(
     assert planned == {"download", "split", "extract", "train_head", "evaluate_probe", "export", "report"}
     git_dvc_init(project)
     ran = dvc_ran(run(["dvc", "repro"], project).stdout)
-    assert {"finetune", "evaluate_finetune", "visualize", "sweep_point", "sweep_aggregate"} <= ran
-    for path, reason in (("results/finetune/summary.json", "finetune.enabled: false"),
+    assert {"frozen_cache", "finetune", "evaluate_finetune", "visualize", "sweep_point", "sweep_aggregate"} <= ran
+    for path, reason in (("results/frozen/meta.json", "finetune.enabled: false"),
+                         ("results/finetune/summary.json", "finetune.enabled: false"),
                          ("results/metrics/finetune.json", "finetune.enabled: false"),
                          ("results/eval/finetune/skipped.json", "finetune.enabled: false"),
                          ("results/visualize/summary.json", "visualize.enabled: false"),

@@ -10,7 +10,7 @@ from test_features_head import prepare, tiny_params
 from torch import nn
 from torchvision import models
 
-from transferlab import backbones, features, finetune, head, stages
+from transferlab import backbones, features, finetune, frozen, head, stages
 from transferlab.evaluation import run_finetune
 from transferlab.images import load_tensor
 from transferlab.params import validate
@@ -84,6 +84,7 @@ def probe_setup(tmp_path):
     train, val = (features.load(tmp_path / "feat" / f"{s}.npz") for s in ("train", "val"))
     model, _ = head.fit(train, val, {"C_grid": [1.0], "max_iter": 500, "refit_on": "train"})
     head.save(model, tmp_path / "probe.npz", [str(c) for c in train["classes"]])
+    frozen.run(params, stage_io("frozen_cache", data_dir))  # where the finetune stage reads it: results/frozen
     return tmp_path, data_dir, params, model
 
 

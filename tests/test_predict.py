@@ -44,7 +44,9 @@ def test_predictions_on_the_test_split_equal_the_evaluate_stage(project):
         ours = pd.read_csv(project / f"{method}.csv")
         theirs = pd.read_csv(project / f"results/eval/{method}/predictions.csv")
         assert ours["label"].tolist() == theirs["predicted"].tolist()
-        np.testing.assert_allclose(ours["probability"], theirs["confidence"], atol=2e-6)
+        # the evaluate stage scores the fine-tune from the frozen-prefix cache, which ONNX Runtime computed
+        # (features.engine: auto; checked against torch to 1e-4 relative): equal to float32 rounding
+        np.testing.assert_allclose(ours["probability"], theirs["confidence"], atol=1e-5)
 
 
 def test_exported_folder_gives_the_project_top1_on_every_image(project, tmp_path):

@@ -9,7 +9,7 @@ import pytest
 from conftest import ROOT, stage_io
 from test_features_head import prepare, tiny_params
 
-from transferlab import evaluation, features, finetune, head, report, stages, visualize
+from transferlab import evaluation, features, finetune, frozen, head, report, stages, visualize
 from transferlab.atomic import write_json
 from transferlab.params import validate
 
@@ -30,7 +30,7 @@ def pipeline(tmp_path: Path, with_finetune: bool, classes=("ant", EVIL, "cat")) 
     head.save(model, trained.model, list(cached["train"]["classes"]))
     write_json(trained.summary, {"C": 1.0, "seconds": 0.5, "train_rows": 12,
                                  "trainable_parameters": head.parameter_count(model)})
-    for stage, run in (("evaluate_probe", evaluation.run_probe), ("finetune", finetune.run),
+    for stage, run in (("evaluate_probe", evaluation.run_probe), ("frozen_cache", frozen.run), ("finetune", finetune.run),
                        ("evaluate_finetune", evaluation.run_finetune), ("visualize", visualize.run)):
         stages.execute(stage, run, params, stage_io(stage, data_dir))
     return params, data_dir, tmp_path / "results"

@@ -6,7 +6,7 @@ import pytest
 from conftest import stage_io
 from test_features_head import prepare
 
-from transferlab import features, head, layout, sweep
+from transferlab import features, frozen, head, layout, sweep
 from transferlab.params import ParamsError, validate
 
 
@@ -22,13 +22,25 @@ def sweep_params(**over):
 def test_points_reuse_the_cached_features_and_subsample_per_class(tmp_path, monkeypatch):
     data_dir = prepare(tmp_path, {"ant": 16, "bee": 16, "cat": 16})
     params = sweep_params()
-    extracted = stage_io("sweep_extract", data_dir, wildcards={"backbone": "resnet18"})
-    sweep.extract(params, extracted)
+    features.run(params, stage_io("extract", data_dir))
+    frozen.run(params, stage_io("frozen_cache", data_dir))
 
     def no_extraction(*args, **kwargs):
-        raise AssertionError("a sweep point must not extract features")
+        raise AssertionError("the sweep must not extract what the main pipeline extracted")
 
     monkeypatch.setattr(features, "run", no_extraction)
+    extracted = stage_io("sweep_extract", data_dir, wildcards={"backbone": "resnet18"})
+    sweep.extract(params, extracted)  # model.backbone: the extract stage's files, linked
+    assert extracted.output.train.samefile(tmp_path / "results" / "features" / "train.npz")
+    caches = {}
+    for seed in (0, 1):  # seed 0 is finetune.seed: the main cache, linked; seed 1 has its own views
+        files = stage_io("sweep_frozen", data_dir, wildcards={"backbone": "resnet18", "seed": str(seed)})
+        caches[seed] = sweep.frozen_cache(params, files)
+        assert caches[seed]["cached"] and sorted(caches[seed]["parts"]) == (
+            sorted(frozen.PARTS) if seed == 0 else sorted(frozen.SWEEP_PARTS))
+        assert (files.output.meta.parent / "train.npy").samefile(tmp_path / "results" / "frozen" / "train.npy") == (
+            seed == 0)
+    assert caches[1]["seeds"] == [frozen.epoch_seed(1, 1)]
     trained_on, fit = {}, head.fit
 
     def recording_fit(train, val, settings):
@@ -51,7 +63,7 @@ def test_points_reuse_the_cached_features_and_subsample_per_class(tmp_path, monk
     assert small[0].value_counts().tolist() == [2, 2, 2]
     for result in results.values():
         assert result["test_images"] == 12 and 0 <= result["probe"]["accuracy"] <= 1
-        assert result["finetune"]["epochs_run"] == 1
+        assert result["finetune"]["epochs_run"] == 1 and result["finetune"]["from_cache"]
 
     files = sweep.metric_files(params, tmp_path / "results" / "sweep")
     summary = sweep.aggregate(params, stage_io("sweep_aggregate", data_dir))
@@ -143,3 +155,22 @@ def test_other_backbones_use_their_default_weights():
     assert other == {**params["model"], "backbone": "mobilenet_v3_small", "weights": "DEFAULT", "checkpoint": None}
     assert json.dumps(params)  # the original is untouched and serialisable
     assert params["model"]["backbone"] == "resnet18"
+
+
+def test_a_subsample_trains_on_the_same_views_from_the_cache_as_on_the_fly(tmp_path):
+    data_dir = prepare(tmp_path, {"ant": 12, "bee": 12, "cat": 12})
+    params = sweep_params(fractions=[0.5], seeds=[3])
+    params["features"]["engine"] = "torch"
+    features.run(params, stage_io("extract", data_dir))
+    frozen.run(params, stage_io("frozen_cache", data_dir))
+    wildcards = {"backbone": "resnet18", "fraction": "0.5", "seed": "3"}
+    sweep.extract(params, stage_io("sweep_extract", data_dir, wildcards=wildcards))
+    sweep.frozen_cache(params, stage_io("sweep_frozen", data_dir, wildcards=wildcards))
+    cached = sweep.run(params, stage_io("sweep_point", data_dir, wildcards=wildcards))
+    params["finetune"]["cache"] = "never"
+    never = sweep.frozen_cache(params, stage_io("sweep_frozen", data_dir, wildcards=wildcards))
+    fly = sweep.run(params, stage_io("sweep_point", data_dir, wildcards=wildcards))
+    assert not never["cached"] and cached["finetune"]["from_cache"] and not fly["finetune"]["from_cache"]
+    assert cached["train_images"] == fly["train_images"] == 9
+    for key in ("accuracy", "log_loss", "macro_f1"):
+        assert cached["finetune"][key] == pytest.approx(fly["finetune"][key], rel=1e-5, abs=1e-7)

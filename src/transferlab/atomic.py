@@ -5,6 +5,7 @@ import contextlib
 import glob
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,6 +68,26 @@ def read_json(path: Path | str) -> Any:
         return json.loads(Path(path).read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc}); re-run the stage that writes it") from None
+
+
+def link_or_copy(source: Path | str, path: Path | str) -> None:
+    """Put `source` at `path` as a hard link (no second copy on disk), or a copy where links are not allowed;
+    atomically, like every write here (outputs are replaced, never written in place, so a link stays safe)."""
+    with atomic_path(path) as tmp:
+        tmp.unlink()
+        try:
+            tmp.hardlink_to(source)
+        except OSError:
+            shutil.copy2(source, tmp)
+
+
+def read_splits(files: Any) -> dict[str, pd.DataFrame]:
+    """Every split's image list, from the split stage's files by name (`StageIO.input.splits`)."""
+    import pandas as pd
+
+    from .layout import SPLITS
+
+    return {split: pd.read_csv(getattr(files, split)) for split in SPLITS}
 
 
 def write_csv(path: Path | str, frame: pd.DataFrame) -> None:

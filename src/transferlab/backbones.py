@@ -12,6 +12,7 @@ from torchvision import models
 from torchvision.transforms._presets import ImageClassification
 
 from .fetch import file_digest
+from .params import ParamsError
 
 
 class WeightsUnavailable(FileNotFoundError):
@@ -107,6 +108,53 @@ def load_feature_extractor(model_params: dict[str, Any]) -> tuple[nn.Module, int
         p.requires_grad_(False)
     info["feature_dim"] = linear.in_features
     return model, linear.in_features, info
+
+
+def blocks(model: nn.Module) -> list[nn.Module]:
+    """The backbone's blocks from input to output, the unit of `finetune.unfreeze`.
+
+    ResNet/ResNeXt/Wide-ResNet/RegNet: stem, then each stage (layer1..layer4 / trunk_output stages).
+    Models with a `features` Sequential (VGG, AlexNet, MobileNet, EfficientNet, MNASNet, DenseNet, ConvNeXt):
+    its children, VGG/AlexNet conv layers grouped up to each max-pool. Hidden layers left in the classifier
+    after removing the last Linear (VGG's 4096-d layers, MobileNetV3's 1280-d layer) form the last block.
+    Anything else: the model's top-level children.
+    """
+    if hasattr(model, "layer4"):
+        stem = [m for n, m in model.named_children() if n in ("conv1", "bn1", "relu", "maxpool")]
+        found: list[nn.Module] = [nn.ModuleList(stem)] + [getattr(model, f"layer{i}") for i in range(1, 5)]
+    elif hasattr(model, "trunk_output"):
+        found = [model.stem, *model.trunk_output.children()]
+    elif isinstance(getattr(model, "features", None), nn.Sequential):
+        children = list(model.features.children())
+        if any(isinstance(c, nn.MaxPool2d) for c in children):
+            found, group = [], []
+            for child in children:
+                group.append(child)
+                if isinstance(child, nn.MaxPool2d):
+                    found.append(nn.ModuleList(group))
+                    group = []
+            if group:
+                found.append(nn.ModuleList(group))
+        else:
+            found = children
+    else:
+        return [m for m in model.children() if _has_parameters(m)]
+    rest = [m for n, m in model.named_children()
+            if n not in ("features", "conv1", "bn1", "relu", "maxpool", "stem", "trunk_output")
+            and not n.startswith("layer") and _has_parameters(m)]
+    return found + rest
+
+
+def check_unfreeze(model: nn.Module, unfreeze: int | str, backbone: str) -> None:
+    """Refuse (before any work) a `finetune.unfreeze` larger than the backbone's number of blocks."""
+    n = len(blocks(model))
+    if unfreeze != "all" and unfreeze > n:
+        raise ParamsError(f"params: finetune.unfreeze: {unfreeze} is more than the {n} blocks of {backbone}; "
+                          f"give 0 to {n}, or all")
+
+
+def _has_parameters(module: nn.Module) -> bool:
+    return any(p.numel() for p in module.parameters())
 
 
 class Normalized(nn.Module):

@@ -25,6 +25,8 @@ _RNG = threading.Lock()
 class ImageList(Dataset):
     """Images of one split as (tensor, class index, row); augmented views are seeded per image.
 
+    Image i's view is seeded by `seed` and its key (`keys[i]`, default i): a subsample keyed by its rows in the
+    full list sees the same views as the full list. Augmentation leaves torch's global generator as it was.
     A frame without a `label` column (new images to classify) gives class index -1.
 
     With `encoded`, items are JPEG bytes (other files decoded) and `prepare` decodes and transforms a batch on
@@ -32,8 +34,10 @@ class ImageList(Dataset):
     """
 
     def __init__(self, root: Path, frame: pd.DataFrame, classes: list[str], transform: Callable,
-                 min_size: int | None = None, seed: int | None = None, encoded: bool = False):
+                 min_size: int | None = None, seed: int | None = None, encoded: bool = False,
+                 keys: list[int] | None = None):
         self.paths = [root / p for p in frame["path"]]
+        self.keys = list(range(len(self.paths))) if keys is None else list(keys)
         lookup = {c: i for i, c in enumerate(classes)}
         self.labels = [lookup[c] for c in frame["label"]] if "label" in frame else [-1] * len(self.paths)
         self.transform, self.min_size, self.seed, self.encoded = transform, min_size, seed, encoded
@@ -45,8 +49,8 @@ class ImageList(Dataset):
         """Image i as the model sees it (augmentation seeded by image and `seed`)."""
         if self.seed is None:
             return self.transform(image)
-        with _RNG:  # streams share torch's global generator, which the v2 transforms draw from
-            torch.manual_seed(self.seed * 1_000_003 + i)
+        with _RNG, torch.random.fork_rng(devices=[]):  # streams share the global generator v2 transforms draw from
+            torch.manual_seed(self.seed * 1_000_003 + self.keys[i])
             return self.transform(image)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
@@ -76,12 +80,12 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def loader(dataset: ImageList, batch_size: int, num_workers: int, shuffle: bool = False,
+def loader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: bool = False,
            generator: torch.Generator | None = None) -> DataLoader:
     """Batches with `num_workers` processes (one thread each) decoding ahead; pinned memory on CUDA."""
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
                       worker_init_fn=_worker_init, pin_memory=torch.cuda.is_available(), generator=generator,
-                      collate_fn=_collate_encoded if dataset.encoded else None,
+                      collate_fn=_collate_encoded if getattr(dataset, "encoded", False) else None,
                       prefetch_factor=4 if num_workers else None, persistent_workers=False)
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-from . import features, finetune, head, stats
-from .atomic import read_json, write_csv, write_json
+from . import features, finetune, frozen, head, stats
+from .atomic import read_json, read_splits, write_csv, write_json
 from .layout import SPLITS
 from .stages import StageIO
 from .transforms import TTA_VIEWS
@@ -114,18 +114,17 @@ def run_probe(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
 
 
 def run_finetune(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
-    """The evaluate_finetune stage: the fine-tuned network on the images of each split (and the test split with
-    TTA), compared with the probe's predictions on the same test images."""
+    """The evaluate_finetune stage: the fine-tuned network on each split (and the test split with TTA), from the
+    frozen-prefix cache where it exists, compared with the probe's predictions on the same test images."""
     dataset = read_json(io.input.dataset)
     classes, root = dataset["classes"], Path(dataset["root"])
     model = finetune.load(params["model"], io.input.model, len(classes))
-    batch_size = params["finetune"]["batch_size"]
-    proba, labels, frames = {}, {}, {}
+    frames = read_splits(io.input.splits)
+    cache = frozen.Cache.open(io.input.frozen.parent, params["model"], params["finetune"], frames, classes)
+    predict = finetune.predictor(model, params["model"], root, classes, params["finetune"]["batch_size"], cache)
+    proba, labels = {}, {}
     for split in SPLITS:
-        frames[split] = pd.read_csv(getattr(io.input.splits, split))
-        proba[split], labels[split] = finetune.predict(model, frames[split], root, classes, params["model"], batch_size)
-    tta = None
-    if params["evaluate"]["tta"]:
-        tta, _ = finetune.predict(model, frames["test"], root, classes, params["model"], batch_size, tta=True)
+        proba[split], labels[split] = predict(split, frames[split])
+    tta = predict("test", frames["test"], tta=True)[0] if params["evaluate"]["tta"] else None
     return evaluate("finetune", proba, labels, frames["test"]["path"].to_numpy(), classes, io.output,
                     params["evaluate"], pd.read_csv(io.input.probe), tta)

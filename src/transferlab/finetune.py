@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +15,15 @@ import torch
 from scipy.special import softmax
 from sklearn.pipeline import Pipeline
 from torch import nn
+from torch.utils.data import Dataset
 from torchvision import models
 from tqdm.auto import tqdm
 
-from . import backbones, engines, head
-from .atomic import atomic_path, read_json, write_csv, write_json
+from . import backbones, engines, frozen, head
+from .atomic import atomic_path, read_json, read_splits, write_csv, write_json
 from .batches import ImageList, device, loader, predict_images
-from .params import ParamsError
 from .stages import StageIO
-from .transforms import augmentation, evaluation
+from .transforms import augmented, evaluation
 
 log = logging.getLogger("transferlab")
 
@@ -38,59 +39,12 @@ class FineTuneNet(nn.Module):
         return self.head(self.backbone(x))
 
 
-def blocks(model: nn.Module) -> list[nn.Module]:
-    """The backbone's blocks from input to output, the unit of `finetune.unfreeze`.
-
-    ResNet/ResNeXt/Wide-ResNet/RegNet: stem, then each stage (layer1..layer4 / trunk_output stages).
-    Models with a `features` Sequential (VGG, AlexNet, MobileNet, EfficientNet, MNASNet, DenseNet, ConvNeXt):
-    its children, VGG/AlexNet conv layers grouped up to each max-pool. Hidden layers left in the classifier
-    after removing the last Linear (VGG's 4096-d layers, MobileNetV3's 1280-d layer) form the last block.
-    Anything else: the model's top-level children.
-    """
-    if hasattr(model, "layer4"):
-        stem = [m for n, m in model.named_children() if n in ("conv1", "bn1", "relu", "maxpool")]
-        found: list[nn.Module] = [nn.ModuleList(stem)] + [getattr(model, f"layer{i}") for i in range(1, 5)]
-    elif hasattr(model, "trunk_output"):
-        found = [model.stem, *model.trunk_output.children()]
-    elif isinstance(getattr(model, "features", None), nn.Sequential):
-        children = list(model.features.children())
-        if any(isinstance(c, nn.MaxPool2d) for c in children):
-            found, group = [], []
-            for child in children:
-                group.append(child)
-                if isinstance(child, nn.MaxPool2d):
-                    found.append(nn.ModuleList(group))
-                    group = []
-            if group:
-                found.append(nn.ModuleList(group))
-        else:
-            found = children
-    else:
-        return [m for m in model.children() if _has_parameters(m)]
-    rest = [m for n, m in model.named_children()
-            if n not in ("features", "conv1", "bn1", "relu", "maxpool", "stem", "trunk_output")
-            and not n.startswith("layer") and _has_parameters(m)]
-    return found + rest
-
-
-def _has_parameters(module: nn.Module) -> bool:
-    return any(p.numel() for p in module.parameters())
-
-
 def unfrozen_blocks(model: FineTuneNet, unfreeze: int | str) -> list[nn.Module]:
     """The blocks `finetune.unfreeze` trains: all, or the last n (0 = none)."""
-    all_blocks = blocks(model.backbone)
+    all_blocks = backbones.blocks(model.backbone)
     if unfreeze == "all":
         return all_blocks
     return all_blocks[len(all_blocks) - unfreeze:] if unfreeze else []
-
-
-def check_unfreeze(model: FineTuneNet, unfreeze: int | str, backbone: str) -> None:
-    """Refuse (before any training) a number of blocks the backbone does not have."""
-    n = len(blocks(model.backbone))
-    if unfreeze != "all" and unfreeze > n:
-        raise ParamsError(f"params: finetune.unfreeze: {unfreeze} is more than the {n} blocks of {backbone}; "
-                          f"give 0 to {n}, or all")
 
 
 def freeze(model: FineTuneNet, unfreeze: int | str) -> list[nn.Parameter]:
@@ -178,7 +132,9 @@ def run_epoch(model: FineTuneNet, data, dev: torch.device, optimizer=None, sched
     loss_fn = nn.CrossEntropyLoss()
     with torch.set_grad_enabled(optimizer is not None):
         for images, labels, _ in tqdm(data, desc=desc, unit="batch", leave=False):
-            images = images.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            images = images.to(dev, non_blocking=True)
+            if images.ndim == 4:  # images, or a cut's feature maps (a cut after a classifier layer gives vectors)
+                images = images.contiguous(memory_format=torch.channels_last)
             labels = labels.to(dev)
             with _autocast(dev):
                 logits = model(images)
@@ -195,20 +151,24 @@ def run_epoch(model: FineTuneNet, data, dev: torch.device, optimizer=None, sched
     return loss_sum / seen, correct / seen
 
 
-def fit(net: FineTuneNet, train: ImageList, val: ImageList, ft: dict[str, Any],
-        dev: torch.device) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+def fit(net: FineTuneNet, train: Dataset, val: Dataset, ft: dict[str, Any], dev: torch.device,
+        model: nn.Module | None = None) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
     """Fine-tune `net` (on `dev`) from its current weights: the last `ft["unfreeze"]` blocks and the head, early
     stopping on validation loss. Returns the best epoch's state_dict (on the CPU) and one history row per epoch.
 
-    `train` holds the augmenting transform; its seed is set per epoch, so the views are reproducible.
+    `train` and `val` are images (an ImageList; `train` holds the augmenting transform) or the frozen prefix's
+    cached activations of the same views (frozen.Activations), and `model` then the network after the prefix
+    (`frozen.Cache.tail`). Either way `train.seed` is set per epoch, so the views are reproducible.
     """
     torch.manual_seed(ft["seed"])
+    model = net if model is None else model
     backbone_params = freeze(net, ft["unfreeze"])
     groups = [{"params": list(net.head.parameters()), "lr": ft["head_lr"]}]
     if backbone_params:
         groups.insert(0, {"params": backbone_params, "lr": ft["lr"]})
     optimizer = torch.optim.AdamW(groups, weight_decay=ft["weight_decay"])
-    val_data = loader(val, ft["batch_size"], ft["num_workers"])
+    workers = ft["num_workers"] if isinstance(train, ImageList) else 0  # cached activations need no decoding
+    val_data = loader(val, ft["batch_size"], workers)
     generator = torch.Generator().manual_seed(ft["seed"])
     steps_per_epoch = math.ceil(len(train) / ft["batch_size"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps_per_epoch, ft))
@@ -216,13 +176,13 @@ def fit(net: FineTuneNet, train: ImageList, val: ImageList, ft: dict[str, Any],
     history, best, best_loss, waited = [], None, math.inf, 0
     for epoch in tqdm(range(1, ft["epochs"] + 1), desc="fine-tune", unit="epoch"):
         tick = time.perf_counter()
-        train.seed = ft["seed"] + 7919 * epoch  # new augmentations each epoch, reproducible
+        train.seed = frozen.epoch_seed(ft["seed"], epoch)
         train_mode(net, ft["unfreeze"], ft["train_bn"])
         lrs = [g["lr"] for g in optimizer.param_groups]
-        train_loss, train_acc = run_epoch(net, loader(train, ft["batch_size"], ft["num_workers"], True, generator),
+        train_loss, train_acc = run_epoch(model, loader(train, ft["batch_size"], workers, True, generator),
                                           dev, optimizer, scheduler, f"epoch {epoch} train", scaler)
         net.eval()
-        val_loss, val_acc = run_epoch(net, val_data, dev, desc=f"epoch {epoch} val")
+        val_loss, val_acc = run_epoch(model, val_data, dev, desc=f"epoch {epoch} val")
         history.append({"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val_loss,
                         "val_accuracy": val_acc, "lr": lrs[0], "head_lr": lrs[-1],
                         "seconds": round(time.perf_counter() - tick, 3)})
@@ -236,25 +196,31 @@ def fit(net: FineTuneNet, train: ImageList, val: ImageList, ft: dict[str, Any],
 
 
 def split_images(model_params: dict[str, Any], ft: dict[str, Any], root: Path, frames: dict[str, pd.DataFrame],
-                 classes: list[str]) -> tuple[ImageList, ImageList]:
-    """The fine-tune's training images (seeded augmentation) and validation images (plain preprocessing)."""
+                 classes: list[str], keys: list[int] | None = None) -> tuple[ImageList, ImageList]:
+    """The fine-tune's training images (augmentation seeded by epoch and `keys`, default their rows) and
+    validation images (plain preprocessing)."""
     plain = backbones.preprocessing(model_params)
-    aug = ft["augment"]
-    train_tf = augmentation(plain, tuple(aug["scale"]), aug["flip"], aug["rotation"], aug["jitter"])
     min_size = plain.resize_size[0]
-    return (ImageList(root, frames["train"], classes, train_tf, min_size, seed=ft["seed"]),
+    return (ImageList(root, frames["train"], classes, augmented(plain, ft["augment"]), min_size, seed=ft["seed"],
+                      keys=keys),
             ImageList(root, frames["val"], classes, evaluation(plain), min_size))
 
 
 def tune(model_params: dict[str, Any], ft: dict[str, Any], probe: Pipeline, root: Path,
-         frames: dict[str, pd.DataFrame], classes: list[str]) -> tuple[FineTuneNet, dict[str, Any], pd.DataFrame]:
-    """Warm-start from the probe, fit, and return the network with its best weights, a summary and the history."""
+         frames: dict[str, pd.DataFrame], classes: list[str], cache: frozen.Cache | None = None,
+         keys: list[int] | None = None) -> tuple[FineTuneNet, dict[str, Any], pd.DataFrame]:
+    """Warm-start from the probe, fit (from the frozen-prefix `cache` where given, else on the fly, the training
+    views seeded by `keys`), and return the network with its best weights, a summary and the history."""
     dev = device()
     net = build(model_params, probe).to(dev).to(memory_format=torch.channels_last)
-    check_unfreeze(net, ft["unfreeze"], model_params["backbone"])
-    train, val = split_images(model_params, ft, root, frames, classes)
+    backbones.check_unfreeze(net.backbone, ft["unfreeze"], model_params["backbone"])
+    tail = cache.tail(net) if cache else None
+    if tail is None:
+        train, val = split_images(model_params, ft, root, frames, classes, keys)
+    else:
+        train, val = cache.activations("train", frames["train"]), cache.activations("val", frames["val"])
     start = time.perf_counter()
-    best, history = fit(net, train, val, ft, dev)
+    best, history = fit(net, train, val, ft, dev, tail)
     seconds = time.perf_counter() - start
     net.load_state_dict(best)
     frame = pd.DataFrame(history)
@@ -265,7 +231,7 @@ def tune(model_params: dict[str, Any], ft: dict[str, Any], probe: Pipeline, root
         "total_parameters": sum(p.numel() for p in net.parameters()), "unfreeze": ft["unfreeze"], "lr": ft["lr"],
         "head_lr": ft["head_lr"], "seconds": round(seconds, 3),
         "train_images_per_s": round(len(train) * len(history) / seconds, 2), "device": str(dev),
-        "precision": precision(dev),
+        "precision": precision(dev), "from_cache": tail is not None,
     }
     return net.eval(), summary, frame
 
@@ -273,10 +239,11 @@ def tune(model_params: dict[str, Any], ft: dict[str, Any], probe: Pipeline, root
 def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
     """The finetune stage: the best epoch's weights, the per-epoch history and a summary."""
     dataset = read_json(io.input.dataset)
-    frames = {s: pd.read_csv(getattr(io.input.splits, s)) for s in ("train", "val")}
+    frames, classes = read_splits(io.input.splits), dataset["classes"]
     probe, _ = head.load(io.input.probe)
+    cache = frozen.Cache.open(io.input.frozen.parent, params["model"], params["finetune"], frames, classes)
     net, summary, history = tune(params["model"], params["finetune"], probe, Path(dataset["root"]), frames,
-                                 dataset["classes"])
+                                 classes, cache)
     with atomic_path(io.output.model) as tmp:
         torch.save({k: v.cpu() for k, v in net.state_dict().items()}, tmp)
     write_csv(io.output.history, history)
@@ -297,3 +264,18 @@ def predict(model: FineTuneNet, frame: pd.DataFrame, root: Path, classes: list[s
     """Class probabilities and labels of one split, plain preprocessing (with `tta`: averaged over TTA_VIEWS)."""
     return predict_images(probabilities(model, model_params), backbones.preprocessing(model_params), root, frame,
                           classes, batch_size, tta)
+
+
+def predictor(model: FineTuneNet, model_params: dict[str, Any], root: Path, classes: list[str], batch_size: int,
+              cache: frozen.Cache | None = None) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
+    """predict(split, frame, tta=False): class probabilities and labels of some of a split's images, from the
+    frozen-prefix cache's activations where it holds that view of them, else from the images."""
+    tail = cache.tail(model) if cache else None
+
+    def of(split: str, frame: pd.DataFrame, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        part = "test_tta" if tta else {"train": "train_plain"}.get(split, split)
+        if tail is not None and part in cache.meta["parts"]:
+            return cache.probabilities(tail, part, frame, batch_size)
+        return predict(model, frame, root, classes, model_params, batch_size, tta)
+
+    return of

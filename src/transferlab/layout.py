@@ -35,6 +35,7 @@ FILES: dict[str, dict[str, str]] = {
     "train_head": {"model": "results/head/model.npz", "search": "results/head/search.csv",
                    "summary": "results/head/summary.json"},
     "evaluate_probe": _evaluation("probe"),
+    "frozen_cache": {"meta": "results/frozen/meta.json"},
     "finetune": {"model": "results/finetune/model.pt", "history": "results/finetune/history.csv",
                  "summary": "results/finetune/summary.json"},
     "evaluate_finetune": _evaluation("finetune"),
@@ -46,6 +47,7 @@ FILES: dict[str, dict[str, str]] = {
                   "maps": "results/visualize/feature_maps.png"},
     "sweep_extract": {**_splits(SWEEP + "/{backbone}/features", ".npz"),
                       "meta": SWEEP + "/{backbone}/features/meta.json"},
+    "sweep_frozen": {"meta": SWEEP + "/{backbone}/frozen/{seed}/meta.json"},
     "sweep_point": {"metrics": SWEEP_POINT + "/metrics.json"},
     "sweep_aggregate": {"summary": "results/curve/summary.json", "points": "results/curve/points.csv",
                         "curve": "results/curve/curve.csv", "metrics": "results/curve/metrics.json",
@@ -57,9 +59,10 @@ FILES: dict[str, dict[str, str]] = {
 
 # Folders a stage writes as a whole (DVC caches each as one output; it may hold files named at run time).
 OWNED: dict[str, list[str]] = {
-    "evaluate_probe": ["results/eval/probe"], "finetune": ["results/finetune"],
+    "evaluate_probe": ["results/eval/probe"], "frozen_cache": ["results/frozen"], "finetune": ["results/finetune"],
     "evaluate_finetune": ["results/eval/finetune"], "export": ["results/model"], "visualize": ["results/visualize"],
-    "sweep_extract": [SWEEP + "/{backbone}/features"], "sweep_point": [SWEEP_POINT],
+    "sweep_extract": [SWEEP + "/{backbone}/features"], "sweep_frozen": [SWEEP + "/{backbone}/frozen/{seed}"],
+    "sweep_point": [SWEEP_POINT],
     "sweep_aggregate": ["results/curve"], "report": ["results/report"],
 }
 SKIPPED = "skipped.json"  # what a disabled stage leaves in a folder it owns
@@ -100,6 +103,11 @@ def raw_dir(dataset_json: Path) -> Path:
 def adversarial_png(folder: Path, i: int, kind: str) -> Path:
     """One of the visualize stage's adversarial images (original, perturbation, adversarial) in its folder."""
     return folder / f"adversarial_{i}_{kind}.png"
+
+
+def frozen_array(folder: Path, part: str) -> Path:
+    """One part of a frozen-prefix cache in its folder (frozen.PARTS names them)."""
+    return folder / f"{part}.npy"
 
 
 def label(value: float) -> str:

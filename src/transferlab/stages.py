@@ -40,11 +40,17 @@ class Stage:
 
 _CORE = ["__init__", "cli", "params", "atomic", "stages", "layout"]
 _DATASETS = _CORE + ["fetch", "datasets"]
-_FEATURES = _CORE + ["fetch", "images", "backbones", "transforms", "engines", "batches", "features"]
-_FINETUNE = _FEATURES + ["head", "finetune"]
+_INFERENCE = _CORE + ["fetch", "images", "backbones", "transforms", "engines", "batches"]
+_FEATURES = _INFERENCE + ["features"]
+_FROZEN = _INFERENCE + ["frozen"]
+_FINETUNE = _FEATURES + ["frozen", "head", "finetune"]
 _EVALUATE = _FINETUNE + ["stats", "evaluation"]
 _SWEEP = _EVALUATE + ["datasets", "split", "sweep"]
 _DATA = {"dataset": "download.dataset", "splits": "split"}
+# What the frozen prefix's activations depend on (not lr, head_lr, weight_decay, schedule, patience, batch_size).
+_FROZEN_PARAMS = ["model", "features.engine", "features.batch_size", "features.num_workers", "finetune.enabled",
+                  "finetune.unfreeze", "finetune.augment", "finetune.epochs", "finetune.seed", "finetune.cache",
+                  "finetune.cache_max_gb"]
 
 TABLE: dict[str, Stage] = {
     "download": Stage({}, ["data.dataset", "data.source", "data.label"], _DATASETS + ["images", "index"]),
@@ -54,8 +60,11 @@ TABLE: dict[str, Stage] = {
     "extract": Stage(_DATA, ["model", "features"], _FEATURES),
     "train_head": Stage({"train": "extract.train", "val": "extract.val"}, ["head"], _FEATURES + ["head"]),
     "evaluate_probe": Stage({"model": "train_head.model", "features": "extract"}, ["evaluate"], _EVALUATE),
-    "finetune": Stage({**_DATA, "probe": "train_head.model"}, ["model", "finetune"], _FINETUNE, "finetune.enabled"),
-    "evaluate_finetune": Stage({**_DATA, "model": "finetune.model", "probe": "evaluate_probe.predictions"},
+    "frozen_cache": Stage(_DATA, _FROZEN_PARAMS, _FROZEN, "finetune.enabled"),
+    "finetune": Stage({**_DATA, "probe": "train_head.model", "frozen": "frozen_cache.meta"}, ["model", "finetune"],
+                      _FINETUNE, "finetune.enabled"),
+    "evaluate_finetune": Stage({**_DATA, "model": "finetune.model", "probe": "evaluate_probe.predictions",
+                                "frozen": "frozen_cache.meta"},
                                ["model", "finetune", "evaluate"], _EVALUATE, "finetune.enabled"),
     "export": Stage({"template": "workflow/report/model_card.md.j2", **_DATA, "meta": "extract.meta",
                      "probe": "train_head.model", "finetune": "finetune.model",
@@ -63,8 +72,11 @@ TABLE: dict[str, Stage] = {
                     ["finetune.enabled", "export"], _FINETUNE + ["datasets", "index", "predict", "export"]),
     "visualize": Stage({**_DATA, "probe": "train_head.model", "finetune": "finetune.model"},
                        ["model", "finetune.enabled", "visualize"], _FINETUNE + ["visualize"], "visualize.enabled"),
-    "sweep_extract": Stage(_DATA, ["model", "features", "sweep.enabled"], _SWEEP, "sweep.enabled"),
-    "sweep_point": Stage({**_DATA, "features": "sweep_extract"},
+    "sweep_extract": Stage({**_DATA, "main": "extract"}, ["model", "features", "sweep.enabled"], _SWEEP,
+                           "sweep.enabled"),
+    "sweep_frozen": Stage({**_DATA, "main": "frozen_cache.meta"}, _FROZEN_PARAMS + ["sweep.enabled"], _SWEEP,
+                          "sweep.enabled"),
+    "sweep_point": Stage({**_DATA, "features": "sweep_extract", "frozen": "sweep_frozen.meta"},
                          ["model", "head", "finetune", "evaluate", "sweep.enabled"], _SWEEP, "sweep.enabled"),
     "sweep_aggregate": Stage({"points": "sweep_point.metrics"}, ["sweep"], _SWEEP, "sweep.enabled"),
     "report": Stage({"template": "workflow/report/report.html.j2", "dataset": "download.dataset",
@@ -200,7 +212,8 @@ def execute(stage: str, run: Callable[[dict[str, Any], StageIO], object], params
 
 def skip(stage: str, io_: StageIO, reason: str) -> dict[str, Any]:
     """What a disabled stage leaves (DVC needs every output to exist): each JSON output and each folder it
-    owns holds {"skipped": true, "reason": ...}; its other files are removed, so nothing stale looks current."""
+    owns holds {"skipped": true, "reason": ...}; its other files (in its folders, those named at run time too)
+    are removed, so nothing stale looks current."""
     record = {"skipped": True, "reason": reason}
     outputs = list(vars(io_.output).values())
     for path in outputs:
@@ -209,6 +222,9 @@ def skip(stage: str, io_: StageIO, reason: str) -> dict[str, Any]:
         else:
             path.unlink(missing_ok=True)
     for folder in io_.owned:
+        for path in folder.rglob("*") if folder.is_dir() else []:
+            if path.is_file() and path not in outputs:
+                path.unlink()
         if not any(p.suffix == ".json" and folder in p.parents for p in outputs):
             write_json(folder / layout.SKIPPED, record)
     return record

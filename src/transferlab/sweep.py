@@ -22,8 +22,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from . import features, finetune, head, layout, stats  # noqa: E402
-from .atomic import atomic_path, read_json, write_csv, write_json  # noqa: E402
+from . import features, finetune, frozen, head, layout, stats  # noqa: E402
+from .atomic import atomic_path, link_or_copy, read_json, read_splits, write_csv, write_json  # noqa: E402
 from .evaluation import scored, versus  # noqa: E402
 from .layout import METHODS, SPLITS, points  # noqa: E402
 from .split import subsample  # noqa: E402
@@ -61,12 +61,44 @@ def with_backbone(params: dict[str, Any], backbone: str) -> dict[str, Any]:
 
 
 def extract(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
-    """The sweep_extract stage: the backbone's features for every image of the split (its only extraction)."""
+    """The sweep_extract stage: the backbone's features for every image of the split, extracted once for the
+    whole sweep; model.backbone's are the extract stage's own files, linked (not extracted twice)."""
     backbone = io.wildcards["backbone"]
+    if backbone == params["model"]["backbone"]:
+        for name, path in vars(io.output).items():
+            link_or_copy(getattr(io.input.main, name), path)
+        log.info("%s is model.backbone: the extract stage's features, linked", backbone)
+        return read_json(io.output.meta)
     meta = features.run(with_backbone(params, backbone), io)
     log.info("%s: extracted once for the whole sweep: %d images, %s engine, %d features", backbone,
              sum(s["images"] for s in meta["splits"].values()), meta["engine"], meta["feature_dim"])
     return meta
+
+
+def _point_finetune(params: dict[str, Any], seed: int) -> dict[str, Any]:
+    """A sweep point's fine-tune settings: the finetune section with the point's seed."""
+    return {**params["finetune"], "seed": seed}
+
+
+def frozen_cache(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
+    """The sweep_frozen stage: the frozen-prefix cache of one (backbone, seed) over the full splits, shared by
+    every fraction; where it is the main fine-tune's own cache (same backbone and seed), that one, linked."""
+    w = io.wildcards
+    folder = io.output.meta.parent
+    if not params["finetune"]["enabled"]:
+        frozen.clear(folder)
+        record = {"cached": False, "reason": "finetune.enabled: false"}
+        write_json(io.output.meta, record)
+        return record
+    point = with_backbone(params, w["backbone"])
+    ft = _point_finetune(params, int(w["seed"]))
+    frames = read_splits(io.input.splits)
+    main = read_json(io.input.main)
+    if main.get("cached") and main["key"] == json.loads(json.dumps(frozen.key(point["model"], ft, frames))):
+        frozen.link(io.input.main.parent, folder)
+        log.info("%s seed %s: the main fine-tune's frozen-prefix cache, linked", w["backbone"], w["seed"])
+        return main
+    return frozen.build(point, ft, read_json(io.input.dataset), frames, folder, frozen.SWEEP_PARTS)
 
 
 def _rows(cached: dict[str, np.ndarray], ids: set[str]) -> dict[str, np.ndarray]:
@@ -79,9 +111,8 @@ def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
     w = io.wildcards
     log.info("%s fraction %s seed %s: cached features from %s (no extraction here)", w["backbone"], w["fraction"],
              w["seed"], io.input.features.meta.parent)
-    frames = {s: pd.read_csv(getattr(io.input.splits, s)) for s in SPLITS}
     result = run_point(params, w["backbone"], float(w["fraction"]), int(w["seed"]), read_json(io.input.dataset),
-                       frames, io.input.features)
+                       read_splits(io.input.splits), io.input.features, io.input.frozen.parent)
     write_json(io.output.metrics, result)
     log.info("%d training images (%.1f per class): probe accuracy %.4f%s", result["train_images"],
              result["images_per_class"], result["probe"]["accuracy"],
@@ -90,9 +121,11 @@ def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
 
 
 def run_point(params: dict[str, Any], backbone: str, fraction: float, seed: int, dataset: dict[str, Any],
-              frames: dict[str, pd.DataFrame], cache: SimpleNamespace) -> dict[str, Any]:
-    """Fit the head on the point's subsample of the cached features, then fine-tune from it; the point's metrics."""
+              frames: dict[str, pd.DataFrame], cache: SimpleNamespace, frozen_folder: Path) -> dict[str, Any]:
+    """Fit the head on the point's subsample of the cached features, then fine-tune from it (from the
+    (backbone, seed) frozen-prefix cache in `frozen_folder` where there is one); the point's metrics."""
     params = with_backbone(params, backbone)
+    full = frames
     frames = {**frames, "train": subsample(frames["train"], fraction, seed)}
     cached = {s: _rows(features.load(getattr(cache, s)), set(frames[s]["path"])) for s in SPLITS}
     classes = [str(c) for c in cached["train"]["classes"]]
@@ -111,12 +144,15 @@ def run_point(params: dict[str, Any], backbone: str, fraction: float, seed: int,
         "confidence": settings["confidence"], "probe": probe, "finetune": None,
     }
     if params["finetune"]["enabled"]:
-        ft = {**params["finetune"], "seed": seed}
+        ft = _point_finetune(params, seed)
         root = Path(dataset["root"])
-        net, summary, _ = finetune.tune(params["model"], ft, model, root, frames, classes)
-        proba, labels = finetune.predict(net, frames["test"], root, classes, params["model"], ft["batch_size"])
+        views = frozen.Cache.open(frozen_folder, params["model"], ft, full, classes)
+        net, summary, _ = finetune.tune(params["model"], ft, model, root, frames, classes, views,
+                                        frozen.rows_of(full["train"], frames["train"]))
+        predict = finetune.predictor(net, params["model"], root, classes, ft["batch_size"], views)
+        proba, labels = predict("test", frames["test"])
         result["finetune"] = {**scored(labels, proba, settings), "seconds": summary["seconds"],
-                              "epochs_run": summary["epochs_run"]}
+                              "epochs_run": summary["epochs_run"], "from_cache": summary["from_cache"]}
         baseline = pd.DataFrame({"id": test["ids"], "correct": predicted == test["labels"]})
         result["vs_probe"] = versus(baseline, "finetune", frames["test"]["path"].to_numpy(), proba.argmax(1) == labels,
                                     settings)

@@ -36,6 +36,12 @@ def augmentation(eval_transform: ImageClassification, scale: tuple[float, float]
     return v2.Compose(steps)
 
 
+def augmented(eval_transform: ImageClassification, augment: dict, normalize: bool = True) -> v2.Compose:
+    """`augmentation` as params' `finetune.augment` section sets it."""
+    return augmentation(eval_transform, tuple(augment["scale"]), augment["flip"], augment["rotation"],
+                        augment["jitter"], normalize)
+
+
 def evaluation(eval_transform: ImageClassification, normalize: bool = True) -> v2.Compose:
     """The weights' eval preprocessing as a v2 pipeline: resize, centre crop, normalise (unless not `normalize`).
 

@@ -19,8 +19,7 @@ from torch import nn
 from . import backbones, head
 from . import finetune as finetune_mod
 from .atomic import atomic_path, read_json, write_json
-from .backbones import Normalized
-from .finetune import blocks
+from .backbones import Normalized, blocks
 from .images import load_rgb
 from .layout import adversarial_png
 from .stages import StageIO, made_from

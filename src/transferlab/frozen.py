@@ -1,0 +1,331 @@
+"""The frozen-prefix cache: the backbone's frozen blocks run once over every view the fine-tune trains and is
+scored on, stored memory-mapped on disk; the fine-tune then trains its unfrozen blocks and head from there.
+
+The frozen prefix (every block before the first unfrozen one, in eval mode) is a pure function of its weights
+and its input pixels, and the fine-tune seeds each image's augmentation by (epoch, image): so its activations
+for each epoch's views can be computed before training, and training from them is the same computation as
+training on the fly. The network is cut at the block boundary by torch.fx: the prefix and the suffix share the
+backbone's modules, so training the suffix trains the network.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.special import softmax
+from torch import fx, nn
+from torch.utils.data import Dataset
+
+from . import backbones, engines
+from .atomic import atomic_path, link_or_copy, read_json, read_splits, scratch_file, write_json
+from .batches import ImageList, compute, device, torch_threads
+from .layout import frozen_array
+from .stages import StageIO
+from .transforms import TTA_VIEWS, augmented, evaluation, test_time_views
+
+log = logging.getLogger("transferlab")
+
+# What a cache may hold: each epoch's augmented training views, the plain views of every split, and the test
+# split's test-time views. The fine-tune needs "train" and "val"; its evaluation "train_plain", "val", "test"
+# and "test_tta".
+PARTS = ("train", "train_plain", "val", "test", "test_tta")
+SWEEP_PARTS = ("train", "val", "test")
+
+
+class Uncachable(ValueError):
+    """The fine-tune cannot run from a frozen-prefix cache (the message says why)."""
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The augmentation seed of a fine-tune epoch (1-based): new views each epoch, reproducible."""
+    return seed + 7919 * epoch
+
+
+def cut(backbone: nn.Module, unfreeze: int | str) -> tuple[fx.GraphModule, fx.GraphModule, str]:
+    """(prefix, suffix, name of the last frozen block): prefix(x) is the last frozen block's output and
+    suffix(prefix(x)) == backbone(x), both sharing the backbone's modules. Raises Uncachable where the network
+    has no frozen prefix or cannot be cut there."""
+    if unfreeze == "all":
+        raise Uncachable("finetune.unfreeze: all trains every block, so there is no frozen prefix to compute once "
+                         "(only JPEG decoding could be saved); the fine-tune runs on the fly")
+    found = backbones.blocks(backbone)
+    if unfreeze >= len(found):
+        raise Uncachable(f"finetune.unfreeze: {unfreeze} trains all {len(found)} blocks; the fine-tune runs on the fly")
+    last = found[len(found) - unfreeze - 1]
+    last = list(last)[-1] if isinstance(last, nn.ModuleList) else last
+    names = {m: n for n, m in backbone.named_modules()}
+    leaves = {names[b] for b in found if not isinstance(b, nn.ModuleList)}
+
+    class Blocks(fx.Tracer):
+        def is_leaf_module(self, m: nn.Module, qualified_name: str) -> bool:
+            return qualified_name in leaves or super().is_leaf_module(m, qualified_name)
+
+    try:
+        graph = Blocks().trace(backbone)
+        boundary = next(n for n in graph.nodes if n.op == "call_module" and n.target == names[last])
+        head_graph, tail_graph = fx.Graph(), fx.Graph()
+        env: dict[fx.Node, fx.Node] = {}
+        nodes = iter(graph.nodes)
+        for node in nodes:
+            env[node] = head_graph.node_copy(node, env.__getitem__)
+            if node is boundary:
+                break
+        head_graph.output(env[boundary])
+        env = {boundary: tail_graph.placeholder("frozen")}
+        for node in nodes:
+            env[node] = tail_graph.node_copy(node, env.__getitem__)
+    except (KeyError, StopIteration, fx.proxy.TraceError, TypeError, NotImplementedError) as exc:
+        raise Uncachable(f"{type(backbone).__name__} cannot be cut after block {names[last]} "
+                         f"({type(exc).__name__}: {str(exc)[:120]}); the fine-tune runs on the fly") from None
+    return fx.GraphModule(backbone, head_graph), fx.GraphModule(backbone, tail_graph), names[last]
+
+
+def fingerprint(module: nn.Module) -> str:
+    """sha256 of a module's state (names, shapes and values): the prefix weights a cache was computed with."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def rows_of(full: pd.DataFrame, part: pd.DataFrame) -> list[int]:
+    """The rows of `full` holding `part`'s images (a subsample's images keep their seeds and cached rows)."""
+    index = {p: i for i, p in enumerate(full["path"])}
+    return [index[p] for p in part["path"]]
+
+
+def key(model_params: dict[str, Any], ft: dict[str, Any], frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
+    """What a cache's activations are a function of: weights, cut, augmentation, epochs and seed, and images."""
+    images = {s: [len(f), hashlib.sha256("\n".join(f["path"]).encode()).hexdigest()[:16]] for s, f in frames.items()}
+    return {"model": model_params, **{k: ft[k] for k in ("unfreeze", "augment", "epochs", "seed")}, "images": images}
+
+
+def size(shape: list[int], ft: dict[str, Any], counts: dict[str, int], parts: tuple[str, ...]) -> int:
+    """Bytes of float32 activations of `shape` for the parts, given each split's number of images."""
+    rows = {"train": ft["epochs"] * counts["train"], "train_plain": counts["train"], "val": counts["val"],
+            "test": counts["test"], "test_tta": len(TTA_VIEWS) * counts["test"]}
+    return 4 * int(np.prod(shape)) * sum(rows[p] for p in parts)
+
+
+def _views(part: str, frame: pd.DataFrame, root: Path, classes: list[str], model_params: dict[str, Any],
+           ft: dict[str, Any], encoded: bool) -> list[ImageList]:
+    """The uint8 images of one part, one ImageList per epoch for the training views."""
+    plain = backbones.preprocessing(model_params)
+    min_size = plain.resize_size[0]
+    if part == "train":
+        transform = augmented(plain, ft["augment"], normalize=False)
+        return [ImageList(root, frame, classes, transform, min_size, epoch_seed(ft["seed"], e), encoded)
+                for e in range(1, ft["epochs"] + 1)]
+    transform = test_time_views(plain) if part == "test_tta" else evaluation(plain, normalize=False)
+    return [ImageList(root, frame, classes, transform, min_size, encoded=encoded)]
+
+
+def build(params: dict[str, Any], ft: dict[str, Any], dataset: dict[str, Any], frames: dict[str, pd.DataFrame],
+          folder: Path, parts: tuple[str, ...]) -> dict[str, Any]:
+    """Compute the cache into `folder` (its meta.json last), or, where it cannot pay, only a meta.json saying why.
+
+    `params` give model and features (the extraction machinery: engine, batch size, workers); `ft` the fine-tune
+    settings the views follow. Returns the meta record.
+    """
+    model_params, feat = params["model"], params["features"]
+    meta_path = folder / "meta.json"
+    clear(folder)
+    record: dict[str, Any] = {"cached": False, "key": key(model_params, ft, frames)}
+    try:
+        if ft["cache"] == "never":
+            raise Uncachable("finetune.cache: never; the fine-tune runs on the fly")
+        backbone, _, _ = backbones.load_feature_extractor(model_params)
+        backbones.check_unfreeze(backbone, ft["unfreeze"], model_params["backbone"])
+        prefix, _, boundary = cut(backbone, ft["unfreeze"])
+        plain = backbones.preprocessing(model_params)
+        crop = plain.crop_size[0]
+        with torch.inference_mode():
+            shape = list(prefix(torch.zeros(1, 3, crop, crop)).shape[1:])
+        need = size(shape, ft, {s: len(f) for s, f in frames.items()}, parts)
+        budget = ft["cache_max_gb"] * 2**30
+        free = shutil.disk_usage(folder).free
+        if need > min(budget, free):
+            which = (f"finetune.cache_max_gb: {ft['cache_max_gb']:g}" if need > budget
+                     else f"the {free / 2**30:.1f} GiB free at {folder}")
+            raise Uncachable(f"the frozen-prefix cache ({boundary} output {'×'.join(map(str, shape))} per view) "
+                             f"would take {need / 2**30:.2f} GiB, more than {which}; the fine-tune runs on the fly")
+    except Uncachable as exc:
+        record["reason"] = str(exc)
+        write_json(meta_path, record)
+        log.info("no frozen-prefix cache: %s", exc)
+        return record
+    start = time.perf_counter()
+    record.update(boundary=boundary, shape=shape, bytes=need, prefix_sha256=fingerprint(prefix),
+                  seeds=[epoch_seed(ft["seed"], e) for e in range(1, ft["epochs"] + 1)], parts={})
+    record["engine"] = _fill(prefix, plain, feat, dataset, frames, folder, parts, shape, model_params, ft,
+                             record["parts"])
+    record.update(cached=True, seconds=round(time.perf_counter() - start, 3))
+    write_json(meta_path, record)
+    log.info("frozen prefix up to %s (%s per view, %.2f GiB) computed once in %.1f s", boundary,
+             "×".join(map(str, shape)), need / 2**30, record["seconds"])
+    return record
+
+
+def _fill(prefix: nn.Module, plain: Any, feat: dict[str, Any], dataset: dict[str, Any],
+          frames: dict[str, pd.DataFrame], folder: Path, parts: tuple[str, ...], shape: list[int],
+          model_params: dict[str, Any], ft: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
+    """Run the prefix over each part's views with the extraction engine, into one memory-mapped .npy per part."""
+    dev = device()
+    on_gpu = dev.type == "cuda"
+    threads = torch.get_num_threads()
+    streams = 1 if on_gpu else threads
+    model = backbones.Normalized(prefix, plain.mean, plain.std, scale=255)
+    root, classes = Path(dataset["root"]), dataset["classes"]
+    with scratch_file(folder, ".onnx", "prefix") as onnx_path, torch_threads(threads // streams):
+        forward, engine = engines.build(model, feat["engine"], "float32", dev, plain.crop_size[0], onnx_path,
+                                        threads=threads // streams)
+        for part in parts:
+            frame = frames[part.split("_")[0]]
+            views = _views(part, frame, root, classes, model_params, ft, on_gpu)
+            tick = time.perf_counter()
+            lead = [len(views), len(frame)] if part == "train" else [len(frame)]
+            inner = [len(TTA_VIEWS)] if part == "test_tta" else []
+            run = _flat(forward, len(inner) > 0)
+            with atomic_path(frozen_array(folder, part)) as tmp:
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=tuple(lead + inner + shape))
+                for e, images in enumerate(views):
+                    compute(run, images, out[e] if part == "train" else out,
+                            f"frozen {part}" + (f" epoch {e + 1}" if part == "train" else ""),
+                            feat["batch_size"] // (len(TTA_VIEWS) if inner else 1) or 1, streams,
+                            feat["num_workers"], dev)
+                out.flush()
+                del out
+            seconds = time.perf_counter() - tick
+            n = int(np.prod(lead + inner))
+            stats[part] = {"views": n, "seconds": round(seconds, 3), "views_per_s": round(n / seconds, 2)}
+    return engine
+
+
+def _flat(forward: engines.Forward, stacked: bool) -> engines.Forward:
+    """The forward over batches of stacked test-time views (N, V, 3, H, W) where `stacked`."""
+    if not stacked:
+        return forward
+
+    def run(images: torch.Tensor) -> np.ndarray:
+        out = forward(images.flatten(0, 1))
+        return out.reshape(images.shape[0], images.shape[1], *out.shape[1:])
+
+    return run
+
+
+def clear(folder: Path) -> None:
+    """Remove a cache (meta.json first, so a half-removed cache never looks complete)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "meta.json").unlink(missing_ok=True)
+    for part in PARTS:
+        frozen_array(folder, part).unlink(missing_ok=True)
+
+
+def link(source: Path, folder: Path) -> None:
+    """Make `folder` the same cache as `source` (hard links where the disk allows, else copies)."""
+    clear(folder)
+    meta = read_json(source / "meta.json")
+    for part in meta.get("parts", {}):
+        link_or_copy(frozen_array(source, part), frozen_array(folder, part))
+    write_json(folder / "meta.json", meta)
+
+
+def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
+    """The frozen_cache stage: the main fine-tune's views (every part), or a meta.json saying why not."""
+    return build(params, params["finetune"], read_json(io.input.dataset), read_splits(io.input.splits),
+                 io.output.meta.parent, PARTS)
+
+
+class Activations(Dataset):
+    """Cached activations of some rows as (tensor, class index, item); for the training views, setting `seed`
+    to an epoch's seed picks that epoch's views, as it picks the augmentation of an ImageList."""
+
+    def __init__(self, array: np.ndarray, rows: list[int], labels: list[int], seeds: list[int] | None = None):
+        self.array, self.rows, self.labels, self.seeds = array, rows, labels, seeds
+        self.slab: np.ndarray = array if seeds is None else array[0]
+        self._seed = None if seeds is None else seeds[0]
+
+    @property
+    def seed(self) -> int | None:
+        return self._seed
+
+    @seed.setter
+    def seed(self, value: int) -> None:
+        if self.seeds is None or value not in self.seeds:
+            raise ValueError(f"the frozen-prefix cache holds no views for augmentation seed {value} "
+                             f"(it holds {self.seeds}); re-run frozen_cache")
+        self.slab, self._seed = self.array[self.seeds.index(value)], value
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
+        return torch.from_numpy(np.array(self.slab[self.rows[i]])), self.labels[i], i
+
+
+@dataclass(frozen=True)
+class Cache:
+    """A computed cache, checked against what the caller is about to run: open it with `Cache.open`."""
+
+    folder: Path
+    meta: dict[str, Any]
+    frames: dict[str, pd.DataFrame]
+    classes: list[str]
+
+    @staticmethod
+    def open(folder: Path, model_params: dict[str, Any], ft: dict[str, Any], frames: dict[str, pd.DataFrame],
+             classes: list[str]) -> Cache | None:
+        """The cache in `folder` for these params and (full) splits, or None (the log says why: not computed, or
+        `finetune.cache: never`). A cache made for other params or images is an error, never used."""
+        meta = read_json(folder / "meta.json")
+        if not meta.get("cached"):
+            log.info("fine-tune on the fly: %s", meta.get("reason", "no frozen-prefix cache"))
+            return None
+        expected = json.loads(json.dumps(key(model_params, ft, frames)))
+        if meta["key"] != expected:
+            differ = sorted(k for k in expected if meta["key"].get(k) != expected[k])
+            raise ValueError(f"{folder}: the frozen-prefix cache was made for other {', '.join(differ)}; "
+                             f"re-run the stage that makes it (frozen_cache or sweep_frozen)")
+        return Cache(folder, meta, frames, classes)
+
+    def tail(self, net: nn.Module) -> nn.Sequential | None:
+        """The network after the cached prefix (the backbone's suffix, then the head), or None (logged) where the
+        network's prefix weights are not the ones the cache was computed with."""
+        prefix, suffix, _ = cut(net.backbone, self.meta["key"]["unfreeze"])
+        if fingerprint(prefix) != self.meta["prefix_sha256"]:
+            log.warning("%s: the network's frozen blocks differ from the cached ones; running on the fly", self.folder)
+            return None
+        return nn.Sequential(suffix, net.head)
+
+    def activations(self, part: str, frame: pd.DataFrame) -> Activations:
+        """The cached part ("train": every epoch's views) for the images of `frame` (a split or a subsample)."""
+        array = np.load(frozen_array(self.folder, part), mmap_mode="r")
+        lookup = {c: i for i, c in enumerate(self.classes)}
+        rows = rows_of(self.frames[part.split("_")[0]], frame)
+        return Activations(array, rows, [lookup[c] for c in frame["label"]],
+                           self.meta["seeds"] if part == "train" else None)
+
+    def probabilities(self, tail: nn.Module, part: str, frame: pd.DataFrame, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Class probabilities (float64; test-time views averaged) and class indices of `frame`'s images."""
+        data = self.activations(part, frame)
+        dev = device()
+        tail = tail.to(dev).eval()
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(data), batch_size):
+                stack = torch.from_numpy(np.array(data.slab[data.rows[start:start + batch_size]])).to(dev)
+                views = stack.shape[1] if part == "test_tta" else 1
+                logits = tail(stack.flatten(0, 1) if views > 1 else stack).float().cpu().numpy()
+                proba = softmax(logits.astype(np.float64), axis=1)
+                out.append(proba.reshape(len(stack), views, -1).mean(1))
+        return np.concatenate(out), np.asarray(data.labels)

@@ -1,0 +1,120 @@
+"""The frozen-prefix cache: the network cut at a block boundary, and training from the cache equal to training on
+the fly (tiny synthetic images, random-init models)."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import stage_io
+from test_finetune import net, probe_setup  # noqa: F401  (fixture)
+
+from transferlab import finetune, frozen, stages
+from transferlab.evaluation import run_finetune
+
+# Training from cached activations vs on the fly: the same operations in a different batch composition for the
+# frozen blocks, so float32 rounding differs; per-epoch losses, weights and final probabilities agree to
+# |a - b| <= TOLERANCE * |b| + ABSOLUTE.
+TOLERANCE, ABSOLUTE = 1e-5, 1e-7
+
+
+@pytest.mark.parametrize("name, unfreeze", [("resnet18", 1), ("resnet18", 0), ("mobilenet_v2", 2), ("vgg11", 2),
+                                            ("vgg11", 0), ("efficientnet_b0", 1)])
+def test_prefix_then_suffix_is_the_backbone_and_shares_its_weights(name, unfreeze):
+    model = net(name).eval()
+    prefix, suffix, boundary = frozen.cut(model.backbone, unfreeze)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.equal(suffix(prefix(x)), model.backbone(x))
+    finetune.freeze(model, unfreeze)
+    own = {id(p) for p in model.backbone.parameters()}
+    assert {id(p) for p in suffix.parameters()} <= own and {id(p) for p in prefix.parameters()} <= own
+    assert not any(p.requires_grad for p in prefix.parameters())  # the prefix is exactly the frozen part
+    trainable = {id(p) for p in model.backbone.parameters() if p.requires_grad}
+    assert trainable <= {id(p) for p in suffix.parameters()}
+    assert boundary in dict(model.backbone.named_modules())
+
+
+def test_no_prefix_to_cache_when_every_block_trains():
+    model = net("resnet18")
+    with pytest.raises(frozen.Uncachable, match="unfreeze: all trains every block"):
+        frozen.cut(model.backbone, "all")
+    with pytest.raises(frozen.Uncachable, match="trains all 5 blocks"):
+        frozen.cut(model.backbone, 5)
+
+
+def cache_into(tmp_path, data_dir, params, folder="frozen"):
+    files = stage_io("frozen_cache", data_dir, tmp_path / folder)
+    return stages.execute("frozen_cache", frozen.run, params, files), files.output.meta
+
+
+def finetune_and_evaluate(tmp_path, data_dir, params, meta, out):
+    """The finetune and evaluate_finetune stages reading the frozen_cache output `meta`; (summary, history,
+    metrics, test probabilities as the predictions table holds them)."""
+    probe_preds = tmp_path / "probe_predictions.csv"
+    if not probe_preds.exists():
+        test = pd.read_csv(data_dir / "splits" / "test.csv")
+        pd.DataFrame({"id": test["path"], "correct": True}).to_csv(probe_preds, index=False)
+    summary = finetune.run(params, stage_io("finetune", data_dir, tmp_path / out, probe=tmp_path / "probe.npz",
+                                            frozen=meta))
+    metrics = run_finetune(params, stage_io("evaluate_finetune", data_dir, tmp_path / out / "eval",
+                                            model=tmp_path / out / "model.pt", probe=probe_preds, frozen=meta))
+    history = pd.read_csv(tmp_path / out / "history.csv")
+    return summary, history, metrics, pd.read_csv(tmp_path / out / "eval" / "eval" / "finetune" / "predictions.csv")
+
+
+def test_training_from_the_cache_equals_training_on_the_fly(probe_setup):  # noqa: F811
+    tmp_path, data_dir, params, _ = probe_setup
+    params["features"]["engine"] = "torch"
+    params["finetune"].update(epochs=3, patience=5, augment={"scale": [0.5, 1.0], "flip": True, "rotation": 15,
+                                                             "jitter": 0.2})
+    record, meta = cache_into(tmp_path, data_dir, params)
+    assert record["cached"] and record["boundary"] == "layer3" and record["shape"] == [256, 2, 2]
+    views = np.load(meta.parent / "train.npy", mmap_mode="r")
+    assert views.shape == (3, 12, 256, 2, 2) and not np.allclose(views[0], views[1])  # new views each epoch
+    assert np.load(meta.parent / "test_tta.npy", mmap_mode="r").shape == (6, 6, 256, 2, 2)
+    cached = finetune_and_evaluate(tmp_path, data_dir, params, meta, "cached")
+
+    params["finetune"]["cache"] = "never"
+    never, never_meta = cache_into(tmp_path, data_dir, params, "never")
+    assert not never["cached"] and never["reason"].startswith("finetune.cache: never")
+    assert sorted(p.name for p in never_meta.parent.iterdir()) == ["meta.json"]
+    fly = finetune_and_evaluate(tmp_path, data_dir, params, never_meta, "fly")
+
+    assert cached[0]["from_cache"] and not fly[0]["from_cache"]
+    assert cached[0]["epochs_run"] == fly[0]["epochs_run"] == 3
+    columns = ["train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "head_lr"]
+    np.testing.assert_allclose(cached[1][columns], fly[1][columns], rtol=TOLERANCE, atol=ABSOLUTE)
+    images = torch.randn(4, 3, 32, 32)
+    with torch.inference_mode():
+        a, b = (finetune.load(params["model"], tmp_path / d / "model.pt", 3)(images) for d in ("cached", "fly"))
+    torch.testing.assert_close(a, b, rtol=TOLERANCE, atol=TOLERANCE * b.abs().max().item())
+    for key in ("accuracy", "log_loss", "train_accuracy", "val_accuracy"):
+        assert cached[2][key] == pytest.approx(fly[2][key], rel=TOLERANCE, abs=ABSOLUTE)
+    assert cached[2]["tta"] == fly[2]["tta"]
+    pd.testing.assert_frame_equal(cached[3].drop(columns="confidence"), fly[3].drop(columns="confidence"))
+    np.testing.assert_allclose(cached[3]["confidence"], fly[3]["confidence"], rtol=TOLERANCE, atol=2e-6)
+
+
+def test_cache_over_budget_runs_on_the_fly_and_says_why(probe_setup):  # noqa: F811
+    tmp_path, data_dir, params, _ = probe_setup
+    params["finetune"]["cache_max_gb"] = 1e-6
+    record, meta = cache_into(tmp_path, data_dir, params)
+    assert not record["cached"] and "more than finetune.cache_max_gb: 1e-06" in record["reason"]
+    summary = finetune.run(params, stage_io("finetune", data_dir, tmp_path / "ft", probe=tmp_path / "probe.npz",
+                                            frozen=meta))
+    assert not summary["from_cache"] and summary["epochs_run"] == 2
+
+
+def test_a_cache_made_for_other_params_is_refused(probe_setup):  # noqa: F811
+    tmp_path, data_dir, params, _ = probe_setup
+    record, meta = cache_into(tmp_path, data_dir, params)
+    assert record["cached"] and record["seeds"] == [frozen.epoch_seed(0, 1), frozen.epoch_seed(0, 2)]
+    params["finetune"]["epochs"] = 3
+    with pytest.raises(ValueError, match="made for other epochs; re-run"):
+        finetune.run(params, stage_io("finetune", data_dir, tmp_path / "ft", probe=tmp_path / "probe.npz",
+                                      frozen=meta))
+    params["finetune"]["epochs"] = 2
+    params["finetune"]["enabled"] = False
+    skipped, _ = cache_into(tmp_path, data_dir, params)
+    assert json.loads(meta.read_text()) == skipped and not (meta.parent / "train.npy").exists()
