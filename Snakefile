@@ -263,7 +263,7 @@ rule visualize:
 
 rule sweep_extract:
     """Features of every image for one backbone: computed once, shared by all fractions and seeds (model.backbone's
-    are the extract stage's, linked)."""
+    are the extract stage's, copied)."""
     input:
         **inputs("sweep_extract"),
     output:
@@ -280,7 +280,7 @@ rule sweep_extract:
 
 
 rule sweep_frozen:
-    """One (backbone, seed)'s frozen-prefix cache, shared by every fraction (the main one's, linked, where equal)."""
+    """One (backbone, seed)'s frozen-prefix cache, shared by every fraction (the main one's, copied, where equal)."""
     input:
         **inputs("sweep_frozen"),
     output:

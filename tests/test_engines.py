@@ -268,12 +268,12 @@ def test_sweep_reuses_the_main_features_and_cache_and_reports_the_curve(both_eng
     assert dvc_stages_ran(dvc_first).count("sweep_frozen@resnet18-0") == 1
     assert sorted(n for n in dvc_stages_ran(dvc_first) if n.startswith("sweep_point")) == [
         "sweep_point@resnet18-0.5-0", "sweep_point@resnet18-1.0-0"]
-    # resnet18 is model.backbone and seed 0 finetune.seed: the main stages' files, linked, nothing computed twice
-    assert "the extract stage's features, linked" in (sm_dir / "logs/sweep/resnet18/extract.log").read_text()
-    assert "frozen-prefix cache, linked" in (sm_dir / "logs/sweep/resnet18/frozen/0.log").read_text()
+    # resnet18 is model.backbone and seed 0 finetune.seed: the main stages' files, copied, nothing computed twice
+    assert "the extract stage's features, copied" in (sm_dir / "logs/sweep/resnet18/extract.log").read_text()
+    assert "frozen-prefix cache, copied" in (sm_dir / "logs/sweep/resnet18/frozen/0.log").read_text()
     assert "no extraction here" in (sm_dir / "logs/sweep/resnet18/0.5/0.log").read_text()
     for project in (sm_dir, dvc_dir):
-        # the main cache's record, its compute time included: linked, not computed again (DVC may later check the
+        # the main cache's record, its compute time included: copied, not computed again (DVC may later check the
         # files out of its cache as copies, so the link itself need not survive)
         main, linked = (json.loads((project / f).read_text()) for f in ("results/frozen/meta.json",
                                                                          "results/sweep/resnet18/frozen/0/meta.json"))

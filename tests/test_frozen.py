@@ -75,7 +75,7 @@ def test_training_from_the_cache_equals_training_on_the_fly(probe_setup):  # noq
     assert np.load(meta.parent / "test_tta.npy", mmap_mode="r").shape == (6, 6, 256, 2, 2)
     cached = finetune_and_evaluate(tmp_path, data_dir, params, meta, "cached")
 
-    params["finetune"]["cache"] = "never"
+    params["finetune"].update(cache="never", num_workers=1)  # on the fly, images decoded in a worker process
     never, never_meta = cache_into(tmp_path, data_dir, params, "never")
     assert not never["cached"] and never["reason"].startswith("finetune.cache: never")
     assert sorted(p.name for p in never_meta.parent.iterdir()) == ["meta.json"]

@@ -30,16 +30,17 @@ def test_points_reuse_the_cached_features_and_subsample_per_class(tmp_path, monk
 
     monkeypatch.setattr(features, "run", no_extraction)
     extracted = stage_io("sweep_extract", data_dir, wildcards={"backbone": "resnet18"})
-    sweep.extract(params, extracted)  # model.backbone: the extract stage's files, linked
-    assert extracted.output.train.samefile(tmp_path / "results" / "features" / "train.npz")
+    sweep.extract(params, extracted)  # model.backbone: the extract stage's files, copied
+    main = tmp_path / "results" / "features" / "train.npz"
+    assert extracted.output.train.read_bytes() == main.read_bytes() and not extracted.output.train.samefile(main)
     caches = {}
-    for seed in (0, 1):  # seed 0 is finetune.seed: the main cache, linked; seed 1 has its own views
+    for seed in (0, 1):  # seed 0 is finetune.seed: the main cache, copied; seed 1 has its own views
         files = stage_io("sweep_frozen", data_dir, wildcards={"backbone": "resnet18", "seed": str(seed)})
         caches[seed] = sweep.frozen_cache(params, files)
         assert caches[seed]["cached"] and sorted(caches[seed]["parts"]) == (
             sorted(frozen.PARTS) if seed == 0 else sorted(frozen.SWEEP_PARTS))
-        assert (files.output.meta.parent / "train.npy").samefile(tmp_path / "results" / "frozen" / "train.npy") == (
-            seed == 0)
+        same = (files.output.meta.parent / "train.npy").read_bytes() == (tmp_path / "results/frozen/train.npy").read_bytes()
+        assert same == (seed == 0)
     assert caches[1]["seeds"] == [frozen.epoch_seed(1, 1)]
     trained_on, fit = {}, head.fit
 

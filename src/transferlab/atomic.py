@@ -70,15 +70,11 @@ def read_json(path: Path | str) -> Any:
         raise ValueError(f"{path}: not valid JSON ({exc}); re-run the stage that writes it") from None
 
 
-def link_or_copy(source: Path | str, path: Path | str) -> None:
-    """Put `source` at `path` as a hard link (no second copy on disk), or a copy where links are not allowed;
-    atomically, like every write here (outputs are replaced, never written in place, so a link stays safe)."""
+def copy_file(source: Path | str, path: Path | str) -> None:
+    """Copy `source` to `path` atomically, keeping its times. A copy, not a hard link: Snakemake may touch an
+    output, and a link would make the source look newer to the rules that read it."""
     with atomic_path(path) as tmp:
-        tmp.unlink()
-        try:
-            tmp.hardlink_to(source)
-        except OSError:
-            shutil.copy2(source, tmp)
+        shutil.copy2(source, tmp)
 
 
 def read_splits(files: Any) -> dict[str, pd.DataFrame]:

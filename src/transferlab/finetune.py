@@ -131,7 +131,9 @@ def run_epoch(model: FineTuneNet, data, dev: torch.device, optimizer=None, sched
     loss_sum, correct, seen = 0.0, 0, 0
     loss_fn = nn.CrossEntropyLoss()
     with torch.set_grad_enabled(optimizer is not None):
-        for images, labels, _ in tqdm(data, desc=desc, unit="batch", leave=False):
+        # tqdm.auto would call iter() on the DataLoader once more for async use: a throwaway iterator that draws
+        # from the shuffle generator (and starts workers), so the order would depend on num_workers
+        for images, labels, _ in tqdm(iter(data), total=len(data), desc=desc, unit="batch", leave=False):
             images = images.to(dev, non_blocking=True)
             if images.ndim == 4:  # images, or a cut's feature maps (a cut after a classifier layer gives vectors)
                 images = images.contiguous(memory_format=torch.channels_last)
@@ -232,6 +234,7 @@ def tune(model_params: dict[str, Any], ft: dict[str, Any], probe: Pipeline, root
         "head_lr": ft["head_lr"], "seconds": round(seconds, 3),
         "train_images_per_s": round(len(train) * len(history) / seconds, 2), "device": str(dev),
         "precision": precision(dev), "from_cache": tail is not None,
+        "frozen_cache_seconds": cache.meta["seconds"] if tail is not None else 0.0,  # its compute, done once
     }
     return net.eval(), summary, frame
 

@@ -26,7 +26,7 @@ from torch import fx, nn
 from torch.utils.data import Dataset
 
 from . import backbones, engines
-from .atomic import atomic_path, link_or_copy, read_json, read_splits, scratch_file, write_json
+from .atomic import atomic_path, copy_file, read_json, read_splits, scratch_file, write_json
 from .batches import ImageList, compute, device, torch_threads
 from .layout import frozen_array
 from .stages import StageIO
@@ -231,12 +231,12 @@ def clear(folder: Path) -> None:
         frozen_array(folder, part).unlink(missing_ok=True)
 
 
-def link(source: Path, folder: Path) -> None:
-    """Make `folder` the same cache as `source` (hard links where the disk allows, else copies)."""
+def copy(source: Path, folder: Path) -> None:
+    """Make `folder` the same cache as `source` (a copy of its files: nothing is computed twice)."""
     clear(folder)
     meta = read_json(source / "meta.json")
     for part in meta.get("parts", {}):
-        link_or_copy(frozen_array(source, part), frozen_array(folder, part))
+        copy_file(frozen_array(source, part), frozen_array(folder, part))
     write_json(folder / "meta.json", meta)
 
 

@@ -343,7 +343,8 @@ def gather(params: dict[str, Any], files: SimpleNamespace) -> dict[str, Any]:
     if not ft.get("skipped"):
         ft_extra = {"trainable_parameters": ft["trainable_parameters"], "learning_rate":
                     f"{ft['lr']:g} (head {ft['head_lr']:g})", "epochs": f"{ft['epochs_run']} (best {ft['best_epoch']})",
-                    "seconds": round(extract_seconds + head_summary.get("seconds", 0) + ft["seconds"], 1)}
+                    "seconds": round(extract_seconds + head_summary.get("seconds", 0) + ft["seconds"]
+                                     + ft.get("frozen_cache_seconds", 0), 1)}
     methods["finetune"] = _load_method(files.finetune_eval, ft_extra)
     history_path = files.finetune.history
     history = pd.read_csv(history_path) if methods["finetune"]["ran"] and history_path.exists() else None
@@ -352,6 +353,9 @@ def gather(params: dict[str, Any], files: SimpleNamespace) -> dict[str, Any]:
     stage_costs.append({"stage": "train_head (C search + refit)", "images": head_summary.get("train_rows"),
                         "seconds": head_summary.get("seconds"), "images_per_s": None})
     if methods["finetune"]["ran"]:
+        if ft.get("frozen_cache_seconds"):
+            stage_costs.append({"stage": "frozen_cache (frozen blocks, once, every epoch's views)", "images": None,
+                                "seconds": ft["frozen_cache_seconds"], "images_per_s": None})
         stage_costs.append({"stage": f"finetune ({ft['epochs_run']} epochs)", "images": None,
                             "seconds": ft["seconds"], "images_per_s": ft["train_images_per_s"]})
     rejected = pd.read_csv(files.rejected) if files.rejected.exists() else pd.DataFrame()

@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from . import features, finetune, frozen, head, layout, stats  # noqa: E402
-from .atomic import atomic_path, link_or_copy, read_json, read_splits, write_csv, write_json  # noqa: E402
+from .atomic import atomic_path, copy_file, read_json, read_splits, write_csv, write_json  # noqa: E402
 from .evaluation import scored, versus  # noqa: E402
 from .layout import METHODS, SPLITS, points  # noqa: E402
 from .split import subsample  # noqa: E402
@@ -62,12 +62,12 @@ def with_backbone(params: dict[str, Any], backbone: str) -> dict[str, Any]:
 
 def extract(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
     """The sweep_extract stage: the backbone's features for every image of the split, extracted once for the
-    whole sweep; model.backbone's are the extract stage's own files, linked (not extracted twice)."""
+    whole sweep; model.backbone's are the extract stage's own files, copied (not extracted twice)."""
     backbone = io.wildcards["backbone"]
     if backbone == params["model"]["backbone"]:
         for name, path in vars(io.output).items():
-            link_or_copy(getattr(io.input.main, name), path)
-        log.info("%s is model.backbone: the extract stage's features, linked", backbone)
+            copy_file(getattr(io.input.main, name), path)
+        log.info("%s is model.backbone: the extract stage's features, copied", backbone)
         return read_json(io.output.meta)
     meta = features.run(with_backbone(params, backbone), io)
     log.info("%s: extracted once for the whole sweep: %d images, %s engine, %d features", backbone,
@@ -82,7 +82,7 @@ def _point_finetune(params: dict[str, Any], seed: int) -> dict[str, Any]:
 
 def frozen_cache(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
     """The sweep_frozen stage: the frozen-prefix cache of one (backbone, seed) over the full splits, shared by
-    every fraction; where it is the main fine-tune's own cache (same backbone and seed), that one, linked."""
+    every fraction; where it is the main fine-tune's own cache (same backbone and seed), that one, copied."""
     w = io.wildcards
     folder = io.output.meta.parent
     if not params["finetune"]["enabled"]:
@@ -95,8 +95,8 @@ def frozen_cache(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
     frames = read_splits(io.input.splits)
     main = read_json(io.input.main)
     if main.get("cached") and main["key"] == json.loads(json.dumps(frozen.key(point["model"], ft, frames))):
-        frozen.link(io.input.main.parent, folder)
-        log.info("%s seed %s: the main fine-tune's frozen-prefix cache, linked", w["backbone"], w["seed"])
+        frozen.copy(io.input.main.parent, folder)
+        log.info("%s seed %s: the main fine-tune's frozen-prefix cache, copied", w["backbone"], w["seed"])
         return main
     return frozen.build(point, ft, read_json(io.input.dataset), frames, folder, frozen.SWEEP_PARTS)
 
