@@ -272,6 +272,7 @@ def test_sweep_reuses_the_main_features_and_cache_and_reports_the_curve(both_eng
     assert "the extract stage's features, copied" in (sm_dir / "logs/sweep/resnet18/extract.log").read_text()
     assert "frozen-prefix cache, copied" in (sm_dir / "logs/sweep/resnet18/frozen/0.log").read_text()
     assert "no extraction here" in (sm_dir / "logs/sweep/resnet18/0.5/0.log").read_text()
+    assert "is the main pipeline's run" in (sm_dir / "logs/sweep/resnet18/1.0/0.log").read_text()
     for project in (sm_dir, dvc_dir):
         # the main cache's record, its compute time included: copied, not computed again (DVC may later check the
         # files out of its cache as copies, so the link itself need not survive)
@@ -280,6 +281,10 @@ def test_sweep_reuses_the_main_features_and_cache_and_reports_the_curve(both_eng
         assert linked == main and main["cached"]
         point = json.loads((project / "results/sweep/resnet18/0.5/0/metrics.json").read_text())
         assert point["finetune"]["from_cache"]
+        # fraction 1 with model.backbone and finetune.seed is the main run: its scores, read, not recomputed
+        whole, tuned = (json.loads((project / f).read_text()) for f in ("results/sweep/resnet18/1.0/0/metrics.json",
+                                                                        "results/metrics/finetune.json"))
+        assert whole["finetune"]["accuracy"] == tuned["accuracy"] and whole["vs_probe"] == tuned["vs_probe"]
     # the main stages come first under Snakemake (priority), the sweep's points after them
     order = re.findall(r"^(?:local)?rule (\w+):", sm_first, re.M)
     assert order.index("evaluate_finetune") < order.index("sweep_point")

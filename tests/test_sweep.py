@@ -6,7 +6,8 @@ import pytest
 from conftest import stage_io
 from test_features_head import prepare
 
-from transferlab import features, frozen, head, layout, sweep
+from transferlab import evaluation, features, finetune, frozen, head, layout, sweep
+from transferlab.atomic import read_json, read_splits
 from transferlab.params import ParamsError, validate
 
 
@@ -48,14 +49,32 @@ def test_points_reuse_the_cached_features_and_subsample_per_class(tmp_path, monk
         trained_on[len(trained_on)] = pd.Series(train["labels"], index=train["ids"])
         return fit(train, val, settings)
 
+    for stage, run in (("train_head", head.run), ("evaluate_probe", evaluation.run_probe),
+                       ("finetune", finetune.run), ("evaluate_finetune", evaluation.run_finetune)):
+        run(params, stage_io(stage, data_dir))
     monkeypatch.setattr(head, "fit", recording_fit)
-    results, heads = {}, {}
+    results, heads, points = {}, {}, {}
     for backbone, fraction, seed in layout.points(params):
-        point = stage_io("sweep_point", data_dir, wildcards={"backbone": backbone, "fraction": layout.label(fraction),
-                                                             "seed": str(seed)})
-        results[fraction, seed] = sweep.run(params, point)
-        heads[fraction, seed] = trained_on[len(trained_on) - 1]
+        points[fraction, seed] = stage_io("sweep_point", data_dir, wildcards={
+            "backbone": backbone, "fraction": layout.label(fraction), "seed": str(seed)})
+        fits = len(trained_on)
+        results[fraction, seed] = sweep.run(params, points[fraction, seed])
+        if len(trained_on) > fits:
+            heads[fraction, seed] = trained_on[fits]
     assert set(results) == {(0.25, 0), (0.25, 1), (1.0, 0), (1.0, 1)}
+    assert set(heads) == {(0.25, 0), (0.25, 1), (1.0, 1)}  # (1.0, 0) is the main run: read, not refitted
+    main = points[1.0, 0].input
+    computed = sweep.run_point(params, "resnet18", 1.0, 0, read_json(main.dataset), read_splits(main.splits),
+                               main.features, main.frozen.parent)
+    for method in ("probe", "finetune"):
+        reused = results[1.0, 0][method]
+        assert set(reused) == set(computed[method])
+        for key in ("accuracy", "balanced_accuracy", "macro_f1", "log_loss"):
+            assert reused[key] == pytest.approx(computed[method][key], rel=1e-6), (method, key)
+        assert reused["interval"] == computed[method]["interval"]
+    assert results[1.0, 0]["vs_probe"] == computed["vs_probe"]
+    assert {k: v for k, v in results[1.0, 0].items() if k not in ("probe", "finetune")} == {
+        k: v for k, v in computed.items() if k not in ("probe", "finetune")}
     full = pd.read_csv(data_dir / "splits" / "train.csv")  # 8 per class
     assert results[1.0, 0]["train_images"] == len(full) == 24
     assert results[0.25, 0]["train_images"] == 6 and results[0.25, 0]["images_per_class"] == 2
@@ -175,3 +194,11 @@ def test_a_subsample_trains_on_the_same_views_from_the_cache_as_on_the_fly(tmp_p
     assert cached["train_images"] == fly["train_images"] == 9
     for key in ("accuracy", "log_loss", "macro_f1"):
         assert cached["finetune"][key] == pytest.approx(fly["finetune"][key], rel=1e-5, abs=1e-7)
+
+
+def test_the_main_run_is_one_point_of_the_grid():
+    params = sweep_params(backbones=["resnet18", "mobilenet_v3_small"], fractions=[0.5, 1.0], seeds=[0, 1])
+    assert [p for p in layout.points(params) if sweep.is_main(params, *p)] == [("resnet18", 1.0, 0)]
+    params["finetune"]["enabled"] = False  # the probe does not depend on the seed at fraction 1
+    assert [p for p in layout.points(params) if sweep.is_main(params, *p)] == [("resnet18", 1.0, 0),
+                                                                                ("resnet18", 1.0, 1)]

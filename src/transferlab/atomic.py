@@ -71,10 +71,12 @@ def read_json(path: Path | str) -> Any:
 
 
 def copy_file(source: Path | str, path: Path | str) -> None:
-    """Copy `source` to `path` atomically, keeping its times. A copy, not a hard link: Snakemake may touch an
-    output, and a link would make the source look newer to the rules that read it."""
+    """Copy `source` to `path` atomically, as a new file (its time now). Not a hard link: Snakemake may touch an
+    output, and a link would make the source look newer to the rules that read it; not keeping the source's
+    time either: a copied file older than another input (the source's meta.json, written last) would make
+    Snakemake re-run the copy."""
     with atomic_path(path) as tmp:
-        shutil.copy2(source, tmp)
+        shutil.copyfile(source, tmp)
 
 
 def read_splits(files: Any) -> dict[str, pd.DataFrame]:

@@ -39,6 +39,14 @@ def scored(y_true: np.ndarray, proba: np.ndarray, settings: dict[str, Any]) -> d
     return {**scores(y_true, proba), "interval": stats.intervals(y_true, proba.argmax(1), proba.shape[1], settings)}
 
 
+SCORED = ("accuracy", "balanced_accuracy", "macro_f1", "log_loss", "top5_accuracy", "interval")
+
+
+def scored_part(metrics: dict[str, Any]) -> dict[str, Any]:
+    """What `scored` gives, read from an evaluate stage's metrics."""
+    return {key: metrics[key] for key in SCORED if key in metrics}
+
+
 def per_class(y_true: np.ndarray, predicted: np.ndarray, class_names: list[str]) -> pd.DataFrame:
     precision, recall, f1, support = skm.precision_recall_fscore_support(
         y_true, predicted, labels=np.arange(len(class_names)), zero_division=0)

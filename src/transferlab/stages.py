@@ -52,6 +52,10 @@ _FROZEN_PARAMS = ["model", "features.engine", "features.batch_size", "features.n
                   "finetune.unfreeze", "finetune.augment", "finetune.epochs", "finetune.seed", "finetune.cache",
                   "finetune.cache_max_gb"]
 
+# The main pipeline's results: the sweep point that is the main run (model.backbone, fraction 1, finetune.seed) reads them.
+_MAIN_RESULTS = {"main_head": "train_head.summary", "main_probe": "evaluate_probe.metrics",
+                 "main_finetune": "finetune.summary", "main_evaluation": "evaluate_finetune.metrics"}
+
 TABLE: dict[str, Stage] = {
     "download": Stage({}, ["data.dataset", "data.source", "data.label"], _DATASETS + ["images", "index"]),
     "split": Stage({"index": "download.index", "dataset": "download.dataset"},
@@ -76,7 +80,7 @@ TABLE: dict[str, Stage] = {
                            "sweep.enabled"),
     "sweep_frozen": Stage({**_DATA, "main": "frozen_cache.meta"}, _FROZEN_PARAMS + ["sweep.enabled"], _SWEEP,
                           "sweep.enabled"),
-    "sweep_point": Stage({**_DATA, "features": "sweep_extract", "frozen": "sweep_frozen.meta"},
+    "sweep_point": Stage({**_DATA, "features": "sweep_extract", "frozen": "sweep_frozen.meta", **_MAIN_RESULTS},
                          ["model", "head", "finetune", "evaluate", "sweep.enabled"], _SWEEP, "sweep.enabled"),
     "sweep_aggregate": Stage({"points": "sweep_point.metrics"}, ["sweep"], _SWEEP, "sweep.enabled"),
     "report": Stage({"template": "workflow/report/report.html.j2", "dataset": "download.dataset",

@@ -2,7 +2,8 @@
 
 Features are extracted once per backbone over every image of the split (results/sweep/<backbone>/features);
 each point (backbone, fraction, seed) takes a seeded per-class subsample of the training list, selects its rows
-from that cache, fits the head, and fine-tunes from it. Val and test sets are the same for every point, so the
+from that cache, fits the head, and fine-tunes from it; the point that is the main pipeline's own run reads its
+results instead of repeating them. Val and test sets are the same for every point, so the
 curve compares like with like. Points are independent: the engines run them in parallel and re-run only new ones.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pandas as pd  # noqa: E402
 
 from . import features, finetune, frozen, head, layout, stats  # noqa: E402
 from .atomic import atomic_path, copy_file, read_json, read_splits, write_csv, write_json  # noqa: E402
-from .evaluation import scored, versus  # noqa: E402
+from .evaluation import scored, scored_part, versus  # noqa: E402
 from .layout import METHODS, SPLITS, points  # noqa: E402
 from .split import subsample  # noqa: E402
 from .stages import StageIO, made_from, params_for  # noqa: E402
@@ -106,17 +107,56 @@ def _rows(cached: dict[str, np.ndarray], ids: set[str]) -> dict[str, np.ndarray]
     return {k: (v[keep] if k != "classes" else v) for k, v in cached.items()}
 
 
+def is_main(params: dict[str, Any], backbone: str, fraction: float, seed: int) -> bool:
+    """Whether a point is the main pipeline's own run: model.backbone, every training image and (where it
+    fine-tunes) finetune.seed; its head and fine-tune are then the main ones to the digit."""
+    return (backbone == params["model"]["backbone"] and fraction >= 1
+            and (not params["finetune"]["enabled"] or seed == params["finetune"]["seed"]))
+
+
 def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
     """The sweep_point stage: one (backbone, fraction, seed) of the learning curve."""
     w = io.wildcards
-    log.info("%s fraction %s seed %s: cached features from %s (no extraction here)", w["backbone"], w["fraction"],
-             w["seed"], io.input.features.meta.parent)
-    result = run_point(params, w["backbone"], float(w["fraction"]), int(w["seed"]), read_json(io.input.dataset),
-                       read_splits(io.input.splits), io.input.features, io.input.frozen.parent)
+    backbone, fraction, seed = w["backbone"], float(w["fraction"]), int(w["seed"])
+    dataset, frames = read_json(io.input.dataset), read_splits(io.input.splits)
+    if is_main(params, backbone, fraction, seed):
+        log.info("%s fraction %s seed %s is the main pipeline's run (model.backbone, all training images, "
+                 "finetune.seed): its results, read from train_head, evaluate_probe, finetune and evaluate_finetune",
+                 backbone, w["fraction"], seed)
+        result = from_main(params, seed, dataset, frames, io.input)
+    else:
+        log.info("%s fraction %s seed %s: cached features from %s (no extraction here)", backbone, w["fraction"],
+                 seed, io.input.features.meta.parent)
+        result = run_point(params, backbone, fraction, seed, dataset, frames, io.input.features,
+                           io.input.frozen.parent)
     write_json(io.output.metrics, result)
     log.info("%d training images (%.1f per class): probe accuracy %.4f%s", result["train_images"],
              result["images_per_class"], result["probe"]["accuracy"],
              f", fine-tune {result['finetune']['accuracy']:.4f}" if result["finetune"] else "")
+    return result
+
+
+def _point(params: dict[str, Any], backbone: str, fraction: float, seed: int, dataset: dict[str, Any],
+           train_images: int, test_images: int, features_folder: Path) -> dict[str, Any]:
+    """A point's metrics record without its scores."""
+    return {"backbone": backbone, "fraction": fraction, "seed": seed, "train_images": train_images,
+            "images_per_class": round(train_images / len(dataset["classes"]), 2), "test_images": test_images,
+            "features": str(features_folder), "made_from": made_from(params, "sweep_point", dataset),
+            "confidence": params["evaluate"]["confidence"], "probe": None, "finetune": None}
+
+
+def from_main(params: dict[str, Any], seed: int, dataset: dict[str, Any], frames: dict[str, pd.DataFrame],
+              main: SimpleNamespace) -> dict[str, Any]:
+    """The main point's metrics from the main pipeline's outputs (`main`: the sweep_point stage's inputs)."""
+    probe, head_summary = read_json(main.main_probe), read_json(main.main_head)
+    result = _point(params, params["model"]["backbone"], 1.0, seed, dataset, len(frames["train"]),
+                    probe["test_images"], main.features.meta.parent)
+    result["probe"] = {**scored_part(probe), "seconds": head_summary["seconds"], "C": head_summary["C"]}
+    if params["finetune"]["enabled"]:
+        tuned, summary = read_json(main.main_evaluation), read_json(main.main_finetune)
+        result["finetune"] = {**scored_part(tuned), "seconds": summary["seconds"],
+                              "epochs_run": summary["epochs_run"], "from_cache": summary["from_cache"]}
+        result["vs_probe"] = tuned["vs_probe"]
     return result
 
 
@@ -135,14 +175,10 @@ def run_point(params: dict[str, Any], backbone: str, fraction: float, seed: int,
     test = cached["test"]
     proba = head.predict_proba(model, test["features"], len(classes))
     predicted = proba.argmax(1)
-    probe = {**scored(test["labels"], proba, settings), "seconds": round(time.perf_counter() - start, 3),
-             "C": head.chosen_C(search)}
-    result: dict[str, Any] = {
-        "backbone": backbone, "fraction": fraction, "seed": seed, "train_images": len(frames["train"]),
-        "images_per_class": round(len(frames["train"]) / len(classes), 2), "test_images": int(len(test["labels"])),
-        "features": str(cache.meta.parent), "made_from": made_from(params, "sweep_point", dataset),
-        "confidence": settings["confidence"], "probe": probe, "finetune": None,
-    }
+    result = _point(params, backbone, fraction, seed, dataset, len(frames["train"]), int(len(test["labels"])),
+                    cache.meta.parent)
+    result["probe"] = {**scored(test["labels"], proba, settings), "seconds": round(time.perf_counter() - start, 3),
+                       "C": head.chosen_C(search)}
     if params["finetune"]["enabled"]:
         ft = _point_finetune(params, seed)
         root = Path(dataset["root"])
