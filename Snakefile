@@ -10,7 +10,13 @@ import sys
 from snakemake.exceptions import WorkflowError
 
 from transferlab import params as P
+from transferlab import sources
 from transferlab import stages as S
+
+try:
+    P.load("params.yaml")  # our one line for an empty, duplicated or invalid file, before Snakemake reads it
+except P.ParamsError as exc:
+    raise WorkflowError(str(exc))
 
 
 configfile: "params.yaml"
@@ -21,6 +27,9 @@ try:
     P.same_as_file(config)
 except P.ParamsError as exc:
     raise WorkflowError(str(exc))
+
+if workflow.is_main_process:  # the dataset's and checkpoint's manifests, rewritten only when their content changed
+    sources.refresh(config, S.layout.files("inputs"))
 
 PY = sys.executable
 MAIN = 10  # the main results come before the learning-curve sweep's points (Snakemake runs higher priority first)
@@ -42,6 +51,11 @@ def outputs(stage, **shown):
 def targets(*names):
     """The files of the named stages that are enabled."""
     return [path for name in names if S.enabled(config, name) for path in S.layout.FILES[name].values()]
+
+
+onsuccess:
+    if not workflow.dryrun:  # the records of stages switched off, which DVC needs to find (dvc commit)
+        S.mark_disabled(config)
 
 
 wildcard_constraints:

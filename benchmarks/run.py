@@ -1,7 +1,7 @@
 """transferlab benchmark: feature extraction against the machine's compute ceiling, and what caching saves.
 
     python benchmarks/run.py                  # every row (about 75 min on 2 cores; row 8 alone ~40)
-    python benchmarks/run.py --rows 1 2 3     # some rows
+    python benchmarks/run.py --rows 1 2 3     # some rows (row 9: the same numbers on other CPU kernels, ~3 min)
 
 All rows come from the same run and print as one Markdown table (also written to --out as JSON). Needs the
 shared offline data (../shared): Oxford-IIIT Pet photos and the ImageNet MobileNetV2 state_dict. ResNet-50 runs
@@ -162,11 +162,12 @@ def dataset(work: Path, n_per_class: int | None) -> Path:
     return files.input.dataset.parent
 
 
-def extract_rate(name: str, data_dir: Path, work: Path, engine: str, precision: str) -> float:
+def extract_rate(name: str, data_dir: Path, work: Path, engine: str, precision: str, tag: str = "") -> float:
     """img/s of features.run (all splits, decode included)."""
     params = validate({"data": {"dataset": "oxford_pets", "source": str(PETS)}, "model": MODELS[name],
                        "features": {"engine": engine, "precision": precision}})
-    meta = features.run(params, stages.io("extract", data_dir.parent, work / f"feat-{name}-{engine}-{precision}"))
+    meta = features.run(params, stages.io("extract", data_dir.parent,
+                                          work / f"feat-{name}-{engine}-{precision}{tag}"))
     images = sum(s["images"] for s in meta["splits"].values())
     seconds = sum(s["seconds"] for s in meta["splits"].values())
     return images / seconds
@@ -188,6 +189,41 @@ def bf16_effect(work: Path) -> dict[str, float]:
     cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     out["feature cosine bf16 vs fp32 (mean)"] = float(cosine.mean())
     out["feature cosine bf16 vs fp32 (min)"] = float(cosine.min())
+    return out
+
+
+# -- 9. the same numbers on other CPU kernels ----------------------------------------------------------------------
+
+ISAS = ("default", "AVX2", "SSE41")  # oneDNN's kernels for this CPU, and the older instruction sets it can be capped at
+
+
+def kernel_effect(data_dir: Path, work: Path) -> dict[str, float]:
+    """The shipped extraction (torch backend, float32) with oneDNN's kernels capped at older instruction sets, each
+    in its own process (ONEDNN_MAX_CPU_ISA): how far the features move, and whether the head's choice of C — by
+    the earlier rule (validation accuracy, then log-loss) and by today's (log-loss) — and its test accuracy follow."""
+    params = validate({"data": {"dataset": "oxford_pets", "source": str(PETS)}})
+    cached, out = {}, {}
+    for isa in ISAS:
+        env = {**os.environ, **({"ONEDNN_MAX_CPU_ISA": isa} if isa != "default" else {})}
+        code = (f"import sys; sys.argv = ['run.py']; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import run; "
+                f"from pathlib import Path; run.set_threads({THREADS}); run.extract_rate('mobilenet_v2', "
+                f"Path({str(data_dir)!r}), Path({str(work)!r}), 'torch', 'float32', '-{isa}')")
+        subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
+        folder = work / f"feat-mobilenet_v2-torch-float32-{isa}"
+        cached[isa] = {s: features.load(getattr(layout.files_in("extract", folder), s)) for s in SPLITS}
+    for isa in ISAS:
+        model, search = head.fit(cached[isa]["train"], cached[isa]["val"], params["head"])
+        earlier = search.sort_values(["val_accuracy", "val_log_loss"], ascending=[False, True]).iloc[0]["C"]
+        test = cached[isa]["test"]
+        accuracy = float((head.predict_proba(model, test["features"], len(test["classes"])).argmax(1)
+                          == test["labels"]).mean())
+        out[f"{isa}: C by log-loss (today) / by accuracy (earlier)"] = (head.chosen_C(search), float(earlier))
+        out[f"{isa}: probe test accuracy"] = accuracy
+        if isa != "default":
+            a = np.concatenate([cached["default"][s]["features"] for s in SPLITS])
+            b = np.concatenate([cached[isa][s]["features"] for s in SPLITS])
+            out[f"{isa}: features bit-identical to default"] = float((a == b).mean())
+            out[f"{isa}: largest feature difference / largest feature"] = float(np.abs(a - b).max() / np.abs(a).max())
     return out
 
 
@@ -387,7 +423,7 @@ def memory_run(work: Path, n: int) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, nargs="+", default=list(range(1, 9)))
+    parser.add_argument("--rows", type=int, nargs="+", default=list(range(1, 10)))
     parser.add_argument("--resnet-images", type=int, default=4, help="ResNet-50 train photos per class (row 3/4)")
     parser.add_argument("--epochs", type=int, default=10, help="notebook frozen-backbone epochs (row 5)")
     parser.add_argument("--memory-images", type=int, default=7349, help="synthetic photos for row 7")
@@ -478,6 +514,12 @@ def main() -> None:
             "goal <= 0.10")
         row("8", "snakemake full: cache auto / cache never", costs["snakemake full, cache auto"]
             / costs["snakemake full, cache never"], "ratio", "goal <= 0.5")
+    if 9 in args.rows:
+        for what, value in kernel_effect(full, work).items():
+            if isinstance(value, tuple):
+                row("9", what, value[0], "C", f"earlier rule: C = {value[1]:g}")
+            else:
+                row("9", what, value, "", "mobilenet_v2, shared Pets, torch backend")
     if 7 in args.rows:
         rss, seconds = memory_run(work, args.memory_images)
         row("7", f"extract stage peak RSS, {args.memory_images} synthetic Pets-sized JPEGs", rss, "MB",

@@ -50,10 +50,10 @@ def write_params(path: Path, **sections: dict) -> Path:
     return path
 
 
-TINY_PARAMS = {
-    "data": {"dataset": "folder", "source": "images", "split": "random", "val_fraction": 0.25,
+TINY_PARAMS = {  # data and checkpoint outside the project, as the shipped params.yaml has them (../shared)
+    "data": {"dataset": "folder", "source": "../images", "split": "random", "val_fraction": 0.25,
              "test_fraction": 0.25, "seed": 1},
-    "model": {"backbone": "resnet18", "weights": "none", "checkpoint": None, "image_size": 32},
+    "model": {"backbone": "resnet18", "weights": "none", "checkpoint": "../weights/resnet18.pth", "image_size": 32},
     "features": {"batch_size": 8, "num_workers": 0, "train_views": 1, "seed": 0},
     "head": {"C_grid": [0.1, 1.0], "max_iter": 500, "refit_on": "train"},
     "finetune": {"enabled": True, "unfreeze": 1, "lr": 1e-4, "epochs": 1, "batch_size": 8, "num_workers": 0},
@@ -62,18 +62,31 @@ TINY_PARAMS = {
 }
 
 
+def random_checkpoint(path: Path, backbone: str = "resnet18", seed: int = 0) -> Path:
+    """A seeded random-init state_dict of a torchvision model, as a user's checkpoint file."""
+    import torch
+    from torchvision import models
+
+    torch.manual_seed(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(models.get_model(backbone, weights=None).state_dict(), path)
+    return path
+
+
 def copy_project(parent: Path) -> Path:
-    """A temporary copy of the project (git-tracked layout) with a tiny synthetic dataset and tiny params."""
+    """A temporary copy of the project (git-tracked layout) with tiny params, and beside it (outside the project,
+    as ../shared is) a tiny synthetic dataset `images/` and a random-init checkpoint `weights/resnet18.pth`."""
     dest = parent / "project"
     dest.mkdir()
-    for name in ("Snakefile", "dvc.yaml", "pyproject.toml", ".gitignore", ".dvcignore", ".dvc", "src", "workflow",
-                 "profiles"):
+    for name in ("Snakefile", "dvc.yaml", "pyproject.toml", "requirements.lock", ".gitignore", ".dvcignore", ".dvc",
+                 "src", "workflow", "profiles"):
         src = ROOT / name
         if src.is_dir():
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "tmp", "cache"))
         else:
             shutil.copy2(src, dest / name)
-    make_tree(dest / "images", {"ant": 8, "bee": 8, "cat": 8})
+    make_tree(parent / "images", {"ant": 8, "bee": 8, "cat": 8})
+    random_checkpoint(parent / "weights" / "resnet18.pth")
     write_params(dest / "params.yaml", **TINY_PARAMS)
     return dest
 

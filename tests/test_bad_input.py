@@ -202,15 +202,19 @@ def test_float16_training_scales_its_loss(monkeypatch):
     assert math.isfinite(loss) and not torch.equal(before, net.weight) and scaler.get_scale() == 1024.0
 
 
-# 4. Damaged caches, checkpoints and images: one line naming the file, exit 2, not a traceback.
+# 4. Damaged caches, checkpoints and images: one line naming the file and the stage that writes it, exit 2.
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A tiny project laid out as the stages write it, with its params.yaml, for running stage scripts."""
+    """A tiny project laid out as the stages write it, with its params.yaml and every stage's checksum record."""
     import yaml
     from test_report import pipeline
 
+    from transferlab import checks, stages
+
     root = tmp_path_factory.mktemp("trained")
     p, _, _ = pipeline(root, True, classes=("ant", "bee", "cat"))
+    for name in ("download", "split", "extract", "train_head"):  # written by library calls in `pipeline`
+        checks.record(stages.io(name, root))
     (root / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     return root
 
@@ -220,65 +224,181 @@ def stage(project: Path, script: str, *args: str) -> subprocess.CompletedProcess
                           capture_output=True, text=True)
 
 
+def one_error_line(result: subprocess.CompletedProcess, script: str) -> str:
+    """The stage's one error line; the run failed with exit 2, no traceback, nothing else said to be an error."""
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith(f"transferlab {script[:-3]}: error: "), result.stderr[-2000:]
+    return errors[0]
+
+
 class Payload:
     """An arbitrary pickled object: torch.load(weights_only=True) must refuse it."""
 
 
-@pytest.mark.parametrize("target, damage, script, args, expected", [
-    ("results/head/model.npz", lambda b: b[: len(b) // 2], "evaluate_probe.py", [],
-     "results/head/model.npz: cannot be read"),
-    ("results/features/test.npz", lambda b: b"", "evaluate_probe.py", [],
-     "results/features/test.npz: cannot be read"),
-    ("results/finetune/model.pt", lambda b: b[:100], "evaluate_finetune.py", [],
-     "results/finetune/model.pt: cannot be read"),
-    ("results/finetune/model.pt", "object", "evaluate_finetune.py", [],
-     "results/finetune/model.pt: cannot be read (UnpicklingError"),
-    ("results/finetune/model.pt", "list", "evaluate_finetune.py", [],
-     "results/finetune/model.pt: holds a list, not a state_dict"),
-    ("data/dataset.json", lambda b: b[:40], "evaluate_finetune.py", [],
-     "data/dataset.json: not valid JSON"),
+def flip_a_bit(data: bytes) -> bytes:
+    middle = len(data) // 2
+    return data[:middle] + bytes([data[middle] ^ 0x10]) + data[middle + 1:]
+
+
+@pytest.mark.parametrize("target, damage, script, expected", [
+    ("results/head/model.npz", lambda b: b[: len(b) // 2], "evaluate_probe.py",
+     "were written (truncated or replaced); re-run the train_head stage"),
+    ("results/features/test.npz", lambda b: b"", "evaluate_probe.py", "re-run the extract stage"),
+    ("results/finetune/model.pt", lambda b: b[:100], "evaluate_finetune.py", "re-run the finetune stage"),
+    ("results/finetune/model.pt", flip_a_bit, "evaluate_finetune.py",
+     "damaged or edited: its sha256 is not the one recorded when it was written; re-run the finetune stage"),
+    ("results/finetune/model.pt", "object", "evaluate_finetune.py", "re-run the finetune stage"),
+    ("results/frozen/train.npy", flip_a_bit, "finetune.py", "re-run the frozen_cache stage"),
+    ("results/frozen/test.npy", lambda b: b[:1000], "evaluate_finetune.py", "re-run the frozen_cache stage"),
+    ("data/dataset.json", lambda b: b[:40], "evaluate_finetune.py", "re-run the download stage"),
+    ("data/dataset.json", lambda b: b'{"classes": 3}', "split.py", "re-run the download stage"),
+    ("data/index.csv", lambda b: b[: len(b) // 3], "split.py", "re-run the download stage"),
 ])
-def test_damaged_files_are_one_line_naming_the_file(trained, target, damage, script, args, expected):
+def test_damaged_files_are_one_line_naming_the_file_and_its_stage(trained, target, damage, script, expected):
     path = trained / target
     original = path.read_bytes()
     try:
         if damage == "object":
             torch.save({"weight": Payload()}, path)
-        elif damage == "list":
-            torch.save([torch.zeros(2)], path)
         else:
             path.write_bytes(damage(original))
-        result = stage(trained, script, *args)
+        result = stage(trained, script)
     finally:
         path.write_bytes(original)
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert expected in result.stderr and "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if "error:" in line]
-    assert len(errors) == 1 and errors[0].startswith(f"transferlab {script[:-3]}: error: ")
+    line = one_error_line(result, script)
+    assert f"{target}: " in line and expected in line
 
 
-def test_an_image_replaced_by_garbage_after_indexing_is_named(trained):
-    frame = pd.read_csv(trained / "data/splits/test.csv")
+def test_a_checkpoint_file_is_checked_at_extract(trained, tmp_path):
+    """Damaged, not finite, or of another architecture: one line naming model.checkpoint, before any image."""
+    import yaml
+    from torchvision import models
+
+    good = models.get_model("resnet18", weights=None).state_dict()
+    cases = {"damaged.pth": None, "nan.pth": {k: v.float().fill_(float("nan")) if v.is_floating_point() else v
+                                              for k, v in good.items()},
+             "other.pth": models.get_model("mobilenet_v3_small", weights=None).state_dict()}
+    settings = trained / "params.yaml"
+    original = settings.read_text()
+    lines = {}
+    try:
+        for name, state in cases.items():
+            path = tmp_path / name
+            if state is None:
+                torch.save(good, path)
+                path.write_bytes(b"\x96" * 64 + path.read_bytes()[64:])  # the zip header and pickle start overwritten
+            else:
+                torch.save(state, path)
+            p = yaml.safe_load(original)
+            p["model"]["checkpoint"] = str(path)
+            settings.write_text(yaml.safe_dump(p))
+            lines[name] = one_error_line(stage(trained, "extract.py"), "extract.py")
+    finally:
+        settings.write_text(original)
+    assert "model.checkpoint: " in lines["damaged.pth"] and "not a readable torch file" in lines["damaged.pth"]
+    assert "tensors hold NaN or infinity" in lines["nan.pth"]
+    assert "does not fit ResNet" in lines["other.pth"] and "weights missing" in lines["other.pth"]
+
+
+def test_an_image_changed_after_indexing_is_named(trained):
+    """Replaced by garbage, or by another valid photo: the index's sha256 no longer matches, before it is used."""
     import json
 
+    frame = pd.read_csv(trained / "data/splits/test.csv")
     root = Path(json.loads((trained / "data/dataset.json").read_text())["root"])
-    victim = root / frame["path"][0]
+    victim, other = root / frame["path"][0], root / frame["path"][1]
     original = victim.read_bytes()
+    lines = []
     try:
-        victim.write_bytes(b"this is no longer a photo" * 10)
-        result = stage(trained, "extract.py")  # reads every image (evaluate_finetune reads the frozen cache)
+        for replacement in (b"this is no longer a photo" * 10, other.read_bytes()):
+            victim.write_bytes(replacement)
+            lines.append(one_error_line(stage(trained, "extract.py"), "extract.py"))
     finally:
         victim.write_bytes(original)
-    assert result.returncode == 2 and f"{victim}: cannot be read" in result.stderr
-    assert "Traceback" not in result.stderr
+    for line in lines:
+        assert f"{victim}: changed since the download stage indexed it" in line and "re-run the download stage" in line
 
 
-def test_a_bug_in_our_code_keeps_its_traceback():
+def test_only_user_errors_are_one_line_and_bugs_keep_their_traceback():
+    import errno
+
     from transferlab.cli import one_line
+    from transferlab.errors import UserError
 
     assert one_line(AttributeError("'NoneType' object has no attribute 'shape'")) is None
     assert one_line(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
-    assert one_line(ValueError("data.source: no images")) == "data.source: no images"
+    assert one_line(ValueError("a library's own ValueError")) is None
+    assert one_line(UserError("data.source: no images")) == "data.source: no images"
+    assert one_line(UserError("Caught UserError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+                              "call last):\n  File x\ntransferlab.errors.UserError: a.jpg: changed")) == "a.jpg: changed"
+    full = one_line(OSError(errno.ENOSPC, "No space left on device", "results/frozen/train.npy"))
+    assert full.startswith("results/frozen/train.npy: no space left on the device")
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_output(trained, tmp_path):
+    """The stage runner reports ENOSPC as one line; the atomic write leaves no file that looks complete."""
+    code = ("import errno, sys\n"
+            "from transferlab import atomic, cli\n"
+            "def run(params, io):\n"
+            "    with atomic.atomic_path(io.output.summary) as tmp:\n"
+            "        tmp.write_text('half')\n"
+            "        raise OSError(errno.ENOSPC, 'No space left on device', str(tmp))\n"
+            "sys.argv = ['train_head.py']\n"
+            "cli.run_stage('train_head', run)\n")
+    summary = trained / "results/head/summary.json"
+    before = summary.read_bytes()
+    result = subprocess.run([sys.executable, "-c", code], cwd=trained, capture_output=True, text=True)
+    line = one_error_line(result, "train_head.py")
+    assert "no space left on the device" in line and summary.read_bytes() == before
+
+
+def test_predict_names_a_damaged_exported_model(trained, tmp_path):
+    """A truncated model.onnx or a labels.json of the wrong length: one line naming the file, exit 2."""
+    import json
+    import shutil
+
+    from transferlab import export, stages
+
+    model_dir = tmp_path / "model"
+    p = params.load(trained / "params.yaml")
+    files = stages.io("export", trained, model_dir, template=ROOT / "workflow/report/model_card.md.j2")
+    stages.execute("export", export.run, p, files)
+    photo = next((trained / "src").rglob("*.jpg"))
+    command = [sys.executable, "-m", "transferlab.commands", "predict", "--model-dir", str(model_dir), str(photo)]
+    assert subprocess.run(command, capture_output=True, text=True, cwd=tmp_path).returncode == 0
+    lines = {}
+    for name, damage in (("model.onnx", lambda b: b[: len(b) // 2]),
+                         ("labels.json", lambda b: json.dumps(json.loads(b)[:-1]).encode())):
+        path = model_dir / name
+        original = path.read_bytes()
+        path.write_bytes(damage(original))
+        for record in (True, False):  # with the folder's checksum record, and a folder copied without it
+            copy = tmp_path / f"copy-{name}-{record}"
+            shutil.copytree(model_dir, copy)
+            if not record:
+                (copy / "checksums.export.json").unlink()
+            command[5] = str(copy)
+            result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
+            assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+            lines[name, record] = result.stderr.strip().splitlines()[-1]
+        path.write_bytes(original)
+    for (name, _), line in lines.items():
+        assert f"{name}: " in line, line
+    assert "not a readable ONNX graph" in lines["model.onnx", False]
+    assert "labels for a graph of 3 outputs" in lines["labels.json", False]
+
+
+def test_class_names_are_escaped_in_the_model_card(tmp_path):
+    from transferlab.export import model_card
+
+    template = tmp_path / "card.md.j2"
+    template.write_text("{{ dataset.classes | join(', ') }} from {{ dataset.source }}\n")
+    card = model_card(template, {"method": "probe"}, {"probe": {}}, {"classes": ["<script>x</script>", "cat"],
+                                                                    "source": "a&b"},
+                      {"train": {"per_class": {}}}, {}, {})
+    assert "<script>" not in card and "&lt;script&gt;" in card and "a&amp;b" in card
 
 
 # 17. A failing stage's one line reaches Snakemake's console, and its outputs are not left behind.
@@ -288,8 +408,8 @@ def test_snakemake_shows_the_failing_stage_line_on_the_console(tmp_path):
     from conftest import copy_project, run
 
     project = copy_project(tmp_path)
-    shutil.rmtree(project / "images")
-    make_tree(project / "images", {"ant": 12})
+    shutil.rmtree(tmp_path / "images")
+    make_tree(tmp_path / "images", {"ant": 12})
     result = run(["snakemake", "--cores", "1"], project, check=False)
     assert result.returncode != 0
     assert "transferlab split: error: data.source: the dataset holds 1 class (ant)" in result.stdout + result.stderr
@@ -371,3 +491,32 @@ def test_without_the_finetune_the_visualized_classes_are_imagenet_ones():
     p["visualize"]["adversarial_to"] = "Bengal"  # a pet breed, not an ImageNet class
     with pytest.raises(ParamsError, match="visualize.adversarial_to: 'Bengal' is not a class of the ImageNet"):
         params.check_class_names(p, ["ant", "bee"])
+
+
+# Keys given twice, fractions no engine can match, an empty file under Snakemake: our one line, before any work.
+def test_a_key_given_twice_is_refused(tmp_path):
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text().replace(
+        "  lr: 1.0e-05", "  lr: 1.0e-05\n  lr: 1.0e-04"))
+    with pytest.raises(ParamsError, match=r"params: lr: given twice \(line \d+\); keep one"):
+        params.load(tmp_path / "params.yaml")
+
+
+def test_sweep_fractions_the_engines_cannot_spell_are_refused():
+    p = params.defaults()
+    p["sweep"]["fractions"] = [0.00001, 1.0]
+    with pytest.raises(ParamsError, match=r"sweep.fractions.0: 1e-05 is less than the minimum of 0.0001"):
+        params.validate(p)
+    from transferlab.layout import label
+
+    assert label(0.0001) == "0.0001" and label(0.0001).replace(".", "", 1).isdigit()
+
+
+def test_an_empty_params_file_under_snakemake_is_our_one_line(tmp_path):
+    from conftest import copy_project, run
+
+    project = copy_project(tmp_path)
+    (project / "params.yaml").write_text("")
+    result = run(["snakemake", "-n"], project, check=False)
+    assert result.returncode != 0
+    assert "params: params.yaml is empty; it needs the sections data, model" in result.stdout + result.stderr
+    assert "Config file must be given" not in result.stdout + result.stderr

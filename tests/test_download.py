@@ -134,9 +134,9 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
         start = int(self.headers.get("Range", "bytes=0-")[6:].rstrip("-") or 0)
         self.send_response(206 if start else 200)
         self.send_header("Content-Length", str(len(data) - start))
+        self.server.served.append(start)  # before the body: the client may finish reading before a later append
         self.end_headers()
         self.wfile.write(data[start:])
-        self.server.served.append(start)
 
     def log_message(self, *args):
         pass

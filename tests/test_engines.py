@@ -46,6 +46,14 @@ def dvc_ran(output: str) -> set[str]:
     return {name.split("@")[0] for name in dvc_stages_ran(output)}
 
 
+def dvc_changed(project) -> set[str]:
+    """The stages DVC would run, after its check of the inputs outside the project (the always-changed inputs
+    stage, run alone) has looked at them: `dvc status` names each stage with a changed dependency."""
+    run(["dvc", "repro", "--single-item", "inputs"], project)
+    status = run(["dvc", "status"], project).stdout
+    return {m.split("@")[0] for m in re.findall(r"^(\S+):$", status, re.M)} - {"inputs"}
+
+
 def set_param(project, section, key, value):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params[section][key] = value
@@ -87,9 +95,12 @@ def test_full_runs_then_noop(both_engines):
     stages = {"download", "split", "extract", "train_head", "evaluate_probe", "frozen_cache", "finetune",
               "evaluate_finetune", "export", "visualize", "sweep_extract", "sweep_frozen", "sweep_point",
               "sweep_aggregate", "report"}
-    assert snakemake_jobs(sm_first) == stages and dvc_ran(dvc_first) == stages
+    assert snakemake_jobs(sm_first) == stages and dvc_ran(dvc_first) == stages | {"inputs"}
     assert "Nothing to be done" in sm_again and not snakemake_jobs(sm_again)
-    assert "Data and pipelines are up to date" in dvc_again and not dvc_ran(dvc_again)
+    # DVC runs the check of the data and checkpoint outside the project every time, and nothing else
+    assert dvc_ran(dvc_again) == {"inputs"} and "inputs: unchanged" in dvc_again
+    for rel in ("results/metrics/probe.json", "results/metrics/finetune.json", "results/curve/metrics.json"):
+        assert (sm_dir / rel).read_bytes() == (dvc_dir / rel).read_bytes(), f"{rel}: two fresh copies differ"
     for engine_dir in (sm_dir, dvc_dir):
         for method in ("probe", "finetune"):
             metrics = json.loads((engine_dir / f"results/metrics/{method}.json").read_text())
@@ -105,10 +116,10 @@ def test_full_runs_then_noop(both_engines):
 def test_one_engine_after_the_other_reruns_nothing(both_engines):
     sm_dir, _, _, dvc_after_snakemake = both_engines["snakemake"]
     dvc_dir, _, _, snakemake_after_dvc = both_engines["dvc"]
-    assert not dvc_ran(dvc_after_snakemake) and "Data and pipelines are up to date" in dvc_after_snakemake
+    assert dvc_ran(dvc_after_snakemake) == {"inputs"}
     assert "Nothing to be done" in snakemake_after_dvc and not snakemake_jobs(snakemake_after_dvc)
     for project in (sm_dir, dvc_dir):
-        assert "Data and pipelines are up to date" in run(["dvc", "status"], project).stdout
+        assert dvc_changed(project) == set()
         dry = run(["snakemake", "-n", "--cores", "2"], project)
         assert "Nothing to be done" in dry.stdout + dry.stderr
 
@@ -117,6 +128,9 @@ def test_dvc_caches_every_output_and_nothing_lands_in_git(both_engines):
     dvc_dir = both_engines["dvc"][0]
     for name, stage in dvc_stages().items():
         for out in stage["outs"]:
+            if name == "inputs":  # the manifests stay in place while the check runs (their time is Snakemake's)
+                assert list(out.values()) == [{"persist": True, "cache": False}], out
+                continue
             assert isinstance(out, str), f"{name}: {out} (every output cached, so `dvc checkout` restores it)"
     tracked = run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all"], dvc_dir).stdout
     assert not [line for line in tracked.splitlines()
@@ -190,7 +204,7 @@ def test_dvc_checkout_restores_what_a_failed_stage_took_away(both_engines):
     assert not (dvc_dir / "results/finetune").exists()  # DVC removes a stage's outputs before running it
     run(["dvc", "checkout"], dvc_dir)
     assert (dvc_dir / "results/finetune/model.pt").read_bytes() == model
-    assert "Data and pipelines are up to date" in run(["dvc", "status"], dvc_dir).stdout
+    assert dvc_changed(dvc_dir) == set()
 
 
 def test_finetune_param_change_reruns_only_finetune(both_engines):
@@ -255,7 +269,7 @@ def test_dvc_artifacts_get_delivers_the_exported_model(both_engines, tmp_path):
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == [
         "labels.json", "model.onnx", "model_card.md", "preprocessing.json", "summary.json"]
     predicted = run([sys.executable, "-m", "transferlab.commands", "predict", "--model-dir", str(tmp_path / "model"),
-                     str(project / "images" / "ant")], tmp_path)
+                     str(project.parent / "images" / "ant")], tmp_path)
     assert len(predicted.stdout.splitlines()) == 1 + 8
 
 
@@ -358,3 +372,86 @@ def test_disabled_stages_are_left_out_by_snakemake_and_marked_skipped_under_dvc(
     assert json.loads((project / "results/model/summary.json").read_text())["method"] == "probe"
     page = (project / "results/report.html").read_text()
     assert "not run (visualize.enabled: false)" in page and "not run (sweep.enabled: false)" in page
+
+
+def test_snakemake_hands_over_to_dvc_with_stages_switched_off(tmp_path):
+    """Snakemake leaves switched-off stages out, then leaves their 'skipped' records, so `dvc commit` finds every
+    output and DVC then runs nothing."""
+    project = copy_project(tmp_path)
+    for section in ("finetune", "visualize", "sweep"):
+        set_param(project, section, "enabled", False)
+    run(["snakemake", "--cores", "2"], project)
+    assert json.loads((project / "results/visualize/summary.json").read_text())["skipped"]
+    git_dvc_init(project)
+    run(["dvc", "commit", "-f"], project)
+    assert dvc_changed(project) == set()
+    assert dvc_ran(run(["dvc", "repro"], project).stdout) == {"inputs"}
+
+
+def test_queued_experiments_run_with_data_outside_the_project(both_engines):
+    """`dvc exp run --queue` + `dvc queue start -j 2`: each experiment runs in a copy under .dvc/tmp/exps, where
+    ../images would not resolve; it finds the project's data, and `dvc exp show` lists each one's metrics."""
+    import time
+
+    project = both_engines["dvc"][0]
+    run(["git", "add", "-A"], project)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "before the queue", "--allow-empty"],
+        project)
+    for lr in ("0.002", "0.003"):
+        run(["dvc", "exp", "run", "--queue", "-S", f"finetune.lr={lr}"], project)
+    run(["dvc", "queue", "start", "-j", "2"], project)
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        status = run(["dvc", "queue", "status"], project).stdout
+        if not re.search(r"\b(Queued|Running)\b", status):
+            break
+        time.sleep(5)
+    run(["dvc", "queue", "stop"], project, check=False)
+    assert status.count("Success") == 2, status + run(["dvc", "queue", "logs", status.split()[-4]], project,
+                                                       check=False).stdout[-3000:]
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
+    found = {}
+    for row in shown:
+        for experiment in [e for e in row.get("experiments") or [] for e in e["revs"]]:
+            data = experiment["data"]
+            lr = data["params"]["params.yaml"]["data"]["finetune"]["lr"]
+            found[lr] = data["metrics"]["results/metrics/finetune.json"]["data"]["accuracy"]
+    assert {0.002, 0.003} <= set(found) and all(isinstance(found[lr], float) for lr in (0.002, 0.003)), found
+
+
+def change_input(parent, what: str) -> None:
+    """Change one input outside a project copy: its images/ folder or its checkpoint."""
+    import shutil
+
+    from conftest import random_checkpoint
+
+    images = parent / "images"
+    if what == "add an image":
+        shutil.copy(images / "ant/ant_0.jpg", images / "ant/ant_new.jpg")
+    elif what == "change an image":
+        (images / "bee/bee_1.jpg").write_bytes((images / "bee/bee_2.jpg").read_bytes())
+    elif what == "replace the checkpoint":
+        random_checkpoint(parent / "weights/resnet18.pth", seed=1)
+
+
+def test_inputs_are_versioned_in_both_engines(both_engines):
+    """An image added, an image changed, the checkpoint replaced under its name: each time both engines plan
+    exactly the stages that read it (Snakemake: and what follows; DVC: the stages whose dependency changed);
+    with nothing changed, nothing. Runs last: it accepts each change with `snakemake --touch` / `dvc commit`."""
+    everything = {"download", "split", "extract", "train_head", "evaluate_probe", "frozen_cache", "finetune",
+                  "evaluate_finetune", "export", "visualize", "sweep_extract", "sweep_frozen", "sweep_point",
+                  "sweep_aggregate", "report"}
+    reads_weights = {"extract", "frozen_cache", "finetune", "visualize", "sweep_extract", "sweep_frozen", "sweep_point"}
+    plans = {"nothing": (set(), set()), "add an image": (everything, {"download"}),
+             "change an image": (everything, {"download"}),
+             "replace the checkpoint": (everything - {"download", "split"}, reads_weights)}
+    for project in (both_engines["snakemake"][0], both_engines["dvc"][0]):
+        run(["snakemake", "--cores", "1", "--touch"], project)
+        run(["dvc", "commit", "-f"], project)
+        for what, (snakemake_plans, dvc_plans) in plans.items():
+            change_input(project.parent, what)
+            planned = run(["snakemake", "-n", "--cores", "2"], project)
+            assert snakemake_jobs(planned.stdout + planned.stderr) == snakemake_plans, what
+            assert dvc_changed(project) == dvc_plans, what
+            run(["snakemake", "--cores", "1", "--touch"], project)
+            run(["dvc", "commit", "-f"], project)

@@ -78,7 +78,7 @@ def test_training_from_the_cache_equals_training_on_the_fly(probe_setup):  # noq
     params["finetune"].update(cache="never", num_workers=1)  # on the fly, images decoded in a worker process
     never, never_meta = cache_into(tmp_path, data_dir, params, "never")
     assert not never["cached"] and never["reason"].startswith("finetune.cache: never")
-    assert sorted(p.name for p in never_meta.parent.iterdir()) == ["meta.json"]
+    assert sorted(p.name for p in never_meta.parent.iterdir()) == ["checksums.frozen_cache.json", "meta.json"]
     fly = finetune_and_evaluate(tmp_path, data_dir, params, never_meta, "fly")
 
     assert cached[0]["from_cache"] and not fly[0]["from_cache"]

@@ -8,6 +8,7 @@ from test_features_head import prepare
 
 from transferlab import evaluation, features, finetune, frozen, head, layout, sweep
 from transferlab.atomic import read_json, read_splits
+from transferlab.errors import UserError
 from transferlab.params import ParamsError, validate
 
 
@@ -113,7 +114,7 @@ def test_metric_files_accept_any_spelling_and_name_missing_points(tmp_path):
         path.parent.mkdir(parents=True)
         path.write_text("{}")
     assert len(sweep.metric_files(params, tmp_path / "sweep")) == 2
-    with pytest.raises(FileNotFoundError, match="0.5"):
+    with pytest.raises(UserError, match="0.5"):
         sweep.metric_files(sweep_params(seeds=[0], fractions=[0.25, 0.5, 1.0]), tmp_path / "sweep")
 
 

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .errors import DamagedFile
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -67,7 +69,7 @@ def read_json(path: Path | str) -> Any:
     try:
         return json.loads(Path(path).read_text())
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc}); re-run the stage that writes it") from None
+        raise DamagedFile(f"{path}: not valid JSON ({exc}); re-run the stage that writes it") from None
 
 
 def copy_file(source: Path | str, path: Path | str) -> None:

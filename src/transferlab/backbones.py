@@ -11,11 +11,13 @@ from torch import nn
 from torchvision import models
 from torchvision.transforms._presets import ImageClassification
 
+from .errors import UserError
 from .fetch import file_digest
+from .layout import resolve
 from .params import ParamsError
 
 
-class WeightsUnavailable(FileNotFoundError):
+class WeightsUnavailable(UserError):
     """Pretrained weights are neither cached, downloadable nor given as a checkpoint."""
 
 
@@ -63,15 +65,9 @@ def load_classifier(model_params: dict[str, Any], seed: int = 0) -> tuple[nn.Mod
     torch.manual_seed(seed)
     if checkpoint:
         model = models.get_model(name, weights=None)
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict):
-            raise ValueError(f"model.checkpoint: {checkpoint} holds a {type(state).__name__}, not a state_dict "
-                             f"(save one with torch.save(model.state_dict(), path))")
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as exc:
-            raise ValueError(f"model.checkpoint: {checkpoint} does not fit {name}: {str(exc)[:400]}") from None
-        info["checkpoint_sha256"] = file_digest(checkpoint)
+        load_state(model, resolve(checkpoint), f"model.checkpoint: {checkpoint}",
+                   "save one with torch.save(model.state_dict(), path)")
+        info["checkpoint_sha256"] = file_digest(resolve(checkpoint))
     elif member is None:
         model = models.get_model(name, weights=None)
     else:
@@ -82,11 +78,35 @@ def load_classifier(model_params: dict[str, Any], seed: int = 0) -> tuple[nn.Mod
     return model.eval(), info
 
 
+def load_state(model: nn.Module, path: Path, what: str, fix: str) -> nn.Module:
+    """Load a state_dict file into `model` (weights_only: no code runs); a file that is no state_dict, holds
+    non-finite numbers or does not fit the architecture is a UserError: one line starting with `what`."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, UnicodeDecodeError... for a damaged file
+        reason = (str(exc).splitlines() or [""])[0][:160]
+        raise UserError(f"{what}: not a readable torch file ({type(exc).__name__}: {reason}); {fix}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{what}: holds a {type(state).__name__}, not a state_dict; {fix}")
+    bad = [key for key, value in state.items() if value.is_floating_point() and not torch.isfinite(value).all()]
+    if bad:
+        raise UserError(f"{what}: {len(bad)} tensors hold NaN or infinity (first: {bad[0]}); {fix}")
+    own = model.state_dict()
+    missing, unexpected = [k for k in own if k not in state], [k for k in state if k not in own]
+    shapes = [k for k, v in own.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        raise UserError(f"{what}: does not fit {type(model).__name__} ({len(missing)} weights missing, "
+                        f"{len(unexpected)} unexpected, {len(shapes)} of another shape; first: "
+                        f"{(missing + unexpected + shapes)[0]}); {fix}")
+    model.load_state_dict(state)
+    return model
+
+
 def last_linear(model: nn.Module) -> str:
     """Dotted name of the final nn.Linear: the ImageNet classification layer in every torchvision family."""
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not names:
-        raise ValueError(f"{type(model).__name__} has no linear classifier to remove (unsupported architecture)")
+        raise UserError(f"{type(model).__name__} has no linear classifier to remove (unsupported architecture)")
     return names[-1]
 
 

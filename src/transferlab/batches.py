@@ -37,6 +37,8 @@ class ImageList(Dataset):
                  min_size: int | None = None, seed: int | None = None, encoded: bool = False,
                  keys: list[int] | None = None):
         self.paths = [root / p for p in frame["path"]]
+        digests = frame["sha256"] if "sha256" in frame else [None] * len(self.paths)
+        self.digests = [d if isinstance(d, str) else None for d in digests]  # the index's, checked when read
         self.keys = list(range(len(self.paths))) if keys is None else list(keys)
         lookup = {c: i for i, c in enumerate(classes)}
         self.labels = [lookup[c] for c in frame["label"]] if "label" in frame else [-1] * len(self.paths)
@@ -55,8 +57,8 @@ class ImageList(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
         if self.encoded:
-            return load_encoded(self.paths[i], self.min_size), self.labels[i], i
-        return self.view(i, load_tensor(self.paths[i], self.min_size)), self.labels[i], i
+            return load_encoded(self.paths[i], self.min_size, self.digests[i]), self.labels[i], i
+        return self.view(i, load_tensor(self.paths[i], self.min_size, self.digests[i])), self.labels[i], i
 
     def prepare(self, items: list[torch.Tensor], rows: torch.Tensor, dev: torch.device) -> torch.Tensor:
         """Decode a batch of `encoded` items on `dev` (one batched nvJPEG call on CUDA) and transform them."""

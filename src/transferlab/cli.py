@@ -2,49 +2,34 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
-import pickle
 import sys
 import time
-import zipfile
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from . import params as params_mod
 from . import stages
+from .errors import UserError
 
 log = logging.getLogger("transferlab")
 
-# Errors that mean "bad input": one clear line and exit status 2, no traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (params_mod.ParamsError, FileNotFoundError, ValueError)
-# Errors of reading a damaged or wrong file (truncated cache, checkpoint holding a pickled object, an image
-# replaced by garbage): one line naming the file. Any other exception is a bug and keeps its traceback.
-READ_ERRORS: tuple[type[BaseException], ...] = (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError)
-_PATH_ARGUMENTS = ("path", "checkpoint", "weights_path", "file", "filename", "f")
 
-
-def unreadable_file(exc: BaseException) -> str | None:
-    """The file a read failure was about: the innermost frame's path argument that names an existing file,
-    or None when the failure is not a read failure."""
-    is_read = isinstance(exc, READ_ERRORS) or (isinstance(exc, RuntimeError) and "PytorchStreamReader" in str(exc))
-    if not is_read or isinstance(exc, FileNotFoundError):
-        return None
-    found, tb = None, exc.__traceback__
-    while tb is not None:
-        for name in _PATH_ARGUMENTS:
-            value = tb.tb_frame.f_locals.get(name)
-            if isinstance(value, (str, Path)) and Path(value).is_file():
-                found = str(value)
-        tb = tb.tb_next
-    return found
+def _disk_full(exc: BaseException) -> str | None:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        where = exc.filename or "the output folder"
+        return f"{where}: no space left on the device; free some and re-run (nothing half-written was kept)"
+    return None
 
 
 def set_threads(threads: int) -> None:
     """Limit torch and BLAS/OpenMP to `threads` (Snakemake's `threads:`, else all cores)."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
+    if "torch" not in sys.modules:  # a stage that computes nothing (inputs) pays for no torch import
+        return
     import torch
     from threadpoolctl import threadpool_limits
 
@@ -80,14 +65,13 @@ def run_stage(name: str, run: Callable[[dict[str, Any], stages.StageIO], object]
 
 
 def one_line(exc: BaseException) -> str | None:
-    """The one-line message of a failure the user caused (bad params, data or files), None for a bug."""
-    if isinstance(exc, USER_ERRORS):
-        return str(exc)
-    damaged = unreadable_file(exc)
-    if damaged is None:
-        return None
-    reason = str(exc).splitlines()[0][:200] if str(exc) else "damaged"
-    return f"{damaged}: cannot be read ({type(exc).__name__}: {reason}); re-run the stage that writes it, or replace it"
+    """The one-line message of a failure the user can fix (a UserError, a full disk), None for a bug."""
+    if isinstance(exc, UserError):
+        message = str(exc)
+        if "Original Traceback" in message:  # raised in a DataLoader worker: torch prepends the worker's traceback
+            message = message.strip().splitlines()[-1].split(": ", 1)[-1]
+        return message
+    return _disk_full(exc)
 
 
 def fail(name: str, message: str) -> None:

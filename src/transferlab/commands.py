@@ -10,6 +10,7 @@ from pathlib import Path
 from . import predict
 from .atomic import write_csv
 from .cli import one_line, set_threads
+from .errors import UserError
 from .transforms import TTA_VIEWS
 
 log = logging.getLogger("transferlab")
@@ -39,9 +40,9 @@ def parser() -> argparse.ArgumentParser:
 
 def run_predict(args: argparse.Namespace) -> int:
     if args.model_dir and args.model:
-        raise ValueError("--model and --model-dir: give one (an exported folder holds one model)")
+        raise UserError("--model and --model-dir: give one (an exported folder holds one model)")
     if args.batch_size < 1:
-        raise ValueError(f"--batch-size: {args.batch_size} must be at least 1")
+        raise UserError(f"--batch-size: {args.batch_size} must be at least 1")
     set_threads(max(1, args.threads))
     files = predict.find_images(args.paths)
     if args.model_dir:
@@ -54,7 +55,7 @@ def run_predict(args: argparse.Namespace) -> int:
     for row in skipped.itertuples():
         print(f"skipped {row.path}: {row.reason}", file=sys.stderr)
     if readable.empty:
-        raise ValueError(f"no readable image among the {len(files)} files given")
+        raise UserError(f"no readable image among the {len(files)} files given")
     result = predict.table(readable["path"], proba, clf.labels, args.top_k)
     if args.out:
         write_csv(args.out, result)

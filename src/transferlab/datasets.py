@@ -6,7 +6,9 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import UserError
 from .fetch import download, extract, file_digest, is_archive
+from .layout import resolve
 from .params import is_url
 
 
@@ -42,14 +44,14 @@ _PET_CLASS_DIRS = {"cat": "cat", "cats": "cat", "dog": "dog", "dogs": "dog"}
 def materialise(dataset: str, source: str | None, raw_dir: Path) -> Path:
     """Return the folder holding the dataset's files, downloading and/or extracting into raw_dir as needed."""
     if source and not is_url(source) and not is_archive(source):
-        return Path(source)
+        return Path(source)  # as given: `resolve` finds it, also from a DVC experiment's temporary copy
     if source:
-        archives = [Path(source)] if not is_url(source) else [
+        archives = [resolve(source)] if not is_url(source) else [
             download(source, raw_dir / "downloads" / Path(urllib.parse.urlparse(source).path).name)]
     elif dataset in ARCHIVES:
         archives = [download(a.url, raw_dir / "downloads" / a.filename, a.checksum) for a in ARCHIVES[dataset]]
     else:
-        raise ValueError(f"data.source: dataset {dataset!r} has no official archive; give a folder, archive or URL")
+        raise UserError(f"data.source: dataset {dataset!r} has no official archive; give a folder, archive or URL")
     # One folder per content: another source, or an archive replaced under the same name, never mixes with
     # (or reuses) an earlier extraction.
     content = hashlib.sha256("".join(file_digest(a) for a in archives).encode()).hexdigest()[:16]
@@ -87,7 +89,7 @@ def candidates(dataset: str, root: Path, label: str = "breed") -> tuple[list[tup
     if dataset == "oxford_pets":
         images = find_dir(root, "images")
         if images is None:
-            raise FileNotFoundError(f"data.source: no 'images' folder under {root} (Oxford-IIIT Pet layout expected)")
+            raise UserError(f"data.source: no 'images' folder under {root} (Oxford-IIIT Pet layout expected)")
         found = [(p.relative_to(root).as_posix(), pet_label(p.stem, label)) for p in _files(images)]
     elif dataset == "cats_vs_dogs":
         for path in _files(root):
@@ -104,7 +106,7 @@ def official_split(root: Path) -> dict[str, str]:
     """Oxford-IIIT Pet's own lists: image stem → 'trainval' or 'test'."""
     annotations = find_dir(root, "annotations")
     if annotations is None:
-        raise FileNotFoundError(f"data.split: official needs annotations/trainval.txt and test.txt under {root}")
+        raise UserError(f"data.split: official needs annotations/trainval.txt and test.txt under {root}")
     out: dict[str, str] = {}
     for part in ("trainval", "test"):
         for line in (annotations / f"{part}.txt").read_text().splitlines():

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .errors import UserError
+
 log = logging.getLogger("transferlab")
 
 # Largest difference allowed between the exported graph's outputs and torch's, relative to the largest feature.
@@ -23,7 +25,7 @@ ONNX_TOLERANCE = 1e-4
 Forward = Callable[[torch.Tensor], np.ndarray]
 
 
-class EngineUnavailable(ValueError):
+class EngineUnavailable(UserError):
     """The engine/precision asked for in params cannot run on this machine."""
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -12,7 +11,8 @@ from sklearn import metrics as skm
 
 from . import features, finetune, frozen, head, stats
 from .atomic import read_json, read_splits, write_csv, write_json
-from .layout import SPLITS
+from .errors import UserError
+from .layout import SPLITS, data_root
 from .stages import StageIO
 from .transforms import TTA_VIEWS
 
@@ -60,7 +60,7 @@ def versus(baseline: pd.DataFrame, method: str, ids: np.ndarray, correct: np.nda
     mine = pd.Series(correct, index=ids)
     theirs = baseline.set_index("id")["correct"].astype(bool)
     if set(theirs.index) != set(mine.index):
-        raise ValueError(f"evaluate: the probe's predictions are not of the same test images ({len(theirs)} vs "
+        raise UserError(f"evaluate: the probe's predictions are not of the same test images ({len(theirs)} vs "
                          f"{len(mine)}); re-run evaluate_probe")
     return stats.paired({"probe": theirs.loc[mine.index].to_numpy(), method: mine.to_numpy()}, settings)
 
@@ -125,7 +125,7 @@ def run_finetune(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
     """The evaluate_finetune stage: the fine-tuned network on each split (and the test split with TTA), from the
     frozen-prefix cache where it exists, compared with the probe's predictions on the same test images."""
     dataset = read_json(io.input.dataset)
-    classes, root = dataset["classes"], Path(dataset["root"])
+    classes, root = dataset["classes"], data_root(dataset)
     model = finetune.load(params["model"], io.input.model, len(classes))
     frames = read_splits(io.input.splits)
     cache = frozen.Cache.open(io.input.frozen.parent, params["model"], params["finetune"], frames, classes)

@@ -16,6 +16,7 @@ from torch import nn
 from . import backbones, engines, predict
 from .atomic import atomic_path, read_json, write_json
 from .batches import ImageList, outputs
+from .layout import data_root
 from .stages import StageIO
 from .transforms import evaluation
 
@@ -59,7 +60,7 @@ def run(params: dict[str, Any], io: StageIO, batch_size: int = 32) -> dict[str, 
     plain = backbones.preprocessing(model_params)
     dataset = read_json(io.input.dataset)
     test = pd.read_csv(io.input.splits.test)
-    images = ImageList(project / dataset["root"], test, labels, evaluation(plain, normalize=False),
+    images = ImageList(data_root(dataset, project), test, labels, evaluation(plain, normalize=False),
                        plain.resize_size[0])
     with atomic_path(out.model) as tmp:
         engines.export_onnx(module, plain.crop_size[0], tmp, output_name="probabilities")
@@ -86,12 +87,19 @@ def run(params: dict[str, Any], io: StageIO, batch_size: int = 32) -> dict[str, 
     return summary
 
 
+def _markdown_text(value: Any) -> Any:
+    """A value as Markdown text: HTML's &, < and > escaped (class names and paths are data, never markup)."""
+    if isinstance(value, str):
+        return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return value
+
+
 def model_card(template: Path, summary: dict[str, Any], metrics: dict[str, dict[str, Any]], dataset: dict[str, Any],
                splits: dict[str, Any], params: dict[str, Any], record: dict[str, Any]) -> str:
     """The model card (Markdown) from the run's own records."""
     train = splits["train"]["per_class"]
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(template.parent), undefined=jinja2.StrictUndefined,
-                             keep_trailing_newline=True)
+                             keep_trailing_newline=True, finalize=_markdown_text)
     return env.get_template(template.name).render(
         summary=summary, metrics=metrics, chosen=metrics[summary["method"]], dataset=dataset, splits=splits,
         params=params, plain=record,

@@ -15,7 +15,7 @@ import torch
 from . import backbones, engines
 from .atomic import atomic_path, read_json, scratch_file, write_json
 from .batches import ImageList, compute, device, torch_threads
-from .layout import SPLITS
+from .layout import SPLITS, data_root
 from .params import ParamsError
 from .stages import StageIO
 from .transforms import augmentation, evaluation
@@ -26,7 +26,7 @@ def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
     """Features (float32, labels, ids, views) of every split in one .npz each, and meta.json."""
     model_params, feat = params["model"], params["features"]
     dataset = read_json(io.input.dataset)
-    classes, root = dataset["classes"], Path(dataset["root"])
+    classes, root = dataset["classes"], data_root(dataset)
     extractor, dim, info = backbones.load_feature_extractor(model_params)
     dev = device()
     plain = backbones.preprocessing(model_params)

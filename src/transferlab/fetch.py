@@ -12,15 +12,17 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .errors import UserError
+
 ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz")
 _CHUNK = 1 << 20
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError):
     """A download failed or did not match its checksum."""
 
 
-class UnsafeArchiveError(ValueError):
+class UnsafeArchiveError(UserError):
     """An archive member would be written outside the extraction folder."""
 
 
@@ -117,7 +119,7 @@ def extract(archive: Path | str, target: Path | str) -> Path:
                 for member in tqdm(members, desc=f"extract {archive.name}", unit="file"):
                     tf.extract(member, staging, filter="data")
         else:
-            raise ValueError(f"{archive} is neither a zip nor a tar archive")
+            raise UserError(f"{archive} is neither a zip nor a tar archive")
         for entry in staging.iterdir():
             dest = target / entry.name
             if dest.is_dir():

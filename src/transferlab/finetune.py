@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from . import backbones, engines, frozen, head
 from .atomic import atomic_path, read_json, read_splits, write_csv, write_json
 from .batches import ImageList, device, loader, predict_images
+from .layout import data_root
 from .stages import StageIO
 from .transforms import augmented, evaluation
 
@@ -86,10 +87,7 @@ def load(model_params: dict[str, Any], weights_path: Path | str, n_classes: int)
     """Rebuild the fine-tuned network from its saved state_dict (weights_only: no code is executed)."""
     body, linear = backbones.split_classifier(models.get_model(model_params["backbone"], weights=None))
     model = FineTuneNet(body, nn.Linear(linear.in_features, n_classes))
-    state = torch.load(weights_path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise ValueError(f"{weights_path}: holds a {type(state).__name__}, not a state_dict; re-run the finetune stage")
-    model.load_state_dict(state)
+    backbones.load_state(model, Path(weights_path), str(weights_path), "re-run the finetune stage that writes it")
     return model.eval()
 
 
@@ -245,7 +243,7 @@ def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
     frames, classes = read_splits(io.input.splits), dataset["classes"]
     probe, _ = head.load(io.input.probe)
     cache = frozen.Cache.open(io.input.frozen.parent, params["model"], params["finetune"], frames, classes)
-    net, summary, history = tune(params["model"], params["finetune"], probe, Path(dataset["root"]), frames,
+    net, summary, history = tune(params["model"], params["finetune"], probe, data_root(dataset), frames,
                                  classes, cache)
     with atomic_path(io.output.model) as tmp:
         torch.save({k: v.cpu() for k, v in net.state_dict().items()}, tmp)

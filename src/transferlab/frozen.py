@@ -28,7 +28,8 @@ from torch.utils.data import Dataset
 from . import backbones, engines
 from .atomic import atomic_path, copy_file, read_json, read_splits, scratch_file, write_json
 from .batches import ImageList, compute, device, torch_threads
-from .layout import frozen_array
+from .errors import UserError
+from .layout import data_root, frozen_array
 from .stages import StageIO
 from .transforms import TTA_VIEWS, augmented, evaluation, test_time_views
 
@@ -185,7 +186,7 @@ def _fill(prefix: nn.Module, plain: Any, feat: dict[str, Any], dataset: dict[str
     threads = torch.get_num_threads()
     streams = 1 if on_gpu else threads
     model = backbones.Normalized(prefix, plain.mean, plain.std, scale=255)
-    root, classes = Path(dataset["root"]), dataset["classes"]
+    root, classes = data_root(dataset), dataset["classes"]
     with scratch_file(folder, ".onnx", "prefix") as onnx_path, torch_threads(threads // streams):
         forward, engine = engines.build(model, feat["engine"], "float32", dev, plain.crop_size[0], onnx_path,
                                         threads=threads // streams)
@@ -262,7 +263,7 @@ class Activations(Dataset):
     @seed.setter
     def seed(self, value: int) -> None:
         if self.seeds is None or value not in self.seeds:
-            raise ValueError(f"the frozen-prefix cache holds no views for augmentation seed {value} "
+            raise UserError(f"the frozen-prefix cache holds no views for augmentation seed {value} "
                              f"(it holds {self.seeds}); re-run frozen_cache")
         self.slab, self._seed = self.array[self.seeds.index(value)], value
 
@@ -294,7 +295,7 @@ class Cache:
         expected = json.loads(json.dumps(key(model_params, ft, frames)))
         if meta["key"] != expected:
             differ = sorted(k for k in expected if meta["key"].get(k) != expected[k])
-            raise ValueError(f"{folder}: the frozen-prefix cache was made for other {', '.join(differ)}; "
+            raise UserError(f"{folder}: the frozen-prefix cache was made for other {', '.join(differ)}; "
                              f"re-run the stage that makes it (frozen_cache or sweep_frozen)")
         return Cache(folder, meta, frames, classes)
 

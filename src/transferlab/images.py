@@ -14,6 +14,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from torchvision.transforms.v2.functional import pil_to_tensor
 
+from .errors import DamagedFile
+
 JPEG_MAGIC = b"\xff\xd8\xff"
 EXIF_ORIENTATION = 0x0112
 
@@ -59,15 +61,24 @@ def inspect(path: Path | str) -> tuple[int, int, int, str]:
 _WIDE_MODES = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535, "F": 1.0}
 
 
-def load_rgb(path: Path | str, min_size: int | None = None) -> Image.Image:
-    """Open an image as RGB as a person sees it: the first frame, turned by its EXIF orientation, grayscale,
-    palette, RGBA and CMYK converted, high bit depths scaled (not clipped) to 8 bits.
+def read_checked(path: Path | str, sha256: str | None = None) -> bytes:
+    """A file's bytes; with `sha256` (the index's), a file changed since it was indexed is a DamagedFile."""
+    data = Path(path).read_bytes()
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise DamagedFile(f"{path}: changed since the download stage indexed it (its sha256 is not the one in "
+                          f"data/index.csv); re-run the download stage that indexes it (snakemake or dvc repro do)")
+    return data
+
+
+def load_rgb(source: Path | str | bytes, min_size: int | None = None) -> Image.Image:
+    """Open an image (a path, or its bytes) as RGB as a person sees it: the first frame, turned by its EXIF
+    orientation, grayscale, palette, RGBA and CMYK converted, high bit depths scaled (not clipped) to 8 bits.
 
     With `min_size`, large JPEGs are decoded at a reduced scale (PIL draft) that keeps both sides ≥ min_size.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        image = Image.open(path)
+        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
         if min_size and image.format == "JPEG":
             image.draft("RGB", (min_size, min_size))
         image = ImageOps.exif_transpose(image)
@@ -79,20 +90,26 @@ def load_rgb(path: Path | str, min_size: int | None = None) -> Image.Image:
         return image.convert("RGB")
 
 
-def load_tensor(path: Path | str, min_size: int | None = None) -> torch.Tensor:
-    """Decode an image to a uint8 RGB (3, H, W) tensor, the fast way for its kind.
+def load_tensor(path: Path | str, min_size: int | None = None, sha256: str | None = None) -> torch.Tensor:
+    """Decode an image to a uint8 RGB (3, H, W) tensor, the fast way for its kind (checked against the index's
+    `sha256` when given).
 
     torchvision.io (libjpeg-turbo/libpng) decodes most files; a JPEG at least twice `min_size` on both sides is
     decoded by PIL at a reduced scale (draft), which is several times faster for large photos. Anything
     torchvision cannot decode to RGB (CMYK, TIFF, BMP ...) goes through PIL (`load_rgb`). Either way: the first
     frame, EXIF orientation applied, 16 bits scaled to 8.
     """
-    with Image.open(path) as image:  # reads the header only
+    return _decode(read_checked(path, sha256), min_size)
+
+
+def _decode(data: bytes, min_size: int | None) -> torch.Tensor:
+    with Image.open(io.BytesIO(data)) as image:  # reads the header only
         large_jpeg = bool(min_size) and image.format == "JPEG" and min(image.size) >= 2 * min_size
     if not large_jpeg:
         try:
             with _quiet():
-                decoded = decode_image(str(path), mode=ImageReadMode.RGB, apply_exif_orientation=True)
+                decoded = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB,
+                                       apply_exif_orientation=True)
             if decoded.ndim == 4:  # an animated GIF: its first frame
                 decoded = decoded[0]
             if decoded.dtype == torch.uint16:  # 16-bit PNG: full scale 65535 → 255
@@ -101,19 +118,19 @@ def load_tensor(path: Path | str, min_size: int | None = None) -> torch.Tensor:
                 return decoded
         except RuntimeError:
             pass
-    return pil_to_tensor(load_rgb(path, min_size))
+    return pil_to_tensor(load_rgb(data, min_size))
 
 
-def load_encoded(path: Path | str, min_size: int | None = None) -> torch.Tensor:
+def load_encoded(path: Path | str, min_size: int | None = None, sha256: str | None = None) -> torch.Tensor:
     """A JPEG's bytes as a 1-D uint8 tensor (to decode on the GPU); other files, and JPEGs an EXIF orientation
     turns (nvJPEG ignores it), decoded here as by load_tensor."""
-    data = Path(path).read_bytes()
+    data = read_checked(path, sha256)
     if data.startswith(JPEG_MAGIC):
         with Image.open(io.BytesIO(data)) as image:
             upright = image.getexif().get(EXIF_ORIENTATION, 1) == 1
         if upright:
             return torch.frombuffer(bytearray(data), dtype=torch.uint8)
-    return load_tensor(path, min_size)
+    return _decode(data, min_size)
 
 
 def decode_jpegs(encoded: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:

@@ -12,8 +12,10 @@ from tqdm.auto import tqdm
 
 from . import datasets
 from .atomic import write_csv, write_json
+from .errors import UserError
 from .images import BadImage, inspect
 from .layout import raw_dir as raw_dir_of
+from .layout import resolve
 from .stages import StageIO
 
 log = logging.getLogger("transferlab")
@@ -71,23 +73,24 @@ def build(data: dict[str, Any], out: SimpleNamespace, workers: int = 1) -> dict[
     """Materialise the dataset and write the download stage's index, rejected list and dataset summary."""
     raw_dir = raw_dir_of(out.dataset)
     raw_dir.mkdir(parents=True, exist_ok=True)
-    root = datasets.materialise(data["dataset"], data["source"], raw_dir)
+    given = datasets.materialise(data["dataset"], data["source"], raw_dir)
+    root = resolve(given)
     files, stray = datasets.candidates(data["dataset"], root, data["label"])
     files, escaping = inside(root, files)
     if not files:
-        raise ValueError(f"data.source: no image files found under {root} for dataset {data['dataset']!r}")
+        raise UserError(f"data.source: no image files found under {root} for dataset {data['dataset']!r}")
     index, rejected = scan(root, files, workers)
     stray_rows = pd.DataFrame([{"path": p, "label": "", "reason": "not inside a class folder"} for p, _ in stray]
                               + [{"path": p, "label": label, "reason": "a link leaving the dataset folder"}
                                  for p, label in escaping], columns=rejected.columns)
     rejected = pd.concat([rejected, stray_rows], ignore_index=True) if len(stray_rows) else rejected
     if index.empty:
-        raise ValueError(f"data.source: none of the {len(files)} files under {root} is a readable image")
+        raise UserError(f"data.source: none of the {len(files)} files under {root} is a readable image")
     classes = sorted(index["label"].unique())
     summary = {
         "dataset": data["dataset"],
         "source": data["source"],
-        "root": root.as_posix(),
+        "root": given.as_posix(),
         "label": data["label"] if data["dataset"] == "oxford_pets" else "folder",
         "images": len(index),
         "classes": classes,

@@ -29,6 +29,7 @@ def _splits(folder: str, suffix: str) -> dict[str, str]:
 
 
 FILES: dict[str, dict[str, str]] = {
+    "inputs": {"dataset": "data/inputs/dataset.json", "checkpoint": "data/inputs/checkpoint.json"},
     "download": {"index": "data/index.csv", "rejected": "data/rejected.csv", "dataset": "data/dataset.json"},
     "split": {**_splits("data/splits", ".csv"), "summary": "data/splits/summary.json"},
     "extract": {**_splits("results/features", ".npz"), "meta": "results/features/meta.json"},
@@ -57,6 +58,18 @@ FILES: dict[str, dict[str, str]] = {
                "reliability": "results/report/reliability.png"},
 }
 
+
+
+def folder(stage: str) -> str:
+    """The folder holding all of a stage's files (results/features, results/model, data...)."""
+    return os.path.commonpath([os.path.dirname(path) for path in FILES[stage].values()])
+
+
+# Each stage's checksum record (checks.py): the sha256 of every file it wrote, beside them. The inputs stage has
+# none: its manifests are themselves records of content.
+for _stage in list(FILES)[1:]:
+    FILES[_stage]["checksums"] = f"{folder(_stage)}/checksums.{_stage}.json"
+
 # Folders a stage writes as a whole (DVC caches each as one output; it may hold files named at run time).
 OWNED: dict[str, list[str]] = {
     "evaluate_probe": ["results/eval/probe"], "frozen_cache": ["results/frozen"], "finetune": ["results/finetune"],
@@ -66,6 +79,31 @@ OWNED: dict[str, list[str]] = {
     "sweep_aggregate": ["results/curve"], "report": ["results/report"],
 }
 SKIPPED = "skipped.json"  # what a disabled stage leaves in a folder it owns
+_DVC_TEMP = (".dvc", "tmp", "exps")  # where DVC runs queued and --temp experiments, one copy of the project each
+
+
+def workspace(root: Path | str = ".") -> Path:
+    """The user's project: `root` itself, or the project holding it when `root` is a DVC experiment's temporary
+    copy (<project>/.dvc/tmp/exps/<name>)."""
+    real = Path(root).resolve()
+    parts = real.parts
+    if len(parts) > 4 and parts[-4:-1] == _DVC_TEMP:
+        return real.parents[3]
+    return Path(root)
+
+
+def resolve(path: str | Path, root: Path | str = ".") -> Path:
+    """A path from params.yaml: relative to the project root; one leaving the project, to the user's project."""
+    path = Path(path)
+    if path.is_absolute():
+        return path
+    inside = os.path.normpath(path) != ".." and not os.path.normpath(path).startswith(".." + os.sep)
+    return (Path(root) if inside else workspace(root)) / path
+
+
+def data_root(dataset: dict[str, Any], project: Path | str = ".") -> Path:
+    """Where the images of a dataset summary (data/dataset.json) are, `resolve`d."""
+    return resolve(dataset["root"], project)
 
 
 def _place(stage: str, template: str, root: Path | str, where: Path | str | None, wildcards: dict[str, Any]) -> Path:
@@ -78,11 +116,6 @@ def _place(stage: str, template: str, root: Path | str, where: Path | str | None
 def files(stage: str, root: Path | str = ".", **wildcards: Any) -> SimpleNamespace:
     """A stage's files by name (attribute access) under `root`, sweep wildcards filled in."""
     return SimpleNamespace(**{name: _place(stage, path, root, None, wildcards) for name, path in FILES[stage].items()})
-
-
-def folder(stage: str) -> str:
-    """The folder holding all of a stage's files (results/features, results/model, data...)."""
-    return os.path.commonpath([os.path.dirname(path) for path in FILES[stage].values()])
 
 
 def files_in(stage: str, where: Path | str, **wildcards: Any) -> SimpleNamespace:

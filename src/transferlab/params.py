@@ -13,10 +13,13 @@ from typing import Any
 import jsonschema
 import yaml
 
+from .errors import UserError
+from .layout import resolve
+
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.I)
 
 
-class ParamsError(ValueError):
+class ParamsError(UserError):
     """A parameter is missing, of the wrong type or out of range; the message names the key."""
 
 
@@ -110,10 +113,10 @@ def _check_semantics(params: dict[str, Any], base_dir: Path) -> None:
     if data["dataset"] == "folder" and not data["source"]:
         raise ParamsError("params: data.source: the 'folder' dataset needs a local folder, archive or URL")
     source = data["source"]
-    if source and not is_url(source) and not (base_dir / source).exists():
+    if source and not is_url(source) and not resolve(source, base_dir).exists():
         raise ParamsError(f"params: data.source: no such file or folder: {source}")
     checkpoint = model["checkpoint"]
-    if checkpoint and not (base_dir / checkpoint).is_file():
+    if checkpoint and not resolve(checkpoint, base_dir).is_file():
         raise ParamsError(f"params: model.checkpoint: no such file: {checkpoint}")
     models = torchvision_models()
     for key, name in [("model.backbone", model["backbone"])] + [("sweep.backbones", b)
@@ -206,11 +209,24 @@ def same_as_file(config: dict[str, Any], path: Path | str = "params.yaml") -> No
                           f"scripts read {path}; edit {path} instead (or use dvc exp run -S)")
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (it would silently keep the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ParamsError(f"params: {key}: given twice (line {key_node.start_mark.line + 1}); keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load(path: Path | str = "params.yaml") -> dict[str, Any]:
     """Read and validate params.yaml; relative paths inside it are checked against its folder."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeys)
     except FileNotFoundError:
         raise ParamsError(f"params: file not found: {path}") from None
     except yaml.YAMLError as exc:

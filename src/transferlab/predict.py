@@ -9,13 +9,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 import yaml
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms._presets import ImageClassification
 
-from . import backbones, engines, finetune, head, index, layout, transforms
+from . import backbones, checks, engines, finetune, head, index, layout, transforms
 from .atomic import read_json
 from .batches import device, predict_images, torch_threads
+from .errors import DamagedFile, UserError
 from .layout import METHODS
 
 RUN_PIPELINE = "run the pipeline first (snakemake --cores 2, or dvc repro)"
@@ -52,7 +54,7 @@ def choose(project: Path) -> tuple[str, str]:
     """The method with the higher validation accuracy (never test) and why; the probe on a tie (it is cheaper)."""
     ran = evaluated(project)
     if "probe" not in ran:
-        raise FileNotFoundError(f"{metrics_file(project, 'probe')}: no evaluated model in this "
+        raise UserError(f"{metrics_file(project, 'probe')}: no evaluated model in this "
                                 f"project; {RUN_PIPELINE}")
     probe = ran["probe"]["val_accuracy"]
     if "finetune" not in ran:
@@ -67,11 +69,9 @@ def model_params(project: Path) -> dict[str, Any]:
     """The backbone as the extract stage ran it (results/features/meta.json), checkpoint relative to the project."""
     path = layout.files("extract", project).meta
     if not path.exists():
-        raise FileNotFoundError(f"{path}: this project has no trained model; {RUN_PIPELINE}")
+        raise UserError(f"{path}: this project has no trained model; {RUN_PIPELINE}")
     meta = read_json(path)
-    checkpoint = meta["checkpoint"]
-    if checkpoint and not Path(checkpoint).is_absolute():
-        checkpoint = str(project / checkpoint)
+    checkpoint = meta["checkpoint"] and str(layout.resolve(meta["checkpoint"], project))
     return {"backbone": meta["backbone"], "weights": meta["weights"], "checkpoint": checkpoint,
             "image_size": meta["image_size"], "engine": meta["engine"], "precision": meta["precision"],
             "classes": meta["classes"]}
@@ -83,7 +83,7 @@ def network(project: Path, method: str, params: dict[str, Any]) -> finetune.Fine
         return finetune.build(params, head.load(layout.files("train_head", project).model)[0]).eval()
     path = layout.files("finetune", project).model
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no fine-tuned model (finetune.enabled: false, or the finetune stage has "
+        raise UserError(f"{path}: no fine-tuned model (finetune.enabled: false, or the finetune stage has "
                                 f"not run)")
     return finetune.load(params, path, len(params["classes"]))
 
@@ -93,7 +93,7 @@ def resolve(project: Path, method: str) -> tuple[str, str]:
     if method == "best":
         return choose(project)
     if method not in evaluated(project):
-        raise FileNotFoundError(f"{metrics_file(project, method)}: the {method} model has not "
+        raise UserError(f"{metrics_file(project, method)}: the {method} model has not "
                                 f"been evaluated; {RUN_PIPELINE}")
     return method, "asked for"
 
@@ -105,6 +105,8 @@ def from_project(project: Path, method: str = "best") -> tuple[Classifier, str]:
     head; so its predictions on the test split equal the evaluate stage's.
     """
     method, why = resolve(project, method)
+    for stage in ("extract", "train_head", "finetune") if method == "finetune" else ("extract", "train_head"):
+        checks.verify(layout.files(stage, project).checksums, stage)
     params = model_params(project)
     plain = backbones.preprocessing(params)
     if method == "finetune":
@@ -141,13 +143,26 @@ def from_model_dir(folder: Path) -> tuple[Classifier, str]:
     exported = layout.files_in("export", folder)
     for path in (exported.model, exported.labels, exported.preprocessing, exported.summary):
         if not path.exists():
-            raise FileNotFoundError(f"{path}: not an exported model folder (the export stage writes it)")
+            raise UserError(f"{path}: not an exported model folder (the export stage writes it)")
+    checks.verify_folder(folder, "export")  # a folder copied with its checksum record: every file as written
     labels = read_json(exported.labels)
     record = read_json(exported.preprocessing)
-    plain = ImageClassification(crop_size=record["crop_size"], resize_size=record["resize_size"],
-                                mean=record["mean"], std=record["std"],
-                                interpolation=InterpolationMode(record["interpolation"]))
-    forward, provider = engines.onnx_forward(exported.model)
+    try:
+        plain = ImageClassification(crop_size=record["crop_size"], resize_size=record["resize_size"],
+                                    mean=record["mean"], std=record["std"],
+                                    interpolation=InterpolationMode(record["interpolation"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DamagedFile(f"{exported.preprocessing}: not the export stage's record ({type(exc).__name__}: {exc}); "
+                          f"re-export the model") from None
+    try:
+        forward, provider = engines.onnx_forward(exported.model)
+    except Exception as exc:  # onnxruntime raises its own types (InvalidProtobuf, Fail...) for a damaged graph
+        raise DamagedFile(f"{exported.model}: not a readable ONNX graph ({type(exc).__name__}: "
+                          f"{(str(exc).splitlines() or [''])[0][:160]}); re-export the model") from None
+    outputs = forward(torch.zeros(1, 3, plain.crop_size[0], plain.crop_size[0], dtype=torch.uint8)).shape[-1]
+    if not isinstance(labels, list) or len(labels) != outputs:
+        raise DamagedFile(f"{exported.labels}: {len(labels) if isinstance(labels, list) else 'no'} labels for a "
+                          f"graph of {outputs} outputs; re-export the model (labels.json and model.onnx together)")
     method = read_json(exported.summary)["method"]
     return Classifier(method, labels, plain, forward), f"exported to {folder} (ONNX Runtime, {provider})"
 
@@ -162,7 +177,7 @@ def find_images(paths: list[Path]) -> list[Path]:
         elif path.is_file():
             files.append(path)
         else:
-            raise FileNotFoundError(f"{path}: no such file or folder")
+            raise UserError(f"{path}: no such file or folder")
     return files
 
 
@@ -184,7 +199,7 @@ def classify(clf: Classifier, files: list[Path], batch_size: int = 32, tta: bool
 
 def check_top_k(top_k: int, classes: int) -> None:
     if not 1 <= top_k <= classes:
-        raise ValueError(f"--top-k: {top_k} is not between 1 and the model's {classes} classes")
+        raise UserError(f"--top-k: {top_k} is not between 1 and the model's {classes} classes")
 
 
 def table(paths: pd.Series, proba: np.ndarray, labels: list[str], top_k: int = 1) -> pd.DataFrame:

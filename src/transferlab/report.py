@@ -20,11 +20,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from jinja2 import Environment, FileSystemLoader, select_autoescape  # noqa: E402
 
+from . import lock, stats  # noqa: E402
 from . import params as params_mod  # noqa: E402
-from . import stats  # noqa: E402
 from .atomic import atomic_path, read_json  # noqa: E402
+from .errors import UserError  # noqa: E402
 from .images import load_rgb  # noqa: E402
-from .layout import adversarial_png  # noqa: E402
+from .layout import adversarial_png, data_root  # noqa: E402
 from .stages import STAGE_PARAMS, StageIO, made_from  # noqa: E402
 
 log = logging.getLogger("transferlab")
@@ -130,13 +131,17 @@ def _thumb(path: Path, size: int = 112) -> str:
     return _data_uri(buf.getvalue(), "image/jpeg")
 
 
-def versions() -> dict[str, str]:
+def versions(lock_file: Path) -> dict[str, str]:
+    """The main libraries' versions, and the lock they were installed from (its sha256, and any that differ)."""
     out = {}
     for name in LIBRARIES:
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             out[name] = "not installed"
+    differ = lock.unlike_installed(lock_file) if lock_file.exists() else []
+    out[lock.NAME] = f"sha256 {lock.digest(lock_file)}" + (
+        f", but {len(differ)} installed at other versions ({', '.join(differ[:3])})" if differ else "")
     return out
 
 
@@ -382,30 +387,37 @@ def galleries(info: dict[str, Any], root: Path) -> dict[str, list[dict[str, Any]
     return out
 
 
+def headline(info: dict[str, Any], confidence: float) -> tuple[dict[str, Any] | None, float | None, str]:
+    """The fine-tune's comparison row (None where it did not run), its cost relative to the probe, the verdict."""
+    methods = info["methods"]
+    finetune = methods["finetune"]["row"] if methods["finetune"]["ran"] else None
+    cost_ratio = finetune["seconds"] / methods["probe"]["row"]["seconds"] if finetune else None
+    return finetune, cost_ratio, verdict(methods["probe"]["row"], finetune, cost_ratio, confidence)
+
+
 def render(params: dict[str, Any], stage: StageIO) -> Path:
     """The report stage: the self-contained page (images embedded as data URIs) and the figures as PNG files."""
     files, out = stage.input, stage.output
     info = gather(params, files)
     methods = info["methods"]
     if not methods["probe"]["ran"]:
-        raise ValueError(f"report: no evaluation of the probe in {files.probe.metrics} (run evaluate_probe first)")
+        raise UserError(f"report: no evaluation of the probe in {files.probe.metrics} (run evaluate_probe first)")
     figures = {
         "confusion": confusion_figure(methods, out.confusion),
         "per_class": per_class_figure(methods, out.per_class),
         "learning": learning_figure(info["history"], out.learning),
         "reliability": reliability_figure(methods, out.reliability),
     }
-    finetune = methods["finetune"]["row"] if methods["finetune"]["ran"] else None
-    cost_ratio = finetune["seconds"] / methods["probe"]["row"]["seconds"] if finetune else None
+    finetune, cost_ratio, said = headline(info, params["evaluate"]["confidence"])
     env = Environment(loader=FileSystemLoader(files.template.parent), autoescape=select_autoescape(["html", "j2"]))
     dataset = info["dataset"]
     html = env.get_template(files.template.name).render(
         info=info, methods=METHODS, table=comparison(methods), figures=figures,
-        verdict=verdict(methods["probe"]["row"], finetune, cost_ratio, params["evaluate"]["confidence"]),
+        verdict=said,
         pair=finetune["vs_probe"] if finetune else None, confidence=params["evaluate"]["confidence"],
-        cost_ratio=cost_ratio, galleries=galleries(info, Path(dataset["root"])),
+        cost_ratio=cost_ratio, galleries=galleries(info, data_root(dataset)),
         differences=shown_differences(params), stage_params=STAGE_PARAMS, commit=git_commit(),
-        date=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), versions=versions(),
+        date=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), versions=versions(files.lock),
         visualize=visualizations(params, dataset, files.visualize), curve=learning_curve(params, dataset, files.curve),
         rejected_reasons=dataset["left_out_reasons"], cap=GALLERY_CAP, flatten=flatten)
     with atomic_path(out.html) as tmp:

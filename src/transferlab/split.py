@@ -11,14 +11,15 @@ import pandas as pd
 
 from . import datasets
 from .atomic import read_json, write_csv, write_json
-from .layout import SPLITS
+from .errors import UserError
+from .layout import SPLITS, data_root
 from .params import check_class_names
 from .stages import StageIO
 
 log = logging.getLogger("transferlab")
 
 
-class SplitError(ValueError):
+class SplitError(UserError):
     """The index cannot be split as asked (a class is too small, official lists missing...)."""
 
 
@@ -83,14 +84,15 @@ def make_splits(index: pd.DataFrame, data: dict[str, Any], root: Path | None = N
     if untrained:
         raise SplitError(f"data.split: classes with no training image after the split: {untrained}")
     parts["train"] = subsample(parts["train"], data["train_fraction"], seed)
-    return {name: parts[name][["path", "label"]] for name in SPLITS}
+    kept = [c for c in ("path", "label", "sha256") if c in index]  # sha256: each image is checked when read
+    return {name: parts[name][kept] for name in SPLITS}
 
 
 def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
     """The split stage; first, the params that name classes are checked against the dataset."""
     info = read_json(io.input.dataset)
     check_class_names(params, info["classes"])
-    summary = write(params["data"], io.input.index, Path(info["root"]), io.output)
+    summary = write(params["data"], io.input.index, data_root(info), io.output)
     log.info("split: %s", {name: part["images"] for name, part in summary.items()})
     return summary
 

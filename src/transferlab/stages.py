@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from . import layout
+from . import checks, layout
 from .atomic import write_json
 from .params import select
 
@@ -38,15 +38,16 @@ class Stage:
     enabled_by: str | None = None
 
 
-_CORE = ["__init__", "cli", "params", "atomic", "stages", "layout"]
-_DATASETS = _CORE + ["fetch", "datasets"]
-_INFERENCE = _CORE + ["fetch", "images", "backbones", "transforms", "engines", "batches"]
+_CORE = ["__init__", "cli", "params", "atomic", "stages", "layout", "errors", "checks", "fetch"]
+_DATASETS = _CORE + ["datasets"]
+_INFERENCE = _CORE + ["images", "backbones", "transforms", "engines", "batches"]
 _FEATURES = _INFERENCE + ["features"]
 _FROZEN = _INFERENCE + ["frozen"]
 _FINETUNE = _FEATURES + ["frozen", "head", "finetune"]
 _EVALUATE = _FINETUNE + ["stats", "evaluation"]
 _SWEEP = _EVALUATE + ["datasets", "split", "sweep"]
 _DATA = {"dataset": "download.dataset", "splits": "split"}
+_WEIGHTS = {"checkpoint": "inputs.checkpoint"}  # the checkpoint's content: replaced under the same name, it re-runs
 # What the frozen prefix's activations depend on (not lr, head_lr, weight_decay, schedule, patience, batch_size).
 _FROZEN_PARAMS = ["model", "features.engine", "features.batch_size", "features.num_workers", "finetune.enabled",
                   "finetune.unfreeze", "finetune.augment", "finetune.epochs", "finetune.seed", "finetune.cache",
@@ -57,15 +58,18 @@ _MAIN_RESULTS = {"main_head": "train_head.summary", "main_probe": "evaluate_prob
                  "main_finetune": "finetune.summary", "main_evaluation": "evaluate_finetune.metrics"}
 
 TABLE: dict[str, Stage] = {
-    "download": Stage({}, ["data.dataset", "data.source", "data.label"], _DATASETS + ["images", "index"]),
+    "inputs": Stage({}, ["data.source", "model.checkpoint"], _CORE + ["sources"]),
+    "download": Stage({"source": "inputs.dataset"}, ["data.dataset", "data.source", "data.label"],
+                      _DATASETS + ["images", "index"]),
     "split": Stage({"index": "download.index", "dataset": "download.dataset"},
                    ["data.split", "data.val_fraction", "data.test_fraction", "data.train_fraction", "data.seed"],
                    _DATASETS + ["split"]),
-    "extract": Stage(_DATA, ["model", "features"], _FEATURES),
+    "extract": Stage({**_DATA, **_WEIGHTS}, ["model", "features"], _FEATURES),
     "train_head": Stage({"train": "extract.train", "val": "extract.val"}, ["head"], _FEATURES + ["head"]),
     "evaluate_probe": Stage({"model": "train_head.model", "features": "extract"}, ["evaluate"], _EVALUATE),
-    "frozen_cache": Stage(_DATA, _FROZEN_PARAMS, _FROZEN, "finetune.enabled"),
-    "finetune": Stage({**_DATA, "probe": "train_head.model", "frozen": "frozen_cache.meta"}, ["model", "finetune"],
+    "frozen_cache": Stage({**_DATA, **_WEIGHTS}, _FROZEN_PARAMS, _FROZEN, "finetune.enabled"),
+    "finetune": Stage({**_DATA, **_WEIGHTS, "probe": "train_head.model", "frozen": "frozen_cache.meta"},
+                      ["model", "finetune"],
                       _FINETUNE, "finetune.enabled"),
     "evaluate_finetune": Stage({**_DATA, "model": "finetune.model", "probe": "evaluate_probe.predictions",
                                 "frozen": "frozen_cache.meta"},
@@ -74,21 +78,22 @@ TABLE: dict[str, Stage] = {
                      "probe": "train_head.model", "finetune": "finetune.model",
                      "probe_metrics": "evaluate_probe.metrics", "finetune_metrics": "evaluate_finetune.metrics"},
                     ["finetune.enabled", "export"], _FINETUNE + ["datasets", "index", "predict", "export"]),
-    "visualize": Stage({**_DATA, "probe": "train_head.model", "finetune": "finetune.model"},
+    "visualize": Stage({**_DATA, **_WEIGHTS, "probe": "train_head.model", "finetune": "finetune.model"},
                        ["model", "finetune.enabled", "visualize"], _FINETUNE + ["visualize"], "visualize.enabled"),
-    "sweep_extract": Stage({**_DATA, "main": "extract"}, ["model", "features", "sweep.enabled"], _SWEEP,
+    "sweep_extract": Stage({**_DATA, **_WEIGHTS, "main": "extract"}, ["model", "features", "sweep.enabled"], _SWEEP,
                            "sweep.enabled"),
-    "sweep_frozen": Stage({**_DATA, "main": "frozen_cache.meta"}, _FROZEN_PARAMS + ["sweep.enabled"], _SWEEP,
+    "sweep_frozen": Stage({**_DATA, **_WEIGHTS, "main": "frozen_cache.meta"}, _FROZEN_PARAMS + ["sweep.enabled"], _SWEEP,
                           "sweep.enabled"),
-    "sweep_point": Stage({**_DATA, "features": "sweep_extract", "frozen": "sweep_frozen.meta", **_MAIN_RESULTS},
+    "sweep_point": Stage({**_DATA, **_WEIGHTS, "features": "sweep_extract", "frozen": "sweep_frozen.meta", **_MAIN_RESULTS},
                          ["model", "head", "finetune", "evaluate", "sweep.enabled"], _SWEEP, "sweep.enabled"),
     "sweep_aggregate": Stage({"points": "sweep_point.metrics"}, ["sweep"], _SWEEP, "sweep.enabled"),
-    "report": Stage({"template": "workflow/report/report.html.j2", "dataset": "download.dataset",
+    "report": Stage({"template": "workflow/report/report.html.j2", "lock": "requirements.lock",
+                     "dataset": "download.dataset",
                      "rejected": "download.rejected", "splits": "split.summary", "meta": "extract.meta",
                      "head": "train_head.summary", "probe": "evaluate_probe", "finetune": "finetune",
                      "finetune_eval": "evaluate_finetune", "visualize": "visualize", "curve": "sweep_aggregate"},
                     ["data", "model", "features", "head", "finetune", "evaluate", "visualize", "sweep"],
-                    _CORE + ["images", "stats", "report"]),
+                    _CORE + ["images", "stats", "lock", "report"]),
 }
 STAGE_PARAMS: dict[str, list[str]] = {name: stage.params for name, stage in TABLE.items()}
 
@@ -136,7 +141,13 @@ def _ref(value: str) -> tuple[str, str | None] | None:
     return (stage, name or None) if stage in TABLE and (not name or name in layout.FILES[stage]) else None
 
 
-def _spans_points(stage: str, source: str) -> bool:
+def source_of(value: str) -> str | None:
+    """The stage an input comes from, None for a project file."""
+    ref = _ref(value)
+    return ref[0] if ref else None
+
+
+def spans_points(stage: str, source: str) -> bool:
     """Whether `source` has sweep wildcards `stage` lacks: the stage reads every point of it."""
     return not set(stage_wildcards(source)) <= set(stage_wildcards(stage))
 
@@ -163,7 +174,7 @@ def _input_templates(stage: str, value: str) -> list[str]:
     if name:  # DVC tracks the output holding the file: a disabled stage's folder exists, its files may not
         file = layout.FILES[source][name]
         paths = [next(out for out in paths if file == out or file.startswith(out + "/"))]
-    return [_unfilled_prefix(p) for p in paths] if _spans_points(stage, source) else paths
+    return [_unfilled_prefix(p) for p in paths] if spans_points(stage, source) else paths
 
 
 @dataclass(frozen=True)
@@ -194,7 +205,7 @@ def io(stage: str, root: Path | str = ".", out: Path | str | None = None, thread
             inputs[name] = given[name]
         elif ref is None:
             inputs[name] = root / value
-        elif _spans_points(stage, ref[0]):
+        elif spans_points(stage, ref[0]):
             inputs[name] = root / _unfilled_prefix(next(iter(layout.FILES[ref[0]].values())))
         else:
             files = layout.files(ref[0], root, **filled)
@@ -210,8 +221,28 @@ def execute(stage: str, run: Callable[[dict[str, Any], StageIO], object], params
         record = skip(stage, files, f"{TABLE[stage].enabled_by}: false")
         log.info("not run (%s): outputs marked skipped", record["reason"])
         return record
+    checks.verify_inputs(stage, files)
     clear_skipped(stage, files)
-    return run(params, files)
+    result = run(params, files)
+    checks.record(files)
+    return result
+
+
+def fillings(params: dict[str, Any], stage: str) -> list[dict[str, str]]:
+    """Every filling of the stage's sweep wildcards over the grid ([{}] for a stage without them)."""
+    names = stage_wildcards(stage)
+    every = [dict(zip(("backbone", "fraction", "seed"), (b, layout.label(f), str(s)))) for b, f, s in layout.points(params)]
+    return [dict(t) for t in dict.fromkeys(tuple((w, point[w]) for w in names) for point in every)]
+
+
+def mark_disabled(params: dict[str, Any], root: Path | str = ".") -> list[str]:
+    """Leave the 'skipped' records of every stage switched off (Snakemake plans none of them; DVC needs every
+    output to exist, so `dvc commit` after a Snakemake run finds them); the stages marked."""
+    marked = [stage for stage in TABLE if not enabled(params, stage)]
+    for stage in marked:
+        for filled in fillings(params, stage):
+            skip(stage, io(stage, root, wildcards=filled), f"{TABLE[stage].enabled_by}: false")
+    return marked
 
 
 def skip(stage: str, io_: StageIO, reason: str) -> dict[str, Any]:
@@ -253,7 +284,7 @@ def snakemake_inputs(stage: str, params: dict[str, Any]) -> dict[str, Any]:
         if not enabled(params, source):
             continue
         paths = [layout.FILES[source][file]] if file else list(layout.FILES[source].values())
-        if _spans_points(stage, source):
+        if spans_points(stage, source):
             paths = [p.format(backbone=b, fraction=layout.label(f), seed=s) for p in paths
                      for b, f, s in layout.points(params)]
         out[name] = paths[0] if file and len(paths) == 1 else paths
@@ -281,6 +312,11 @@ def dvc_stage(stage: str) -> dict[str, Any]:
     entry["deps"] = deps(stage) + [_dvc(p) for p in dict.fromkeys(inputs)]
     entry["params"] = list(TABLE[stage].params)
     entry["outs"] = [_dvc(p) for p in dvc_outs(stage)]
+    if stage == "inputs":  # DVC cannot see files outside the project: it runs the check every time, and what
+        # follows only where a manifest changed. Left in place and uncached (DVC would copy it back from its
+        # cache), an unchanged manifest keeps its time, so Snakemake re-runs nothing either (sources.py)
+        entry["always_changed"] = True
+        entry["outs"] = [{path: {"persist": True, "cache": False}} for path in entry["outs"]]
     return entry
 
 

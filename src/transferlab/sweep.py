@@ -25,8 +25,9 @@ import pandas as pd  # noqa: E402
 
 from . import features, finetune, frozen, head, layout, stats  # noqa: E402
 from .atomic import atomic_path, copy_file, read_json, read_splits, write_csv, write_json  # noqa: E402
+from .errors import UserError
 from .evaluation import scored, scored_part, versus  # noqa: E402
-from .layout import METHODS, SPLITS, points  # noqa: E402
+from .layout import METHODS, SPLITS, data_root, points  # noqa: E402
 from .split import subsample  # noqa: E402
 from .stages import StageIO, made_from, params_for  # noqa: E402
 
@@ -49,7 +50,7 @@ def metric_files(params: dict[str, Any], sweep_dir: Path) -> list[Path]:
             found[key] = path
     missing = sorted(wanted - set(found))
     if missing:
-        raise FileNotFoundError(f"sweep points without results (run them first): {missing}")
+        raise UserError(f"sweep points without results (run them first): {missing}")
     return [found[key] for key in sorted(found)]
 
 
@@ -67,7 +68,8 @@ def extract(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
     backbone = io.wildcards["backbone"]
     if backbone == params["model"]["backbone"]:
         for name, path in vars(io.output).items():
-            copy_file(getattr(io.input.main, name), path)
+            if name != "checksums":  # the stage runner records the copies' own
+                copy_file(getattr(io.input.main, name), path)
         log.info("%s is model.backbone: the extract stage's features, copied", backbone)
         return read_json(io.output.meta)
     meta = features.run(with_backbone(params, backbone), io)
@@ -181,7 +183,7 @@ def run_point(params: dict[str, Any], backbone: str, fraction: float, seed: int,
                        "C": head.chosen_C(search)}
     if params["finetune"]["enabled"]:
         ft = _point_finetune(params, seed)
-        root = Path(dataset["root"])
+        root = data_root(dataset)
         views = frozen.Cache.open(frozen_folder, params["model"], ft, full, classes)
         net, summary, _ = finetune.tune(params["model"], ft, model, root, frames, classes, views,
                                         frozen.rows_of(full["train"], frames["train"]))
@@ -341,7 +343,7 @@ def aggregate(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
     sources = {json.dumps({k: v for k, v in m["made_from"].items() if k != "params"}, sort_keys=True)
                for m in point_metrics}
     if len(sources) != 1:
-        raise ValueError("sweep_aggregate: the sweep points were made from different datasets; re-run sweep_point")
+        raise UserError("sweep_aggregate: the sweep points were made from different datasets; re-run sweep_point")
     confidence = point_metrics[0]["confidence"]
     frame = table(point_metrics)
     points_curve = curve(frame)

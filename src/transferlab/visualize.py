@@ -20,8 +20,9 @@ from . import backbones, head
 from . import finetune as finetune_mod
 from .atomic import atomic_path, read_json, write_json
 from .backbones import Normalized, blocks
-from .images import load_rgb
-from .layout import adversarial_png
+from .errors import UserError
+from .images import load_rgb, read_checked
+from .layout import adversarial_png, data_root
 from .stages import StageIO, made_from
 
 log = logging.getLogger("transferlab")
@@ -128,7 +129,7 @@ def _class_index(names: list[str], wanted: str | None, key: str, default: int = 
     if wanted is None:
         return default
     if wanted not in names:
-        raise ValueError(f"visualize.{key}: {wanted!r} is not a class of the model "
+        raise UserError(f"visualize.{key}: {wanted!r} is not a class of the model "
                          f"(e.g. {', '.join(names[:5])}, ... {len(names)} classes)")
     return names.index(wanted)
 
@@ -179,18 +180,19 @@ def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
     if vis["adversarial_from"] is not None:
         test = test[test["label"] == vis["adversarial_from"]]
         if test.empty:
-            raise ValueError(f"visualize.adversarial_from: no test image of class {vis['adversarial_from']!r}")
+            raise UserError(f"visualize.adversarial_from: no test image of class {vis['adversarial_from']!r}")
     probe_check = None
     if source == "fine-tuned model":
         probe, _ = head.load(io.input.probe)
         extractor, _, _ = backbones.load_feature_extractor(params["model"])
         probe_check = (Normalized(extractor, plain.mean, plain.std), probe)
     attacks = []
-    root = Path(dataset["root"])
-    for path, label in zip(test["path"], test["label"]):
+    root = data_root(dataset)
+    digests = test["sha256"] if "sha256" in test else [None] * len(test)
+    for path, label, digest in zip(test["path"], test["label"], digests):
         if len(attacks) >= vis["adversarial_images"]:
             break
-        pixels = to_pixels(load_rgb(root / path))[None]
+        pixels = to_pixels(load_rgb(read_checked(root / path, digest)))[None]
         with torch.no_grad():
             ranked = model(pixels)[0].argsort(descending=True).tolist()
         predicted = ranked[0]
@@ -221,7 +223,7 @@ def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
             entry["transfer_fooled"] = entry["transfer_predicted"] == names[goal]
         attacks.append(entry)
 
-    first = to_pixels(load_rgb(root / test["path"].iloc[0]))[None]
+    first = to_pixels(load_rgb(read_checked(root / test["path"].iloc[0], digests[0])))[None]
     _feature_figure(feature_maps(backbone, model, first), out.maps)
     summary = {"enabled": True, "skipped": False, "made_from": made_from(params, "visualize", dataset),
                "model": source, "target_class": names[target],

@@ -1,0 +1,90 @@
+"""Every file one stage writes and another reads is checked before use.
+
+A stage that finishes records the size and sha256 of each file it wrote in its checksum record
+(`layout.FILES[stage]["checksums"]`, beside its files, paths relative to the record); a stage about to run
+checks every file of the stages it reads against their records. A truncated cache, a bit-flipped model or an
+edited index is then one line naming the file and the stage that writes it, before any work. A stage switched
+off leaves a 'skipped' record; a record that is missing (a stage run outside both engines) checks nothing.
+Imports no torch.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import layout
+from .atomic import write_json
+from .errors import DamagedFile
+from .fetch import file_digest
+
+if TYPE_CHECKING:
+    from .stages import StageIO
+
+
+def _written(io: StageIO, record: Path) -> list[Path]:
+    """The files a stage wrote: its outputs and everything in the folders it owns (hidden leftovers aside)."""
+    found = [p for p in vars(io.output).values() if p.is_file()]
+    for folder in io.owned:
+        found += [p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    return sorted({p for p in found if p != record and p.name != layout.SKIPPED})
+
+
+def record(io: StageIO) -> None:
+    """Write the stage's checksum record, if it has one (call after the stage wrote everything)."""
+    path = getattr(io.output, "checksums", None)
+    if path is None:
+        return
+    write_json(path, {"files": {p.relative_to(path.parent).as_posix(): {"bytes": p.stat().st_size, "sha256": file_digest(p)}
+                                for p in _written(io, path)}})
+
+
+def verify(path: Path, stage: str) -> None:
+    """Check the files a checksum record lists; raise DamagedFile naming the first that differs."""
+    try:
+        entries = json.loads(path.read_text())
+    except OSError:
+        return
+    except ValueError:
+        raise DamagedFile(f"{path}: not valid JSON; re-run the {stage} stage that writes it") from None
+    if not isinstance(entries, dict) or entries.get("skipped"):
+        return
+    for name, want in entries.get("files", {}).items():
+        file = path.parent / name
+        if not file.is_file():
+            problem = "missing"
+        elif (size := file.stat().st_size) != want["bytes"]:
+            problem = f"{size:,} bytes, but {want['bytes']:,} were written (truncated or replaced)"
+        elif file_digest(file) != want["sha256"]:
+            problem = "damaged or edited: its sha256 is not the one recorded when it was written"
+        else:
+            continue
+        raise DamagedFile(f"{file}: {problem}; re-run the {stage} stage that writes it")
+
+
+def records_read(stage: str, io: StageIO) -> list[tuple[Path, str]]:
+    """(checksum record, stage that wrote it) of every stage whose files `stage` reads."""
+    from .stages import TABLE, source_of, spans_points
+
+    out: list[tuple[Path, str]] = []
+    for value in TABLE[stage].inputs.values():
+        source = source_of(value)
+        if source is None or "checksums" not in layout.FILES[source]:
+            continue
+        template = layout.FILES[source]["checksums"]
+        if spans_points(stage, source):
+            out += [(p, source) for p in sorted(io.root.glob(template.format(backbone="*", fraction="*", seed="*")))]
+        else:
+            wanted = {w: v for w, v in io.wildcards.items() if "{" + w + "}" in template}
+            out.append((io.root / template.format(**wanted), source))
+    return list(dict.fromkeys(out))
+
+
+def verify_inputs(stage: str, io: StageIO) -> None:
+    for path, source in records_read(stage, io):
+        verify(path, source)
+
+
+def verify_folder(folder: Path, stage: str) -> None:
+    """Check a stage's files moved together elsewhere (an exported model folder) against the record in it."""
+    verify(folder / Path(layout.FILES[stage]["checksums"]).name, stage)
