@@ -39,7 +39,7 @@ def project(tmp_path_factory) -> Path:
 def test_predictions_on_the_test_split_equal_the_evaluate_stage(project):
     for method in ("probe", "finetune"):
         result = cli("--project", ".", "--model", method, "--out", f"{method}.csv",
-                     *pd.read_csv(project / "data/splits/test.csv")["path"].map(lambda p: f"images/{p}"), cwd=project)
+                     *pd.read_csv(project / "data/splits/test.csv")["path"].map(lambda p: f"../images/{p}"), cwd=project)
         assert result.returncode == 0, result.stderr
         ours = pd.read_csv(project / f"{method}.csv")
         theirs = pd.read_csv(project / f"results/eval/{method}/predictions.csv")
@@ -53,7 +53,7 @@ def test_exported_folder_gives_the_project_top1_on_every_image(project, tmp_path
     model_dir = tmp_path / "model"
     shutil.copytree(project / "results/model", model_dir)  # the folder alone, away from the project
     method = json.loads((model_dir / "summary.json").read_text())["method"]
-    images = str(project / "images")
+    images = str(project.parent / "images")
     a = cli("--model-dir", str(model_dir), "--top-k", "2", "--out", str(tmp_path / "a.csv"), images, cwd=tmp_path)
     b = cli("--project", str(project), "--model", method, "--top-k", "2", "--out", str(tmp_path / "b.csv"), images,
             cwd=tmp_path)
@@ -85,7 +85,7 @@ def test_export_check_refuses_a_graph_that_disagrees(project):
     frame = pd.read_csv(project / "data/splits/test.csv")
     from transferlab.batches import ImageList
     plain = preprocessing(params)
-    images = ImageList(project / "images", frame, params["classes"], transforms.evaluation(plain, normalize=False),
+    images = ImageList(project.parent / "images", frame, params["classes"], transforms.evaluation(plain, normalize=False),
                        plain.resize_size[0])
     reference = lambda x: module(x).detach().numpy()  # noqa: E731
     assert export.check(module, reference, images, 3, 4)["top1_differences"] == 0
@@ -116,7 +116,7 @@ def test_a_disabled_finetune_is_not_chosen_from_its_earlier_outputs(tmp_path):
 
 def test_unreadable_files_are_skipped_with_their_reason(project, tmp_path):
     folder = tmp_path / "photos"
-    shutil.copytree(project / "images/bee", folder / "bee")
+    shutil.copytree(project.parent / "images/bee", folder / "bee")
     (folder / "notes.txt").write_text("not a photo")
     (folder / "empty.jpg").write_bytes(b"")
     (folder / "cut.jpg").write_bytes((folder / "bee/bee_0.jpg").read_bytes()[:300])
@@ -129,10 +129,10 @@ def test_unreadable_files_are_skipped_with_their_reason(project, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--model-dir", "results/model", "--model", "probe", "images"], "--model and --model-dir"),
-    (["--top-k", "4", "images"], "--top-k: 4"),
+    (["--model-dir", "results/model", "--model", "probe", "../images"], "--model and --model-dir"),
+    (["--top-k", "4", "../images"], "--top-k: 4"),
     (["no/such/folder"], "no/such/folder: no such file or folder"),
-    (["--model-dir", "images", "images"], "not an exported model folder"),
+    (["--model-dir", "../images", "../images"], "not an exported model folder"),
     (["data/index.csv"], "no readable image among the 1 files"),
 ])
 def test_bad_arguments_are_one_line_and_exit_2(project, args, message):

@@ -188,7 +188,7 @@ def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
         probe_check = (Normalized(extractor, plain.mean, plain.std), probe)
     attacks = []
     root = data_root(dataset)
-    digests = test["sha256"] if "sha256" in test else [None] * len(test)
+    digests = list(test["sha256"]) if "sha256" in test else [None] * len(test)
     for path, label, digest in zip(test["path"], test["label"], digests):
         if len(attacks) >= vis["adversarial_images"]:
             break
