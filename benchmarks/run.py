@@ -194,36 +194,44 @@ def bf16_effect(work: Path) -> dict[str, float]:
 
 # -- 9. the same numbers on other CPU kernels ----------------------------------------------------------------------
 
-ISAS = ("default", "AVX2", "SSE41")  # oneDNN's kernels for this CPU, and the older instruction sets it can be capped at
+KERNELS = {"torch": {}, "torch, oneDNN capped at AVX2": {"ONEDNN_MAX_CPU_ISA": "AVX2"},
+           "torch, oneDNN capped at SSE4.1": {"ONEDNN_MAX_CPU_ISA": "SSE41"}, "onnxruntime": {}}
 
 
 def kernel_effect(data_dir: Path, work: Path) -> dict[str, float]:
-    """The shipped extraction (torch backend, float32) with oneDNN's kernels capped at older instruction sets, each
-    in its own process (ONEDNN_MAX_CPU_ISA): how far the features move, and whether the head's choice of C — by
-    the earlier rule (validation accuracy, then log-loss) and by today's (log-loss) — and its test accuracy follow."""
+    """The shipped extraction (float32) on other kernels, each in its own process: torch with oneDNN capped at
+    older instruction sets (ONEDNN_MAX_CPU_ISA, as on an older CPU) and ONNX Runtime. How far the features move,
+    and what the head's choice of C — by the earlier rule (validation accuracy, then log-loss) and by today's
+    (log-loss) — and its test accuracy do."""
     params = validate({"data": {"dataset": "oxford_pets", "source": str(PETS)}})
     cached, out = {}, {}
-    for isa in ISAS:
-        env = {**os.environ, **({"ONEDNN_MAX_CPU_ISA": isa} if isa != "default" else {})}
+    for i, (kernels, env) in enumerate(KERNELS.items()):
+        engine = "auto" if kernels == "onnxruntime" else "torch"
         code = (f"import sys; sys.argv = ['run.py']; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import run; "
                 f"from pathlib import Path; run.set_threads({THREADS}); run.extract_rate('mobilenet_v2', "
-                f"Path({str(data_dir)!r}), Path({str(work)!r}), 'torch', 'float32', '-{isa}')")
-        subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
-        folder = work / f"feat-mobilenet_v2-torch-float32-{isa}"
-        cached[isa] = {s: features.load(getattr(layout.files_in("extract", folder), s)) for s in SPLITS}
-    for isa in ISAS:
-        model, search = head.fit(cached[isa]["train"], cached[isa]["val"], params["head"])
-        earlier = search.sort_values(["val_accuracy", "val_log_loss"], ascending=[False, True]).iloc[0]["C"]
-        test = cached[isa]["test"]
-        accuracy = float((head.predict_proba(model, test["features"], len(test["classes"])).argmax(1)
-                          == test["labels"]).mean())
-        out[f"{isa}: C by log-loss (today) / by accuracy (earlier)"] = (head.chosen_C(search), float(earlier))
-        out[f"{isa}: probe test accuracy"] = accuracy
-        if isa != "default":
-            a = np.concatenate([cached["default"][s]["features"] for s in SPLITS])
-            b = np.concatenate([cached[isa][s]["features"] for s in SPLITS])
-            out[f"{isa}: features bit-identical to default"] = float((a == b).mean())
-            out[f"{isa}: largest feature difference / largest feature"] = float(np.abs(a - b).max() / np.abs(a).max())
+                f"Path({str(data_dir)!r}), Path({str(work)!r}), {engine!r}, 'float32', '-kernels{i}')")
+        subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, check=True, capture_output=True)
+        folder = work / f"feat-mobilenet_v2-{engine}-float32-kernels{i}"
+        cached[kernels] = {s: features.load(getattr(layout.files_in("extract", folder), s)) for s in SPLITS}
+    reference = np.concatenate([cached["torch"][s]["features"] for s in SPLITS])
+    for kernels, split_features in cached.items():
+        test = split_features["test"]
+        for rule in ("log-loss (today)", "accuracy (earlier)"):
+            search = head.fit(split_features["train"], split_features["val"], params["head"])[1]
+            if rule.startswith("accuracy"):
+                C = float(search.sort_values(["val_accuracy", "val_log_loss"], ascending=[False, True]).iloc[0]["C"])
+            else:
+                C = head.chosen_C(search)
+            model = head.make_head(C, params["head"]["max_iter"]).fit(split_features["train"]["features"],
+                                                                      split_features["train"]["labels"])
+            accuracy = float((head.predict_proba(model, test["features"], len(test["classes"])).argmax(1)
+                              == test["labels"]).mean())
+            out[f"{kernels}: C by {rule}, probe test accuracy"] = (C, accuracy)
+        if kernels != "torch":
+            other = np.concatenate([split_features[s]["features"] for s in SPLITS])
+            out[f"{kernels}: features bit-identical to torch's"] = float((other == reference).mean())
+            out[f"{kernels}: largest feature difference / largest feature, ppm"] = float(
+                np.abs(other - reference).max() / np.abs(reference).max() * 1e6)
     return out
 
 
@@ -517,9 +525,9 @@ def main() -> None:
     if 9 in args.rows:
         for what, value in kernel_effect(full, work).items():
             if isinstance(value, tuple):
-                row("9", what, value[0], "C", f"earlier rule: C = {value[1]:g}")
+                row("9", what, value[1], "", f"C = {value[0]:g}")
             else:
-                row("9", what, value, "", "mobilenet_v2, shared Pets, torch backend")
+                row("9", what, value, "ppm" if what.endswith("ppm") else "", "mobilenet_v2, shared Pets")
     if 7 in args.rows:
         rss, seconds = memory_run(work, args.memory_images)
         row("7", f"extract stage peak RSS, {args.memory_images} synthetic Pets-sized JPEGs", rss, "MB",

@@ -302,6 +302,23 @@ def test_a_checkpoint_file_is_checked_at_extract(trained, tmp_path):
     assert "does not fit ResNet" in lines["other.pth"] and "weights missing" in lines["other.pth"]
 
 
+def test_visualize_checks_the_images_of_one_class_of_the_test_split(trained):
+    """The adversarial photos are a filtered part of the test list: each is checked against its own digest."""
+    import yaml
+
+    settings = trained / "params.yaml"
+    original = settings.read_text()
+    p = yaml.safe_load(original)
+    last = pd.read_csv(trained / "data/splits/test.csv")["label"].iloc[-1]
+    p["visualize"].update(adversarial_from=last, adversarial_to=None)
+    settings.write_text(yaml.safe_dump(p))
+    try:
+        result = stage(trained, "visualize.py")
+    finally:
+        settings.write_text(original)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 def test_an_image_changed_after_indexing_is_named(trained):
     """Replaced by garbage, or by another valid photo: the index's sha256 no longer matches, before it is used."""
     import json

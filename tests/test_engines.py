@@ -1,6 +1,7 @@
 """Both engines on a tiny project copy: same outputs, no-op re-runs, and only the right stages re-run."""
 import json
 import re
+import shutil
 import subprocess
 import sys
 
@@ -191,7 +192,7 @@ def test_bad_params_fail_before_any_work(both_engines):
     assert script.returncode == 2 and "model.backbone" in script.stderr
 
 
-def test_dvc_checkout_restores_what_a_failed_stage_took_away(both_engines):
+def test_bad_params_lose_nothing_and_dvc_checkout_restores_what_a_stage_took_away(both_engines):
     dvc_dir = both_engines["dvc"][0]
     text = (dvc_dir / "params.yaml").read_text()
     model = (dvc_dir / "results/finetune/model.pt").read_bytes()
@@ -201,7 +202,9 @@ def test_dvc_checkout_restores_what_a_failed_stage_took_away(both_engines):
     finally:
         (dvc_dir / "params.yaml").write_text(text)
     assert failed.returncode != 0 and "finetune.lr" in failed.stdout + failed.stderr
-    assert not (dvc_dir / "results/finetune").exists()  # DVC removes a stage's outputs before running it
+    assert dvc_ran(failed.stdout + failed.stderr) == {"inputs"}  # refused by the first stage, before any work
+    assert (dvc_dir / "results/finetune/model.pt").read_bytes() == model
+    shutil.rmtree(dvc_dir / "results/finetune")  # as DVC leaves a stage that fails: its outputs removed
     run(["dvc", "checkout"], dvc_dir)
     assert (dvc_dir / "results/finetune/model.pt").read_bytes() == model
     assert dvc_changed(dvc_dir) == set()
@@ -267,7 +270,7 @@ def test_dvc_artifacts_get_delivers_the_exported_model(both_engines, tmp_path):
         project)  # the tag `gto register classifier` makes
     run(["dvc", "artifacts", "get", str(project), "classifier", "-o", str(tmp_path / "model")], tmp_path)
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == [
-        "labels.json", "model.onnx", "model_card.md", "preprocessing.json", "summary.json"]
+        "checksums.export.json", "labels.json", "model.onnx", "model_card.md", "preprocessing.json", "summary.json"]
     predicted = run([sys.executable, "-m", "transferlab.commands", "predict", "--model-dir", str(tmp_path / "model"),
                      str(project.parent / "images" / "ant")], tmp_path)
     assert len(predicted.stdout.splitlines()) == 1 + 8
@@ -437,7 +440,7 @@ def change_input(parent, what: str) -> None:
 def test_inputs_are_versioned_in_both_engines(both_engines):
     """An image added, an image changed, the checkpoint replaced under its name: each time both engines plan
     exactly the stages that read it (Snakemake: and what follows; DVC: the stages whose dependency changed);
-    with nothing changed, nothing. Runs last: it accepts each change with `snakemake --touch` / `dvc commit`."""
+    with nothing changed, nothing. Runs last: it accepts each change with `dvc commit` then `snakemake --touch`."""
     everything = {"download", "split", "extract", "train_head", "evaluate_probe", "frozen_cache", "finetune",
                   "evaluate_finetune", "export", "visualize", "sweep_extract", "sweep_frozen", "sweep_point",
                   "sweep_aggregate", "report"}
@@ -446,12 +449,10 @@ def test_inputs_are_versioned_in_both_engines(both_engines):
              "change an image": (everything, {"download"}),
              "replace the checkpoint": (everything - {"download", "split"}, reads_weights)}
     for project in (both_engines["snakemake"][0], both_engines["dvc"][0]):
-        run(["snakemake", "--cores", "1", "--touch"], project)
-        run(["dvc", "commit", "-f"], project)
         for what, (snakemake_plans, dvc_plans) in plans.items():
+            run(["dvc", "commit", "-f"], project)  # accept the state as it is (DVC may rewrite files it caches,
+            run(["snakemake", "--cores", "1", "--touch"], project)  # so Snakemake's times are set last)
             change_input(project.parent, what)
             planned = run(["snakemake", "-n", "--cores", "2"], project)
             assert snakemake_jobs(planned.stdout + planned.stderr) == snakemake_plans, what
             assert dvc_changed(project) == dvc_plans, what
-            run(["snakemake", "--cores", "1", "--touch"], project)
-            run(["dvc", "commit", "-f"], project)

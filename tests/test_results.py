@@ -28,7 +28,8 @@ def test_the_record_is_of_the_shipped_params(monkeypatch):
 
 
 def test_the_section_shows_the_numbers_of_the_record():
-    record = {"dataset": {"images": 10}, "classes": 2, "split": {"train": 6, "val": 2, "test": 2}, "seed": 1,
+    record = {"dataset": {"images": 10, "dataset": "folder", "source": "imgs"}, "classes": 2,
+              "split": {"train": 6, "val": 2, "test": 2}, "seed": 1,
               "backbone": {"backbone": "b", "weights": "W", "feature_dim": 8, "image_size": 32},
               "head": {"C": 0.1, "C_grid": [0.1, 1.0], "seconds": 0.5, "trainable_parameters": 18},
               "finetune": {"unfreeze": 2, "lr": 1e-5, "epochs_run": 3, "trainable_parameters": 99, "seconds": 4.0,

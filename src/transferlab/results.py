@@ -81,6 +81,9 @@ def _curve(files: Any) -> dict[str, Any] | None:
     return {"reading": summary["reading"], "rows": [{k: v for k, v in r.items() if v == v} for r in rows]}
 
 
+_NAMES = {"oxford_pets": "the Oxford-IIIT Pet photos", "cats_vs_dogs": "the Cats vs Dogs photos"}
+
+
 def _bold_best(values: list[float], higher: bool) -> list[str]:
     best = max(values) if higher else min(values)
     return [f"**{v:.3f}**" if v == best and len(set(values)) > 1 else f"{v:.3f}" for v in values]
@@ -105,7 +108,8 @@ def section(rec: dict[str, Any]) -> str:
     if rec["finetuned"]:
         times.append(f"+ {ft['frozen_cache_seconds'] or 0:.0f} s frozen blocks (once) + {ft['seconds']:.0f} s fine-tune")
     lines = [
-        f"On the shared Oxford-IIIT Pet subset ({rec['dataset']['images']:,} photos, {rec['classes']} classes, random "
+        f"On {_NAMES.get(rec['dataset']['dataset'], 'the images')} of `{rec['dataset']['source']}` "
+        f"({rec['dataset']['images']:,} photos, {rec['classes']} classes, random "
         f"stratified split {rec['split']['train']:,} / {rec['split']['val']:,} / {rec['split']['test']:,}, seed "
         f"{rec['seed']}), {bb['backbone']} {bb['weights']} features ({bb['feature_dim']:,}-d, {bb['image_size']} px) "
         f"and a logistic-regression head with C chosen on the validation split by log-loss (C = {head['C']:g} of "
