@@ -510,6 +510,18 @@ def test_without_the_finetune_the_visualized_classes_are_imagenet_ones():
         params.check_class_names(p, ["ant", "bee"])
 
 
+def test_every_param_naming_a_class_is_checked_in_one_message():
+    p = params.defaults()
+    p["visualize"].update({"enabled": True, "target_class": "Bengal", "adversarial_from": "beagle",
+                           "adversarial_to": "Persian"})
+    with pytest.raises(ParamsError) as refused:
+        params.check_class_names(p, ["cats", "dogs"])
+    message = str(refused.value)
+    for key, name in (("target_class", "Bengal"), ("adversarial_from", "beagle"), ("adversarial_to", "Persian")):
+        assert f"visualize.{key}: '{name}' is not a class of this dataset (cats, dogs)" in message
+    assert message.count("\n") == 0 and message.endswith("name one, or null")
+
+
 # Keys given twice, fractions no engine can match, an empty file under Snakemake: our one line, before any work.
 def test_a_key_given_twice_is_refused(tmp_path):
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text().replace(

@@ -183,9 +183,10 @@ def check_class_names(params: dict[str, Any], classes: list[str]) -> None:
     vis = params["visualize"]
     if not vis["enabled"]:
         return
+    wrong = []
     if vis["adversarial_from"] is not None and vis["adversarial_from"] not in classes:
-        raise ParamsError(f"params: visualize.adversarial_from: {vis['adversarial_from']!r} is not a class of this "
-                          f"dataset ({_first_names(classes)}); name one, or null")
+        wrong.append(f"visualize.adversarial_from: {vis['adversarial_from']!r} is not a class of this dataset "
+                     f"({_first_names(classes)})")
     if params["finetune"]["enabled"]:
         names, whose = classes, "this dataset"
     else:
@@ -193,10 +194,10 @@ def check_class_names(params: dict[str, Any], classes: list[str]) -> None:
 
         names = class_names(params["model"])
         whose = "the ImageNet classifier (finetune.enabled: false)"
-    for key in ("target_class", "adversarial_to"):
-        if vis[key] is not None and vis[key] not in names:
-            raise ParamsError(f"params: visualize.{key}: {vis[key]!r} is not a class of {whose} "
-                              f"({_first_names(names)}); name one, or null")
+    wrong += [f"visualize.{key}: {vis[key]!r} is not a class of {whose} ({_first_names(names)})"
+              for key in ("target_class", "adversarial_to") if vis[key] is not None and vis[key] not in names]
+    if wrong:  # every key at once: a user switching datasets fixes them in one round
+        raise ParamsError("params: " + "; ".join(wrong) + "; name one, or null")
 
 
 def same_as_file(config: dict[str, Any], path: Path | str = "params.yaml") -> None:
