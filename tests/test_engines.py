@@ -2,7 +2,6 @@
 import json
 import re
 import shutil
-import subprocess
 import sys
 
 import numpy as np
@@ -11,27 +10,11 @@ import pytest
 import yaml
 from conftest import ROOT, copy_project, run
 
-from transferlab.stages import TABLE, dvc_yaml, script
-
 pytestmark = pytest.mark.engine
 
 
 def dvc_stages():
     return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-
-
-def test_dvc_yaml_is_generated_from_the_stage_table():
-    assert (ROOT / "dvc.yaml").read_text() == dvc_yaml(), "dvc.yaml is stale: python -m transferlab.stages > dvc.yaml"
-
-
-@pytest.mark.parametrize("stage", list(TABLE))
-def test_stage_modules_are_what_the_script_imports(stage):
-    code = (f"import runpy, sys; sys.argv = ['x', '--help']\ntry: runpy.run_path({script(stage)!r}, run_name='x')\n"
-            "except SystemExit: pass\n"
-            "print(' '.join(sorted(m.split('.')[1] if '.' in m else '__init__' for m in sys.modules "
-            "if m == 'transferlab' or m.startswith('transferlab.'))))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == sorted(TABLE[stage].modules)
 
 
 def snakemake_jobs(output: str) -> set[str]:

@@ -1,7 +1,7 @@
 """The stage table: every stage's inputs, params, library modules and switch, read by both workflow engines.
 
 The Snakefile reads it at parse time; dvc.yaml is generated from it (`python -m transferlab.stages > dvc.yaml`,
-tests/test_engines.py checks the file equals the rendering); `cli.run_stage` hands each stage script its files
+tests/test_stages.py checks the file equals the rendering); `cli.run_stage` hands each stage script its files
 from it and decides, in one place, what a disabled stage leaves behind. Outputs are in `layout.FILES`; every
 output is cached by DVC. Imports no torch.
 """
@@ -352,7 +352,7 @@ def dvc_yaml() -> str:
     }
     header = ("# Generated from the stage table in src/transferlab/stages.py: edit the table, then run\n"
               "#   python -m transferlab.stages > dvc.yaml\n"
-              "# (tests/test_engines.py checks this file equals the rendering). Every output is cached by DVC, metrics\n"
+              "# (tests/test_stages.py checks this file equals the rendering). Every output is cached by DVC, metrics\n"
               "# and plots too: results/ and data/ stay out of git.\n")
     return header + yaml.safe_dump(document, sort_keys=False, width=120)
 
