@@ -59,7 +59,6 @@ FILES: dict[str, dict[str, str]] = {
 }
 
 
-
 def folder(stage: str) -> str:
     """The folder holding all of a stage's files (results/features, results/model, data...)."""
     return os.path.commonpath([os.path.dirname(path) for path in FILES[stage].values()])

@@ -40,10 +40,10 @@ def record(project: Path | str = ".") -> dict[str, Any]:
 
     project = Path(project)
     params = load(project / "params.yaml")
-    info = report.gather(params, stages.io("report", project).input)
+    files = stages.io("report", project).input
+    info = report.gather(params, files)
     finetune, cost_ratio, verdict = report.headline(info, params["evaluate"]["confidence"])
     probe = info["methods"]["probe"]["row"]
-    files = stages.io("report", project).input
     ft_summary, head_summary = read_json(files.finetune.summary), read_json(files.head)
     return {
         "dataset": {k: info["dataset"][k] for k in ("dataset", "source", "images", "label")},
@@ -170,7 +170,7 @@ def rewrite(path: Path, rec: dict[str, Any]) -> str:
     """A document's text with its generated section replaced by the one written from `rec`."""
     text = path.read_text()
     head, found, rest = text.partition(BEGIN + "\n")
-    body, ended, tail = rest.partition(END)
+    _, ended, tail = rest.partition(END)
     if not found or not ended:
         raise SystemExit(f"{path}: no results markers ({BEGIN} ... {END})")
     return f"{head}{BEGIN}\n{DOCS[path](rec)}\n{END}{tail}"
