@@ -1,7 +1,8 @@
 """transferlab benchmark: feature extraction against the machine's compute ceiling, and what caching saves.
 
     python benchmarks/run.py                  # every row (about 75 min on 2 cores; row 8 alone ~40)
-    python benchmarks/run.py --rows 1 2 3     # some rows (row 9: the same numbers on other CPU kernels, ~3 min)
+    python benchmarks/run.py --rows 1 2 3     # some rows (row 9: the same numbers on other CPU kernels, ~3 min;
+                                              # row 10: the learning-rate search against one rate, ~6 min)
 
 All rows come from the same run and print as one Markdown table (also written to --out as JSON). Needs the
 shared offline data (../shared): Oxford-IIIT Pet photos and the ImageNet MobileNetV2 state_dict. ResNet-50 runs
@@ -397,6 +398,33 @@ def cache_costs(work: Path) -> dict[str, float]:
     return out
 
 
+# -- 10. the fine-tune's learning-rate search ------------------------------------------------------------------------
+
+def _set_params(project: Path, section: str, **values: object) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params[section].update(values)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def search_costs(work: Path, repeat: int = 2) -> dict[str, object]:
+    """The finetune stage (its script, start-up included) at one rate and with the shipped grid, alternated
+    `repeat` times from the same frozen-prefix cache; the fastest of each."""
+    shipped = yaml.safe_load((ROOT / "params.yaml").read_text())["finetune"]["lr"]
+    copy = git_copy(work, "search", sweep={"enabled": False}, visualize={"enabled": False})
+    _set_params(copy, "finetune", lr=1e-5)
+    sh(copy, SNAKEMAKE, "--cores", str(THREADS), layout.FILES["finetune"]["summary"])
+    times: dict[str, list[float]] = {"single": [], "grid": []}
+    for _ in range(repeat):
+        for name, lr in (("single", 1e-5), ("grid", shipped)):
+            _set_params(copy, "finetune", lr=lr)
+            times[name].append(sh(copy, sys.executable, "workflow/scripts/finetune.py"))
+    search = pd.read_csv(copy / layout.FILES["finetune"]["search"])
+    scores = search.groupby("lr")["val_loss"].min()
+    chosen = float(search.loc[search["chosen"], "lr"].iloc[0])
+    return {"single": min(times["single"]), "grid": min(times["grid"]), "rates": len(scores), "chosen": chosen,
+            "lowest": float(scores.idxmin())}
+
+
 # -- 7. memory over the full Oxford-IIIT Pet size -------------------------------------------------------------------
 
 def memory_run(work: Path, n: int) -> tuple[float, float]:
@@ -431,7 +459,7 @@ def memory_run(work: Path, n: int) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, nargs="+", default=list(range(1, 10)))
+    parser.add_argument("--rows", type=int, nargs="+", default=list(range(1, 11)))
     parser.add_argument("--resnet-images", type=int, default=4, help="ResNet-50 train photos per class (row 3/4)")
     parser.add_argument("--epochs", type=int, default=10, help="notebook frozen-backbone epochs (row 5)")
     parser.add_argument("--memory-images", type=int, default=7349, help="synthetic photos for row 7")
@@ -528,6 +556,12 @@ def main() -> None:
                 row("9", what, value[1], "", f"C = {value[0]:g}")
             else:
                 row("9", what, value, "ppm" if what.endswith("ppm") else "", "mobilenet_v2, shared Pets")
+    if 10 in args.rows:
+        cost = search_costs(work)
+        row("10", "finetune stage, one rate (1e-5)", cost["single"], "s", "script incl. start-up; fastest of 2")
+        row("10", f"finetune stage, shipped grid ({cost['rates']} rates)", cost["grid"], "s",
+            f"chose lr {cost['chosen']:g}; lowest validation loss at {cost['lowest']:g}")
+        row("10", "search / one rate", cost["grid"] / cost["single"], "ratio", "goal <= 2.5")
     if 7 in args.rows:
         rss, seconds = memory_run(work, args.memory_images)
         row("7", f"extract stage peak RSS, {args.memory_images} synthetic Pets-sized JPEGs", rss, "MB",

@@ -104,10 +104,39 @@ def valid_with(key: str, value) -> dict:
     ("finetune.augment.scale", [1.0, 0.3], "finetune.augment.scale: [1.0, 0.3] must be"),
     ("data.seed", -1, "data.seed"),
     ("finetune.seed", 2 ** 40, "finetune.seed"),
+    ("finetune.lr", "fast", "finetune.lr: 'fast' is not a number, a list of numbers or auto"),
+    ("finetune.lr", [], "finetune.lr: [] should be non-empty"),
+    ("finetune.lr", [1e-5, "1e-05"], "finetune.lr: [1e-05, 1e-05] has non-unique elements"),
+    ("finetune.lr", [1e-5, 0], "finetune.lr.1: 0 is less than or equal to the minimum of 0"),
+    ("finetune.weight_decay", [0.0, -1e-4], "finetune.weight_decay.1: -0.0001 is less than the minimum of 0"),
+    ("finetune.head_lr", [1e-3, math.nan], "finetune.head_lr: NaN"),
 ])
 def test_params_that_pass_every_bound_but_make_no_sense_are_refused(tmp_path, key, value, message):
     with pytest.raises(ParamsError, match=message.replace("[", r"\[").replace("]", r"\]")):
         params.validate(valid_with(key, value), tmp_path)
+
+
+def test_lr_auto_needs_a_backbone_block_to_train(tmp_path):
+    raw = valid_with("finetune.lr", "auto")
+    raw["finetune"]["unfreeze"] = 0
+    with pytest.raises(ParamsError, match="finetune.lr: auto tests the backbone's rate, but finetune.unfreeze: 0"):
+        params.validate(raw, tmp_path)
+    raw["finetune"].update(unfreeze=2, range_test_steps=5)
+    with pytest.raises(ParamsError, match="finetune.range_test_steps: 5 is too few for finetune.lr: auto"):
+        params.validate(raw, tmp_path)
+
+
+def test_a_grid_written_by_dvc_exp_run_is_read_as_numbers(tmp_path):
+    """`dvc exp run -S 'finetune.lr=[1e-5,3e-5,1e-4]'` writes [1e-05, 3e-05, 0.0001]: PyYAML reads 1e-05 as text."""
+    import yaml
+
+    written = yaml.safe_load("lr: [1e-05, 3e-05, 0.0001]\nhead_lr: 1e-03\n")
+    assert written["lr"][0] == "1e-05"
+    raw = valid_with("finetune.lr", written["lr"])
+    raw["finetune"]["head_lr"] = written["head_lr"]
+    checked = params.validate(raw, tmp_path)["finetune"]
+    assert checked["lr"] == [1e-5, 3e-5, 1e-4] and checked["head_lr"] == 1e-3
+    assert params.validate(valid_with("finetune.lr", "auto"), tmp_path)["finetune"]["lr"] == "auto"
 
 
 def test_unfreeze_beyond_the_backbone_is_refused_before_training(tmp_path):
@@ -549,8 +578,8 @@ def test_every_param_naming_a_class_is_checked_in_one_message():
 # Keys given twice, fractions no engine can match, an empty file under Snakemake: our one line, before any work.
 def test_a_key_given_twice_is_refused(tmp_path):
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text().replace(
-        "  lr: 1.0e-05", "  lr: 1.0e-05\n  lr: 1.0e-04"))
-    with pytest.raises(ParamsError, match=r"params: lr: given twice \(line \d+\); keep one"):
+        "  head_lr: 0.001", "  head_lr: 0.001\n  head_lr: 0.01"))
+    with pytest.raises(ParamsError, match=r"params: head_lr: given twice \(line \d+\); keep one"):
         params.load(tmp_path / "params.yaml")
 
 

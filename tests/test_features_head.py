@@ -26,7 +26,8 @@ def prepare(tmp_path: Path, classes=None) -> Path:
 def tiny_params(backbone="resnet18", **features_over):
     return validate({"data": {"dataset": "folder", "source": "."},
                      "model": {"backbone": backbone, "weights": "none", "image_size": 32},
-                     "features": {"batch_size": 4, "num_workers": 0, **features_over}})
+                     "features": {"batch_size": 4, "num_workers": 0, **features_over},
+                     "finetune": {"range_test_steps": 6}})
 
 
 @pytest.mark.parametrize("backbone, dim", [("resnet18", 512), ("vgg11", 4096), ("mobilenet_v3_small", 1024),

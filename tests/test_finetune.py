@@ -10,7 +10,7 @@ from test_features_head import prepare, tiny_params
 from torch import nn
 from torchvision import models
 
-from transferlab import backbones, features, finetune, frozen, head, stages
+from transferlab import backbones, features, finetune, frozen, head, selection, stages, tuning
 from transferlab.evaluation import run_finetune
 from transferlab.images import load_tensor
 from transferlab.params import validate
@@ -144,3 +144,91 @@ def test_learning_rate_schedule():
     step = {**ft, "schedule": "step", "warmup_epochs": 0}
     assert [finetune.lr_factor(s, 10, step) for s in (0, 9, 10, 25)] == [1.0, 1.0, 0.5, 0.25]
     assert finetune.lr_factor(15, 10, {**ft, "schedule": "constant"}) == 1.0
+
+
+def test_search_trains_every_candidate_from_the_same_start_and_keeps_the_rule_s_choice(probe_setup):
+    tmp_path, data_dir, params, _ = probe_setup
+    params["finetune"].update(lr=[1e-5, 1e-3], head_lr=[1e-2, 1e-1])
+    files = stage_io("finetune", data_dir, tmp_path / "grid", probe=tmp_path / "probe.npz")
+    summary = finetune.run(params, files)
+    search = pd.read_csv(files.output.search)
+    assert summary["candidates"] == 4 and search["candidate"].nunique() == 4
+    start = finetune.build(params["model"], head.load(tmp_path / "probe.npz")[0]).to(memory_format=torch.channels_last)
+    assert set(search["start_sha256"]) == {frozen.fingerprint(start)[:16]}  # each candidate from the warm start
+    best = search.groupby("candidate")["val_loss"].min()
+    chosen = search.loc[search["chosen"], "candidate"].unique()
+    assert list(chosen) == [best.idxmin()] and summary["best_val_loss"] == pytest.approx(best.min(), abs=1e-6)
+    row = search[search["candidate"] == best.idxmin()].iloc[0]
+    assert (summary["lr"], summary["head_lr"]) == (row["lr"], row["head_lr"])
+    history = pd.read_csv(files.output.history)  # the chosen candidate's epochs, and its weights
+    np.testing.assert_allclose(history["val_loss"], search.loc[search["chosen"], "val_loss"])
+    classes = json.loads((data_dir / "dataset.json").read_text())["classes"]
+    saved = finetune.load(params["model"], files.output.model, len(classes))  # the stage's model is the chosen one
+    val = pd.read_csv(data_dir / "splits" / "val.csv")
+    proba, labels = finetune.predict(saved, val, data_dir.parent / "src", classes, params["model"], 4)
+    val_loss = -np.log(proba[np.arange(len(labels)), labels]).mean()
+    assert val_loss == pytest.approx(summary["best_val_loss"], abs=1e-4)
+
+
+def test_a_one_value_list_is_the_scalar_run_and_the_range_test_changes_nothing(probe_setup):
+    """The stage at lr 1e-4 (which runs the range test for its report first) and [1e-4] without the range test:
+    the same epochs, the same weights."""
+    tmp_path, data_dir, params, probe = probe_setup
+    params["finetune"]["lr"] = 1e-4
+    files = stage_io("finetune", data_dir, tmp_path / "scalar", probe=tmp_path / "probe.npz")
+    summary = finetune.run(params, files)
+    assert summary["range_test"]["ran"] and summary["candidates"] == 1
+    dataset = json.loads((data_dir / "dataset.json").read_text())
+    frames = {s: pd.read_csv(data_dir / "splits" / f"{s}.csv") for s in ("train", "val", "test")}
+    ft = {**params["finetune"], "lr": [1e-4]}
+    cache = frozen.Cache.open(data_dir.parent / "results" / "frozen", params["model"], ft, frames, dataset["classes"])
+    listed = finetune.tune(params["model"], ft, probe, data_dir.parent / "src", frames, dataset["classes"], cache)
+    assert not listed.summary["range_test"]["ran"]
+    pd.testing.assert_frame_equal(pd.read_csv(files.output.history).drop(columns="seconds"),
+                                  listed.history.drop(columns="seconds"), check_exact=False, rtol=1e-12)
+    saved = torch.load(files.output.model, weights_only=True)
+    assert all(torch.equal(saved[k], v.cpu()) for k, v in listed.net.state_dict().items())
+    same = ("lr", "head_lr", "weight_decay", "epochs_run", "best_epoch", "best_val_loss", "candidates", "searched")
+    assert {k: summary[k] for k in same} == {k: listed.summary[k] for k in same}
+
+
+def test_the_rule_keeps_the_lowest_validation_loss_and_the_smaller_rate_where_equal():
+    def search(losses):
+        rows = [{"candidate": i, "lr": lr, "head_lr": 1e-3, "weight_decay": 0.0, "epoch": e, "train_loss": 0.0,
+                 "train_accuracy": 0.0, "val_loss": loss + 0.1 * (e - 1), "val_accuracy": 0.5, "start_sha256": "s"}
+                for i, (lr, loss) in enumerate(losses) for e in (1, 2)]
+        return pd.DataFrame(rows)
+
+    assert tuning.chosen(search([(1e-4, 0.3), (1e-5, 0.2), (3e-5, 0.25)])) == 1
+    assert tuning.chosen(search([(1e-4, 0.2), (1e-5, 0.2)])) == 1  # equal: the smaller rate
+    assert tuning.chosen_row(search([(1e-4, 0.2), (1e-5, 0.3)]))["lr"] == 1e-4
+    probe = pd.DataFrame({"C": [10.0, 0.1, 1.0], "val_log_loss": [0.5, 0.5, 0.7]})
+    assert selection.choose(probe, head.SIMPLER) == 1  # the probe's C: the same rule, the smaller C where equal
+
+
+def test_range_test_suggests_a_tenth_of_the_edge_and_auto_searches_up_to_it():
+    rates = np.geomspace(1e-7, 1, 80)
+    loss = np.where(rates < 1e-3, 0.1, 0.1 * (rates / 1e-3) ** 2)  # flat from the warm start, then climbing
+    curve = pd.DataFrame({"lr": rates, "loss": loss, "smoothed": tuning.smoothed(list(loss))})
+    edge = curve["lr"].iloc[tuning.edge(curve)]
+    assert 1e-3 < edge < 3e-3 and tuning.suggest(curve) == pytest.approx(edge / 10)
+    ft = {"lr": "auto", "head_lr": [1e-3, 1e-2], "weight_decay": 0.0, "unfreeze": 2}
+    grid = tuning.candidates(ft, 2e-5)
+    assert [c["lr"] for c in grid] == pytest.approx([2e-5, 2e-5, 6e-5, 6e-5, 2e-4, 2e-4])
+    assert [c["head_lr"] for c in grid[:2]] == [1e-3, 1e-2]
+    assert tuning.candidates({**ft, "lr": [1e-5, 1e-4], "unfreeze": 0}) == [
+        {"lr": 1e-5, "head_lr": 1e-3, "weight_decay": 0.0}, {"lr": 1e-5, "head_lr": 1e-2, "weight_decay": 0.0}]
+
+
+def test_lr_auto_runs_the_range_test_and_searches_around_its_suggestion(probe_setup):
+    tmp_path, data_dir, params, _ = probe_setup
+    params["finetune"].update(lr="auto", range_test_steps=20)
+    files = stage_io("finetune", data_dir, tmp_path / "auto", probe=tmp_path / "probe.npz")
+    summary = finetune.run(params, files)
+    curve = pd.read_csv(files.output.range_test)
+    assert summary["range_test"]["ran"] and len(curve) == summary["range_test"]["steps"] > 0
+    assert curve["lr"].is_monotonic_increasing and curve["lr"].iloc[0] == pytest.approx(tuning.RANGE[0])
+    suggested = summary["range_test"]["suggested_lr"]
+    assert suggested == pytest.approx(tuning.suggest(curve))
+    assert summary["searched"]["lr"] == pytest.approx([suggested * f for f in tuning.AROUND])
+    assert summary["candidates"] == 3

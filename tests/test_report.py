@@ -5,12 +5,13 @@ import re
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from conftest import ROOT, stage_io
 from test_features_head import prepare, tiny_params
 
 from transferlab import evaluation, features, finetune, frozen, head, report, stages, visualize
-from transferlab.atomic import write_json
+from transferlab.atomic import write_csv, write_json
 from transferlab.params import validate
 
 EVIL = "<script>alert(1)"
@@ -25,9 +26,10 @@ def pipeline(tmp_path: Path, with_finetune: bool, classes=("ant", EVIL, "cat")) 
     params = validate(params)
     features.run(params, stage_io("extract", data_dir))
     cached = {s: features.load(path) for s, path in vars(stage_io("train_head", data_dir).input).items()}
-    model, _ = head.fit(cached["train"], cached["val"], params["head"])
+    model, search = head.fit(cached["train"], cached["val"], params["head"])
     trained = stage_io("train_head", data_dir).output
     head.save(model, trained.model, list(cached["train"]["classes"]))
+    write_csv(trained.search, search)
     write_json(trained.summary, {"C": 1.0, "seconds": 0.5, "train_rows": 12,
                                  "trainable_parameters": head.parameter_count(model)})
     for stage, run in (("evaluate_probe", evaluation.run_probe), ("frozen_cache", frozen.run), ("finetune", finetune.run),
@@ -61,14 +63,14 @@ def test_sections_and_self_contained(full):
     for section in ("what-ran", "comparison", "plots", "gallery", "costs", "network-knows"):
         assert f'id="{section}"' in html
     for title in ("Confusion matrices", "Per-class accuracy", "Fine-tune learning curves", "Calibration",
-                  "Images the two methods disagree on", "Stage costs"):
+                  "Images the two methods disagree on", "Stage costs", "Both arms tuned on validation"):
         assert title in html
     shown = json.loads((results / "visualize" / "summary.json").read_text())
     assert shown["model"] == "fine-tuned model" and set(shown["ideal"]) == {"with_tv", "without_tv"}
-    pictures = 4 + 2 + 3 * len(shown["adversarial"]) + 1  # plots, ideal images, attacks, feature maps
+    pictures = 5 + 2 + 3 * len(shown["adversarial"]) + 1  # plots, ideal images, attacks, feature maps
     assert html.count('src="data:image/png;base64,') == pictures
     assert not re.search(r'(src|href)="(http|//|/)', html)  # nothing external: opens offline from file://
-    for name in ("confusion", "per_class", "learning_curves", "reliability"):
+    for name in ("confusion", "per_class", "learning_curves", "reliability", "search"):
         assert (results / "report" / f"{name}.png").stat().st_size > 1000
 
 
@@ -183,3 +185,17 @@ def test_comparison_shows_tta_beside_plain_accuracy(full):
     low, high = tuned["tta"]["interval"]["accuracy"]["low"], tuned["tta"]["interval"]["accuracy"]["high"]
     assert f'data-interval="tta_accuracy"> ({low:.3f}–{high:.3f})' in html
     assert "— (cached test features: one view)" in html
+
+
+def test_verdict_says_how_each_arm_was_tuned(full):
+    html, results = full
+    verdict = re.search(r'id="verdict-text"[^>]*>([^<]*)<', html).group(1)
+    summary = json.loads((results / "finetune" / "summary.json").read_text())
+    assert summary["candidates"] == 1 and "C = 1 (of 4 candidates)" in verdict
+    assert f"the fine-tune ran at its one setting, lr {summary['lr']:g}" in verdict and "not tuned" in verdict
+    info = {"searched": {"head": pd.DataFrame({"C": [0.1, 1.0]})}, "head_summary": {"C": 0.1},
+            "finetune": {**summary, "lr": 3e-5, "candidates": 6}}
+    assert report.tuned(info) == ("Both arms were tuned on the validation split by the lowest validation log-loss: "
+                                  f"the probe's C = 0.1 (of 2 candidates), the fine-tune's lr 3e-05 (head "
+                                  f"{summary['head_lr']:g}, weight decay {summary['weight_decay']:g}) (of 6 "
+                                  "candidates).")

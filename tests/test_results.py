@@ -3,7 +3,7 @@ import json
 
 from conftest import ROOT
 
-from transferlab import results
+from transferlab import results, tuning
 
 
 def test_readme_and_the_learning_curve_are_what_the_record_writes(monkeypatch):
@@ -21,7 +21,10 @@ def test_the_record_is_of_the_shipped_params(monkeypatch):
     monkeypatch.chdir(ROOT)
     record, shipped = json.loads(results.RECORD.read_text()), load("params.yaml")
     assert record["head"]["C_grid"] == shipped["head"]["C_grid"] and record["seed"] == shipped["data"]["seed"]
-    assert record["finetune"]["lr"] == shipped["finetune"]["lr"]
+    searched = record["finetune"]["searched"]
+    assert searched["lr"] == sorted(tuning.values(shipped["finetune"]["lr"])) and record["finetune"]["lr"] in searched["lr"]
+    assert searched["head_lr"] == tuning.values(shipped["finetune"]["head_lr"])
+    assert searched["weight_decay"] == tuning.values(shipped["finetune"]["weight_decay"])
     assert record["finetune"]["unfreeze"] == shipped["finetune"]["unfreeze"]
     assert record["backbone"]["backbone"] == shipped["model"]["backbone"]
     assert record["head"]["C"] in shipped["head"]["C_grid"]
@@ -44,3 +47,7 @@ def test_the_section_shows_the_numbers_of_the_record():
     assert "| frozen features + linear head | **0.750** (0.500–1.000) |" in text
     assert "fine-tuned (LP-FT, last 2 blocks, lr 1e-05, 3 epochs)" in text and "| **0.300** |" in text
     assert "C = 0.1 of 0.1, 1" in text and "> Keep the frozen features." in text
+    record["finetune"].update(lr=3e-5, candidates=3, searched={"lr": [1e-5, 3e-5, 1e-4]})
+    text = results.section(record)
+    assert "fine-tuned (LP-FT, last 2 blocks, lr 3e-05 chosen on validation of 1e-05, 3e-05, 0.0001, 3 epochs)" in text
+    assert "+ 4 s fine-tune (3 candidates)" in text

@@ -118,13 +118,15 @@ def test_metric_files_accept_any_spelling_and_name_missing_points(tmp_path):
         sweep.metric_files(sweep_params(seeds=[0], fractions=[0.25, 0.5, 1.0]), tmp_path / "sweep")
 
 
-def curve_of(probe, finetune, verdicts, per_class=(2, 5, 10, 20)):
+def curve_of(probe, finetune, verdicts, per_class=(2, 5, 10, 20), rates=("1e-05", "3e-05", "3e-05", "0.0001"),
+             candidates=3):
     rows = []
     for method, accs in (("probe", probe), ("finetune", finetune)):
         for f, (n, acc) in enumerate(zip(per_class, accs)):
             row = {"backbone": "mobilenet_v2", "method": method, "fraction": [0.1, 0.25, 0.5, 1.0][f],
                    "images_per_class": n, "test_images": 230, "accuracy": acc, "accuracy_min": acc,
-                   "accuracy_max": acc, "seeds": 1}
+                   "accuracy_max": acc, "seeds": 1, "chosen": "1" if method == "probe" else rates[f],
+                   "candidates": None if method == "probe" else candidates}
             if method == "finetune":
                 gap = acc - probe[f]
                 row.update(difference=gap, difference_low=gap - 0.02, difference_high=gap + 0.02, mcnemar_p=0.01,
@@ -140,6 +142,10 @@ def test_reading_says_where_the_lead_is_larger_than_its_uncertainty():
     assert "the frozen features lead by more than the uncertainty at 2 images per class (-5.0 points" in text
     assert "at 5 images per class the difference is within the uncertainty of 230 test images (+0.0 points" in text
     assert "Fine-tuning pays off from 10 training images per class on." in text
+    assert ("learning rate chosen on validation (of 3 candidates) at each size: 1e-05 at 2, 3e-05 at 5, 3e-05 at 10, "
+            "0.0001 at 20 images per class.") in text
+    one_rate = sweep.reading(curve_of([0.5] * 4, [0.5] * 4, ["within"] * 4, rates=["1e-05"] * 4, candidates=1))
+    assert "Every size fine-tunes at the one finetune.lr, 1e-05." in one_rate
     text = sweep.reading(curve_of([0.5, 0.7, 0.8, 0.85], [0.52, 0.75, 0.8, 0.86], ["within"] * 4))
     assert "leads" not in text and "within the uncertainty of 230 test images" in text
     assert "Nowhere does fine-tuning beat the frozen features by more than the test set can tell" in text
@@ -153,10 +159,12 @@ def test_reading_says_where_the_lead_is_larger_than_its_uncertainty():
 def test_a_lead_counts_only_where_every_seed_shows_it():
     rows = [{"backbone": "b", "method": "finetune", "fraction": 0.5, "seed": s, "images_per_class": 5,
              "test_images": 10, "accuracy": 0.8, "accuracy_low": 0.6, "accuracy_high": 0.9, "difference": d,
-             "difference_low": d - 0.01, "difference_high": d + 0.01, "mcnemar_p": p, "verdict": v}
-            for s, d, p, v in ((0, 0.1, 0.01, "finetune"), (1, 0.02, 0.4, "within"))]
+             "difference_low": d - 0.01, "difference_high": d + 0.01, "mcnemar_p": p, "verdict": v, "chosen": lr,
+             "candidates": 3}
+            for s, d, p, v, lr in ((0, 0.1, 0.01, "finetune", 3e-5), (1, 0.02, 0.4, "within", 1e-5))]
     got = sweep.curve(pd.DataFrame(rows)).iloc[0]
     assert got["verdict"] == "within" and got["mcnemar_p"] == 0.4 and got["difference"] == pytest.approx(0.06)
+    assert got["chosen"] == "1e-05 / 3e-05"  # each seed's search chose its own rate
     assert sweep.curve(pd.DataFrame(rows[:1])).iloc[0]["verdict"] == "finetune"
 
 

@@ -2,12 +2,13 @@
 trained with a tiny backbone learning rate (linear probe, then fine-tune: LP-FT)."""
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -19,7 +20,7 @@ from torch.utils.data import Dataset
 from torchvision import models
 from tqdm.auto import tqdm
 
-from . import backbones, engines, frozen, head
+from . import backbones, engines, frozen, head, tuning
 from .atomic import atomic_path, read_json, read_splits, write_csv, write_json
 from .batches import ImageList, device, loader, predict_images
 from .layout import data_root
@@ -121,29 +122,38 @@ def _autocast(dev: torch.device):
     return torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None)
 
 
-def run_epoch(model: FineTuneNet, data, dev: torch.device, optimizer=None, scheduler=None,
+def step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, dev: torch.device,
+         optimizer: torch.optim.Optimizer | None = None, scaler: torch.amp.GradScaler | None = None,
+         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One batch: its loss, logits and labels on `dev`; one optimiser step where an optimizer is given (float16
+    losses scaled by `scaler`)."""
+    images = images.to(dev, non_blocking=True)
+    if images.ndim == 4:  # images, or a cut's feature maps (a cut after a classifier layer gives vectors)
+        images = images.contiguous(memory_format=torch.channels_last)
+    labels = labels.to(dev)
+    with _autocast(dev):
+        logits = model(images)
+    loss = nn.functional.cross_entropy(logits.float(), labels)
+    if optimizer is not None:
+        scaler = scaler or torch.amp.GradScaler(dev.type, enabled=False)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    return loss, logits, labels
+
+
+def run_epoch(model: nn.Module, data, dev: torch.device, optimizer=None, scheduler=None,
               desc: str = "", scaler: torch.amp.GradScaler | None = None) -> tuple[float, float]:
     """One pass; trains when an optimizer is given (float16 losses scaled by `scaler`). Returns (mean loss,
     accuracy)."""
-    scaler = scaler or torch.amp.GradScaler(dev.type, enabled=False)
     loss_sum, correct, seen = 0.0, 0, 0
-    loss_fn = nn.CrossEntropyLoss()
     with torch.set_grad_enabled(optimizer is not None):
         # tqdm.auto would call iter() on the DataLoader once more for async use: a throwaway iterator that draws
         # from the shuffle generator (and starts workers), so the order would depend on num_workers
         for images, labels, _ in tqdm(iter(data), total=len(data), desc=desc, unit="batch", leave=False):
-            images = images.to(dev, non_blocking=True)
-            if images.ndim == 4:  # images, or a cut's feature maps (a cut after a classifier layer gives vectors)
-                images = images.contiguous(memory_format=torch.channels_last)
-            labels = labels.to(dev)
-            with _autocast(dev):
-                logits = model(images)
-            loss = loss_fn(logits.float(), labels)
-            if optimizer is not None:
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
+            loss, logits, labels = step(model, images, labels, dev, optimizer, scaler)
+            if scheduler is not None:
                 scheduler.step()
             loss_sum += loss.item() * len(labels)
             correct += (logits.argmax(1) == labels).sum().item()
@@ -151,10 +161,52 @@ def run_epoch(model: FineTuneNet, data, dev: torch.device, optimizer=None, sched
     return loss_sum / seen, correct / seen
 
 
+def optimizer_for(net: FineTuneNet, ft: dict[str, Any], lr: float, head_lr: float,
+                  weight_decay: float) -> torch.optim.AdamW:
+    """AdamW over the unfrozen blocks (at `lr`, the first group where any) and the head (at `head_lr`, last)."""
+    backbone_params = freeze(net, ft["unfreeze"])
+    groups = [{"params": list(net.head.parameters()), "lr": head_lr}]
+    if backbone_params:
+        groups.insert(0, {"params": backbone_params, "lr": lr})
+    return torch.optim.AdamW(groups, weight_decay=weight_decay)
+
+
+def range_test(net: FineTuneNet, train: Dataset, ft: dict[str, Any], dev: torch.device,
+               model: nn.Module | None = None) -> pd.DataFrame:
+    """The LR range test (fastai's lr_find, Smith 2017): from `net`'s current weights, up to
+    `ft["range_test_steps"]` optimiser steps over the epochs' training views with the backbone rate rising exponentially through
+    tuning.RANGE (the head at its first finetune.head_lr, the first weight_decay), stopped where the smoothed loss
+    diverges. One row per step: lr, loss, smoothed. Changes `net`: the caller restores it."""
+    torch.manual_seed(ft["seed"])
+    model = net if model is None else model
+    optimizer = optimizer_for(net, ft, tuning.RANGE[0], tuning.values(ft["head_lr"])[0],
+                              tuning.values(ft["weight_decay"])[0])
+    rates = np.geomspace(*tuning.RANGE, ft["range_test_steps"])
+    workers = ft["num_workers"] if isinstance(train, ImageList) else 0
+    generator = torch.Generator().manual_seed(ft["seed"])
+    scaler = torch.amp.GradScaler(dev.type, enabled=precision(dev) == "float16")
+    losses: list[float] = []
+    train_mode(net, ft["unfreeze"], ft["train_bn"])
+    with tqdm(total=len(rates), desc="LR range test", unit="step", leave=False) as bar:
+        for epoch in itertools.cycle(range(1, ft["epochs"] + 1)):  # the views the cache holds, in turn
+            train.seed = frozen.epoch_seed(ft["seed"], epoch)
+            for images, labels, _ in iter(loader(train, ft["batch_size"], workers, True, generator)):
+                optimizer.param_groups[0]["lr"] = rates[len(losses)]
+                losses.append(step(model, images, labels, dev, optimizer, scaler)[0].item())
+                bar.update()
+                smooth = tuning.smoothed(losses)
+                if len(losses) == len(rates) or not math.isfinite(smooth[-1]) or \
+                        smooth[-1] > tuning.DIVERGED * min(smooth):
+                    net.eval()
+                    return pd.DataFrame({"lr": rates[:len(losses)], "loss": losses, "smoothed": smooth})
+    raise AssertionError("unreachable: itertools.cycle never ends")
+
+
 def fit(net: FineTuneNet, train: Dataset, val: Dataset, ft: dict[str, Any], dev: torch.device,
-        model: nn.Module | None = None) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
-    """Fine-tune `net` (on `dev`) from its current weights: the last `ft["unfreeze"]` blocks and the head, early
-    stopping on validation loss. Returns the best epoch's state_dict (on the CPU) and one history row per epoch.
+        model: nn.Module | None = None, desc: str = "fine-tune") -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """Fine-tune `net` (on `dev`) from its current weights at one candidate's `ft["lr"]`, `head_lr` and
+    `weight_decay` (numbers): the last `ft["unfreeze"]` blocks and the head, early stopping on validation loss.
+    Returns the best epoch's state_dict (on the CPU) and one history row per epoch.
 
     `train` and `val` are images (an ImageList; `train` holds the augmenting transform) or the frozen prefix's
     cached activations of the same views (frozen.Activations), and `model` then the network after the prefix
@@ -162,11 +214,7 @@ def fit(net: FineTuneNet, train: Dataset, val: Dataset, ft: dict[str, Any], dev:
     """
     torch.manual_seed(ft["seed"])
     model = net if model is None else model
-    backbone_params = freeze(net, ft["unfreeze"])
-    groups = [{"params": list(net.head.parameters()), "lr": ft["head_lr"]}]
-    if backbone_params:
-        groups.insert(0, {"params": backbone_params, "lr": ft["lr"]})
-    optimizer = torch.optim.AdamW(groups, weight_decay=ft["weight_decay"])
+    optimizer = optimizer_for(net, ft, ft["lr"], ft["head_lr"], ft["weight_decay"])
     workers = ft["num_workers"] if isinstance(train, ImageList) else 0  # cached activations need no decoding
     val_data = loader(val, ft["batch_size"], workers)
     generator = torch.Generator().manual_seed(ft["seed"])
@@ -174,7 +222,7 @@ def fit(net: FineTuneNet, train: Dataset, val: Dataset, ft: dict[str, Any], dev:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps_per_epoch, ft))
     scaler = torch.amp.GradScaler(dev.type, enabled=precision(dev) == "float16")
     history, best, best_loss, waited = [], None, math.inf, 0
-    for epoch in tqdm(range(1, ft["epochs"] + 1), desc="fine-tune", unit="epoch"):
+    for epoch in tqdm(range(1, ft["epochs"] + 1), desc=desc, unit="epoch"):
         tick = time.perf_counter()
         train.seed = frozen.epoch_seed(ft["seed"], epoch)
         train_mode(net, ft["unfreeze"], ft["train_bn"])
@@ -206,11 +254,24 @@ def split_images(model_params: dict[str, Any], ft: dict[str, Any], root: Path, f
             ImageList(root, frames["val"], classes, evaluation(plain), min_size))
 
 
+class Tuned(NamedTuple):
+    """What `tune` returns: the chosen network, its summary and per-epoch history, the search table (every
+    candidate's epochs) and the LR range test (empty where it did not run)."""
+    net: FineTuneNet
+    summary: dict[str, Any]
+    history: pd.DataFrame
+    search: pd.DataFrame
+    range_test: pd.DataFrame
+
+
 def tune(model_params: dict[str, Any], ft: dict[str, Any], probe: Pipeline, root: Path,
          frames: dict[str, pd.DataFrame], classes: list[str], cache: frozen.Cache | None = None,
-         keys: list[int] | None = None) -> tuple[FineTuneNet, dict[str, Any], pd.DataFrame]:
-    """Warm-start from the probe, fit (from the frozen-prefix `cache` where given, else on the fly, the training
-    views seeded by `keys`), and return the network with its best weights, a summary and the history."""
+         keys: list[int] | None = None, for_report: bool = False) -> Tuned:
+    """Warm-start from the probe; run the LR range test where `tuning.needs_range_test` says (`for_report`: the
+    main fine-tune, whose report shows it); fit every candidate
+    of the grid (`tuning.candidates`) from that same start (from the frozen-prefix `cache` where given, else on
+    the fly, the training views seeded by `keys`); keep the one the probe's rule chooses on validation. Returns
+    the network with its best weights, a summary, its per-epoch history, the search table and the range test."""
     dev = device()
     net = build(model_params, probe).to(dev).to(memory_format=torch.channels_last)
     backbones.check_unfreeze(net.backbone, ft["unfreeze"], model_params["backbone"])
@@ -219,38 +280,64 @@ def tune(model_params: dict[str, Any], ft: dict[str, Any], probe: Pipeline, root
         train, val = split_images(model_params, ft, root, frames, classes, keys)
     else:
         train, val = cache.activations("train", frames["train"]), cache.activations("val", frames["val"])
+    begin = {k: v.detach().clone() for k, v in net.state_dict().items()}
     start = time.perf_counter()
-    best, history = fit(net, train, val, ft, dev, tail)
+    skipped = tuning.needs_range_test(ft, tail is not None, for_report)
+    curve = pd.DataFrame(columns=["lr", "loss", "smoothed"])
+    if skipped is None:
+        curve = range_test(net, train, ft, dev, tail)
+        net.load_state_dict(begin)
+    suggested = tuning.suggest(curve) if len(curve) else None
+    grid = tuning.candidates(ft, suggested)
+    rows, histories, best = [], [], None
+    for i, candidate in enumerate(grid):
+        net.load_state_dict(begin)
+        rows.append({**candidate, "start_sha256": frozen.fingerprint(net)[:16]})
+        label = ", ".join(f"{k} {v:g}" for k, v in candidate.items()) if len(grid) > 1 else "fine-tune"
+        state, history = fit(net, train, val, {**ft, **candidate}, dev, tail, label)
+        histories.append(pd.DataFrame(history))
+        if tuning.chosen(tuning.table(rows, histories)) == i:
+            best = state
     seconds = time.perf_counter() - start
+    search = tuning.table(rows, histories)
+    chosen = tuning.chosen_row(search)
     net.load_state_dict(best)
-    frame = pd.DataFrame(history)
+    frame = histories[tuning.chosen(search)]
+    epochs = sum(len(h) for h in histories)
     summary = {
-        "enabled": True, "skipped": False, "epochs_run": len(history),
-        "best_epoch": int(frame.loc[frame["val_loss"].idxmin(), "epoch"]), "stopped_early": len(history) < ft["epochs"],
-        "best_val_loss": round(float(frame["val_loss"].min()), 6), "trainable_parameters": count_trainable(net),
-        "total_parameters": sum(p.numel() for p in net.parameters()), "unfreeze": ft["unfreeze"], "lr": ft["lr"],
-        "head_lr": ft["head_lr"], "seconds": round(seconds, 3),
-        "train_images_per_s": round(len(train) * len(history) / seconds, 2), "device": str(dev),
-        "precision": precision(dev), "from_cache": tail is not None,
+        "enabled": True, "skipped": False, "epochs_run": len(frame), "best_epoch": chosen["best_epoch"],
+        "stopped_early": len(frame) < ft["epochs"], "best_val_loss": round(chosen["val_log_loss"], 6),
+        "trainable_parameters": count_trainable(net), "total_parameters": sum(p.numel() for p in net.parameters()),
+        "unfreeze": ft["unfreeze"], "lr": chosen["lr"], "head_lr": chosen["head_lr"],
+        "weight_decay": chosen["weight_decay"], "candidates": len(grid),
+        "searched": {k: sorted({c[k] for c in grid}) for k in tuning.GRID},
+        "range_test": {"ran": skipped is None, "steps": len(curve), "suggested_lr": suggested, "reason": skipped},
+        "seconds": round(seconds, 3), "train_images_per_s": round(len(train) * epochs / seconds, 2),
+        "device": str(dev), "precision": precision(dev), "from_cache": tail is not None,
         "frozen_cache_seconds": cache.meta["seconds"] if tail is not None else 0.0,  # its compute, done once
     }
-    return net.eval(), summary, frame
+    return Tuned(net.eval(), summary, frame, search, curve)
 
 
 def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
-    """The finetune stage: the best epoch's weights, the per-epoch history and a summary."""
+    """The finetune stage: the chosen candidate's best-epoch weights and per-epoch history, the search table, the
+    LR range test and a summary."""
     dataset = read_json(io.input.dataset)
     frames, classes = read_splits(io.input.splits), dataset["classes"]
     probe, _ = head.load(io.input.probe)
     cache = frozen.Cache.open(io.input.frozen.parent, params["model"], params["finetune"], frames, classes)
-    net, summary, history = tune(params["model"], params["finetune"], probe, data_root(dataset), frames,
-                                 classes, cache)
+    tuned = tune(params["model"], params["finetune"], probe, data_root(dataset), frames, classes, cache,
+                 for_report=True)
     with atomic_path(io.output.model) as tmp:
-        torch.save({k: v.cpu() for k, v in net.state_dict().items()}, tmp)
-    write_csv(io.output.history, history)
-    write_json(io.output.summary, summary)
-    log.info("fine-tune: %s", summary)
-    return summary
+        torch.save({k: v.cpu() for k, v in tuned.net.state_dict().items()}, tmp)
+    write_csv(io.output.history, tuned.history)
+    write_csv(io.output.search, tuned.search)
+    write_csv(io.output.range_test, tuned.range_test)
+    write_json(io.output.summary, tuned.summary)
+    if tuned.summary["candidates"] > 1:
+        log.info("learning-rate search on validation:\n%s", tuning.scores(tuned.search).to_string(index=False))
+    log.info("fine-tune: %s", tuned.summary)
+    return tuned.summary
 
 
 def probabilities(model: nn.Module, model_params: dict[str, Any]) -> engines.Forward:

@@ -13,11 +13,14 @@ from sklearn.metrics import accuracy_score, log_loss
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from . import selection
 from .atomic import atomic_path, write_csv, write_json
 from .features import load as load_features
 from .stages import StageIO
 
 log = logging.getLogger("transferlab")
+
+SIMPLER = [("C", True)]  # among equal validation losses, the smaller C: the stronger regularisation
 
 
 def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
@@ -55,24 +58,12 @@ def fit(train: dict[str, np.ndarray], val: dict[str, np.ndarray], head: dict[str
                      "val_accuracy": accuracy_score(val["labels"], proba.argmax(1)),
                      "val_log_loss": log_loss(val["labels"], proba, labels=labels)})
     search = pd.DataFrame(rows)
-    best = search.loc[choose(search)]
+    best = search.loc[selection.choose(search, SIMPLER)]
     X, y = train["features"], train["labels"]
     if head["refit_on"] == "train+val":
         X, y = np.concatenate([X, val["features"]]), np.concatenate([y, val["labels"]])
     search["chosen"] = search["C"] == best["C"]
     return make_head(float(best["C"]), head["max_iter"]).fit(X, y), search
-
-
-def choose(search: pd.DataFrame) -> int:
-    """The row of a validation search to keep: the lowest validation log-loss, the smaller C (the simpler
-    model) where equal to 1e-9.
-
-    Log-loss, not accuracy: accuracy moves in steps of one validation image, so the last-bit differences between
-    CPUs' kernels flipped the choice where two C were one image apart; log-loss varies smoothly with them.
-    """
-    loss = search["val_log_loss"].to_numpy()
-    tied = np.flatnonzero(loss <= loss.min() + 1e-9)
-    return int(search.index[tied[np.argmin(search["C"].to_numpy()[tied])]])
 
 
 def predict_proba(model: Pipeline, features: np.ndarray, n_classes: int) -> np.ndarray:

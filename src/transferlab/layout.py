@@ -38,6 +38,7 @@ FILES: dict[str, dict[str, str]] = {
     "evaluate_probe": _evaluation("probe"),
     "frozen_cache": {"meta": "results/frozen/meta.json"},
     "finetune": {"model": "results/finetune/model.pt", "history": "results/finetune/history.csv",
+                 "search": "results/finetune/search.csv", "range_test": "results/finetune/lr_range.csv",
                  "summary": "results/finetune/summary.json"},
     "evaluate_finetune": _evaluation("finetune"),
     "export": {"model": "results/model/model.onnx", "labels": "results/model/labels.json",
@@ -55,7 +56,7 @@ FILES: dict[str, dict[str, str]] = {
                         "plot": "results/curve/curve.png"},
     "report": {"html": "results/report.html", "confusion": "results/report/confusion.png",
                "per_class": "results/report/per_class.png", "learning": "results/report/learning_curves.png",
-               "reliability": "results/report/reliability.png"},
+               "reliability": "results/report/reliability.png", "search": "results/report/search.png"},
 }
 
 

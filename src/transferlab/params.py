@@ -83,7 +83,10 @@ def validate(raw: dict[str, Any] | None, base_dir: Path | str = ".") -> dict[str
     errors = sorted(jsonschema.Draft202012Validator(full).iter_errors(params), key=lambda e: list(e.absolute_path))
     if errors:
         error = errors[0]
-        raise ParamsError(f"params: {_key(error)}: {error.message}")
+        message = error.message
+        if error.validator == "pattern":  # a word where a number, a list of numbers or that word may stand
+            message = f"{error.instance!r} is not a number, a list of numbers or {error.validator_value.strip('^$')}"
+        raise ParamsError(f"params: {_key(error)}: {message}")
     _check_semantics(params, Path(base_dir))
     return params
 
@@ -102,6 +105,13 @@ def _check_semantics(params: dict[str, Any], base_dir: Path) -> None:
     bad = _not_finite(params)
     if bad:
         raise ParamsError(f"params: {bad}: NaN and infinity are not allowed; give a finite number")
+    ft = params["finetune"]
+    if ft["lr"] == "auto" and ft["unfreeze"] == 0:
+        raise ParamsError("params: finetune.lr: auto tests the backbone's rate, but finetune.unfreeze: 0 trains the "
+                          "head only; give finetune.lr a number or unfreeze blocks")
+    if ft["lr"] == "auto" and ft["range_test_steps"] < 20:
+        raise ParamsError(f"params: finetune.range_test_steps: {ft['range_test_steps']} is too few for finetune.lr: "
+                          "auto to find the rate where the loss turns; give at least 20")
     low, high = params["finetune"]["augment"]["scale"]
     if low > high:
         raise ParamsError(f"params: finetune.augment.scale: [{low}, {high}] must be [smallest, largest] area "
@@ -272,6 +282,14 @@ def _cell(value: Any) -> str:
     return "`" + json.dumps(value) + "`" if value is not None else "`null`"
 
 
+def _allowed(sub: dict[str, Any]) -> str:
+    """A key's types as docs/parameters.md shows them: "number or list of numbers or `auto`"."""
+    types = [sub["type"]] if isinstance(sub.get("type"), str) else sub.get("type", [])
+    named = {"array": f"list of {sub.get('items', {}).get('type', 'value')}s",
+             "string": f"`{sub['pattern'].strip('^$')}`" if "pattern" in sub else "string"}
+    return " or ".join(named.get(t, t) for t in types)
+
+
 def reference(shipped: dict[str, Any]) -> str:
     """docs/parameters.md: every key of the schema with its allowed values, default, the value params.yaml ships
     where it differs, and its description (`python -m transferlab.params > docs/parameters.md`)."""
@@ -289,8 +307,7 @@ def reference(shipped: dict[str, Any]) -> str:
                               "| key | allowed | default | shipped | meaning |", "|---|---|---|---|---|"])
                 walk(sub, values.get(key, {}), name + ".")
                 continue
-            allowed = " \\| ".join(_cell(v) for v in sub["enum"]) if "enum" in sub else str(sub.get("type", "")
-                                                                                           ).replace("'", "")
+            allowed = " \\| ".join(_cell(v) for v in sub["enum"]) if "enum" in sub else _allowed(sub)
             value = values.get(key, sub.get("default"))
             differs = _cell(value) if value != sub.get("default") else ""
             meaning = sub.get("description", "").replace("|", "\\|")

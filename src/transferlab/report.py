@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from jinja2 import Environment, FileSystemLoader, select_autoescape  # noqa: E402
 
-from . import lock, stats  # noqa: E402
+from . import lock, stats, tuning  # noqa: E402
 from . import params as params_mod  # noqa: E402
 from .atomic import atomic_path, read_json  # noqa: E402
 from .errors import UserError  # noqa: E402
@@ -289,6 +289,48 @@ def learning_figure(history: pd.DataFrame | None, out: Path) -> str:
     return _png(fig, out)
 
 
+def search_figure(tuning_info: dict[str, Any], out: Path) -> str:
+    """Both arms' searches on the validation split side by side: the probe's validation log-loss per C, the
+    fine-tune's validation loss per epoch and candidate (the chosen one bold), and the LR range test."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.9), layout="constrained")
+    head_search, ft_search, curve = (tuning_info[k] for k in ("head", "finetune", "range_test"))
+    ax = axes[0]
+    ax.plot(head_search["C"], head_search["val_log_loss"], "o-")
+    best = head_search[head_search["chosen"]]
+    ax.plot(best["C"], best["val_log_loss"], "o", ms=12, mfc="none", mec="C3", label="chosen")
+    ax.set(xscale="log", xlabel="C", ylabel="validation log-loss",
+           title=f"Probe: C search ({len(head_search)} candidates)")
+    ax.legend(frameon=False)
+    ax = axes[1]
+    if ft_search is None:
+        ax.text(0.5, 0.5, "fine-tune not run", ha="center", va="center")
+        ax.set_axis_off()
+    else:
+        for _, rows in ft_search.groupby("candidate"):
+            first = rows.iloc[0]
+            chosen = bool(first["chosen"])
+            ax.plot(rows["epoch"], rows["val_loss"], "o-", lw=2.5 if chosen else 1, alpha=1 if chosen else 0.6,
+                    label=f"lr {first['lr']:g}, head {first['head_lr']:g}, wd {first['weight_decay']:g}"
+                          + (" (chosen)" if chosen else ""))
+        ax.set(xlabel="epoch", ylabel="validation loss (log-loss)",
+               title=f"Fine-tune: search ({ft_search['candidate'].nunique()} candidates)")
+        ax.legend(frameon=False, fontsize=7)
+    ax = axes[2]
+    if curve is None or curve.empty:
+        ax.text(0.5, 0.5, "LR range test not run", ha="center", va="center")
+        ax.set_axis_off()
+    else:
+        ax.plot(curve["lr"], curve["loss"], ".", alpha=0.35, label="batch loss")
+        ax.plot(curve["lr"], curve["smoothed"], "-", label="smoothed")
+        edge = curve.iloc[tuning.edge(curve)]
+        ax.axvline(edge["lr"], color="C3", ls=":", label=f"edge {edge['lr']:.2g}")
+        ax.axvline(tuning.suggest(curve), color="C2", ls="--", label=f"suggested {tuning.suggest(curve):.2g}")
+        ax.set(xscale="log", xlabel="backbone learning rate", ylabel="training loss",
+               title="LR range test (from the warm start)")
+        ax.legend(frameon=False, fontsize=7)
+    return _png(fig, out)
+
+
 def reliability_figure(methods: dict[str, dict[str, Any]], out: Path, bins: int = 10) -> str:
     fig, ax = plt.subplots(figsize=(5, 5), layout="constrained")
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
@@ -341,13 +383,15 @@ def gather(params: dict[str, Any], files: SimpleNamespace) -> dict[str, Any]:
     ft = _json(files.finetune.summary) or {"skipped": True, "reason": "finetune stage not run"}
     extract_seconds = sum(s["seconds"] for s in meta["splits"].values())
     probe_extra = {"trainable_parameters": head_summary.get("trainable_parameters"), "learning_rate": "lbfgs (C = "
-                   f"{head_summary.get('C')})", "epochs": "—",
+                   f"{head_summary.get('C')}, chosen on validation)", "epochs": "—",
                    "seconds": round(extract_seconds + head_summary.get("seconds", 0), 1)}
     methods = {"probe": _load_method(files.probe, probe_extra)}
     ft_extra = {}
     if not ft.get("skipped"):
         ft_extra = {"trainable_parameters": ft["trainable_parameters"], "learning_rate":
-                    f"{ft['lr']:g} (head {ft['head_lr']:g})", "epochs": f"{ft['epochs_run']} (best {ft['best_epoch']})",
+                    f"{ft['lr']:g} (head {ft['head_lr']:g})"
+                    + (f", chosen on validation of {ft['candidates']}" if ft["candidates"] > 1 else ""),
+                    "epochs": f"{ft['epochs_run']} (best {ft['best_epoch']})",
                     "seconds": round(extract_seconds + head_summary.get("seconds", 0) + ft["seconds"]
                                      + ft.get("frozen_cache_seconds", 0), 1)}
     methods["finetune"] = _load_method(files.finetune_eval, ft_extra)
@@ -361,11 +405,31 @@ def gather(params: dict[str, Any], files: SimpleNamespace) -> dict[str, Any]:
         if ft.get("frozen_cache_seconds"):
             stage_costs.append({"stage": "frozen_cache (frozen blocks, once, every epoch's views)", "images": None,
                                 "seconds": ft["frozen_cache_seconds"], "images_per_s": None})
-        stage_costs.append({"stage": f"finetune ({ft['epochs_run']} epochs)", "images": None,
+        stage_costs.append({"stage": f"finetune ({ft['candidates']} candidates; the chosen ran {ft['epochs_run']} "
+                                     f"epochs)", "images": None,
                             "seconds": ft["seconds"], "images_per_s": ft["train_images_per_s"]})
     rejected = pd.read_csv(files.rejected) if files.rejected.exists() else pd.DataFrame()
+    ran = methods["finetune"]["ran"]
+    searched = {"head": pd.read_csv(files.head_search),
+                "finetune": pd.read_csv(files.finetune.search) if ran else None,
+                "range_test": pd.read_csv(files.finetune.range_test) if ran else None}
     return {"params": params, "dataset": dataset, "splits": splits, "meta": meta, "methods": methods,
-            "history": history, "finetune": ft, "stage_costs": stage_costs, "rejected": rejected}
+            "history": history, "finetune": ft, "stage_costs": stage_costs, "rejected": rejected,
+            "head_summary": head_summary, "searched": searched}
+
+
+def tuned(info: dict[str, Any]) -> str:
+    """How each arm was tuned on the validation split, with the values chosen and the number of candidates."""
+    head_search, ft = info["searched"]["head"], info["finetune"]
+    probe = f"the probe's C = {info['head_summary']['C']:g} (of {len(head_search)} candidates)"
+    if ft.get("skipped"):
+        return f"Tuned on the validation split: {probe}."
+    chosen = f"lr {ft['lr']:g} (head {ft['head_lr']:g}, weight decay {ft['weight_decay']:g})"
+    if ft["candidates"] == 1:
+        return (f"Tuned on the validation split: {probe}; the fine-tune ran at its one setting, {chosen}, not "
+                f"tuned (give finetune.lr a list, or auto, for a comparison of two tuned arms).")
+    return (f"Both arms were tuned on the validation split by the lowest validation log-loss: {probe}, the "
+            f"fine-tune's {chosen} (of {ft['candidates']} candidates).")
 
 
 def galleries(info: dict[str, Any], root: Path) -> dict[str, list[dict[str, Any]]]:
@@ -388,11 +452,13 @@ def galleries(info: dict[str, Any], root: Path) -> dict[str, list[dict[str, Any]
 
 
 def headline(info: dict[str, Any], confidence: float) -> tuple[dict[str, Any] | None, float | None, str]:
-    """The fine-tune's comparison row (None where it did not run), its cost relative to the probe, the verdict."""
+    """The fine-tune's comparison row (None where it did not run), its cost relative to the probe, the verdict
+    (with how each arm was tuned)."""
     methods = info["methods"]
     finetune = methods["finetune"]["row"] if methods["finetune"]["ran"] else None
     cost_ratio = finetune["seconds"] / methods["probe"]["row"]["seconds"] if finetune else None
-    return finetune, cost_ratio, verdict(methods["probe"]["row"], finetune, cost_ratio, confidence)
+    said = verdict(methods["probe"]["row"], finetune, cost_ratio, confidence)
+    return finetune, cost_ratio, f"{said} {tuned(info)}"
 
 
 def render(params: dict[str, Any], stage: StageIO) -> Path:
@@ -407,6 +473,7 @@ def render(params: dict[str, Any], stage: StageIO) -> Path:
         "per_class": per_class_figure(methods, out.per_class),
         "learning": learning_figure(info["history"], out.learning),
         "reliability": reliability_figure(methods, out.reliability),
+        "search": search_figure(info["searched"], out.search),
     }
     finetune, cost_ratio, said = headline(info, params["evaluate"]["confidence"])
     env = Environment(loader=FileSystemLoader(files.template.parent), autoescape=select_autoescape(["html", "j2"]))
@@ -419,6 +486,7 @@ def render(params: dict[str, Any], stage: StageIO) -> Path:
         differences=shown_differences(params), stage_params=STAGE_PARAMS, commit=git_commit(),
         date=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), versions=versions(files.lock),
         visualize=visualizations(params, dataset, files.visualize), curve=learning_curve(params, dataset, files.curve),
+        tuned=tuned(info),
         rejected_reasons=dataset["left_out_reasons"], cap=GALLERY_CAP, flatten=flatten)
     with atomic_path(out.html) as tmp:
         tmp.write_text(html)

@@ -53,8 +53,9 @@ def record(project: Path | str = ".") -> dict[str, Any]:
         "backbone": {k: info["meta"][k] for k in ("backbone", "weights", "feature_dim", "image_size", "engine")},
         "head": {"C": head_summary["C"], "C_grid": params["head"]["C_grid"], "seconds": head_summary["seconds"],
                  "trainable_parameters": head_summary["trainable_parameters"]},
-        "finetune": {k: ft_summary.get(k) for k in ("unfreeze", "lr", "head_lr", "epochs_run", "best_epoch",
-                                                    "trainable_parameters", "seconds", "frozen_cache_seconds")},
+        "finetune": {k: ft_summary.get(k) for k in ("unfreeze", "lr", "head_lr", "weight_decay", "candidates",
+                                                    "searched", "epochs_run", "best_epoch", "trainable_parameters",
+                                                    "seconds", "frozen_cache_seconds")},
         "extract_seconds": round(sum(s["seconds"] for s in info["meta"]["splits"].values()), 1),
         "probe": {k: probe[k] for k in _METRICS if k in probe},
         "finetuned": {k: finetune[k] for k in _METRICS if k in finetune} if finetune else None,
@@ -96,7 +97,10 @@ def section(rec: dict[str, Any]) -> str:
     level = f"{rec['confidence']:.0%}".replace("%", " %")
     names = ["frozen features + linear head"]
     if rec["finetuned"]:
-        names.append(f"fine-tuned (LP-FT, last {ft['unfreeze']} blocks, lr {ft['lr']:g}, {ft['epochs_run']} epochs)")
+        rates = ft.get("searched", {}).get("lr", [ft["lr"]])
+        chosen = f"lr {ft['lr']:g}" + (f" chosen on validation of {', '.join(f'{r:g}' for r in rates)}"
+                                       if len(rates) > 1 else "")
+        names.append(f"fine-tuned (LP-FT, last {ft['unfreeze']} blocks, {chosen}, {ft['epochs_run']} epochs)")
     columns = {
         "top-5": ("top5_accuracy", True), "balanced acc.": ("balanced_accuracy", True), "macro F1": ("macro_f1", True),
         "log-loss": ("log_loss", False), "train acc.": ("train_accuracy", True), "val acc.": ("val_accuracy", True)}
@@ -106,7 +110,8 @@ def section(rec: dict[str, Any]) -> str:
     params = [f"{head['trainable_parameters']:,} (head)"] + ([f"{ft['trainable_parameters']:,}"] if rec["finetuned"] else [])
     times = [f"{rec['extract_seconds']:.1f} s extract + {head['seconds']:.1f} s head"]
     if rec["finetuned"]:
-        times.append(f"+ {ft['frozen_cache_seconds'] or 0:.0f} s frozen blocks (once) + {ft['seconds']:.0f} s fine-tune")
+        times.append(f"+ {ft['frozen_cache_seconds'] or 0:.0f} s frozen blocks (once) + {ft['seconds']:.0f} s fine-tune"
+                     + (f" ({ft['candidates']} candidates)" if ft.get("candidates", 1) > 1 else ""))
     lines = [
         f"On {_NAMES.get(rec['dataset']['dataset'], 'the images')} of `{rec['dataset']['source']}` "
         f"({rec['dataset']['images']:,} photos, {rec['classes']} classes, random "

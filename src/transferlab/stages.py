@@ -43,7 +43,8 @@ _DATASETS = _CORE + ["datasets"]
 _INFERENCE = _CORE + ["images", "backbones", "transforms", "engines", "batches"]
 _FEATURES = _INFERENCE + ["features"]
 _FROZEN = _INFERENCE + ["frozen"]
-_FINETUNE = _FEATURES + ["frozen", "head", "finetune"]
+_HEAD = _FEATURES + ["selection", "head"]
+_FINETUNE = _HEAD + ["frozen", "tuning", "finetune"]
 _EVALUATE = _FINETUNE + ["stats", "evaluation"]
 _SWEEP = _EVALUATE + ["datasets", "split", "sweep"]
 _DATA = {"dataset": "download.dataset", "splits": "split"}
@@ -65,7 +66,7 @@ TABLE: dict[str, Stage] = {
                    ["data.split", "data.val_fraction", "data.test_fraction", "data.train_fraction", "data.seed"],
                    _DATASETS + ["split"]),
     "extract": Stage({**_DATA, **_WEIGHTS}, ["model", "features"], _FEATURES),
-    "train_head": Stage({"train": "extract.train", "val": "extract.val"}, ["head"], _FEATURES + ["head"]),
+    "train_head": Stage({"train": "extract.train", "val": "extract.val"}, ["head"], _HEAD),
     "evaluate_probe": Stage({"model": "train_head.model", "features": "extract"}, ["evaluate"], _EVALUATE),
     "frozen_cache": Stage({**_DATA, **_WEIGHTS}, _FROZEN_PARAMS, _FROZEN, "finetune.enabled"),
     "finetune": Stage({**_DATA, **_WEIGHTS, "probe": "train_head.model", "frozen": "frozen_cache.meta"},
@@ -90,10 +91,11 @@ TABLE: dict[str, Stage] = {
     "report": Stage({"template": "workflow/report/report.html.j2", "lock": "requirements.lock",
                      "dataset": "download.dataset",
                      "rejected": "download.rejected", "splits": "split.summary", "meta": "extract.meta",
-                     "head": "train_head.summary", "probe": "evaluate_probe", "finetune": "finetune",
+                     "head": "train_head.summary", "head_search": "train_head.search", "probe": "evaluate_probe",
+                     "finetune": "finetune",
                      "finetune_eval": "evaluate_finetune", "visualize": "visualize", "curve": "sweep_aggregate"},
                     ["data", "model", "features", "head", "finetune", "evaluate", "visualize", "sweep"],
-                    _CORE + ["images", "stats", "lock", "report"]),
+                    _CORE + ["images", "stats", "lock", "selection", "tuning", "report"]),
 }
 STAGE_PARAMS: dict[str, list[str]] = {name: stage.params for name, stage in TABLE.items()}
 
@@ -348,6 +350,9 @@ def dvc_yaml() -> str:
             {"Fine-tune accuracy": {"x": "epoch", "y": {history: ["train_accuracy", "val_accuracy"]}}},
             {"Linear head C search": {"x": "C", "y": {_file("train_head", "search"): ["train_accuracy",
                                                                                       "val_accuracy"]}}},
+            {"Fine-tune learning-rate search (validation loss per epoch)": {
+                "template": "scatter", "x": "lr", "y": {_file("finetune", "search"): ["val_loss"]}}},
+            {"LR range test": {"x": "lr", "y": {_file("finetune", "range_test"): ["loss", "smoothed"]}}},
         ],
     }
     header = ("# Generated from the stage table in src/transferlab/stages.py: edit the table, then run\n"

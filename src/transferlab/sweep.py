@@ -156,10 +156,15 @@ def from_main(params: dict[str, Any], seed: int, dataset: dict[str, Any], frames
     result["probe"] = {**scored_part(probe), "seconds": head_summary["seconds"], "C": head_summary["C"]}
     if params["finetune"]["enabled"]:
         tuned, summary = read_json(main.main_evaluation), read_json(main.main_finetune)
-        result["finetune"] = {**scored_part(tuned), "seconds": summary["seconds"],
-                              "epochs_run": summary["epochs_run"], "from_cache": summary["from_cache"]}
+        result["finetune"] = {**scored_part(tuned), **_tuning(summary)}
         result["vs_probe"] = tuned["vs_probe"]
     return result
+
+
+def _tuning(summary: dict[str, Any]) -> dict[str, Any]:
+    """What a point records of its fine-tune: cost, epochs, the rates its validation search chose."""
+    return {k: summary[k] for k in ("seconds", "epochs_run", "from_cache", "lr", "head_lr", "weight_decay",
+                                    "candidates")}
 
 
 def run_point(params: dict[str, Any], backbone: str, fraction: float, seed: int, dataset: dict[str, Any],
@@ -185,12 +190,12 @@ def run_point(params: dict[str, Any], backbone: str, fraction: float, seed: int,
         ft = _point_finetune(params, seed)
         root = data_root(dataset)
         views = frozen.Cache.open(frozen_folder, params["model"], ft, full, classes)
-        net, summary, _ = finetune.tune(params["model"], ft, model, root, frames, classes, views,
-                                        frozen.rows_of(full["train"], frames["train"]))
-        predict = finetune.predictor(net, params["model"], root, classes, ft["batch_size"], views)
+        tuned = finetune.tune(params["model"], ft, model, root, frames, classes, views,
+                              frozen.rows_of(full["train"], frames["train"]))
+        summary = tuned.summary
+        predict = finetune.predictor(tuned.net, params["model"], root, classes, ft["batch_size"], views)
         proba, labels = predict("test", frames["test"])
-        result["finetune"] = {**scored(labels, proba, settings), "seconds": summary["seconds"],
-                              "epochs_run": summary["epochs_run"], "from_cache": summary["from_cache"]}
+        result["finetune"] = {**scored(labels, proba, settings), **_tuning(summary)}
         baseline = pd.DataFrame({"id": test["ids"], "correct": predicted == test["labels"]})
         result["vs_probe"] = versus(baseline, "finetune", frames["test"]["path"].to_numpy(), proba.argmax(1) == labels,
                                     settings)
@@ -199,7 +204,8 @@ def run_point(params: dict[str, Any], backbone: str, fraction: float, seed: int,
 
 def table(metrics: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per point and method: backbone, fraction, seed, images per class, test scores with the accuracy's
-    interval, and on fine-tune rows the paired difference to the probe with its interval and verdict."""
+    interval, the setting its validation search chose (the probe's C, the fine-tune's lr), and on fine-tune rows
+    the paired difference to the probe with its interval and verdict."""
     rows = []
     for m in metrics:
         for method in METHODS:
@@ -211,6 +217,8 @@ def table(metrics: list[dict[str, Any]]) -> pd.DataFrame:
                        "accuracy_high": m[method]["interval"]["accuracy"]["high"],
                        "macro_f1": m[method]["macro_f1"], "log_loss": m[method]["log_loss"],
                        "seconds": m[method]["seconds"]}
+                row["chosen"] = m[method]["C"] if method == "probe" else m[method]["lr"]
+                row["candidates"] = m[method].get("candidates")
                 if method == "finetune":
                     pair = m["vs_probe"]
                     row.update(difference=pair["difference"], difference_low=pair["low"],
@@ -228,7 +236,8 @@ def lead(pair: dict[str, Any], confidence: float) -> str:
 
 
 POINT_COLUMNS = ["backbone", "method", "fraction", "seed", "train_images", "images_per_class", "test_images",
-                 "accuracy", "accuracy_low", "accuracy_high", "macro_f1", "log_loss", "seconds", "difference",
+                 "accuracy", "accuracy_low", "accuracy_high", "macro_f1", "log_loss", "seconds", "chosen", "candidates",
+                 "difference",
                  "difference_low", "difference_high", "mcnemar_p", "verdict"]
 
 
@@ -238,14 +247,21 @@ def _same_or_within(verdicts: pd.Series) -> str:
     return values.pop() if len(values) == 1 else ("within" if values else "")
 
 
+def _chosen(values: pd.Series) -> str:
+    """The settings the seeds' searches chose, each once ("1e-05", or "1e-05 / 3e-05")."""
+    return " / ".join(f"{v:g}" for v in sorted(set(values.dropna())))
+
+
 def curve(frame: pd.DataFrame) -> pd.DataFrame:
     """Per backbone, method and fraction: mean, min and max test accuracy over seeds, the test-set interval
-    (mean of the seeds' bounds) and, for the fine-tune, the paired difference to the probe."""
+    (mean of the seeds' bounds), the settings chosen on validation and, for the fine-tune, the paired difference
+    to the probe."""
     grouped = frame.groupby(["backbone", "method", "fraction"], as_index=False)
     return grouped.agg(images_per_class=("images_per_class", "mean"), test_images=("test_images", "first"),
                        accuracy=("accuracy", "mean"), accuracy_min=("accuracy", "min"),
                        accuracy_max=("accuracy", "max"), accuracy_low=("accuracy_low", "mean"),
                        accuracy_high=("accuracy_high", "mean"), seeds=("seed", "nunique"),
+                       chosen=("chosen", _chosen), candidates=("candidates", "max"),
                        difference=("difference", "mean"), difference_low=("difference_low", "mean"),
                        difference_high=("difference_high", "mean"), mcnemar_p=("mcnemar_p", "max"),
                        verdict=("verdict", _same_or_within))
@@ -294,7 +310,11 @@ def reading(points_curve: pd.DataFrame) -> str:
             advice = f"fine-tuning pays off from {ft['images_per_class'].iloc[first]:g} training images per class on"
         else:
             advice = "fine-tuning's lead is not consistent across sizes: treat it as noise"
-        sentences.append(f"{backbone}: " + "; ".join(parts) + f". {advice[0].upper()}{advice[1:]}.")
+        rates = ", ".join(f"{r.chosen} at {r.images_per_class:g}" for r in ft.itertuples())
+        tuned = (f"The fine-tune's learning rate chosen on validation (of {ft['candidates'].max():g} candidates) at "
+                 f"each size: {rates} images per class" if ft["candidates"].max() > 1 else
+                 f"Every size fine-tunes at the one finetune.lr, {ft['chosen'].iloc[0]}")
+        sentences.append(f"{backbone}: " + "; ".join(parts) + f". {advice[0].upper()}{advice[1:]}. {tuned}.")
     return " ".join(sentences)
 
 
