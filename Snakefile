@@ -221,6 +221,7 @@ rule report:
             per_class=FIGURES,
             learning=FIGURES,
             reliability=FIGURES,
+            search=FIGURES,
         ),
     params:
         stage=S.params_for(config, "report"),

@@ -208,7 +208,9 @@ DROP_HASHES = "^(data|src|workflow|results)/[^:]*$"  # README's `dvc exp show`: 
 def _values(tree, key):
     if isinstance(tree, dict):
         for k, v in tree.items():
-            if k == key and not isinstance(v, (dict, list)):
+            if k == key and isinstance(v, list) and not any(isinstance(i, (dict, list)) for i in v):
+                yield from v  # a grid's values
+            elif k == key and not isinstance(v, (dict, list)):
                 yield v
             else:
                 yield from _values(v, key)
@@ -217,11 +219,11 @@ def _values(tree, key):
             yield from _values(item, key)
 
 
-def test_dvc_exp_run_reruns_only_finetune_and_lr_is_a_number(both_engines):
+def test_dvc_exp_run_of_a_grid_reruns_only_finetune_and_its_rates_are_numbers(both_engines):
     project = both_engines["dvc"][0]
     run(["git", "add", "-A"], project)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"], project)
-    exp = run(["dvc", "exp", "run", "-S", "finetune.lr=1e-5"], project)
+    exp = run(["dvc", "exp", "run", "-S", "finetune.lr=[1e-5,3e-5]"], project)
     output = exp.stdout + exp.stderr
     assert dvc_ran(output) == {"inputs", "finetune", "evaluate_finetune", "export", "visualize", "sweep_point",
                                "sweep_aggregate", "report"}
@@ -229,10 +231,15 @@ def test_dvc_exp_run_reruns_only_finetune_and_lr_is_a_number(both_engines):
         assert f"Stage '{unchanged}' didn't change" in output
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
     lrs = list(_values(shown, "lr"))
-    assert 1e-05 in lrs and all(isinstance(v, float) for v in lrs), lrs
-    assert "lr: 1e-05" in (project / "params.yaml").read_text()  # written as PyYAML reads a string
+    assert 1e-05 in lrs and 3e-05 in lrs and all(isinstance(v, float) for v in lrs), lrs
+    written = yaml.safe_load((project / "params.yaml").read_text())["finetune"]["lr"]
+    assert written == ["1e-05", "3e-05"]  # written as PyYAML reads strings: the params loader casts them
     summary = json.loads((project / "results/finetune/summary.json").read_text())
-    assert summary["lr"] == 1e-05 and summary["from_cache"]  # trained from the frozen-prefix cache
+    assert summary["from_cache"] and summary["candidates"] == 2  # both trained from the frozen-prefix cache
+    assert summary["searched"]["lr"] == [1e-05, 3e-05] and summary["lr"] in (1e-05, 3e-05)
+    search = pd.read_csv(project / "results/finetune/search.csv")
+    lowest = search.groupby("lr")["val_loss"].min()
+    assert set(search.loc[search["chosen"], "lr"]) == {summary["lr"]} and lowest.idxmin() == summary["lr"]
     diff = json.loads(run(["dvc", "metrics", "diff", "HEAD", "--all", "--json"], project).stdout)
     accuracy = diff["results/metrics/finetune.json"]["accuracy"]
     assert isinstance(accuracy["old"], float) and isinstance(accuracy["new"], float)  # HEAD's read from the cache

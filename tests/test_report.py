@@ -196,6 +196,6 @@ def test_verdict_says_how_each_arm_was_tuned(full):
     info = {"searched": {"head": pd.DataFrame({"C": [0.1, 1.0]})}, "head_summary": {"C": 0.1},
             "finetune": {**summary, "lr": 3e-5, "candidates": 6}}
     assert report.tuned(info) == ("Both arms were tuned on the validation split by the lowest validation log-loss: "
-                                  f"the probe's C = 0.1 (of 2 candidates), the fine-tune's lr 3e-05 (head "
-                                  f"{summary['head_lr']:g}, weight decay {summary['weight_decay']:g}) (of 6 "
-                                  "candidates).")
+                                  f"the probe's C = 0.1 (of 2 candidates), the fine-tune's lr 3e-05 (of 6 "
+                                  f"candidates; head {summary['head_lr']:g}, weight decay "
+                                  f"{summary['weight_decay']:g}).")

@@ -24,6 +24,9 @@ def test_the_record_is_of_the_shipped_params(monkeypatch):
     searched = record["finetune"]["searched"]
     assert searched["lr"] == sorted(tuning.values(shipped["finetune"]["lr"])) and record["finetune"]["lr"] in searched["lr"]
     assert searched["head_lr"] == tuning.values(shipped["finetune"]["head_lr"])
+    lowest = min(record["search"], key=lambda c: c["val_log_loss"])  # the chosen rate has the grid's lowest loss
+    assert lowest["chosen"] and lowest["lr"] == record["finetune"]["lr"]
+    assert len(record["search"]) == record["finetune"]["candidates"] == 3
     assert searched["weight_decay"] == tuning.values(shipped["finetune"]["weight_decay"])
     assert record["finetune"]["unfreeze"] == shipped["finetune"]["unfreeze"]
     assert record["backbone"]["backbone"] == shipped["model"]["backbone"]

@@ -254,6 +254,24 @@ def split_images(model_params: dict[str, Any], ft: dict[str, Any], root: Path, f
             ImageList(root, frames["val"], classes, evaluation(plain), min_size))
 
 
+def search(net: FineTuneNet, begin: dict[str, torch.Tensor], grid: list[dict[str, float]], train: Dataset,
+           val: Dataset, ft: dict[str, Any], dev: torch.device, model: nn.Module | None = None,
+           ) -> tuple[pd.DataFrame, dict[str, torch.Tensor], pd.DataFrame]:
+    """Fit each candidate of `grid` from the state `begin` (restored into `net` first, its fingerprint recorded),
+    with `ft`'s seed, schedule and views. Returns the search table (`tuning.table`), and the chosen candidate's
+    best weights (only the best so far is kept) and per-epoch history."""
+    rows, histories, best, kept = [], [], {}, 0
+    for i, candidate in enumerate(grid):
+        net.load_state_dict(begin)
+        rows.append({**candidate, "start_sha256": frozen.fingerprint(net)[:16]})
+        label = ", ".join(f"{k} {v:g}" for k, v in candidate.items()) if len(grid) > 1 else "fine-tune"
+        state, history = fit(net, train, val, {**ft, **candidate}, dev, model, label)
+        histories.append(pd.DataFrame(history))
+        if tuning.chosen(tuning.table(rows, histories)) == i:
+            best, kept = state, i
+    return tuning.table(rows, histories), best, histories[kept]
+
+
 class Tuned(NamedTuple):
     """What `tune` returns: the chosen network, its summary and per-epoch history, the search table (every
     candidate's epochs) and the LR range test (empty where it did not run)."""
@@ -268,10 +286,10 @@ def tune(model_params: dict[str, Any], ft: dict[str, Any], probe: Pipeline, root
          frames: dict[str, pd.DataFrame], classes: list[str], cache: frozen.Cache | None = None,
          keys: list[int] | None = None, for_report: bool = False) -> Tuned:
     """Warm-start from the probe; run the LR range test where `tuning.needs_range_test` says (`for_report`: the
-    main fine-tune, whose report shows it); fit every candidate
-    of the grid (`tuning.candidates`) from that same start (from the frozen-prefix `cache` where given, else on
-    the fly, the training views seeded by `keys`); keep the one the probe's rule chooses on validation. Returns
-    the network with its best weights, a summary, its per-epoch history, the search table and the range test."""
+    main fine-tune, whose report shows it); fit every candidate of the grid from that same start (`search`; from
+    the frozen-prefix `cache` where given, else on the fly, the training views seeded by `keys`). Returns the
+    chosen network with its best weights, a summary (`seconds`: range test and every candidate), its per-epoch
+    history, the search table and the range test."""
     dev = device()
     net = build(model_params, probe).to(dev).to(memory_format=torch.channels_last)
     backbones.check_unfreeze(net.backbone, ft["unfreeze"], model_params["backbone"])
@@ -289,21 +307,11 @@ def tune(model_params: dict[str, Any], ft: dict[str, Any], probe: Pipeline, root
         net.load_state_dict(begin)
     suggested = tuning.suggest(curve) if len(curve) else None
     grid = tuning.candidates(ft, suggested)
-    rows, histories, best = [], [], None
-    for i, candidate in enumerate(grid):
-        net.load_state_dict(begin)
-        rows.append({**candidate, "start_sha256": frozen.fingerprint(net)[:16]})
-        label = ", ".join(f"{k} {v:g}" for k, v in candidate.items()) if len(grid) > 1 else "fine-tune"
-        state, history = fit(net, train, val, {**ft, **candidate}, dev, tail, label)
-        histories.append(pd.DataFrame(history))
-        if tuning.chosen(tuning.table(rows, histories)) == i:
-            best = state
+    table, best, frame = search(net, begin, grid, train, val, ft, dev, tail)
     seconds = time.perf_counter() - start
-    search = tuning.table(rows, histories)
-    chosen = tuning.chosen_row(search)
+    chosen = tuning.chosen_row(table)
     net.load_state_dict(best)
-    frame = histories[tuning.chosen(search)]
-    epochs = sum(len(h) for h in histories)
+    epochs = len(table)
     summary = {
         "enabled": True, "skipped": False, "epochs_run": len(frame), "best_epoch": chosen["best_epoch"],
         "stopped_early": len(frame) < ft["epochs"], "best_val_loss": round(chosen["val_log_loss"], 6),
@@ -316,7 +324,7 @@ def tune(model_params: dict[str, Any], ft: dict[str, Any], probe: Pipeline, root
         "device": str(dev), "precision": precision(dev), "from_cache": tail is not None,
         "frozen_cache_seconds": cache.meta["seconds"] if tail is not None else 0.0,  # its compute, done once
     }
-    return Tuned(net.eval(), summary, frame, search, curve)
+    return Tuned(net.eval(), summary, frame, table, curve)
 
 
 def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:

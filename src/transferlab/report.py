@@ -429,7 +429,8 @@ def tuned(info: dict[str, Any]) -> str:
         return (f"Tuned on the validation split: {probe}; the fine-tune ran at its one setting, {chosen}, not "
                 f"tuned (give finetune.lr a list, or auto, for a comparison of two tuned arms).")
     return (f"Both arms were tuned on the validation split by the lowest validation log-loss: {probe}, the "
-            f"fine-tune's {chosen} (of {ft['candidates']} candidates).")
+            f"fine-tune's lr {ft['lr']:g} (of {ft['candidates']} candidates; head {ft['head_lr']:g}, weight decay "
+            f"{ft['weight_decay']:g}).")
 
 
 def galleries(info: dict[str, Any], root: Path) -> dict[str, list[dict[str, Any]]]:

@@ -56,6 +56,7 @@ def record(project: Path | str = ".") -> dict[str, Any]:
         "finetune": {k: ft_summary.get(k) for k in ("unfreeze", "lr", "head_lr", "weight_decay", "candidates",
                                                     "searched", "epochs_run", "best_epoch", "trainable_parameters",
                                                     "seconds", "frozen_cache_seconds")},
+        "search": _search(info["searched"]["finetune"]),
         "extract_seconds": round(sum(s["seconds"] for s in info["meta"]["splits"].values()), 1),
         "probe": {k: probe[k] for k in _METRICS if k in probe},
         "finetuned": {k: finetune[k] for k in _METRICS if k in finetune} if finetune else None,
@@ -67,6 +68,16 @@ def record(project: Path | str = ".") -> dict[str, Any]:
         "command": "dvc repro",
         "curve": _curve(files.curve),
     }
+
+
+def _search(search: Any) -> list[dict[str, Any]] | None:
+    """Each fine-tune candidate's settings and best-epoch validation scores, where the fine-tune ran."""
+    from . import tuning
+
+    if search is None:
+        return None
+    columns = [*tuning.GRID, "best_epoch", "val_log_loss", "val_accuracy", "chosen"]
+    return tuning.scores(search)[columns].to_dict("records")
 
 
 def _curve(files: Any) -> dict[str, Any] | None:
@@ -141,7 +152,7 @@ def curve_section(rec: dict[str, Any]) -> str:
         return "The recorded run had `sweep.enabled: false`."
     level = f"{rec['confidence']:.0%}".replace("%", " %")
     lines = [f"| training images per class | probe (frozen features + head) | fine-tuned | fine-tune − probe "
-             f"({level} interval, McNemar p) |", "|---:|---:|---:|---:|"]
+             f"({level} interval, McNemar p) | chosen on validation |", "|---:|---:|---:|---:|---|"]
     by = {(r["method"], r["fraction"]): r for r in curve["rows"]}
     for fraction in sorted({f for _, f in by}):
         probe, tuned = by.get(("probe", fraction)), by.get(("finetune", fraction))
@@ -153,9 +164,16 @@ def curve_section(rec: dict[str, Any]) -> str:
         diff = (f"{tuned['difference'] * 100:+.1f} pt ({tuned['difference_low'] * 100:+.1f} to "
                 f"{tuned['difference_high'] * 100:+.1f}, p = {tuned['mcnemar_p']:.2g})" if tuned else "—")
         per_class = (probe or tuned)["images_per_class"]
-        lines.append(f"| {per_class:.3g} (fraction {fraction:g}) | {cells[0]} | {cells[1]} | {diff} |")
+        chosen = "; ".join(f"{name} {_setting(r['chosen'])}" for name, r in (("C", probe), ("lr", tuned))
+                           if r and "chosen" in r)
+        lines.append(f"| {per_class:.3g} (fraction {fraction:g}) | {cells[0]} | {cells[1]} | {diff} | {chosen} |")
     return "\n".join(lines + ["", "The report's reading, generated from these points:", "",
                                 *_quoted(curve["reading"])])
+
+
+def _setting(value: float | str) -> str:
+    """A chosen setting as the reading writes it: 1e-05, or the seeds' choices as given ("1e-05 / 3e-05")."""
+    return f"{value:g}" if isinstance(value, (int, float)) else str(value)
 
 
 def _quoted(text: str, width: int = 112) -> list[str]:
