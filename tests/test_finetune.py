@@ -212,6 +212,8 @@ def test_range_test_suggests_a_tenth_of_the_edge_and_auto_searches_up_to_it():
     curve = pd.DataFrame({"lr": rates, "loss": loss, "smoothed": tuning.smoothed(list(loss))})
     edge = curve["lr"].iloc[tuning.edge(curve)]
     assert 1e-3 < edge < 3e-3 and tuning.suggest(curve) == pytest.approx(edge / 10)
+    assert tuning.diverged([0.1] * 11 + [0.5]) and tuning.diverged([0.1, float("nan")])
+    assert not tuning.diverged([0.01] + [0.1] * 11)  # an unsettled first batch is no reference
     ft = {"lr": "auto", "head_lr": [1e-3, 1e-2], "weight_decay": 0.0, "unfreeze": 2}
     grid = tuning.candidates(ft, 2e-5)
     assert [c["lr"] for c in grid] == pytest.approx([2e-5, 2e-5, 6e-5, 6e-5, 2e-4, 2e-4])

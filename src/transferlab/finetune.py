@@ -195,8 +195,7 @@ def range_test(net: FineTuneNet, train: Dataset, ft: dict[str, Any], dev: torch.
                 losses.append(step(model, images, labels, dev, optimizer, scaler)[0].item())
                 bar.update()
                 smooth = tuning.smoothed(losses)
-                if len(losses) == len(rates) or not math.isfinite(smooth[-1]) or \
-                        smooth[-1] > tuning.DIVERGED * min(smooth):
+                if len(losses) == len(rates) or tuning.diverged(smooth):
                     net.eval()
                     return pd.DataFrame({"lr": rates[:len(losses)], "loss": losses, "smoothed": smooth})
     raise AssertionError("unreachable: itertools.cycle never ends")

@@ -18,7 +18,7 @@ RANGE = (1e-7, 1.0)        # backbone learning rates the range test sweeps, risi
 SMOOTHING = 0.9            # exponential moving average of the range test's losses (bias-corrected)
 SETTLE = 10                # the average's first steps (1 / (1 - SMOOTHING)) are no reference
 RISE = 1.5                 # the edge: the first rate whose smoothed loss exceeds this multiple of the lowest so far
-DIVERGED = 4.0             # the range test stops once the smoothed loss exceeds this multiple of its lowest
+DIVERGED = 4.0             # the range test stops once the smoothed loss exceeds this multiple of its settled lowest
 AROUND = (1.0, 3.0, 10.0)  # finetune.lr: auto searches the decade from the suggested rate up to the edge
 SEARCH_COLUMNS = ["candidate", *GRID, "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
                   "start_sha256", "chosen"]
@@ -62,6 +62,14 @@ def smoothed(losses: list[float]) -> list[float]:
         average = SMOOTHING * average + (1 - SMOOTHING) * loss
         out.append(average / (1 - SMOOTHING**i))
     return out
+
+
+def diverged(smooth: list[float]) -> bool:
+    """Whether the range test can stop: its smoothed loss is not finite, or DIVERGED times its lowest after the
+    average has settled."""
+    if not np.isfinite(smooth[-1]):
+        return True
+    return len(smooth) > SETTLE and smooth[-1] > DIVERGED * min(smooth[SETTLE:])
 
 
 def edge(curve: pd.DataFrame) -> int:
