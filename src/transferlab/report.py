@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from jinja2 import Environment, FileSystemLoader, select_autoescape  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 
 from . import lock, stats, tuning  # noqa: E402
 from . import params as params_mod  # noqa: E402
@@ -289,6 +290,13 @@ def learning_figure(history: pd.DataFrame | None, out: Path) -> str:
     return _png(fig, out)
 
 
+def _plain_log_ticks(ax: plt.Axes) -> None:
+    """Log-axis tick labels as plain numbers (1e-05, 0.1, 10): mathtext is off, so matplotlib's default
+    10^{n} labels would show as TeX source."""
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+
+
 def search_figure(tuning_info: dict[str, Any], out: Path) -> str:
     """Both arms' searches on the validation split side by side: the probe's validation log-loss per C, the
     fine-tune's validation loss per epoch and candidate (the chosen one bold), and the LR range test."""
@@ -300,6 +308,7 @@ def search_figure(tuning_info: dict[str, Any], out: Path) -> str:
     ax.plot(best["C"], best["val_log_loss"], "o", ms=12, mfc="none", mec="C3", label="chosen")
     ax.set(xscale="log", xlabel="C", ylabel="validation log-loss",
            title=f"Probe: C search ({len(head_search)} candidates)")
+    _plain_log_ticks(ax)
     ax.legend(frameon=False)
     ax = axes[1]
     if ft_search is None:
@@ -314,6 +323,7 @@ def search_figure(tuning_info: dict[str, Any], out: Path) -> str:
                           + (" (chosen)" if chosen else ""))
         ax.set(xlabel="epoch", ylabel="validation loss (log-loss)",
                title=f"Fine-tune: search ({ft_search['candidate'].nunique()} candidates)")
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
         ax.legend(frameon=False, fontsize=7)
     ax = axes[2]
     if curve is None or curve.empty:
@@ -327,6 +337,7 @@ def search_figure(tuning_info: dict[str, Any], out: Path) -> str:
         ax.axvline(tuning.suggest(curve), color="C2", ls="--", label=f"suggested {tuning.suggest(curve):.2g}")
         ax.set(xscale="log", xlabel="backbone learning rate", ylabel="training loss",
                title="LR range test (from the warm start)")
+        _plain_log_ticks(ax)
         ax.legend(frameon=False, fontsize=7)
     return _png(fig, out)
 
