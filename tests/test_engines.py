@@ -240,6 +240,11 @@ def test_dvc_exp_run_of_a_grid_reruns_only_finetune_and_its_rates_are_numbers(bo
     search = pd.read_csv(project / "results/finetune/search.csv")
     lowest = search.groupby("lr")["val_loss"].min()
     assert set(search.loc[search["chosen"], "lr"]) == {summary["lr"]} and lowest.idxmin() == summary["lr"]
+    live = [e["data"]["metrics"].get("results/finetune/live/metrics.json", {}).get("data", {})
+            for row in shown for e in [row] + [e for e in row.get("experiments") or [] for e in e["revs"]]]
+    assert any(m.get("chosen", {}).get("lr") == summary["lr"] for m in live)  # DVCLive's metrics in exp show
+    plots = json.loads(run(["dvc", "plots", "show", "--json"], project).stdout)
+    assert any(key.endswith("live/plots/metrics/lr_1e-05/val/loss.tsv") for key in plots), sorted(plots)
     diff = json.loads(run(["dvc", "metrics", "diff", "HEAD", "--all", "--json"], project).stdout)
     accuracy = diff["results/metrics/finetune.json"]["accuracy"]
     assert isinstance(accuracy["old"], float) and isinstance(accuracy["new"], float)  # HEAD's read from the cache

@@ -162,6 +162,14 @@ def test_search_trains_every_candidate_from_the_same_start_and_keeps_the_rule_s_
     assert (summary["lr"], summary["head_lr"]) == (row["lr"], row["head_lr"])
     history = pd.read_csv(files.output.history)  # the chosen candidate's epochs, and its weights
     np.testing.assert_allclose(history["val_loss"], search.loc[search["chosen"], "val_loss"])
+    live = files.output.live.parent  # every candidate's epochs through DVCLive, and the choice
+    assert json.loads(files.output.live.read_text())["chosen"] == {
+        k: summary[k] for k in ("lr", "head_lr", "weight_decay", "best_val_loss", "best_epoch", "candidates")}
+    for (lr, head_lr), rows in search.groupby(["lr", "head_lr"]):
+        logged = pd.read_csv(live / "plots" / "metrics" / f"lr_{lr:.0e}" / f"head_lr_{head_lr:.0e}" / "val" / "loss.tsv",
+                             sep="\t")
+        assert logged["step"].tolist() == list(range(len(rows)))
+        np.testing.assert_allclose(logged["loss"], rows["val_loss"], rtol=1e-6)
     classes = json.loads((data_dir / "dataset.json").read_text())["classes"]
     saved = finetune.load(params["model"], files.output.model, len(classes))  # the stage's model is the chosen one
     val = pd.read_csv(data_dir / "splits" / "val.csv")
@@ -178,6 +186,8 @@ def test_a_one_value_list_is_the_scalar_run_and_the_range_test_changes_nothing(p
     files = stage_io("finetune", data_dir, tmp_path / "scalar", probe=tmp_path / "probe.npz")
     summary = finetune.run(params, files)
     assert summary["range_test"]["ran"] and summary["candidates"] == 1
+    logged = pd.read_csv(files.output.live.parent / "plots" / "metrics" / "train" / "loss.tsv", sep="\t")
+    np.testing.assert_allclose(logged["loss"], pd.read_csv(files.output.history)["train_loss"], rtol=1e-6)
     dataset = json.loads((data_dir / "dataset.json").read_text())
     frames = {s: pd.read_csv(data_dir / "splits" / f"{s}.csv") for s in ("train", "val", "test")}
     ft = {**params["finetune"], "lr": [1e-4]}

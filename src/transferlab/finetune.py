@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 import torch
+from dvclive import Live
 from scipy.special import softmax
 from sklearn.pipeline import Pipeline
 from torch import nn
@@ -20,7 +21,7 @@ from torch.utils.data import Dataset
 from torchvision import models
 from tqdm.auto import tqdm
 
-from . import backbones, engines, frozen, head, tuning
+from . import backbones, engines, frozen, head, tracking, tuning
 from .atomic import atomic_path, read_json, read_splits, write_csv, write_json
 from .batches import ImageList, device, loader, predict_images
 from .layout import data_root
@@ -202,14 +203,16 @@ def range_test(net: FineTuneNet, train: Dataset, ft: dict[str, Any], dev: torch.
 
 
 def fit(net: FineTuneNet, train: Dataset, val: Dataset, ft: dict[str, Any], dev: torch.device,
-        model: nn.Module | None = None, desc: str = "fine-tune") -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+        model: nn.Module | None = None, desc: str = "fine-tune",
+        on_epoch: Callable[[dict[str, Any]], None] | None = None) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
     """Fine-tune `net` (on `dev`) from its current weights at one candidate's `ft["lr"]`, `head_lr` and
     `weight_decay` (numbers): the last `ft["unfreeze"]` blocks and the head, early stopping on validation loss.
     Returns the best epoch's state_dict (on the CPU) and one history row per epoch.
 
     `train` and `val` are images (an ImageList; `train` holds the augmenting transform) or the frozen prefix's
     cached activations of the same views (frozen.Activations), and `model` then the network after the prefix
-    (`frozen.Cache.tail`). Either way `train.seed` is set per epoch, so the views are reproducible.
+    (`frozen.Cache.tail`). Either way `train.seed` is set per epoch, so the views are reproducible. `on_epoch`
+    gets each history row as its epoch ends (DVCLive).
     """
     torch.manual_seed(ft["seed"])
     model = net if model is None else model
@@ -233,6 +236,8 @@ def fit(net: FineTuneNet, train: Dataset, val: Dataset, ft: dict[str, Any], dev:
         history.append({"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val_loss,
                         "val_accuracy": val_acc, "lr": lrs[0], "head_lr": lrs[-1],
                         "seconds": round(time.perf_counter() - tick, 3)})
+        if on_epoch is not None:
+            on_epoch(history[-1])
         if val_loss < best_loss:
             best_loss, best, waited = val_loss, {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}, 0
         else:
@@ -255,16 +260,18 @@ def split_images(model_params: dict[str, Any], ft: dict[str, Any], root: Path, f
 
 def search(net: FineTuneNet, begin: dict[str, torch.Tensor], grid: list[dict[str, float]], train: Dataset,
            val: Dataset, ft: dict[str, Any], dev: torch.device, model: nn.Module | None = None,
-           ) -> tuple[pd.DataFrame, dict[str, torch.Tensor], pd.DataFrame]:
+           live: Live | None = None) -> tuple[pd.DataFrame, dict[str, torch.Tensor], pd.DataFrame]:
     """Fit each candidate of `grid` from the state `begin` (restored into `net` first, its fingerprint recorded),
     with `ft`'s seed, schedule and views. Returns the search table (`tuning.table`), and the chosen candidate's
-    best weights (only the best so far is kept) and per-epoch history."""
+    best weights (only the best so far is kept) and per-epoch history. Each epoch goes to `live` (DVCLive) as it
+    ends, under the candidate's settings where the grid has several."""
     rows, histories, best, kept = [], [], {}, 0
     for i, candidate in enumerate(grid):
         net.load_state_dict(begin)
         rows.append({**candidate, "start_sha256": frozen.fingerprint(net)[:16]})
         label = ", ".join(f"{k} {v:g}" for k, v in candidate.items()) if len(grid) > 1 else "fine-tune"
-        state, history = fit(net, train, val, {**ft, **candidate}, dev, model, label)
+        logger = tracking.epoch_logger(live, tracking.prefix(candidate, grid)) if live else None
+        state, history = fit(net, train, val, {**ft, **candidate}, dev, model, label, logger)
         histories.append(pd.DataFrame(history))
         if tuning.chosen(tuning.table(rows, histories)) == i:
             best, kept = state, i
@@ -283,12 +290,12 @@ class Tuned(NamedTuple):
 
 def tune(model_params: dict[str, Any], ft: dict[str, Any], probe: Pipeline, root: Path,
          frames: dict[str, pd.DataFrame], classes: list[str], cache: frozen.Cache | None = None,
-         keys: list[int] | None = None, for_report: bool = False) -> Tuned:
+         keys: list[int] | None = None, for_report: bool = False, live: Live | None = None) -> Tuned:
     """Warm-start from the probe; run the LR range test where `tuning.needs_range_test` says (`for_report`: the
     main fine-tune, whose report shows it); fit every candidate of the grid from that same start (`search`; from
     the frozen-prefix `cache` where given, else on the fly, the training views seeded by `keys`). Returns the
     chosen network with its best weights, a summary (`seconds`: range test and every candidate), its per-epoch
-    history, the search table and the range test."""
+    history, the search table and the range test. Epochs and the choice are logged to `live` where given."""
     dev = device()
     net = build(model_params, probe).to(dev).to(memory_format=torch.channels_last)
     backbones.check_unfreeze(net.backbone, ft["unfreeze"], model_params["backbone"])
@@ -306,7 +313,7 @@ def tune(model_params: dict[str, Any], ft: dict[str, Any], probe: Pipeline, root
         net.load_state_dict(begin)
     suggested = tuning.suggest(curve) if len(curve) else None
     grid = tuning.candidates(ft, suggested)
-    table, best, frame = search(net, begin, grid, train, val, ft, dev, tail)
+    table, best, frame = search(net, begin, grid, train, val, ft, dev, tail, live)
     seconds = time.perf_counter() - start
     chosen = tuning.chosen_row(table)
     net.load_state_dict(best)
@@ -323,18 +330,21 @@ def tune(model_params: dict[str, Any], ft: dict[str, Any], probe: Pipeline, root
         "device": str(dev), "precision": precision(dev), "from_cache": tail is not None,
         "frozen_cache_seconds": cache.meta["seconds"] if tail is not None else 0.0,  # its compute, done once
     }
+    if live is not None:
+        tracking.log_choice(live, summary)
     return Tuned(net.eval(), summary, frame, table, curve)
 
 
 def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
     """The finetune stage: the chosen candidate's best-epoch weights and per-epoch history, the search table, the
-    LR range test and a summary."""
+    LR range test, a summary, and every epoch through DVCLive as it ends (results/finetune/live)."""
     dataset = read_json(io.input.dataset)
     frames, classes = read_splits(io.input.splits), dataset["classes"]
     probe, _ = head.load(io.input.probe)
     cache = frozen.Cache.open(io.input.frozen.parent, params["model"], params["finetune"], frames, classes)
-    tuned = tune(params["model"], params["finetune"], probe, data_root(dataset), frames, classes, cache,
-                 for_report=True)
+    with tracking.open_live(io.output.live.parent) as live:
+        tuned = tune(params["model"], params["finetune"], probe, data_root(dataset), frames, classes, cache,
+                     for_report=True, live=live)
     with atomic_path(io.output.model) as tmp:
         torch.save({k: v.cpu() for k, v in tuned.net.state_dict().items()}, tmp)
     write_csv(io.output.history, tuned.history)

@@ -39,6 +39,7 @@ FILES: dict[str, dict[str, str]] = {
     "frozen_cache": {"meta": "results/frozen/meta.json"},
     "finetune": {"model": "results/finetune/model.pt", "history": "results/finetune/history.csv",
                  "search": "results/finetune/search.csv", "range_test": "results/finetune/lr_range.csv",
+                 "live": "results/finetune/live/metrics.json",
                  "summary": "results/finetune/summary.json"},
     "evaluate_finetune": _evaluation("finetune"),
     "export": {"model": "results/model/model.onnx", "labels": "results/model/labels.json",

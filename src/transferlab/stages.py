@@ -44,7 +44,7 @@ _INFERENCE = _CORE + ["images", "backbones", "transforms", "engines", "batches"]
 _FEATURES = _INFERENCE + ["features"]
 _FROZEN = _INFERENCE + ["frozen"]
 _HEAD = _FEATURES + ["selection", "head"]
-_FINETUNE = _HEAD + ["frozen", "tuning", "finetune"]
+_FINETUNE = _HEAD + ["frozen", "tuning", "tracking", "finetune"]
 _EVALUATE = _FINETUNE + ["stats", "evaluation"]
 _SWEEP = _EVALUATE + ["datasets", "split", "sweep"]
 _DATA = {"dataset": "download.dataset", "splits": "split"}
@@ -338,7 +338,7 @@ def dvc_yaml() -> str:
                     "model_card.md",
             "labels": ["image-classification", "transfer-learning", "onnx"]}},
         "metrics": [_file("evaluate_probe", "metrics"), _file("evaluate_finetune", "metrics"),
-                    _file("sweep_aggregate", "metrics")],
+                    _file("sweep_aggregate", "metrics"), _file("finetune", "live")],
         "plots": [
             {"Learning curve": {"template": "scatter", "x": "train_images",
                                 "y": {_file("sweep_aggregate", "points"): "accuracy"}}},
@@ -353,6 +353,7 @@ def dvc_yaml() -> str:
             {"Fine-tune learning-rate search (validation loss per epoch)": {
                 "template": "scatter", "x": "lr", "y": {_file("finetune", "search"): ["val_loss"]}}},
             {"LR range test": {"x": "lr", "y": {_file("finetune", "range_test"): ["loss", "smoothed"]}}},
+            {str(Path(_file("finetune", "live")).parent / "plots" / "metrics"): {"x": "step"}},
         ],
     }
     header = ("# Generated from the stage table in src/transferlab/stages.py: edit the table, then run\n"
