@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 from PIL import Image
 from torch import nn
+from tqdm.auto import tqdm
 
 from . import backbones, head
 from . import finetune as finetune_mod
@@ -35,12 +36,13 @@ def total_variation(pixels: torch.Tensor) -> torch.Tensor:
 
 
 def ideal_image(model: Normalized, target: int, size: int, steps: int, step_size: float, tv_weight: float,
-                jitter: int, seed: int) -> tuple[torch.Tensor, float]:
-    """Gradient ascent on log p(target | x) − tv_weight · TV(x) from seeded noise; returns (pixels, p(target))."""
+                jitter: int, seed: int, desc: str = "ideal image") -> tuple[torch.Tensor, float]:
+    """Gradient ascent on log p(target | x) − tv_weight · TV(x) from seeded noise; returns (pixels, p(target)).
+    A progress bar (`desc`) counts the steps."""
     generator = torch.Generator().manual_seed(seed)
     pixels = (0.5 + 0.1 * torch.randn(1, 3, size, size, generator=generator)).clamp(0, 1).requires_grad_(True)
     optimizer = torch.optim.Adam([pixels], lr=step_size)
-    for _ in range(steps):
+    for _ in tqdm(range(steps), desc=desc, unit="step"):
         shifted = pixels
         if jitter:
             dx, dy = torch.randint(-jitter, jitter + 1, (2,), generator=generator).tolist()
@@ -171,7 +173,7 @@ def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
     ideal = {}
     for name, weight, path in (("with_tv", vis["tv_weight"], out.ideal), ("without_tv", 0.0, out.ideal_no_tv)):
         pixels, prob = ideal_image(model, target, vis["image_size"], vis["steps"], vis["step_size"], weight,
-                                   vis["jitter"], vis["seed"])
+                                   vis["jitter"], vis["seed"], f"ideal {names[target]} ({name})")
         save_png(pixels, path)
         ideal[name] = {"tv_weight": weight, "probability": round(prob, 6),
                        "total_variation": round(float(total_variation(pixels)), 6), "image": path.name}
@@ -204,6 +206,8 @@ def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
         result = adversarial(model, pixels, goal, vis["epsilon"], vis["adversarial_steps"],
                              vis["adversarial_step_size"])
         i = len(attacks)
+        log.info("attack %d of %d: %s (%s → %s) %s in %d steps", i + 1, vis["adversarial_images"], path, label,
+                 names[goal], "succeeded" if result["success"] else "failed", result["steps"])
         for kind, image in (("original", pixels), ("perturbation", amplified(result["perturbation"])),
                             ("adversarial", result["adversarial"])):
             save_png(image, adversarial_png(out.summary.parent, i, kind))
