@@ -92,6 +92,41 @@ def copy_project(parent: Path) -> Path:
     return dest
 
 
+def run_stages(project: Path, threads: int = 2) -> None:
+    """Every stage of the project in table order, in this process, each as its script runs under an engine (its
+    arguments, wildcards filled over the sweep grid; a switched-off stage leaves its 'skipped' record): a trained
+    project in seconds where a test is about what the stages made, not about the engines."""
+    import runpy
+
+    from transferlab import params as params_mod
+    from transferlab.stages import TABLE, fillings, script
+
+    params = params_mod.load(project / "params.yaml")
+    here, argv = Path.cwd(), sys.argv
+    os.chdir(project)
+    try:
+        for stage in TABLE:
+            for filled in fillings(params, stage):
+                sys.argv = [script(stage), *(a for w, v in filled.items() for a in (f"--{w}", v)),
+                            "--threads", str(threads)]
+                runpy.run_path(script(stage), run_name="__main__")
+    finally:
+        os.chdir(here)
+        sys.argv = argv
+
+
+@pytest.fixture(scope="session")
+def trained_project(tmp_path_factory) -> Path:
+    """A tiny project trained by its stage scripts (random-init resnet18 on synthetic images; visualize and the
+    sweep switched off), with its export; the engines' runs of the same stages are tests/test_engines.py's."""
+    dest = copy_project(tmp_path_factory.mktemp("trained"))
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    params["visualize"]["enabled"] = params["sweep"]["enabled"] = False
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run_stages(dest)
+    return dest
+
+
 def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     """Run a command in the project copy with this interpreter's environment on PATH."""
     env_path = str(Path(sys.executable).parent)

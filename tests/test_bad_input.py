@@ -16,7 +16,7 @@ from PIL import Image
 from test_features_head import tiny_params
 
 from transferlab import finetune, index, params, split
-from transferlab.atomic import atomic_path, scratch_file
+from transferlab.atomic import atomic_path, read_arrays, scratch_file
 from transferlab.batches import ImageList
 from transferlab.images import load_encoded, load_tensor
 from transferlab.layout import files_in
@@ -150,7 +150,7 @@ def test_unfreeze_beyond_the_backbone_is_refused_before_training(tmp_path):
     p = tiny_params()
     p["finetune"].update({"unfreeze": 999, "epochs": 1, "batch_size": 8, "num_workers": 0})
     features.run(p, stage_io("extract", data_dir, tmp_path / "feat"))
-    cached = {s: features.load(tmp_path / "feat" / f"{s}.npz") for s in SPLITS}
+    cached = {s: read_arrays(tmp_path / "feat" / f"{s}.npz") for s in SPLITS}
     model, _ = head.fit(cached["train"], cached["val"], p["head"])
     head.save(model, tmp_path / "head.npz", list(cached["train"]["classes"]))
     refused = r"finetune.unfreeze: 999 is more than the 5 blocks of resnet18; give 0 to 5, or all"

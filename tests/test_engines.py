@@ -97,6 +97,16 @@ def test_full_runs_then_noop(both_engines):
     assert (sm_dir / "logs/extract.log").exists() and (sm_dir / "logs/benchmarks/extract.tsv").exists()
 
 
+def test_each_engine_shows_a_long_stage_s_progress_on_the_console(both_engines):
+    """The status lines (progress.py) of extract and the fine-tune reach each engine's console output, not only
+    the rule's log: at the start and the end of each bar (and every 10 s between, tests/test_progress.py)."""
+    for engine in ("snakemake", "dvc"):
+        console = both_engines[engine][1]
+        assert re.search(r"^\S+ \[extract\] extract train: 0/12 img \(0 %\) · 00:00 elapsed$", console, re.M), engine
+        assert re.search(r"^\S+ \[extract\] extract test: 6/6 img \(100 %\)", console, re.M), engine
+        assert re.search(r"^\S+ \[finetune\] [^\n]*: 1/1 epoch \(100 %\)", console, re.M), engine
+
+
 def test_one_engine_after_the_other_reruns_nothing(both_engines):
     sm_dir, _, _, dvc_after_snakemake = both_engines["snakemake"]
     dvc_dir, _, _, snakemake_after_dvc = both_engines["dvc"]

@@ -10,6 +10,7 @@ from conftest import MOBILENET, make_tree, need, split_into, stage_io
 from torchvision import models
 
 from transferlab import backbones, evaluation, features, head, index
+from transferlab.atomic import read_arrays
 from transferlab.layout import files_in
 from transferlab.params import validate
 
@@ -37,7 +38,7 @@ def test_feature_shapes_per_family(tmp_path, backbone, dim):
     meta = features.run(tiny_params(backbone), stage_io("extract", data_dir, tmp_path / "feat"))
     assert meta["feature_dim"] == dim and meta["backbone"] == backbone and meta["image_size"] == 32
     for name, n in (("train", 12), ("val", 6), ("test", 6)):
-        cached = features.load(tmp_path / "feat" / f"{name}.npz")
+        cached = read_arrays(tmp_path / "feat" / f"{name}.npz")
         assert cached["features"].shape == (n, dim) and cached["features"].dtype == np.float32
         assert cached["labels"].shape == (n,) and list(cached["classes"]) == ["ant", "bee", "cat"]
         assert np.isfinite(cached["features"]).all()
@@ -49,7 +50,7 @@ def test_features_equal_model_penultimate_and_train_views(tmp_path):
     data_dir = prepare(tmp_path)
     p = tiny_params(train_views=2)
     features.run(p, stage_io("extract", data_dir, tmp_path / "feat"))
-    train = features.load(tmp_path / "feat" / "train.npz")
+    train = read_arrays(tmp_path / "feat" / "train.npz")
     assert train["features"].shape == (36, 512)
     assert (train["views"] == np.repeat([0, 1, 2], 12)).all()
     assert (train["ids"][:12] == train["ids"][12:24]).all()
@@ -67,7 +68,7 @@ def test_features_equal_model_penultimate_and_train_views(tmp_path):
     np.testing.assert_allclose(train["features"][0], expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
     # seeded: a second run gives the same augmented features
     features.run(p, stage_io("extract", data_dir, tmp_path / "feat2"))
-    np.testing.assert_array_equal(features.load(tmp_path / "feat2" / "train.npz")["features"], train["features"])
+    np.testing.assert_array_equal(read_arrays(tmp_path / "feat2" / "train.npz")["features"], train["features"])
 
 
 def test_killed_extraction_leaves_no_complete_looking_file(tmp_path, monkeypatch):

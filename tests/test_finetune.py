@@ -11,6 +11,7 @@ from torch import nn
 from torchvision import models
 
 from transferlab import backbones, features, finetune, frozen, head, selection, stages, tuning
+from transferlab.atomic import read_arrays
 from transferlab.evaluation import run_finetune
 from transferlab.images import load_tensor
 from transferlab.params import validate
@@ -81,7 +82,7 @@ def probe_setup(tmp_path):
     data_dir = prepare(tmp_path)
     params = ft_params()
     features.run(params, stage_io("extract", data_dir, tmp_path / "feat"))
-    train, val = (features.load(tmp_path / "feat" / f"{s}.npz") for s in ("train", "val"))
+    train, val = (read_arrays(tmp_path / "feat" / f"{s}.npz") for s in ("train", "val"))
     model, _ = head.fit(train, val, {"C_grid": [1.0], "max_iter": 500, "refit_on": "train"})
     head.save(model, tmp_path / "probe.npz", [str(c) for c in train["classes"]])
     frozen.run(params, stage_io("frozen_cache", data_dir))  # where the finetune stage reads it: results/frozen
@@ -91,7 +92,7 @@ def probe_setup(tmp_path):
 def test_warm_start_reproduces_the_probe(probe_setup):
     tmp_path, data_dir, params, probe = probe_setup
     model = finetune.build(params["model"], head.load(tmp_path / "probe.npz")[0])
-    test = features.load(tmp_path / "feat" / "test.npz")
+    test = read_arrays(tmp_path / "feat" / "test.npz")
     frame = pd.read_csv(data_dir / "splits" / "test.csv")
     classes = json.loads((data_dir / "dataset.json").read_text())["classes"]
     root = data_dir.parent / "src"

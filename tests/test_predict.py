@@ -1,7 +1,10 @@
 """Using the trained model: `transferlab predict`, the export stage's ONNX graph and model card, TTA."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -12,28 +15,31 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import ROOT, copy_project, run
+from conftest import ROOT, run
 from PIL import Image
 
 from transferlab import export, predict, transforms
 from transferlab.backbones import preprocessing
 
-TRANSFERLAB = [sys.executable, "-m", "transferlab.commands"]
-
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return run([*TRANSFERLAB, "predict", *args], cwd, check=False)
+    """`transferlab predict ARGS` run in this process from `cwd`: `transferlab.commands.main`, what the console
+    command calls (the command itself runs in test_the_install_puts_the_transferlab_command_beside_python)."""
+    from transferlab.commands import main
+
+    out, err, here = io.StringIO(), io.StringIO(), Path.cwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(["predict", *args])
+    finally:
+        os.chdir(here)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    """A tiny project trained by Snakemake (random-init resnet18 on synthetic images), with its export."""
-    dest = copy_project(tmp_path_factory.mktemp("predict"))
-    params = yaml.safe_load((dest / "params.yaml").read_text())
-    params["visualize"]["enabled"] = params["sweep"]["enabled"] = False
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["snakemake", "--cores", "2", "results/model/model.onnx", "results/metrics/finetune.json"], dest)
-    return dest
+@pytest.fixture
+def project(trained_project) -> Path:
+    return trained_project
 
 
 def test_predictions_on_the_test_split_equal_the_evaluate_stage(project):

@@ -11,7 +11,7 @@ from conftest import ROOT, stage_io
 from test_features_head import prepare, tiny_params
 
 from transferlab import evaluation, features, finetune, frozen, head, report, stages, visualize
-from transferlab.atomic import write_csv, write_json
+from transferlab.atomic import read_arrays, write_csv, write_json
 from transferlab.params import validate
 
 EVIL = "<script>alert(1)"
@@ -25,7 +25,7 @@ def pipeline(tmp_path: Path, with_finetune: bool, classes=("ant", EVIL, "cat")) 
     params["visualize"].update({"enabled": with_finetune, "steps": 5, "image_size": 32, "adversarial_steps": 3})
     params = validate(params)
     features.run(params, stage_io("extract", data_dir))
-    cached = {s: features.load(path) for s, path in vars(stage_io("train_head", data_dir).input).items()}
+    cached = {s: read_arrays(path) for s, path in vars(stage_io("train_head", data_dir).input).items()}
     model, search = head.fit(cached["train"], cached["val"], params["head"])
     trained = stage_io("train_head", data_dir).output
     head.save(model, trained.model, list(cached["train"]["classes"]))

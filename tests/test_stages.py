@@ -15,19 +15,28 @@ def test_dvc_yaml_is_generated_from_the_stage_table():
     assert (ROOT / "dvc.yaml").read_text() == dvc_yaml(), "dvc.yaml is stale: python -m transferlab.stages > dvc.yaml"
 
 
-def _imported(path: Path) -> set[str]:
-    """The package's modules a file imports when it is loaded: its top-level imports (not those inside functions
-    or `if TYPE_CHECKING:`), as module names within transferlab."""
+def _imports(tree: ast.AST, lazy: bool):
+    """The import statements of a module: with `lazy`, those inside functions too (a stage runs what it imports
+    late as well); never those under `if TYPE_CHECKING:` (annotations only)."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
+            yield from (n for child in node.orelse for n in _imports(ast.Module([child], []), lazy))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+        elif lazy or not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            yield from _imports(node, lazy)
+
+
+def _imported(path: Path, lazy: bool) -> set[str]:
+    """The package's modules a file imports (with `lazy`, inside functions too), as names within transferlab."""
     found: set[str] = set()
-    for node in ast.parse(path.read_text()).body:
+    for node in _imports(ast.parse(path.read_text()), lazy):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
+        else:
             base = "transferlab" if node.level == 1 else (node.module or "")
             module = f"{base}.{node.module}" if node.level == 1 and node.module else base
             names = [module] + [f"{module}.{a.name}" for a in node.names]
-        else:
-            continue
         found |= {n.split(".")[1] for n in names
                   if n.startswith("transferlab.") and (PACKAGE / f"{n.split('.')[1]}.py").exists()}
         if any(n == "transferlab" or n.startswith("transferlab.") for n in names):
@@ -35,15 +44,16 @@ def _imported(path: Path) -> set[str]:
     return found
 
 
-def modules_loaded(path: Path) -> set[str]:
-    """Every module of the package that loading `path` loads, following imports through the package."""
+def modules_loaded(path: Path, lazy: bool = True) -> set[str]:
+    """Every module of the package that running `path` may load (without `lazy`: that loading it loads),
+    following imports through the package."""
     seen: set[str] = set()
-    todo = list(_imported(path))
+    todo = list(_imported(path, lazy))
     while todo:
         name = todo.pop()
         if name not in seen:
             seen.add(name)
-            todo += _imported(PACKAGE / f"{name}.py")
+            todo += _imported(PACKAGE / f"{name}.py", lazy)
     return seen
 
 
@@ -62,4 +72,24 @@ def test_the_import_walk_finds_what_python_loads():
             "print(' '.join(sorted(m.split('.')[1] if '.' in m else '__init__' for m in sys.modules "
             "if m == 'transferlab' or m.startswith('transferlab.'))))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert set(out.stdout.split()) == modules_loaded(ROOT / script("report"))
+    assert set(out.stdout.split()) == modules_loaded(ROOT / script("report"), lazy=False)
+    assert modules_loaded(ROOT / script("report"), lazy=False) < modules_loaded(ROOT / script("report"))
+
+
+LOADS = """import runpy, sys
+sys.argv = [{script!r}, "--threads", "1"]
+runpy.run_path(sys.argv[0], run_name="__main__")
+print(" ".join(m for m in ("torch", "torchvision", "sklearn", "matplotlib", "dvclive") if m in sys.modules))"""
+
+
+@pytest.mark.parametrize("stage, heavy", [("download", ""), ("split", ""), ("train_head", "sklearn"),
+                                          ("evaluate_probe", "sklearn"), ("report", "matplotlib")])
+def test_a_stage_imports_only_what_it_uses(trained_project, stage, heavy):
+    """Start-up: no torch where no network runs, no plotting or tracking where nothing is drawn or logged."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", LOADS.format(script=script(stage))], cwd=trained_project,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[-2] == heavy

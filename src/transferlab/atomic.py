@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from .errors import DamagedFile
 
 if TYPE_CHECKING:
@@ -70,6 +72,12 @@ def read_json(path: Path | str) -> Any:
         return json.loads(Path(path).read_text())
     except json.JSONDecodeError as exc:
         raise DamagedFile(f"{path}: not valid JSON ({exc}); re-run the stage that writes it") from None
+
+
+def read_arrays(path: Path | str) -> dict[str, np.ndarray]:
+    """A saved .npz (one split's cached features, say) as arrays; no pickles."""
+    with np.load(path, allow_pickle=False) as npz:
+        return {key: npz[key] for key in npz.files}
 
 
 def copy_file(source: Path | str, path: Path | str) -> None:

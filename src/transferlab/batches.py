@@ -13,10 +13,10 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms._presets import ImageClassification
-from tqdm.auto import tqdm
 
 from . import engines
 from .images import decode_jpegs, load_encoded, load_tensor
+from .progress import Progress
 from .transforms import for_prediction
 
 _RNG = threading.Lock()
@@ -99,7 +99,7 @@ def compute(forward: engines.Forward, images: ImageList, out: np.ndarray, desc: 
     busy all the time and decoding never waits for the model or the model for decoding. `encoded` images (the
     CUDA path): DataLoader workers read the files and the batch is decoded on `dev`.
     """
-    with tqdm(total=len(images), desc=desc, unit="img") as bar:
+    with Progress(total=len(images), desc=desc, unit="img") as bar:
         if images.encoded:
             for items, _, rows in loader(images, batch_size, num_workers):
                 out[rows.numpy()] = forward(images.prepare(items, rows, dev or device()))

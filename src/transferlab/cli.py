@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import params as params_mod
-from . import stages
+from . import progress, stages
 from .errors import UserError
 
 log = logging.getLogger("transferlab")
@@ -37,6 +37,18 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def show_progress(label: str) -> None:
+    """Progress status lines (progress.py) to standard output, "time [label] what: n/total (pct) · ETA", unless
+    standard error is a terminal, where the live bars show: under Snakemake, whose rules write standard error to
+    their log, they are what the console shows of a running stage."""
+    progress.console.propagate = False
+    if not sys.stderr.isatty():
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(asctime)s [" + label + "] %(message)s", "%H:%M:%S"))
+        progress.console.handlers[:] = [handler]
+        progress.console.setLevel(logging.INFO)
+
+
 def run_stage(name: str, run: Callable[[dict[str, Any], stages.StageIO], object]) -> None:
     """A stage script's whole body: parse the common arguments (and the stage's sweep wildcards), validate
     params.yaml, and call `run(params, io)` with the stage's files from the table; a stage its switch turns off
@@ -49,6 +61,7 @@ def run_stage(name: str, run: Callable[[dict[str, Any], stages.StageIO], object]
         parser.add_argument(f"--{wildcard}", required=True, help=f"the sweep point's {wildcard} (from sweep.*)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [" + name + "] %(message)s")
+    show_progress(name + "".join(f" {getattr(args, w)}" for w in stages.stage_wildcards(name)))
     try:
         params = params_mod.load(args.params)
         threads = max(1, args.threads)

@@ -7,11 +7,10 @@ import os
 import sys
 from pathlib import Path
 
-from . import predict
 from .atomic import write_csv
 from .cli import one_line, set_threads
 from .errors import UserError
-from .transforms import TTA_VIEWS
+from .layout import METHODS
 
 log = logging.getLogger("transferlab")
 
@@ -25,7 +24,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders")
     p.add_argument("--project", type=Path, default=Path("."),
                    help="the project whose pipeline trained the model (default: the current folder)")
-    p.add_argument("--model", choices=["best", *predict.METHODS], default=None,
+    p.add_argument("--model", choices=["best", *METHODS], default=None,
                    help="best (default: the higher validation accuracy), probe or finetune")
     p.add_argument("--model-dir", type=Path, default=None,
                    help="an exported model folder (results/model): needs no project, runs on ONNX Runtime")
@@ -43,6 +42,9 @@ def run_predict(args: argparse.Namespace) -> int:
         raise UserError("--model and --model-dir: give one (an exported folder holds one model)")
     if args.batch_size < 1:
         raise UserError(f"--batch-size: {args.batch_size} must be at least 1")
+    from . import predict  # torch and the models load once the arguments are checked: --help is instant
+    from .transforms import TTA_VIEWS
+
     set_threads(max(1, args.threads))
     files = predict.find_images(args.paths)
     if args.model_dir:

@@ -9,12 +9,11 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-from . import features, finetune, frozen, head, stats
-from .atomic import read_json, read_splits, write_csv, write_json
+from . import head, stats
+from .atomic import read_arrays, read_json, read_splits, write_csv, write_json
 from .errors import UserError
 from .layout import SPLITS, data_root
 from .stages import StageIO
-from .transforms import TTA_VIEWS
 
 log = logging.getLogger("transferlab")
 
@@ -89,6 +88,8 @@ def evaluate(method: str, proba: dict[str, np.ndarray], labels: dict[str, np.nda
         "interval": stats.intervals(y, predicted, len(class_names), settings),
     }
     if tta_proba is not None:
+        from .transforms import TTA_VIEWS  # loaded already: the TTA ran
+
         tta = scores(y, tta_proba)
         result["tta"] = {"views": len(TTA_VIEWS), **{k: tta[k] for k in ("accuracy", "balanced_accuracy", "macro_f1")},
                          "interval": stats.intervals(y, tta_proba.argmax(1), len(class_names), settings)}
@@ -113,7 +114,7 @@ def run_probe(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
     model, class_names = head.load(io.input.model)
     proba, labels = {}, {}
     for split in SPLITS:
-        cached = features.load(getattr(io.input.features, split))
+        cached = read_arrays(getattr(io.input.features, split))
         plain = cached["views"] == 0
         proba[split] = head.predict_proba(model, cached["features"][plain], len(class_names))
         labels[split] = cached["labels"][plain]
@@ -124,6 +125,8 @@ def run_probe(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
 def run_finetune(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
     """The evaluate_finetune stage: the fine-tuned network on each split (and the test split with TTA), from the
     frozen-prefix cache where it exists, compared with the probe's predictions on the same test images."""
+    from . import finetune, frozen
+
     dataset = read_json(io.input.dataset)
     classes, root = dataset["classes"], data_root(dataset)
     model = finetune.load(params["model"], io.input.model, len(classes))

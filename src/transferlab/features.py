@@ -93,8 +93,3 @@ def _extract_split(forward: engines.Forward, views: list[ImageList], dim: int, f
     return {"images": n * len(views), "seconds": round(seconds, 3),
             "images_per_s": round(n * len(views) / seconds, 2) if seconds else None}
 
-
-def load(path: Path | str) -> dict[str, np.ndarray]:
-    """One split's cached features as arrays."""
-    with np.load(path, allow_pickle=False) as npz:
-        return {key: npz[key] for key in npz.files}

@@ -10,9 +10,8 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from .errors import UserError
+from .progress import Progress
 
 ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz")
 _CHUNK = 1 << 20
@@ -62,8 +61,8 @@ def download(url: str, dest: Path | str, checksum: str | None = None, timeout: f
             start = have if resumed else 0
             length = response.headers.get("Content-Length")
             total = start + int(length) if length else None
-            with open(part, mode) as out, tqdm(total=total, initial=start, unit="B", unit_scale=True,
-                                               desc=f"download {dest.name}") as bar:
+            with open(part, mode) as out, Progress(total=total, initial=start, unit="B", unit_scale=True,
+                                                   desc=f"download {dest.name}") as bar:
                 while chunk := response.read(_CHUNK):
                     out.write(chunk)
                     bar.update(len(chunk))
@@ -105,7 +104,7 @@ def extract(archive: Path | str, target: Path | str) -> Path:
                 members = zf.infolist()
                 for info in members:
                     _check_member(info.filename, staging)
-                for info in tqdm(members, desc=f"extract {archive.name}", unit="file"):
+                for info in Progress(members, desc=f"extract {archive.name}", unit="file"):
                     zf.extract(info, staging)
         elif tarfile.is_tarfile(archive):
             with tarfile.open(archive) as tf:
@@ -116,7 +115,7 @@ def extract(archive: Path | str, target: Path | str) -> Path:
                         tarfile.data_filter(member, str(staging))
                     except tarfile.FilterError as exc:
                         raise UnsafeArchiveError(f"refusing archive member {member.name!r}: {exc}") from exc
-                for member in tqdm(members, desc=f"extract {archive.name}", unit="file"):
+                for member in Progress(members, desc=f"extract {archive.name}", unit="file"):
                     tf.extract(member, staging, filter="data")
         else:
             raise UserError(f"{archive} is neither a zip nor a tar archive")

@@ -8,25 +8,27 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
-from dvclive import Live
 from scipy.special import softmax
-from sklearn.pipeline import Pipeline
 from torch import nn
 from torch.utils.data import Dataset
 from torchvision import models
-from tqdm.auto import tqdm
 
 from . import backbones, engines, frozen, head, tracking, tuning
 from .atomic import atomic_path, read_json, read_splits, write_csv, write_json
 from .batches import ImageList, device, loader, predict_images
 from .layout import data_root
+from .progress import Progress
 from .stages import StageIO
 from .transforms import augmented, evaluation
+
+if TYPE_CHECKING:
+    from dvclive import Live
+    from sklearn.pipeline import Pipeline
 
 log = logging.getLogger("transferlab")
 
@@ -152,7 +154,7 @@ def run_epoch(model: nn.Module, data, dev: torch.device, optimizer=None, schedul
     with torch.set_grad_enabled(optimizer is not None):
         # tqdm.auto would call iter() on the DataLoader once more for async use: a throwaway iterator that draws
         # from the shuffle generator (and starts workers), so the order would depend on num_workers
-        for images, labels, _ in tqdm(iter(data), total=len(data), desc=desc, unit="batch", leave=False):
+        for images, labels, _ in Progress(iter(data), total=len(data), desc=desc, unit="batch", leave=False):
             loss, logits, labels = step(model, images, labels, dev, optimizer, scaler)
             if scheduler is not None:
                 scheduler.step()
@@ -188,7 +190,7 @@ def range_test(net: FineTuneNet, train: Dataset, ft: dict[str, Any], dev: torch.
     scaler = torch.amp.GradScaler(dev.type, enabled=precision(dev) == "float16")
     losses: list[float] = []
     train_mode(net, ft["unfreeze"], ft["train_bn"])
-    with tqdm(total=len(rates), desc="LR range test", unit="step", leave=False) as bar:
+    with Progress(total=len(rates), desc="LR range test", unit="step", leave=False) as bar:
         for epoch in itertools.cycle(range(1, ft["epochs"] + 1)):  # the views the cache holds, in turn
             train.seed = frozen.epoch_seed(ft["seed"], epoch)
             for images, labels, _ in iter(loader(train, ft["batch_size"], workers, True, generator)):
@@ -224,7 +226,7 @@ def fit(net: FineTuneNet, train: Dataset, val: Dataset, ft: dict[str, Any], dev:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps_per_epoch, ft))
     scaler = torch.amp.GradScaler(dev.type, enabled=precision(dev) == "float16")
     history, best, best_loss, waited = [], None, math.inf, 0
-    for epoch in tqdm(range(1, ft["epochs"] + 1), desc=desc, unit="epoch"):
+    for epoch in Progress(range(1, ft["epochs"] + 1), desc=desc, unit="epoch"):
         tick = time.perf_counter()
         train.seed = frozen.epoch_seed(ft["seed"], epoch)
         train_mode(net, ft["unfreeze"], ft["train_bn"])

@@ -14,8 +14,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from . import selection
-from .atomic import atomic_path, write_csv, write_json
-from .features import load as load_features
+from .atomic import atomic_path, read_arrays, write_csv, write_json
 from .stages import StageIO
 
 log = logging.getLogger("transferlab")
@@ -25,7 +24,7 @@ SIMPLER = [("C", True)]  # among equal validation losses, the smaller C: the str
 
 def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
     """The train_head stage: choose C on val, save the head, its C search and a summary."""
-    train, val = load_features(io.input.train), load_features(io.input.val)
+    train, val = read_arrays(io.input.train), read_arrays(io.input.val)
     start = time.perf_counter()
     model, search = fit(train, val, params["head"])
     summary = {"C": chosen_C(search), "seconds": round(time.perf_counter() - start, 3),

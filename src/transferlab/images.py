@@ -1,4 +1,7 @@
-"""Reading images: decode checks for the index, and RGB loading for the models."""
+"""Reading images: decode checks for the index, and RGB loading for the models.
+
+torch and torchvision load only where a tensor is made (the index, split and report stages never import them).
+"""
 from __future__ import annotations
 
 import contextlib
@@ -7,14 +10,15 @@ import io
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torchvision.io import ImageReadMode, decode_image, decode_jpeg
-from torchvision.transforms.v2.functional import pil_to_tensor
 
 from .errors import DamagedFile
+
+if TYPE_CHECKING:
+    import torch
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 EXIF_ORIENTATION = 0x0112
@@ -103,6 +107,10 @@ def load_tensor(path: Path | str, min_size: int | None = None, sha256: str | Non
 
 
 def _decode(data: bytes, min_size: int | None) -> torch.Tensor:
+    import torch
+    from torchvision.io import ImageReadMode, decode_image
+    from torchvision.transforms.v2.functional import pil_to_tensor
+
     with Image.open(io.BytesIO(data)) as image:  # reads the header only
         large_jpeg = bool(min_size) and image.format == "JPEG" and min(image.size) >= 2 * min_size
     if not large_jpeg:
@@ -124,6 +132,8 @@ def _decode(data: bytes, min_size: int | None) -> torch.Tensor:
 def load_encoded(path: Path | str, min_size: int | None = None, sha256: str | None = None) -> torch.Tensor:
     """A JPEG's bytes as a 1-D uint8 tensor (to decode on the GPU); other files, and JPEGs an EXIF orientation
     turns (nvJPEG ignores it), decoded here as by load_tensor."""
+    import torch
+
     data = read_checked(path, sha256)
     if data.startswith(JPEG_MAGIC):
         with Image.open(io.BytesIO(data)) as image:
@@ -135,6 +145,8 @@ def load_encoded(path: Path | str, min_size: int | None = None, sha256: str | No
 
 def decode_jpegs(encoded: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     """Decode JPEG byte tensors to uint8 RGB on `device` (one batched nvJPEG call on CUDA)."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
     if not encoded:
         return []
     with _quiet():

@@ -8,7 +8,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from . import datasets
 from .atomic import write_csv, write_json
@@ -16,6 +15,7 @@ from .errors import UserError
 from .images import BadImage, inspect
 from .layout import raw_dir as raw_dir_of
 from .layout import resolve
+from .progress import Progress
 from .stages import StageIO
 
 log = logging.getLogger("transferlab")
@@ -38,9 +38,10 @@ def scan(root: Path, files: list[tuple[str, str]], workers: int = 1) -> tuple[pd
     chunksize = max(1, len(paths) // (workers * 16) or 1)
     if workers > 1 and len(paths) > 64:
         with ProcessPoolExecutor(workers) as pool:
-            results = list(tqdm(pool.map(_check, paths, chunksize=chunksize), total=len(paths), desc="scan images", unit="img"))
+            results = list(Progress(pool.map(_check, paths, chunksize=chunksize), total=len(paths), desc="scan images",
+                                    unit="img"))
     else:
-        results = [_check(p) for p in tqdm(paths, desc="scan images", unit="img")]
+        results = [_check(p) for p in Progress(paths, desc="scan images", unit="img")]
     good, bad = [], []
     for (rel, label), result in zip(files, results):
         if isinstance(result, str):

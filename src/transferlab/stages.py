@@ -38,15 +38,18 @@ class Stage:
     enabled_by: str | None = None
 
 
-_CORE = ["__init__", "cli", "params", "atomic", "stages", "layout", "errors", "checks", "fetch"]
+# Every module a stage's script may load, lazily imported ones included (tests/test_stages.py walks the imports).
+# params loads backbones only to check class names against ImageNet's, so every stage lists it.
+_CORE = ["__init__", "cli", "params", "atomic", "stages", "layout", "errors", "checks", "fetch", "progress",
+         "backbones"]
 _DATASETS = _CORE + ["datasets"]
-_INFERENCE = _CORE + ["images", "backbones", "transforms", "engines", "batches"]
+_INFERENCE = _CORE + ["images", "transforms", "engines", "batches"]
 _FEATURES = _INFERENCE + ["features"]
 _FROZEN = _INFERENCE + ["frozen"]
-_HEAD = _FEATURES + ["selection", "head"]
-_FINETUNE = _HEAD + ["frozen", "tuning", "tracking", "finetune"]
+_HEAD = _CORE + ["selection", "head"]
+_FINETUNE = _INFERENCE + ["selection", "head", "frozen", "tuning", "tracking", "finetune"]
 _EVALUATE = _FINETUNE + ["stats", "evaluation"]
-_SWEEP = _EVALUATE + ["datasets", "split", "sweep"]
+_SWEEP = _EVALUATE + ["datasets", "split", "features", "sweep"]
 _DATA = {"dataset": "download.dataset", "splits": "split"}
 _WEIGHTS = {"checkpoint": "inputs.checkpoint"}  # the checkpoint's content: replaced under the same name, it re-runs
 # What the frozen prefix's activations depend on (not lr, head_lr, weight_decay, schedule, patience, batch_size).
@@ -294,9 +297,10 @@ def snakemake_inputs(stage: str, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def shell(stage: str) -> str:
-    """The rule's shell command: the stage script with its wildcards, logged."""
+    """The rule's shell command: the stage script with its wildcards; its standard error (log lines, progress
+    bars) to the rule's log, its standard output (a status line per long step, `progress.py`) to the console."""
     extra = "".join(f" --{w} {{wildcards.{w}}}" for w in stage_wildcards(stage))
-    return "{PY} {input.script}" + extra + " --threads {threads} > {log} 2>&1"
+    return "{PY} {input.script}" + extra + " --threads {threads} 2> {log}"
 
 
 def _dvc(template: str) -> str:

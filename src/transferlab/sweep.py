@@ -16,20 +16,16 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from . import features, finetune, frozen, head, layout, stats  # noqa: E402
-from .atomic import atomic_path, copy_file, read_json, read_splits, write_csv, write_json  # noqa: E402
+from . import layout, stats
+from .atomic import atomic_path, copy_file, read_arrays, read_json, read_splits, write_csv, write_json
 from .errors import UserError
-from .evaluation import scored, scored_part, versus  # noqa: E402
-from .layout import METHODS, SPLITS, data_root, points  # noqa: E402
-from .split import subsample  # noqa: E402
-from .stages import StageIO, made_from, params_for  # noqa: E402
+from .evaluation import scored, scored_part, versus
+from .layout import METHODS, SPLITS, data_root, points
+from .split import subsample
+from .stages import StageIO, made_from, params_for
 
 log = logging.getLogger("transferlab")
 
@@ -72,6 +68,8 @@ def extract(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
                 copy_file(getattr(io.input.main, name), path)
         log.info("%s is model.backbone: the extract stage's features, copied", backbone)
         return read_json(io.output.meta)
+    from . import features
+
     meta = features.run(with_backbone(params, backbone), io)
     log.info("%s: extracted once for the whole sweep: %d images, %s engine, %d features", backbone,
              sum(s["images"] for s in meta["splits"].values()), meta["engine"], meta["feature_dim"])
@@ -86,6 +84,8 @@ def _point_finetune(params: dict[str, Any], seed: int) -> dict[str, Any]:
 def frozen_cache(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
     """The sweep_frozen stage: the frozen-prefix cache of one (backbone, seed) over the full splits, shared by
     every fraction; where it is the main fine-tune's own cache (same backbone and seed), that one, copied."""
+    from . import frozen
+
     w = io.wildcards
     folder = io.output.meta.parent
     if not params["finetune"]["enabled"]:
@@ -171,10 +171,12 @@ def run_point(params: dict[str, Any], backbone: str, fraction: float, seed: int,
               frames: dict[str, pd.DataFrame], cache: SimpleNamespace, frozen_folder: Path) -> dict[str, Any]:
     """Fit the head on the point's subsample of the cached features, then fine-tune from it (from the
     (backbone, seed) frozen-prefix cache in `frozen_folder` where there is one); the point's metrics."""
+    from . import finetune, frozen, head
+
     params = with_backbone(params, backbone)
     full = frames
     frames = {**frames, "train": subsample(frames["train"], fraction, seed)}
-    cached = {s: _rows(features.load(getattr(cache, s)), set(frames[s]["path"])) for s in SPLITS}
+    cached = {s: _rows(read_arrays(getattr(cache, s)), set(frames[s]["path"])) for s in SPLITS}
     classes = [str(c) for c in cached["train"]["classes"]]
     settings = params["evaluate"]
     start = time.perf_counter()
@@ -321,6 +323,11 @@ def reading(points_curve: pd.DataFrame) -> str:
 def plot(points_curve: pd.DataFrame, out: Path, confidence: float) -> None:
     """Test accuracy against training images per class, a line per method × backbone with the test-set interval
     as error bars (the two methods nudged apart), a band over seeds; the legend below the axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(7, 4.6))
     for (backbone, method), group in points_curve.groupby(["backbone", "method"], sort=True):
         group = group.sort_values("images_per_class")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dvclive import Live
+if TYPE_CHECKING:
+    from dvclive import Live
 
 # history column → DVCLive metric name (a "/" nests it: train/loss is {"train": {"loss": …}} in metrics.json)
 METRICS = {"train_loss": "train/loss", "train_accuracy": "train/accuracy", "val_loss": "val/loss",
@@ -16,7 +17,9 @@ METRICS = {"train_loss": "train/loss", "train_accuracy": "train/accuracy", "val_
 def open_live(folder: Path | str) -> Live:
     """A DVCLive logger that writes into `folder` only: it never rewrites dvc.yaml (dvc.yaml declares its metrics
     and plots; under Snakemake DVCLive would otherwise add them there) nor saves a DVC experiment itself (`dvc exp
-    run` saves it; a Snakemake run has none)."""
+    run` saves it; a Snakemake run has none). Imported here: only the finetune stage logs."""
+    from dvclive import Live
+
     return Live(str(folder), dvcyaml=False, save_dvc_exp=False, report=None)
 
 

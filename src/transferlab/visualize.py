@@ -15,7 +15,6 @@ import pandas as pd
 import torch
 from PIL import Image
 from torch import nn
-from tqdm.auto import tqdm
 
 from . import backbones, head
 from . import finetune as finetune_mod
@@ -24,6 +23,7 @@ from .backbones import Normalized, blocks
 from .errors import UserError
 from .images import load_rgb, read_checked
 from .layout import adversarial_png, data_root
+from .progress import Progress
 from .stages import StageIO, made_from
 
 log = logging.getLogger("transferlab")
@@ -42,7 +42,7 @@ def ideal_image(model: Normalized, target: int, size: int, steps: int, step_size
     generator = torch.Generator().manual_seed(seed)
     pixels = (0.5 + 0.1 * torch.randn(1, 3, size, size, generator=generator)).clamp(0, 1).requires_grad_(True)
     optimizer = torch.optim.Adam([pixels], lr=step_size)
-    for _ in tqdm(range(steps), desc=desc, unit="step"):
+    for _ in Progress(range(steps), desc=desc, unit="step"):
         shifted = pixels
         if jitter:
             dx, dy = torch.randint(-jitter, jitter + 1, (2,), generator=generator).tolist()
