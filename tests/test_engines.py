@@ -363,40 +363,44 @@ def test_profiles_dry_run(tmp_path, profile):
         assert re.search(r"rule split:.*?resources:[^\n]*slurm_partition=cpu", output, re.S)
 
 
-def test_disabled_stages_are_left_out_by_snakemake_and_marked_skipped_under_dvc(tmp_path):
+SKIPPED = (("results/frozen/meta.json", "finetune.enabled: false"),
+           ("results/finetune/summary.json", "finetune.enabled: false"),
+           ("results/metrics/finetune.json", "finetune.enabled: false"),
+           ("results/eval/finetune/skipped.json", "finetune.enabled: false"),
+           ("results/visualize/summary.json", "visualize.enabled: false"),
+           ("results/curve/summary.json", "sweep.enabled: false"))
+
+
+def test_stages_switched_off_are_left_out_by_snakemake_marked_skipped_by_both_and_handed_over(tmp_path):
+    """Snakemake plans no switched-off stage and leaves their 'skipped' records, so `dvc commit` finds every
+    output and DVC then runs nothing; DVC, finding those outputs gone, runs the switched-off stages, which write
+    the same records."""
+    from transferlab.stages import TABLE, dvc_outs
+
     project = copy_project(tmp_path)
     for section in ("finetune", "visualize", "sweep"):
         set_param(project, section, "enabled", False)
     planned = snakemake_jobs(run(["snakemake", "-n", "--cores", "2"], project).stdout)
     assert planned == {"download", "split", "extract", "train_head", "evaluate_probe", "export", "report"}
+    assert snakemake_jobs(run(["snakemake", "--cores", "2"], project).stdout) == planned
     git_dvc_init(project)
+    run(["dvc", "commit", "-f"], project)
+    assert dvc_changed(project) == set()
+    assert dvc_ran(run(["dvc", "repro"], project).stdout) == {"inputs"}
+    switched_off = {name for name, stage in TABLE.items() if stage.enabled_by}
+    for name in switched_off:
+        for out in dvc_outs(name):
+            for path in project.glob(out.split("{")[0].rstrip("/")):
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
     ran = dvc_ran(run(["dvc", "repro"], project).stdout)
-    assert {"frozen_cache", "finetune", "evaluate_finetune", "visualize", "sweep_point", "sweep_aggregate"} <= ran
-    for path, reason in (("results/frozen/meta.json", "finetune.enabled: false"),
-                         ("results/finetune/summary.json", "finetune.enabled: false"),
-                         ("results/metrics/finetune.json", "finetune.enabled: false"),
-                         ("results/eval/finetune/skipped.json", "finetune.enabled: false"),
-                         ("results/visualize/summary.json", "visualize.enabled: false"),
-                         ("results/curve/summary.json", "sweep.enabled: false")):
+    assert ran - {"inputs"} == switched_off, ran
+    for path, reason in SKIPPED:
         assert json.loads((project / path).read_text()) == {"skipped": True, "reason": reason}, path
     assert not (project / "results/finetune/model.pt").exists()
     assert json.loads((project / "results/model/summary.json").read_text())["method"] == "probe"
     page = (project / "results/report.html").read_text()
     assert "not run (visualize.enabled: false)" in page and "not run (sweep.enabled: false)" in page
-
-
-def test_snakemake_hands_over_to_dvc_with_stages_switched_off(tmp_path):
-    """Snakemake leaves switched-off stages out, then leaves their 'skipped' records, so `dvc commit` finds every
-    output and DVC then runs nothing."""
-    project = copy_project(tmp_path)
-    for section in ("finetune", "visualize", "sweep"):
-        set_param(project, section, "enabled", False)
-    run(["snakemake", "--cores", "2"], project)
-    assert json.loads((project / "results/visualize/summary.json").read_text())["skipped"]
-    git_dvc_init(project)
-    run(["dvc", "commit", "-f"], project)
     assert dvc_changed(project) == set()
-    assert dvc_ran(run(["dvc", "repro"], project).stdout) == {"inputs"}
 
 
 def test_queued_experiments_run_with_data_outside_the_project(both_engines):

@@ -67,6 +67,11 @@ def test_sections_and_self_contained(full):
         assert title in html
     shown = json.loads((results / "visualize" / "summary.json").read_text())
     assert shown["model"] == "fine-tuned model" and set(shown["ideal"]) == {"with_tv", "without_tv"}
+    for item in shown["ideal"].values():  # beside each ideal image: its score over random views, steps, top-5
+        assert f"over 32 crops, flips, rescales: {item['robust_probability']:.4f}" in html
+        assert f"{item['steps']} steps, {item['seconds']} s" in html
+    assert "ImageNet top-5: none: model.weights is none" in html  # random-init tiny model: no ImageNet classes
+    assert f"Over 32 other such views p = {shown['ideal']['with_tv']['robust_probability']:.3f}" in html
     pictures = 5 + 2 + 3 * len(shown["adversarial"]) + 1  # plots, ideal images, attacks, feature maps
     assert html.count('src="data:image/png;base64,') == pictures
     assert not re.search(r'(src|href)="(http|//|/)', html)  # nothing external: opens offline from file://

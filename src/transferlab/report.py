@@ -97,16 +97,20 @@ def visualizations(params: dict[str, Any], dataset: dict[str, Any], files: Simpl
 def ideal_caption(summary: dict[str, Any]) -> str:
     """What the ideal images show and why they look as they do, with their numbers."""
     smooth, raw = summary["ideal"]["with_tv"], summary["ideal"]["without_tv"]
-    gap = raw["probability"] - smooth["probability"]
-    score = "an even higher" if gap > 1e-3 else ("a lower" if gap < -1e-3 else "the same")
-    certain = (" The network is all but certain about pictures no person would label so."
-               if min(smooth["probability"], raw["probability"]) > 0.9 else "")
+    gap = raw["robust_probability"] - smooth["robust_probability"]
+    score = "a higher" if gap > 1e-3 else ("a lower" if gap < -1e-3 else "the same")
+    top = smooth["imagenet_top5"]
+    seen = (f" The ImageNet classifier, which never saw this dataset, calls the smooth image "
+            f"“{top[0]['class']}” ({top[0]['probability']:.2f}), then "
+            + ", ".join(f"“{c['class']}”" for c in top[1:]) + "." if top else "")
     return (f"Each picture is the input the {summary['model']} scores as “{summary['target_class']}”: found by "
-            f"gradient ascent on the pixels from seeded noise, p = {smooth['probability']:.4f} with the smoothness "
-            f"term and {raw['probability']:.4f} without.{certain} It is not a photo of the class: the network "
-            f"rewards local evidence (textures and parts it learned for the class) wherever it appears, so the "
-            f"optimiser repeats such motifs across the frame instead of composing one animal or object. Without the "
-            f"total-variation term it reaches {score} score with high-frequency noise (total variation "
+            f"gradient ascent on the pixels from seeded noise, scored over random crops, flips and rescales at each "
+            f"step so that it holds features the network recognises from any framing, not a pixel pattern that works "
+            f"for one. Over {summary['robust_views']} other such views p = {smooth['robust_probability']:.3f} with the "
+            f"smoothness term and {raw['robust_probability']:.3f} without.{seen} It is not a photo of the class: the "
+            f"network rewards local evidence (textures and parts it learned for the class) wherever it appears, so "
+            f"the optimiser repeats such motifs across the frame instead of composing one animal or object. Without "
+            f"the total-variation term it reaches {score} score with high-frequency detail (total variation "
             f"{raw['total_variation']:.3f} vs {smooth['total_variation']:.3f}): the sensitivity that the adversarial "
             f"examples below exploit.")
 

@@ -7,6 +7,7 @@ valid pixel range is respected exactly by clamping.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,27 +36,98 @@ def total_variation(pixels: torch.Tensor) -> torch.Tensor:
             + (pixels[..., :, 1:] - pixels[..., :, :-1]).abs().mean())
 
 
+ROBUST_VIEWS = 32  # random crops, flips and rescales an ideal image is scored over
+CROP_SIDE = (0.6, 1.0)  # a view's side, as a fraction of the image's
+
+
+def views(pixels: torch.Tensor, n: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    """`n` random views of a (1, 3, H, W) image, each a square crop of CROP_SIDE of its side at a random place,
+    rescaled to `size` and mirrored at random: (n, 3, size, size), differentiable."""
+    side = pixels.shape[-1]
+    out = []
+    for _ in range(n):
+        low, high = CROP_SIDE
+        crop = max(2, round(side * (low + (high - low) * torch.rand((), generator=generator).item())))
+        y, x = torch.randint(0, side - crop + 1, (2,), generator=generator).tolist()
+        view = nn.functional.interpolate(pixels[..., y:y + crop, x:x + crop], size=(size, size), mode="bilinear",
+                                         align_corners=False)
+        out.append(view.flip(-1) if torch.rand((), generator=generator).item() < 0.5 else view)
+    return torch.cat(out)
+
+
+def robust_probability(model: Normalized, pixels: torch.Tensor, target: int, seed: int) -> float:
+    """p(target) averaged over ROBUST_VIEWS random crops, flips and rescales of the image: what a person looking at
+    it from another distance or side would still be shown (a pixel trick that fools only the exact frame scores
+    low)."""
+    generator = torch.Generator().manual_seed(seed + 1)  # other views than the optimisation's
+    with torch.no_grad():
+        batch = views(pixels, ROBUST_VIEWS, pixels.shape[-1], generator)
+        return float(torch.softmax(model(batch), 1)[:, target].mean())
+
+
+# Square root of the colour correlation of natural images (Lucid, Olah et al. 2017): the image is optimised in
+# decorrelated colours, so a step changes brightness and hue as photos vary, not each channel on its own.
+_COLOUR = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
+_COLOUR = _COLOUR / _COLOUR.norm(dim=0).max()
+
+
+def _image(spectrum: torch.Tensor, scale: torch.Tensor, side: int) -> torch.Tensor:
+    """Pixels in [0, 1] from the optimised Fourier coefficients: 1/f-scaled (natural images' spectrum, so coarse
+    structure is as cheap to change as fine detail), decorrelated colours, a sigmoid."""
+    decorrelated = torch.fft.irfft2(torch.view_as_complex(spectrum) * scale, s=(side, side), norm="ortho")
+    coloured = torch.einsum("bchw,dc->bdhw", decorrelated, _COLOUR)
+    return torch.sigmoid(coloured)
+
+
+def _spectrum_scale(side: int) -> torch.Tensor:
+    fy, fx = torch.fft.fftfreq(side)[:, None], torch.fft.rfftfreq(side)[None, :]
+    return (1.0 / torch.sqrt(fx ** 2 + fy ** 2).clamp_min(1.0 / side)) / 4
+
+
 def ideal_image(model: Normalized, target: int, size: int, steps: int, step_size: float, tv_weight: float,
-                jitter: int, seed: int, desc: str = "ideal image") -> tuple[torch.Tensor, float]:
-    """Gradient ascent on log p(target | x) − tv_weight · TV(x) from seeded noise; returns (pixels, p(target)).
-    A progress bar (`desc`) counts the steps."""
+                jitter: int, seed: int, n_views: int = 4, seconds: float | None = None,
+                desc: str = "ideal image") -> tuple[torch.Tensor, dict[str, Any]]:
+    """Gradient ascent on the target's logit averaged over `n_views` random views (crops, rescales, mirrors, and a
+    shift of up to `jitter` pixels) minus tv_weight · TV(x), the image parametrised by 1/f-scaled Fourier
+    coefficients in decorrelated colours from seeded noise (the way of Lucid's feature visualisation); stops
+    early after `seconds`. Returns the pixels and a record: p(target) of the image, over ROBUST_VIEWS views, the
+    steps taken, the seconds. A progress bar (`desc`) counts the steps."""
     generator = torch.Generator().manual_seed(seed)
-    pixels = (0.5 + 0.1 * torch.randn(1, 3, size, size, generator=generator)).clamp(0, 1).requires_grad_(True)
-    optimizer = torch.optim.Adam([pixels], lr=step_size)
+    scale = _spectrum_scale(size)
+    spectrum = (0.01 * torch.randn(1, 3, size, size // 2 + 1, 2, generator=generator)).requires_grad_(True)
+    optimizer = torch.optim.Adam([spectrum], lr=step_size)
+    taken, start = 0, time.perf_counter()
     for _ in Progress(range(steps), desc=desc, unit="step"):
+        if seconds is not None and time.perf_counter() - start > seconds:
+            break
+        pixels = _image(spectrum, scale, size)
         shifted = pixels
         if jitter:
             dx, dy = torch.randint(-jitter, jitter + 1, (2,), generator=generator).tolist()
             shifted = torch.roll(pixels, shifts=(dy, dx), dims=(2, 3))
-        loss = -torch.log_softmax(model(shifted), 1)[0, target] + tv_weight * total_variation(pixels)
+        logits = model(views(shifted, n_views, size, generator))
+        loss = -logits[:, target].mean() + tv_weight * total_variation(pixels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        with torch.no_grad():
-            pixels.clamp_(0, 1)
+        taken += 1
     with torch.no_grad():
+        pixels = _image(spectrum, scale, size)
         prob = torch.softmax(model(pixels), 1)[0, target].item()
-    return pixels.detach(), prob
+    return pixels, {"probability": round(prob, 6), "robust_probability": round(robust_probability(
+        model, pixels, target, seed), 6), "steps": taken, "seconds": round(time.perf_counter() - start, 2)}
+
+
+def imagenet_top5(classifier: Normalized | None, names: list[str], pixels: torch.Tensor) -> list[dict[str, Any]]:
+    """The ImageNet classifier's five most probable classes for an image (averaged over the same ROBUST_VIEWS
+    views): whether a network that never saw the dataset sees the class in it too."""
+    if classifier is None:
+        return []
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        proba = torch.softmax(classifier(views(pixels, ROBUST_VIEWS, pixels.shape[-1], generator)), 1).mean(0)
+    top = proba.argsort(descending=True)[:5].tolist()
+    return [{"class": names[i], "probability": round(float(proba[i]), 6)} for i in top]
 
 
 def adversarial(model: Normalized, pixels: torch.Tensor, target: int, epsilon: float, steps: int,
@@ -153,6 +225,20 @@ def _feature_figure(maps: dict[str, np.ndarray], path: Path) -> None:
     plt.close(fig)
 
 
+def _imagenet_classifier(model_params: dict[str, Any], source: str, model: Normalized,
+                         plain: Any) -> tuple[Normalized | None, list[str], str | None]:
+    """The pretrained ImageNet classifier (the model itself when no fine-tune ran) with its class names, or None
+    and why: random weights (model.weights: none) know no ImageNet class."""
+    if model_params["weights"].lower() == "none":
+        return None, [], "none: model.weights is none (no pretrained ImageNet classifier)"
+    if source == "ImageNet classifier":
+        return model, backbones.class_names(model_params), None
+    net, _ = backbones.load_classifier(model_params)
+    classifier = Normalized(net, plain.mean, plain.std)
+    classifier.requires_grad_(False)
+    return classifier, backbones.class_names(model_params), None
+
+
 def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
     """The visualize stage: the ideal class images, adversarial examples and feature maps as PNGs, and a summary."""
     vis, out = params["visualize"], io.output
@@ -170,13 +256,18 @@ def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
     model.requires_grad_(False)
 
     target = _class_index(names, vis["target_class"], "target_class")
+    imagenet, imagenet_names, no_imagenet = _imagenet_classifier(params["model"], source, model, plain)
     ideal = {}
     for name, weight, path in (("with_tv", vis["tv_weight"], out.ideal), ("without_tv", 0.0, out.ideal_no_tv)):
-        pixels, prob = ideal_image(model, target, vis["image_size"], vis["steps"], vis["step_size"], weight,
-                                   vis["jitter"], vis["seed"], f"ideal {names[target]} ({name})")
+        pixels, record = ideal_image(model, target, vis["image_size"], vis["steps"], vis["step_size"], weight,
+                                     vis["jitter"], vis["seed"], vis["views"], vis["seconds"],
+                                     f"ideal {names[target]} ({name})")
         save_png(pixels, path)
-        ideal[name] = {"tv_weight": weight, "probability": round(prob, 6),
-                       "total_variation": round(float(total_variation(pixels)), 6), "image": path.name}
+        ideal[name] = {"tv_weight": weight, **record, "total_variation": round(float(total_variation(pixels)), 6),
+                       "image": path.name, "imagenet_top5": imagenet_top5(imagenet, imagenet_names, pixels)}
+        log.info("ideal %s (%s): p %.4f, over %d views %.4f, %d steps in %.1f s; ImageNet top-5: %s", names[target],
+                 name, record["probability"], ROBUST_VIEWS, record["robust_probability"], record["steps"],
+                 record["seconds"], ", ".join(c["class"] for c in ideal[name]["imagenet_top5"]) or no_imagenet)
 
     test = pd.read_csv(io.input.splits.test)
     if vis["adversarial_from"] is not None:
@@ -230,9 +321,9 @@ def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
     first = to_pixels(load_rgb(read_checked(root / test["path"].iloc[0], digests[0])))[None]
     _feature_figure(feature_maps(backbone, model, first), out.maps)
     summary = {"enabled": True, "skipped": False, "made_from": made_from(params, "visualize", dataset),
-               "model": source, "target_class": names[target],
-               "ideal": ideal, "adversarial": attacks, "feature_maps": {"image": test["path"].iloc[0],
-                                                                         "figure": out.maps.name}}
+               "model": source, "target_class": names[target], "robust_views": ROBUST_VIEWS,
+               "imagenet": no_imagenet or "the pretrained ImageNet classifier", "ideal": ideal,
+               "adversarial": attacks, "feature_maps": {"image": test["path"].iloc[0], "figure": out.maps.name}}
     write_json(out.summary, summary)
     log.info("visualize: %s", {k: v for k, v in summary.items() if k != "adversarial"})
     return summary
