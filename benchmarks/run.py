@@ -311,9 +311,9 @@ def head_vs_notebook(data_dir: Path, feat_dir: Path, epochs: int) -> dict[str, f
 
 # -- 6. re-run costs ------------------------------------------------------------------------------------------------
 
-ENV = {**os.environ, "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "bench",
-       "GIT_COMMITTER_EMAIL": "b@b"}
 BIN = Path(sys.executable).parent
+ENV = {**os.environ, "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "bench",
+       "GIT_COMMITTER_EMAIL": "b@b", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # dvc.yaml: `python`
 SNAKEMAKE, DVC = str(BIN / "snakemake"), str(BIN / "dvc")
 
 
