@@ -1,8 +1,8 @@
 """What the network knows: an input optimised towards a class (with and without a total-variation prior),
 targeted adversarial examples within an L-infinity ball, and feature maps of early, middle and late blocks.
 
-All optimisation happens on pixel values in [0, 1]; the model's own normalisation is applied inside, so the
-valid pixel range is respected exactly by clamping.
+Images are pixel values in [0, 1] with the model's own normalisation applied inside: the ideal image reaches
+them through a sigmoid, the adversarial perturbation by clamping.
 """
 from __future__ import annotations
 
@@ -55,14 +55,19 @@ def views(pixels: torch.Tensor, n: int, size: int, generator: torch.Generator) -
     return torch.cat(out)
 
 
+def view_probabilities(model: Normalized, pixels: torch.Tensor, seed: int) -> torch.Tensor:
+    """The model's class probabilities averaged over ROBUST_VIEWS random crops, flips and rescales of the image
+    (drawn from `seed`)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        return torch.softmax(model(views(pixels, ROBUST_VIEWS, pixels.shape[-1], generator)), 1).mean(0)
+
+
 def robust_probability(model: Normalized, pixels: torch.Tensor, target: int, seed: int) -> float:
     """p(target) averaged over ROBUST_VIEWS random crops, flips and rescales of the image: what a person looking at
     it from another distance or side would still be shown (a pixel trick that fools only the exact frame scores
-    low)."""
-    generator = torch.Generator().manual_seed(seed + 1)  # other views than the optimisation's
-    with torch.no_grad():
-        batch = views(pixels, ROBUST_VIEWS, pixels.shape[-1], generator)
-        return float(torch.softmax(model(batch), 1)[:, target].mean())
+    low). The views differ from the optimisation's (seed + 1)."""
+    return float(view_probabilities(model, pixels, seed + 1)[target])
 
 
 # Square root of the colour correlation of natural images (Lucid, Olah et al. 2017): the image is optimised in
@@ -119,13 +124,11 @@ def ideal_image(model: Normalized, target: int, size: int, steps: int, step_size
 
 
 def imagenet_top5(classifier: Normalized | None, names: list[str], pixels: torch.Tensor) -> list[dict[str, Any]]:
-    """The ImageNet classifier's five most probable classes for an image (averaged over the same ROBUST_VIEWS
-    views): whether a network that never saw the dataset sees the class in it too."""
+    """The ImageNet classifier's five most probable classes for an image, averaged over ROBUST_VIEWS random views
+    (seed 0): whether a network that never saw the dataset sees the class in it too."""
     if classifier is None:
         return []
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        proba = torch.softmax(classifier(views(pixels, ROBUST_VIEWS, pixels.shape[-1], generator)), 1).mean(0)
+    proba = view_probabilities(classifier, pixels, 0)
     top = proba.argsort(descending=True)[:5].tolist()
     return [{"class": names[i], "probability": round(float(proba[i]), 6)} for i in top]
 
