@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,12 @@ SHARED = ROOT.parent / "shared"
 PETS = SHARED / "data" / "oxford-iiit-pet"
 CATS_DOGS = SHARED / "data" / "cats_and_dogs_filtered"
 MOBILENET = SHARED / "weights" / "mobilenet_v2-imagenet-int8-dequantized.pth"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The engine tests first: pytest-xdist (--dist loadfile) then starts the two longest files at once, one per
+    worker, and the other files fill in around them."""
+    items.sort(key=lambda item: item.get_closest_marker("engine") is None)
 
 
 def need(path: Path) -> Path:
@@ -135,6 +142,42 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result
+
+
+def snakemake_jobs(output: str) -> set[str]:
+    """The rules of the jobs Snakemake ran or plans, from its output."""
+    return set(re.findall(r"^(?:local)?rule (\w+):", output, re.M)) - {"all"}
+
+
+def dvc_stages_ran(output: str) -> list[str]:
+    """Stage names as DVC prints them (matrix stages as name@values)."""
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
+def dvc_ran(output: str) -> set[str]:
+    """The stages DVC ran (matrix stages by their name)."""
+    return {name.split("@")[0] for name in dvc_stages_ran(output)}
+
+
+def dvc_changed(project: Path) -> set[str]:
+    """The stages DVC would run, after its check of the inputs outside the project (the always-changed inputs
+    stage, run alone) has looked at them: `dvc status` names each stage with a changed dependency."""
+    run(["dvc", "repro", "--single-item", "inputs"], project)
+    status = run(["dvc", "status"], project).stdout
+    return {m.split("@")[0] for m in re.findall(r"^(\S+):$", status, re.M)} - {"inputs"}
+
+
+def set_param(project: Path, section: str, key: str, value) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params[section][key] = value
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def git_dvc_init(project: Path) -> None:
+    """A git repository of the project as cloned: the shipped .dvc/ makes it a DVC project, no `dvc init`."""
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
+        run(cmd, project)
 
 
 def stage_io(stage: str, data_dir: Path, out: Path | None = None, wildcards: dict | None = None, **given):

@@ -3,13 +3,16 @@ import json
 import re
 import shutil
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, copy_project, run
+from conftest import ROOT, copy_project, dvc_changed, dvc_ran, dvc_stages_ran, git_dvc_init, run, set_param, snakemake_jobs
 
+# pytest-xdist runs this file's tests in one worker, in order (--dist loadfile): they change the two projects in
+# turn. Engine tests with a project of their own are in tests/test_engines_alone.py, which the other worker takes.
 pytestmark = pytest.mark.engine
 
 
@@ -17,60 +20,36 @@ def dvc_stages():
     return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 
-def snakemake_jobs(output: str) -> set[str]:
-    return set(re.findall(r"^(?:local)?rule (\w+):", output, re.M)) - {"all"}
+def run_engine(engine: str, dest) -> tuple:
+    """The project run by `engine`, again (nothing to do), then by the other engine, as the README says (after
+    Snakemake, `dvc commit -f` records its outputs; after DVC, Snakemake just runs)."""
+    if engine == "snakemake":
+        first = run(["snakemake", "--cores", "2"], dest)
+        again = run(["snakemake", "--cores", "2"], dest)
+        git_dvc_init(dest)
+        run(["dvc", "commit", "-f"], dest)
+        other = run(["dvc", "repro"], dest)
+    else:
+        git_dvc_init(dest)
+        first = run(["dvc", "repro"], dest)
+        again = run(["dvc", "repro"], dest)
+        other = run(["snakemake", "--cores", "2"], dest)
+    return dest, first.stdout + first.stderr, again.stdout + again.stderr, other.stdout + other.stderr
 
 
-def dvc_stages_ran(output: str) -> list[str]:
-    """Stage names as DVC prints them (matrix stages as name@values)."""
-    return re.findall(r"Running stage '([^']+)'", output)
-
-
-def dvc_ran(output: str) -> set[str]:
-    return {name.split("@")[0] for name in dvc_stages_ran(output)}
-
-
-def dvc_changed(project) -> set[str]:
-    """The stages DVC would run, after its check of the inputs outside the project (the always-changed inputs
-    stage, run alone) has looked at them: `dvc status` names each stage with a changed dependency."""
-    run(["dvc", "repro", "--single-item", "inputs"], project)
-    status = run(["dvc", "status"], project).stdout
-    return {m.split("@")[0] for m in re.findall(r"^(\S+):$", status, re.M)} - {"inputs"}
-
-
-def set_param(project, section, key, value):
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params[section][key] = value
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def git_dvc_init(project):
-    """A git repository of the project as cloned: the shipped .dvc/ makes it a DVC project, no `dvc init`."""
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
-        run(cmd, project)
+def on_both(check, projects) -> list:
+    """`check(project)` on each project at once (two independent copies: their commands are mostly start-up)."""
+    with ThreadPoolExecutor(len(projects)) as pool:
+        return list(pool.map(check, projects))
 
 
 @pytest.fixture(scope="module")
 def both_engines(tmp_path_factory):
-    """One tiny project run by Snakemake and an identical one run by DVC; then each by the other engine, as the
-    README says (after Snakemake, `dvc commit -f` records its outputs; after DVC, Snakemake just runs)."""
-    out = {}
-    for engine in ("snakemake", "dvc"):
-        dest = copy_project(tmp_path_factory.mktemp(engine))
-        if engine == "snakemake":
-            first = run(["snakemake", "--cores", "2"], dest)
-            again = run(["snakemake", "--cores", "2"], dest)
-            git_dvc_init(dest)
-            run(["dvc", "commit", "-f"], dest)
-            other = run(["dvc", "repro"], dest)
-        else:
-            git_dvc_init(dest)
-            first = run(["dvc", "repro"], dest)
-            again = run(["dvc", "repro"], dest)
-            other = run(["snakemake", "--cores", "2"], dest)
-        out[engine] = (dest, first.stdout + first.stderr, again.stdout + again.stderr, other.stdout + other.stderr)
-    return out
+    """One tiny project run by Snakemake and an identical one run by DVC, side by side; then each by the other
+    engine (`run_engine`). The suite's only two full pipeline runs."""
+    engines = ("snakemake", "dvc")
+    copies = [copy_project(tmp_path_factory.mktemp(engine)) for engine in engines]
+    return dict(zip(engines, on_both(lambda pair: run_engine(*pair), list(zip(engines, copies)))))
 
 
 def test_full_runs_then_noop(both_engines):
@@ -173,16 +152,21 @@ def planned_then_restored(project, section, key, value) -> set[str]:
 
 def test_head_param_change_never_reruns_extraction(both_engines):
     # fine-tune warm-starts from the head, so it follows the head; download, split and extract do not re-run.
-    # DVC runs (it re-runs what follows a stage only where that stage's outputs changed); Snakemake plans.
+    # Both engines plan: `dvc status` names the stages that read head.C_grid, and DVC's dry run of the head and of
+    # what follows (DVC re-runs a following stage where the head's outputs changed, as a new C grid changes them).
     sm_dir, dvc_dir = both_engines["snakemake"][0], both_engines["dvc"][0]
-    set_param(dvc_dir, "head", "C_grid", [0.5])
-    dv = run(["dvc", "repro"], dvc_dir)
     expected = {"train_head", "evaluate_probe", "finetune", "evaluate_finetune", "export", "visualize", "sweep_point",
                 "sweep_aggregate", "report"}
     assert planned_then_restored(sm_dir, "head", "C_grid", [0.5]) == expected
-    assert dvc_ran(dv.stdout + dv.stderr) == expected | {"inputs"}  # DVC's check of the data outside the project
-    search = pd.read_csv(dvc_dir / "results/head/search.csv")
-    assert search["C"].tolist() == [0.5]
+    text = (dvc_dir / "params.yaml").read_text()
+    set_param(dvc_dir, "head", "C_grid", [0.5])
+    try:
+        changed = dvc_changed(dvc_dir)
+        dry = run(["dvc", "repro", "--dry", "--downstream", "--force-downstream", "train_head"], dvc_dir)
+    finally:
+        (dvc_dir / "params.yaml").write_text(text)
+    assert changed == {"train_head", "sweep_point", "report"}  # the sweep's points train heads too; the report shows C
+    assert dvc_ran(dry.stdout + dry.stderr) == expected
 
 
 def test_bad_params_fail_before_any_work(both_engines):
@@ -350,101 +334,6 @@ def test_one_more_fraction_computes_only_the_new_point(both_engines):
     assert sorted(pd.read_csv(dvc_dir / "results/curve/curve.csv")["fraction"].unique()) == [0.5, 0.75, 1.0]
 
 
-def test_snakemake_lint_leaves_only_the_lints_the_snakefile_justifies(tmp_path):
-    project = copy_project(tmp_path)
-    lint = run(["snakemake", "--lint"], project, check=False)
-    titles = set(re.findall(r"^    \* (.+?):$", lint.stdout + lint.stderr, re.M))
-    assert titles == {"Specify a conda environment or container for each rule.",
-                      "Shell command directly uses variable PY from outside of the rule"}
-    assert "conda environment or container" in (ROOT / "Snakefile").read_text()
-
-
-@pytest.mark.parametrize("profile", ["local", "slurm"])
-def test_profiles_dry_run(tmp_path, profile):
-    project = copy_project(tmp_path)
-    dry = run(["snakemake", "-n", "--profile", f"profiles/{profile}"], project)
-    output = dry.stdout + dry.stderr
-    assert f"Using profiles profiles/{profile} and workflow specific profile profiles/default" in output
-    assert snakemake_jobs(output) == {"download", "split", "extract", "train_head", "evaluate_probe",
-                                      "frozen_cache", "finetune", "evaluate_finetune", "export", "visualize",
-                                      "sweep_extract", "sweep_frozen", "sweep_point", "sweep_aggregate", "report"}
-    if profile == "slurm":  # GPU rules ask the cluster for a GPU, the others for the CPU partition
-        assert re.search(r"rule sweep_point:.*?resources:[^\n]*slurm_partition=gpu[^\n]*gpu=1", output, re.S)
-        assert re.search(r"rule split:.*?resources:[^\n]*slurm_partition=cpu", output, re.S)
-
-
-SKIPPED = (("results/frozen/meta.json", "finetune.enabled: false"),
-           ("results/finetune/summary.json", "finetune.enabled: false"),
-           ("results/metrics/finetune.json", "finetune.enabled: false"),
-           ("results/eval/finetune/skipped.json", "finetune.enabled: false"),
-           ("results/visualize/summary.json", "visualize.enabled: false"),
-           ("results/curve/summary.json", "sweep.enabled: false"))
-
-
-def test_stages_switched_off_are_left_out_by_snakemake_marked_skipped_by_both_and_handed_over(tmp_path):
-    """Snakemake plans no switched-off stage and leaves their 'skipped' records, so `dvc commit` finds every
-    output and DVC then runs nothing; DVC, made to run the switched-off stages with their outputs gone, runs
-    them, and they write the same records."""
-    from transferlab.stages import TABLE, dvc_outs
-
-    project = copy_project(tmp_path)
-    for section in ("finetune", "visualize", "sweep"):
-        set_param(project, section, "enabled", False)
-    planned = snakemake_jobs(run(["snakemake", "-n", "--cores", "2"], project).stdout)
-    assert planned == {"download", "split", "extract", "train_head", "evaluate_probe", "export", "report"}
-    ran = run(["snakemake", "--cores", "2"], project)
-    assert snakemake_jobs(ran.stdout + ran.stderr) == planned
-    git_dvc_init(project)
-    run(["dvc", "commit", "-f"], project)
-    assert dvc_changed(project) == set()
-    assert dvc_ran(run(["dvc", "repro"], project).stdout) == {"inputs"}
-    switched_off = [name for name, stage in TABLE.items() if stage.enabled_by]  # in the order they run
-    for name in switched_off:
-        for out in dvc_outs(name):
-            for path in project.glob(out.split("{")[0].rstrip("/")):
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
-    ran = dvc_ran(run(["dvc", "repro", "--force", "--single-item", *switched_off], project).stdout)
-    assert ran == set(switched_off), ran  # (a plain `dvc repro` would restore them from its cache instead)
-    for path, reason in SKIPPED:
-        assert json.loads((project / path).read_text()) == {"skipped": True, "reason": reason}, path
-    assert not (project / "results/finetune/model.pt").exists()
-    assert json.loads((project / "results/model/summary.json").read_text())["method"] == "probe"
-    page = (project / "results/report.html").read_text()
-    assert "not run (visualize.enabled: false)" in page and "not run (sweep.enabled: false)" in page
-    assert dvc_changed(project) == set()
-
-
-def test_queued_experiments_run_with_data_outside_the_project(both_engines):
-    """`dvc exp run --queue` + `dvc queue start -j 2`: each experiment runs in a copy under .dvc/tmp/exps, where
-    ../images would not resolve; it finds the project's data, and `dvc exp show` lists each one's metrics."""
-    import time
-
-    project = both_engines["dvc"][0]
-    run(["git", "add", "-A"], project)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "before the queue", "--allow-empty"],
-        project)
-    for lr in ("0.002", "0.003"):
-        run(["dvc", "exp", "run", "--queue", "-S", f"finetune.lr={lr}"], project)
-    run(["dvc", "queue", "start", "-j", "2"], project)
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        status = run(["dvc", "queue", "status"], project).stdout
-        if not re.search(r"\b(Queued|Running)\b", status):
-            break
-        time.sleep(5)
-    run(["dvc", "queue", "stop"], project, check=False)
-    assert status.count("Success") == 2, status + run(["dvc", "queue", "logs", status.split()[-4]], project,
-                                                       check=False).stdout[-3000:]
-    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
-    found = {}
-    for row in shown:
-        for experiment in [e for e in row.get("experiments") or [] for e in e["revs"]]:
-            data = experiment["data"]
-            lr = data["params"]["params.yaml"]["data"]["finetune"]["lr"]
-            found[lr] = data["metrics"]["results/metrics/finetune.json"]["data"]["accuracy"]
-    assert {0.002, 0.003} <= set(found) and all(isinstance(found[lr], float) for lr in (0.002, 0.003)), found
-
-
 def change_input(parent, what: str) -> None:
     """Change one input outside a project copy: its images/ folder or its checkpoint."""
     import shutil
@@ -471,11 +360,16 @@ def test_inputs_are_versioned_in_both_engines(both_engines):
     plans = {"nothing": (set(), set()), "add an image": (everything, {"download"}),
              "change an image": (everything, {"download"}),
              "replace the checkpoint": (everything - {"download", "split"}, reads_weights)}
-    for project in (both_engines["snakemake"][0], both_engines["dvc"][0]):
-        for what, (snakemake_plans, dvc_plans) in plans.items():
+
+    def plans_of(project) -> dict[str, tuple[set[str], set[str]]]:
+        found = {}
+        for what in plans:
             run(["dvc", "commit", "-f"], project)  # accept the state as it is (DVC may rewrite files it caches,
             run(["snakemake", "--cores", "1", "--touch"], project)  # so Snakemake's times are set last)
             change_input(project.parent, what)
             planned = run(["snakemake", "-n", "--cores", "2"], project)
-            assert snakemake_jobs(planned.stdout + planned.stderr) == snakemake_plans, what
-            assert dvc_changed(project) == dvc_plans, what
+            found[what] = (snakemake_jobs(planned.stdout + planned.stderr), dvc_changed(project))
+        return found
+
+    for found in on_both(plans_of, [both_engines["snakemake"][0], both_engines["dvc"][0]]):
+        assert found == plans

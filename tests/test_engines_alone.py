@@ -1,0 +1,111 @@
+"""Engine tests with a tiny project of their own (run by pytest-xdist beside tests/test_engines.py's): the
+Snakefile's lints, the profiles' plans, stages switched off in both engines, and DVC's queue of experiments."""
+import json
+import re
+import shutil
+
+import pytest
+from conftest import ROOT, copy_project, dvc_changed, dvc_ran, git_dvc_init, run, run_stages, set_param, snakemake_jobs
+
+pytestmark = pytest.mark.engine
+
+
+def test_snakemake_lint_leaves_only_the_lints_the_snakefile_justifies(tmp_path):
+    project = copy_project(tmp_path)
+    lint = run(["snakemake", "--lint"], project, check=False)
+    titles = set(re.findall(r"^    \* (.+?):$", lint.stdout + lint.stderr, re.M))
+    assert titles == {"Specify a conda environment or container for each rule.",
+                      "Shell command directly uses variable PY from outside of the rule"}
+    assert "conda environment or container" in (ROOT / "Snakefile").read_text()
+
+
+@pytest.mark.parametrize("profile", ["local", "slurm"])
+def test_profiles_dry_run(tmp_path, profile):
+    project = copy_project(tmp_path)
+    dry = run(["snakemake", "-n", "--profile", f"profiles/{profile}"], project)
+    output = dry.stdout + dry.stderr
+    assert f"Using profiles profiles/{profile} and workflow specific profile profiles/default" in output
+    assert snakemake_jobs(output) == {"download", "split", "extract", "train_head", "evaluate_probe",
+                                      "frozen_cache", "finetune", "evaluate_finetune", "export", "visualize",
+                                      "sweep_extract", "sweep_frozen", "sweep_point", "sweep_aggregate", "report"}
+    if profile == "slurm":  # GPU rules ask the cluster for a GPU, the others for the CPU partition
+        assert re.search(r"rule sweep_point:.*?resources:[^\n]*slurm_partition=gpu[^\n]*gpu=1", output, re.S)
+        assert re.search(r"rule split:.*?resources:[^\n]*slurm_partition=cpu", output, re.S)
+
+
+SKIPPED = (("results/frozen/meta.json", "finetune.enabled: false"),
+           ("results/finetune/summary.json", "finetune.enabled: false"),
+           ("results/metrics/finetune.json", "finetune.enabled: false"),
+           ("results/eval/finetune/skipped.json", "finetune.enabled: false"),
+           ("results/visualize/summary.json", "visualize.enabled: false"),
+           ("results/curve/summary.json", "sweep.enabled: false"))
+
+
+def test_stages_switched_off_are_left_out_by_snakemake_marked_skipped_by_both_and_handed_over(tmp_path):
+    """Snakemake plans no switched-off stage and leaves their 'skipped' records, so `dvc commit` finds every
+    output and DVC then runs nothing; DVC, made to run the switched-off stages with their outputs gone, runs
+    them, and they write the same records."""
+    from transferlab.stages import TABLE, dvc_outs
+
+    project = copy_project(tmp_path)
+    for section in ("finetune", "visualize", "sweep"):
+        set_param(project, section, "enabled", False)
+    planned = snakemake_jobs(run(["snakemake", "-n", "--cores", "2"], project).stdout)
+    assert planned == {"download", "split", "extract", "train_head", "evaluate_probe", "export", "report"}
+    ran = run(["snakemake", "--cores", "2"], project)
+    assert snakemake_jobs(ran.stdout + ran.stderr) == planned
+    git_dvc_init(project)
+    run(["dvc", "commit", "-f"], project)
+    assert dvc_changed(project) == set()
+    assert dvc_ran(run(["dvc", "repro"], project).stdout) == {"inputs"}
+    switched_off = [name for name, stage in TABLE.items() if stage.enabled_by]  # in the order they run
+    for name in switched_off:
+        for out in dvc_outs(name):
+            for path in project.glob(out.split("{")[0].rstrip("/")):
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+    ran = dvc_ran(run(["dvc", "repro", "--force", "--single-item", *switched_off], project).stdout)
+    assert ran == set(switched_off), ran  # (a plain `dvc repro` would restore them from its cache instead)
+    for path, reason in SKIPPED:
+        assert json.loads((project / path).read_text()) == {"skipped": True, "reason": reason}, path
+    assert not (project / "results/finetune/model.pt").exists()
+    assert json.loads((project / "results/model/summary.json").read_text())["method"] == "probe"
+    page = (project / "results/report.html").read_text()
+    assert "not run (visualize.enabled: false)" in page and "not run (sweep.enabled: false)" in page
+    assert dvc_changed(project) == set()
+
+
+def test_queued_experiments_run_with_data_outside_the_project(tmp_path):
+    """`dvc exp run --queue` + `dvc queue start -j 2`: each experiment runs in a copy under .dvc/tmp/exps, where
+    ../images would not resolve; it finds the project's data, and `dvc exp show` lists each one's metrics. A project
+    of its own (visualize and the sweep off), so that the queue runs beside tests/test_engines.py."""
+    import time
+
+    project = copy_project(tmp_path)
+    for section in ("visualize", "sweep"):
+        set_param(project, section, "enabled", False)
+    run_stages(project)  # trained in this process, then handed to DVC as after Snakemake (README)
+    git_dvc_init(project)
+    run(["dvc", "commit", "-f"], project)
+    run(["git", "add", "-A"], project)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "before the queue"], project)
+    assert dvc_changed(project) == set()
+    for lr in ("0.002", "0.003"):
+        run(["dvc", "exp", "run", "--queue", "-S", f"finetune.lr={lr}"], project)
+    run(["dvc", "queue", "start", "-j", "2"], project)
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        status = run(["dvc", "queue", "status"], project).stdout
+        if not re.search(r"\b(Queued|Running)\b", status):
+            break
+        time.sleep(1)
+    run(["dvc", "queue", "stop"], project, check=False)
+    assert status.count("Success") == 2, status + run(["dvc", "queue", "logs", status.split()[-4]], project,
+                                                       check=False).stdout[-3000:]
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
+    found = {}
+    for row in shown:
+        for experiment in [e for e in row.get("experiments") or [] for e in e["revs"]]:
+            data = experiment["data"]
+            lr = data["params"]["params.yaml"]["data"]["finetune"]["lr"]
+            found[lr] = data["metrics"]["results/metrics/finetune.json"]["data"]["accuracy"]
+    assert {0.002, 0.003} <= set(found) and all(isinstance(found[lr], float) for lr in (0.002, 0.003)), found
