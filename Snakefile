@@ -59,7 +59,7 @@ onsuccess:
 
 
 wildcard_constraints:
-    backbone="[A-Za-z0-9_]+",
+    backbone="(timm/)?[A-Za-z0-9_.]+",  # a torchvision name, or timm/<architecture[.tag]>
     fraction="[0-9]+[.][0-9]+",
     seed="[0-9]+",
 

@@ -3,7 +3,8 @@
     python benchmarks/run.py                  # every row (about 75 min on 2 cores; row 8 alone ~40)
     python benchmarks/run.py --rows 1 2 3     # some rows (row 9: the same numbers on other CPU kernels, ~3 min;
                                               # row 10: the learning-rate search against one rate, ~6 min;
-                                              # row 11: stage start-up and the exp-run cost, before/after, ~25 min)
+                                              # row 11: stage start-up and the exp-run cost, before/after, ~25 min;
+                                              # row 12: a timm ViT-S: extraction and cached fine-tune, ~6 min)
 
 All rows come from the same run and print as one Markdown table (also written to --out as JSON). Needs the
 shared offline data (../shared): Oxford-IIIT Pet photos and the ImageNet MobileNetV2 state_dict. ResNet-50 runs
@@ -51,6 +52,7 @@ MODELS = {
     "mobilenet_v2": {"backbone": "mobilenet_v2", "weights": "IMAGENET1K_V1", "checkpoint": str(MOBILENET),
                      "image_size": None},
 }
+VIT = {"backbone": "timm/vit_small_patch16_224", "weights": "none", "checkpoint": None, "image_size": None}
 ROWS: list[dict] = []
 
 
@@ -109,8 +111,8 @@ def gflop_per_image(name: str) -> float:
 
 def forward_rates(name: str, batch: int = 32, repeat: int = 2) -> dict[str, float]:
     """Forward-only img/s of each engine/precision on a ready uint8 batch (no decoding)."""
-    extractor, _, _ = backbones.load_feature_extractor(MODELS[name])
-    plain = backbones.preprocessing(MODELS[name])
+    extractor, _, _ = backbones.load_feature_extractor(MODELS.get(name, VIT))
+    plain = backbones.preprocessing(MODELS.get(name, VIT))
     model = backbones.Normalized(extractor, plain.mean, plain.std, scale=255)
     x = torch.randint(0, 256, (batch, 3, 224, 224), dtype=torch.uint8)
     out: dict[str, float] = {}
@@ -145,7 +147,7 @@ def decode_rates(paths: list[Path]) -> dict[str, float]:
         return {"PIL + weights.transforms() (notebooks)": rate(lambda: [plain(Image.open(p).convert("RGB"))
                                                                          for p in paths], len(paths), 2),
                 "torchvision.io / PIL draft + uint8 v2 resize (ours)": rate(
-                    lambda: [ours(load_tensor(p, plain.resize_size[0])) for p in paths], len(paths), 2)}
+                    lambda: [ours(load_tensor(p, plain.resize)) for p in paths], len(paths), 2)}
 
 
 # -- 3. the extract stage end to end ------------------------------------------------------------------------------
@@ -167,7 +169,7 @@ def dataset(work: Path, n_per_class: int | None) -> Path:
 
 def extract_rate(name: str, data_dir: Path, work: Path, engine: str, precision: str, tag: str = "") -> float:
     """img/s of features.run (all splits, decode included)."""
-    params = validate({"data": {"dataset": "oxford_pets", "source": str(PETS)}, "model": MODELS[name],
+    params = validate({"data": {"dataset": "oxford_pets", "source": str(PETS)}, "model": MODELS.get(name, VIT),
                        "features": {"engine": engine, "precision": precision}})
     meta = features.run(params, stages.io("extract", data_dir.parent,
                                           work / f"feat-{name}-{engine}-{precision}{tag}"))
@@ -407,6 +409,33 @@ def cache_costs(work: Path) -> dict[str, float]:
     return out
 
 
+# -- 12. a timm ViT: extraction and the cached fine-tune against its forward-only rate ------------------------------
+
+def vit_finetune_rates(data_dir: Path, work: Path) -> dict[str, float]:
+    """Fine-tune img/s of timm ViT-S (random weights, the last 2 of 12 blocks) from the frozen-prefix cache (the
+    first 10 blocks' token sequences, computed once) and on the fly; and the cache's own img/s."""
+    from transferlab import finetune, frozen
+
+    base = {"data": {"dataset": "oxford_pets", "source": str(PETS)}, "model": VIT,
+            "finetune": {"epochs": 1, "unfreeze": 2, "lr": 1e-5, "batch_size": 32, "range_test_steps": 0}}
+    feat = work / "feat-vit"
+    features.run(validate(base), stages.io("extract", data_dir.parent, feat))
+    train, val = (read_arrays(feat / f"{s}.npz") for s in ("train", "val"))
+    probe, _ = head.fit(train, val, {"C_grid": [1.0], "max_iter": 300, "refit_on": "train"})
+    head.save(probe, work / "vit-probe.npz", [str(c) for c in train["classes"]])
+    out = {}
+    for cache in ("auto", "never"):
+        params = validate({**base, "finetune": {**base["finetune"], "cache": cache}})
+        folder = work / f"vit-frozen-{cache}"
+        meta = frozen.run(params, stages.io("frozen_cache", data_dir.parent, folder))
+        if meta["cached"]:
+            out["frozen-prefix cache (once): img/s"] = sum(meta["parts"][p]["views"] for p in meta["parts"]) / meta["seconds"]
+        summary = finetune.run(params, stages.io("finetune", data_dir.parent, work / f"vit-ft-{cache}",
+                                                 probe=work / "vit-probe.npz", frozen=folder / "meta.json"))
+        out[f"fine-tune {'from the cache' if cache == 'auto' else 'on the fly'}: img/s"] = summary["train_images_per_s"]
+    return out
+
+
 # -- 10. the fine-tune's learning-rate search ------------------------------------------------------------------------
 
 def _set_params(project: Path, section: str, **values: object) -> None:
@@ -523,7 +552,7 @@ def memory_run(work: Path, n: int) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, nargs="+", default=list(range(1, 12)))
+    parser.add_argument("--rows", type=int, nargs="+", default=list(range(1, 13)))
     parser.add_argument("--before", default=BASELINE, help=f"row 11's baseline commit (default {BASELINE})")
     parser.add_argument("--after", default="HEAD", help="row 11's commit to compare (default HEAD)")
     parser.add_argument("--resnet-images", type=int, default=4, help="ResNet-50 train photos per class (row 3/4)")
@@ -650,6 +679,17 @@ def main() -> None:
             row("11", f"{version}: dvc exp run -S finetune.lr=2e-5 evaluate_finetune / dvc repro",
                 c["dvc exp run evaluate_finetune"] / c["dvc repro"], "ratio",
                 f"{c['dvc exp run evaluate_finetune']:.0f} s: the fine-tune and its test scores only")
+    if 12 in args.rows:
+        forward = forward_rates("vit_small", repeat=1)
+        best = max(v for k, v in forward.items() if "float32" in k)
+        for what, value in forward.items():
+            row("12", f"timm vit_small_patch16_224 forward only: {what}", value, "img/s", "random weights, 224 px")
+        value = extract_rate("vit_small", small, work, "auto", "float32")
+        row("12", "timm vit_small_patch16_224 extract stage end to end, float32", value, "img/s",
+            f"{value / best:.0%} of best fp32 forward-only")
+        for what, value in vit_finetune_rates(small, work).items():
+            row("12", f"timm vit_small_patch16_224 {what}", value, "img/s",
+                f"{value / best:.0%} of best fp32 forward-only (unfreeze 2 of 12 blocks)")
     if 7 in args.rows:
         rss, seconds = memory_run(work, args.memory_images)
         row("7", f"extract stage peak RSS, {args.memory_images} synthetic Pets-sized JPEGs", rss, "MB",

@@ -68,22 +68,25 @@ TINY_PARAMS = {  # data and checkpoint outside the project, as the shipped param
     "visualize": {"enabled": True, "steps": 5, "image_size": 32, "adversarial_steps": 3, "adversarial_images": 1},
     "sweep": {"enabled": True, "backbones": ["resnet18"], "fractions": [0.5, 1.0], "seeds": [0]},
 }
+TIMM_CONVNEXT = {"backbone": "timm/convnext_atto", "checkpoint": "../weights/convnext_atto.pth"}  # beside images/
 
 
 def random_checkpoint(path: Path, backbone: str = "resnet18", seed: int = 0) -> Path:
-    """A seeded random-init state_dict of a torchvision model, as a user's checkpoint file."""
+    """A seeded random-init state_dict of a model of any family, as a user's checkpoint file."""
     import torch
-    from torchvision import models
 
-    torch.manual_seed(seed)
+    from transferlab.backbones import load_classifier
+
+    model, _ = load_classifier({"backbone": backbone, "weights": "none", "checkpoint": None, "image_size": None}, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(models.get_model(backbone, weights=None).state_dict(), path)
+    torch.save(model.state_dict(), path)
     return path
 
 
 def copy_project(parent: Path) -> Path:
     """A temporary copy of the project (git-tracked layout) with tiny params, and beside it (outside the project,
-    as ../shared is) a tiny synthetic dataset `images/` and a random-init checkpoint `weights/resnet18.pth`."""
+    as ../shared is) a tiny synthetic dataset `images/` and random-init checkpoints `weights/resnet18.pth` (torchvision,
+    model.backbone) and `weights/convnext_atto.pth` (timm: TIMM_CONVNEXT, for the tests that run a timm backbone)."""
     dest = parent / "project"
     dest.mkdir()
     for name in ("Snakefile", "dvc.yaml", "pyproject.toml", "requirements.lock", ".gitignore", ".dvcignore", ".dvc",
@@ -95,6 +98,7 @@ def copy_project(parent: Path) -> Path:
             shutil.copy2(src, dest / name)
     make_tree(parent / "images", {"ant": 8, "bee": 8, "cat": 8})
     random_checkpoint(parent / "weights" / "resnet18.pth")
+    random_checkpoint(parent / "weights" / "convnext_atto.pth", "timm/convnext_atto")
     write_params(dest / "params.yaml", **TINY_PARAMS)
     return dest
 

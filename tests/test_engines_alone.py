@@ -1,11 +1,23 @@
 """Engine tests with a tiny project of their own (run by pytest-xdist beside tests/test_engines.py's): the
-Snakefile's lints, the profiles' plans, stages switched off in both engines, and DVC's queue of experiments."""
+Snakefile's lints, the profiles' plans, a sweep over two backbone families planned by both, stages switched off in
+both engines (on a timm backbone), and DVC's queue of experiments (fine-tuning a timm backbone)."""
 import json
 import re
 import shutil
 
 import pytest
-from conftest import ROOT, copy_project, dvc_changed, dvc_ran, git_dvc_init, run, run_stages, set_param, snakemake_jobs
+from conftest import (
+    ROOT,
+    TIMM_CONVNEXT,
+    copy_project,
+    dvc_changed,
+    dvc_ran,
+    git_dvc_init,
+    run,
+    run_stages,
+    set_param,
+    snakemake_jobs,
+)
 
 pytestmark = pytest.mark.engine
 
@@ -33,6 +45,25 @@ def test_profiles_dry_run(tmp_path, profile):
         assert re.search(r"rule split:.*?resources:[^\n]*slurm_partition=cpu", output, re.S)
 
 
+def test_both_engines_plan_a_sweep_over_two_families(tmp_path):
+    """A timm name holds a slash: Snakemake's wildcards and DVC's matrix both take it, the sweep's folders nest
+    under results/sweep/timm/ (tests/test_backbones.py runs such a sweep stage by stage)."""
+    project = copy_project(tmp_path)
+    set_param(project, "sweep", "backbones", ["resnet18", TIMM_CONVNEXT["backbone"]])
+    set_param(project, "sweep", "checkpoints", {TIMM_CONVNEXT["backbone"]: TIMM_CONVNEXT["checkpoint"]})
+    planned = run(["snakemake", "-n", "--cores", "2", "-p"], project)
+    output = planned.stdout + planned.stderr
+    assert output.count("rule sweep_point:") == 4 and output.count("rule sweep_extract:") == 2
+    assert "sweep_extract.py --backbone timm/convnext_atto" in output
+    assert "results/sweep/timm/convnext_atto/features/train.npz" in output
+    assert "results/sweep/timm/convnext_atto/0.5/0/metrics.json" in output
+    git_dvc_init(project)
+    status = run(["dvc", "status"], project).stdout  # every stage, nothing run yet: each named by its matrix values
+    stages = re.findall(r"^(\S+):$", status, re.M)
+    assert {"sweep_extract@timm/convnext_atto", "sweep_frozen@timm/convnext_atto-0",
+            "sweep_point@timm/convnext_atto-0.5-0", "sweep_point@timm/convnext_atto-1.0-0"} <= set(stages)
+
+
 SKIPPED = (("results/frozen/meta.json", "finetune.enabled: false"),
            ("results/finetune/summary.json", "finetune.enabled: false"),
            ("results/metrics/finetune.json", "finetune.enabled: false"),
@@ -50,6 +81,8 @@ def test_stages_switched_off_are_left_out_by_snakemake_marked_skipped_by_both_an
     project = copy_project(tmp_path)
     for section in ("finetune", "visualize", "sweep"):
         set_param(project, section, "enabled", False)
+    for key, value in TIMM_CONVNEXT.items():  # a timm backbone, run by Snakemake (and DVC, below)
+        set_param(project, "model", key, value)
     planned = snakemake_jobs(run(["snakemake", "-n", "--cores", "2"], project).stdout)
     assert planned == {"download", "split", "extract", "train_head", "evaluate_probe", "export", "report"}
     ran = run(["snakemake", "--cores", "2"], project)
@@ -77,12 +110,14 @@ def test_stages_switched_off_are_left_out_by_snakemake_marked_skipped_by_both_an
 def test_queued_experiments_run_with_data_outside_the_project(tmp_path):
     """`dvc exp run --queue` + `dvc queue start -j 2`: each experiment runs in a copy under .dvc/tmp/exps, where
     ../images would not resolve; it finds the project's data, and `dvc exp show` lists each one's metrics. A project
-    of its own (visualize and the sweep off), so that the queue runs beside tests/test_engines.py."""
+    of its own (a timm backbone; visualize and the sweep off), so that the queue runs beside tests/test_engines.py."""
     import time
 
     project = copy_project(tmp_path)
     for section in ("visualize", "sweep"):
         set_param(project, section, "enabled", False)
+    for key, value in TIMM_CONVNEXT.items():  # a timm backbone fine-tuned by DVC's queued experiments
+        set_param(project, "model", key, value)
     run_stages(project)  # trained in this process, then handed to DVC as after Snakemake (README)
     git_dvc_init(project)
     run(["dvc", "commit", "-f"], project)

@@ -127,9 +127,11 @@ def test_missing_weights_say_where_to_put_them(tmp_path, monkeypatch):
 
 
 def test_split_classifier_keeps_penultimate():
+    from transferlab import family_torchvision
+
     model = models.vgg11(num_classes=10)
-    _, linear = backbones.split_classifier(model)
-    assert linear.in_features == 4096 and isinstance(model.classifier[-1], torch.nn.Identity)
+    _, dim = family_torchvision.split(model)
+    assert dim == 4096 and isinstance(model.classifier[-1], torch.nn.Identity)
 
 
 def blobs(n=30, classes=3, dim=6, seed=0):

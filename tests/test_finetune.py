@@ -8,7 +8,6 @@ import torch
 from conftest import stage_io
 from test_features_head import prepare, tiny_params
 from torch import nn
-from torchvision import models
 
 from transferlab import backbones, features, finetune, frozen, head, selection, stages, tuning
 from transferlab.atomic import read_arrays
@@ -19,8 +18,8 @@ from transferlab.transforms import evaluation
 
 
 def net(name: str) -> finetune.FineTuneNet:
-    body, linear = backbones.split_classifier(models.get_model(name, weights=None))
-    return finetune.FineTuneNet(body, nn.Linear(linear.in_features, 3))
+    body, dim = backbones.architecture({"backbone": name, "weights": "none", "checkpoint": None, "image_size": None})
+    return finetune.FineTuneNet(body, nn.Linear(dim, 3))
 
 
 def trainable(model: nn.Module) -> set[str]:
@@ -37,6 +36,9 @@ def prefixes(model: nn.Module, *names: str) -> set[str]:
     ("mobilenet_v2", ("backbone.features.18.",), ("backbone.features.17.",)),
     ("mobilenet_v3_small", ("backbone.classifier.",), ("backbone.features.12.",)),
     ("efficientnet_b0", ("backbone.features.8.",), ("backbone.features.7.",)),
+    ("timm/resnet18", ("backbone.layer4.",), ("backbone.layer3.",)),
+    ("timm/convnext_atto", ("backbone.stages.3.", "backbone.head.norm."), ("backbone.stages.2.",)),
+    ("timm/vit_tiny_patch16_224", ("backbone.blocks.11.", "backbone.norm."), ("backbone.blocks.10.",)),
 ])
 def test_unfreeze_policy_per_family(name, last, second):
     model = net(name)

@@ -10,6 +10,7 @@ from torchvision import models
 
 from transferlab import backbones, batches, engines
 from transferlab.images import load_encoded, load_rgb, load_tensor
+from transferlab.preprocessing import Preprocessing
 from transferlab.transforms import evaluation
 
 
@@ -40,8 +41,10 @@ def test_large_jpegs_are_decoded_reduced_but_never_below_the_resize(tmp_path):
 
 def test_fast_preprocessing_matches_the_weights_transform(tmp_path):
     plain = backbones.preprocessing({"backbone": "resnet50", "weights": "IMAGENET1K_V2", "image_size": None})
+    assert plain == Preprocessing(232, 224, "bilinear", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     path = photo(tmp_path / "x.jpg", (500, 375))
-    fast, reference = evaluation(plain)(load_tensor(path)), plain(load_rgb(path))
+    reference = models.ResNet50_Weights.IMAGENET1K_V2.transforms()(load_rgb(path))  # torchvision's own, on PIL
+    fast = evaluation(plain)(load_tensor(path))
     assert fast.shape == reference.shape == (3, 224, 224)
     assert (fast - reference).abs().mean() < 0.02  # uint8 vs float resampling: a fraction of one grey level
 

@@ -108,13 +108,14 @@ from transferlab import layout, params, stages
 from conftest import ROOT
 import yaml
 config = params.validate(params.complete(yaml.safe_load((ROOT / "params.yaml").read_text())), ROOT)
-print(json.dumps({"torch": "torch" in sys.modules, "points": len(layout.points(config))}))
+print(json.dumps({"torch": "torch" in sys.modules, "timm": "timm" in sys.modules, "points": len(layout.points(config))}))
 """
 
 
 def test_params_validation_as_the_snakefile_parses_imports_no_torch_once_names_are_known(tmp_path):
-    """The Snakefile validates params at every parse (every no-op run, every cluster job): torchvision's model
-    and weights names are remembered per torchvision version, so only the first parse imports torch."""
+    """The Snakefile validates params at every parse (every no-op run, every cluster job): the backbone family's
+    model and weights names are remembered per version of the family's package, so only the first parse imports
+    torch; the shipped torchvision backbone never loads timm."""
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
     tests = Path(__file__).parent
 
@@ -124,12 +125,12 @@ def test_params_validation_as_the_snakefile_parses_imports_no_torch_once_names_a
         return json.loads(out.stdout)
 
     assert parse()["torch"] is True  # the first time: names read from torchvision, then remembered
-    [remembered] = (tmp_path / "transferlab").glob("torchvision-*-models.json")
+    [remembered] = (tmp_path / "transferlab").glob("torchvision-*-names.json")
     again = parse()
-    assert again["torch"] is False and again["points"] > 0
+    assert again["torch"] is False and again["timm"] is False and again["points"] > 0
     names = json.loads(remembered.read_text())
     assert sorted(names) == sorted(models.list_models(module=models))
-    assert names["resnet50"] == {"name": "ResNet50_Weights", "members": ["IMAGENET1K_V1", "IMAGENET1K_V2", "DEFAULT"]}
+    assert names["resnet50"] == ["IMAGENET1K_V1", "IMAGENET1K_V2", "DEFAULT"]
     remembered.write_text("{damaged")
     assert parse()["torch"] is True and json.loads(remembered.read_text()) == names  # a damaged file is rebuilt
 

@@ -92,7 +92,7 @@ def test_export_check_refuses_a_graph_that_disagrees(project):
     from transferlab.batches import ImageList
     plain = preprocessing(params)
     images = ImageList(project.parent / "images", frame, params["classes"], transforms.evaluation(plain, normalize=False),
-                       plain.resize_size[0])
+                       plain.resize)
     reference = lambda x: module(x).detach().numpy()  # noqa: E731
     assert export.check(module, reference, images, 3, 4)["top1_differences"] == 0
     with pytest.raises(ValueError, match="disagrees with torch"):

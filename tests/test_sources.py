@@ -29,7 +29,7 @@ def test_manifests_follow_content_and_keep_their_time_when_it_does_not_change(tm
     make_tree(tmp_path / "images", {"ant": 3, "bee": 3})
     random_checkpoint(tmp_path / "weights.pth")
     p, out = params_for("../images", "../weights.pth"), manifest_files(project)
-    assert sources.refresh(p, out, project) == ["dataset", "checkpoint"]
+    assert sources.refresh(p, out, project) == ["dataset", "checkpoint", "sweep_checkpoints"]
     first = {name: (getattr(out, name).read_text(), getattr(out, name).stat().st_mtime_ns) for name in vars(out)}
     assert '"ant/ant_0.jpg"' in first["dataset"][0] and '"weights.pth"' in first["checkpoint"][0]
 
@@ -50,6 +50,13 @@ def test_manifests_follow_content_and_keep_their_time_when_it_does_not_change(tm
     assert out.dataset.read_text() == first["dataset"][0]  # back to the content it started from
     random_checkpoint(tmp_path / "weights.pth", seed=1)
     assert sources.refresh(p, out, project) == ["checkpoint"]
+    # the sweep's other backbones' checkpoints: a manifest of their own, read by the sweep's stages only
+    p["sweep"].update(backbones=["resnet18", "timm/convnext_atto"], checkpoints={"timm/convnext_atto": "../other.pth"})
+    random_checkpoint(tmp_path / "other.pth", seed=2)
+    assert sources.refresh(p, out, project) == ["sweep_checkpoints"]
+    random_checkpoint(tmp_path / "other.pth", seed=3)
+    assert sources.refresh(p, out, project) == ["sweep_checkpoints"]
+    assert '"other.pth"' in out.sweep_checkpoints.read_text() and sources.refresh(p, out, project) == []
 
 
 def test_a_path_leaving_the_project_resolves_from_a_dvc_experiment_copy(tmp_path):

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
+from transferlab.families import FAMILIES
 from transferlab.stages import TABLE, dvc_yaml, script
 
 PACKAGE = ROOT / "src" / "transferlab"
@@ -54,6 +55,8 @@ def modules_loaded(path: Path, lazy: bool = True) -> set[str]:
         if name not in seen:
             seen.add(name)
             todo += _imported(PACKAGE / f"{name}.py", lazy)
+            if name == "families" and lazy:  # it loads each family's module by name, when a backbone is used
+                todo += [family.module for family in FAMILIES.values()]
     return seen
 
 

@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms._presets import ImageClassification
 
 from . import engines
 from .images import decode_jpegs, load_encoded, load_tensor
+from .preprocessing import Preprocessing
 from .progress import Progress
 from .transforms import for_prediction
 
@@ -129,12 +129,12 @@ def outputs(forward: engines.Forward, images: ImageList, width: int, desc: str, 
     return out
 
 
-def predict_images(forward: engines.Forward, plain: ImageClassification, root: Path, frame: pd.DataFrame,
+def predict_images(forward: engines.Forward, plain: Preprocessing, root: Path, frame: pd.DataFrame,
                    classes: list[str], batch_size: int, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities (float64) of the frame's images under the weights' plain preprocessing (with `tta`:
     averaged over TTA_VIEWS), and their class indices (-1 without a label column)."""
     transform, forward, batch_size = for_prediction(plain, forward, batch_size, tta)
-    images = ImageList(root, frame, classes, transform, plain.resize_size[0])
+    images = ImageList(root, frame, classes, transform, plain.resize)
     proba = outputs(forward, images, len(classes), "predict with TTA" if tta else "predict", batch_size, np.float64)
     return proba, np.asarray(images.labels)
 

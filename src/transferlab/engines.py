@@ -33,8 +33,9 @@ def bf16_supported(dev: torch.device) -> bool:
     """Whether bfloat16 matrix products run natively (CUDA with bf16, or a CPU with AVX512-BF16 or AMX)."""
     if dev.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return torch.backends.mkldnn.is_available() and (torch.cpu._is_avx512_bf16_supported()
-                                                     or torch.cpu._is_amx_tile_supported())
+    capabilities = torch.cpu.get_capabilities()
+    return torch.backends.mkldnn.is_available() and bool(capabilities.get("avx512_bf16")
+                                                         or capabilities.get("amx_tile"))
 
 
 def torch_forward(model: nn.Module, dev: torch.device, precision: str = "float32") -> Forward:

@@ -61,16 +61,16 @@ def run(params: dict[str, Any], io: StageIO, batch_size: int = 32) -> dict[str, 
     dataset = read_json(io.input.dataset)
     test = pd.read_csv(io.input.splits.test)
     images = ImageList(data_root(dataset, project), test, labels, evaluation(plain, normalize=False),
-                       plain.resize_size[0])
+                       plain.resize)
     with atomic_path(out.model) as tmp:
-        engines.export_onnx(module, plain.crop_size[0], tmp, output_name="probabilities")
+        engines.export_onnx(module, plain.crop, tmp, output_name="probabilities")
         graph, provider = engines.onnx_forward(tmp)
         checked = check(module, graph, images, len(labels), batch_size)
     predicted = checked.pop("predicted")
     metrics = predict.evaluated(project)
     summary = {
         "method": method, "why": why, "labels": len(labels), "backbone": model_params["backbone"],
-        "weights": model_params["weights"], "image_size": plain.crop_size[0],
+        "weights": model_params["weights"], "image_size": plain.crop,
         "check": {**checked, "provider": provider,
                   "test_accuracy": round(float((predicted == np.asarray(images.labels)).mean()), 6)},
         "onnx_bytes": out.model.stat().st_size, "seconds": round(time.perf_counter() - start, 3),

@@ -31,7 +31,7 @@ def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
     dev = device()
     plain = backbones.preprocessing(model_params)
     model = backbones.Normalized(extractor, plain.mean, plain.std, scale=255)
-    min_size, size = plain.resize_size[0], plain.crop_size[0]
+    min_size, size = plain.resize, plain.crop
     on_gpu = dev.type == "cuda"  # decode JPEGs on the GPU
     threads = torch.get_num_threads()
     streams = 1 if on_gpu else threads

@@ -16,7 +16,6 @@ import torch
 from scipy.special import softmax
 from torch import nn
 from torch.utils.data import Dataset
-from torchvision import models
 
 from . import backbones, engines, frozen, head, tracking, tuning
 from .atomic import atomic_path, read_json, read_splits, write_csv, write_json
@@ -45,10 +44,11 @@ class FineTuneNet(nn.Module):
 
 
 def unfrozen_blocks(model: FineTuneNet, unfreeze: int | str) -> list[nn.Module]:
-    """The blocks `finetune.unfreeze` trains: all, or the last n (0 = none)."""
+    """The blocks `finetune.unfreeze` trains: all (the whole backbone: as many blocks as it has, or 'all'; a ViT's
+    class token and position embedding too), or the last n (0 = none)."""
     all_blocks = backbones.blocks(model.backbone)
-    if unfreeze == "all":
-        return all_blocks
+    if unfreeze == "all" or unfreeze >= len(all_blocks):
+        return [model.backbone]
     return all_blocks[len(all_blocks) - unfreeze:] if unfreeze else []
 
 
@@ -56,8 +56,6 @@ def freeze(model: FineTuneNet, unfreeze: int | str) -> list[nn.Parameter]:
     """Make only the head and the unfrozen blocks trainable; return the trainable backbone parameters."""
     model.requires_grad_(False)
     model.head.requires_grad_(True)
-    if unfreeze == "all":
-        model.backbone.requires_grad_(True)
     for block in unfrozen_blocks(model, unfreeze):
         block.requires_grad_(True)
     return [p for p in model.backbone.parameters() if p.requires_grad]
@@ -68,7 +66,7 @@ def train_mode(model: FineTuneNet, unfreeze: int | str, train_bn: bool) -> None:
     with BatchNorm in eval mode unless train_bn."""
     model.eval()
     model.head.train()
-    for block in ([model.backbone] if unfreeze == "all" else unfrozen_blocks(model, unfreeze)):
+    for block in unfrozen_blocks(model, unfreeze):
         block.train()
         if not train_bn:
             for m in block.modules():
@@ -89,8 +87,8 @@ def build(model_params: dict[str, Any], probe: Pipeline) -> FineTuneNet:
 
 def load(model_params: dict[str, Any], weights_path: Path | str, n_classes: int) -> FineTuneNet:
     """Rebuild the fine-tuned network from its saved state_dict (weights_only: no code is executed)."""
-    body, linear = backbones.split_classifier(models.get_model(model_params["backbone"], weights=None))
-    model = FineTuneNet(body, nn.Linear(linear.in_features, n_classes))
+    body, dim = backbones.architecture(model_params)
+    model = FineTuneNet(body, nn.Linear(dim, n_classes))
     backbones.load_state(model, Path(weights_path), str(weights_path), "re-run the finetune stage that writes it")
     return model.eval()
 
@@ -254,7 +252,7 @@ def split_images(model_params: dict[str, Any], ft: dict[str, Any], root: Path, f
     """The fine-tune's training images (augmentation seeded by epoch and `keys`, default their rows) and
     validation images (plain preprocessing)."""
     plain = backbones.preprocessing(model_params)
-    min_size = plain.resize_size[0]
+    min_size = plain.resize
     return (ImageList(root, frames["train"], classes, augmented(plain, ft["augment"]), min_size, seed=ft["seed"],
                       keys=keys),
             ImageList(root, frames["val"], classes, evaluation(plain), min_size))

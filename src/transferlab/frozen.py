@@ -64,7 +64,7 @@ def cut(backbone: nn.Module, unfreeze: int | str) -> tuple[fx.GraphModule, fx.Gr
     last = found[len(found) - unfreeze - 1]
     last = list(last)[-1] if isinstance(last, nn.ModuleList) else last
     names = {m: n for n, m in backbone.named_modules()}
-    leaves = {names[b] for b in found if not isinstance(b, nn.ModuleList)}
+    leaves = {names[m] for b in found for m in (b if isinstance(b, nn.ModuleList) else [b])}
 
     class Blocks(fx.Tracer):
         def is_leaf_module(self, m: nn.Module, qualified_name: str) -> bool:
@@ -82,6 +82,8 @@ def cut(backbone: nn.Module, unfreeze: int | str) -> tuple[fx.GraphModule, fx.Gr
                 break
         head_graph.output(env[boundary])
         env = {boundary: tail_graph.placeholder("frozen")}
+        for extra in [n for n in graph.nodes if n.op == "placeholder"][1:]:  # optional inputs (a ViT's attn_mask=None)
+            env[extra] = tail_graph.placeholder(extra.target, default_value=extra.args[0] if extra.args else None)
         for node in nodes:
             env[node] = tail_graph.node_copy(node, env.__getitem__)
     except (KeyError, StopIteration, fx.proxy.TraceError, TypeError, NotImplementedError) as exc:
@@ -122,7 +124,7 @@ def _views(part: str, frame: pd.DataFrame, root: Path, classes: list[str], model
            ft: dict[str, Any], encoded: bool) -> list[ImageList]:
     """The uint8 images of one part, one ImageList per epoch for the training views."""
     plain = backbones.preprocessing(model_params)
-    min_size = plain.resize_size[0]
+    min_size = plain.resize
     if part == "train":
         transform = augmented(plain, ft["augment"], normalize=False)
         return [ImageList(root, frame, classes, transform, min_size, epoch_seed(ft["seed"], e), encoded)
@@ -149,7 +151,7 @@ def build(params: dict[str, Any], ft: dict[str, Any], dataset: dict[str, Any], f
         backbones.check_unfreeze(backbone, ft["unfreeze"], model_params["backbone"])
         prefix, _, boundary = cut(backbone, ft["unfreeze"])
         plain = backbones.preprocessing(model_params)
-        crop = plain.crop_size[0]
+        crop = plain.crop
         with torch.inference_mode():
             shape = list(prefix(torch.zeros(1, 3, crop, crop)).shape[1:])
         need = size(shape, ft, {s: len(f) for s, f in frames.items()}, parts)
@@ -188,7 +190,7 @@ def _fill(prefix: nn.Module, plain: Any, feat: dict[str, Any], dataset: dict[str
     model = backbones.Normalized(prefix, plain.mean, plain.std, scale=255)
     root, classes = data_root(dataset), dataset["classes"]
     with scratch_file(folder, ".onnx", "prefix") as onnx_path, torch_threads(threads // streams):
-        forward, engine = engines.build(model, feat["engine"], "float32", dev, plain.crop_size[0], onnx_path,
+        forward, engine = engines.build(model, feat["engine"], "float32", dev, plain.crop, onnx_path,
                                         threads=threads // streams)
         for part in parts:
             frame = frames[part.split("_")[0]]

@@ -29,7 +29,8 @@ def _splits(folder: str, suffix: str) -> dict[str, str]:
 
 
 FILES: dict[str, dict[str, str]] = {
-    "inputs": {"dataset": "data/inputs/dataset.json", "checkpoint": "data/inputs/checkpoint.json"},
+    "inputs": {"dataset": "data/inputs/dataset.json", "checkpoint": "data/inputs/checkpoint.json",
+               "sweep_checkpoints": "data/inputs/sweep_checkpoints.json"},
     "download": {"index": "data/index.csv", "rejected": "data/rejected.csv", "dataset": "data/dataset.json"},
     "split": {**_splits("data/splits", ".csv"), "summary": "data/splits/summary.json"},
     "extract": {**_splits("results/features", ".npz"), "meta": "results/features/meta.json"},

@@ -4,15 +4,15 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import re
-from importlib import metadata, resources
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import yaml
 
+from . import families
 from .errors import UserError
 from .layout import resolve
 
@@ -128,45 +128,23 @@ def _check_semantics(params: dict[str, Any], base_dir: Path) -> None:
     checkpoint = model["checkpoint"]
     if checkpoint and not resolve(checkpoint, base_dir).is_file():
         raise ParamsError(f"params: model.checkpoint: no such file: {checkpoint}")
-    models = torchvision_models()
     for key, name in [("model.backbone", model["backbone"])] + [("sweep.backbones", b)
                                                                  for b in params["sweep"]["backbones"]]:
-        if name not in models:
-            raise ParamsError(
-                f"params: {key}: unknown torchvision classification model {name!r} "
-                f"(choose from torchvision.models.list_models(), e.g. resnet18, resnet50, mobilenet_v2, vgg16)"
-            )
-    if model["weights"].lower() != "none":
-        enum = models[model["backbone"]]
-        if model["weights"] != "DEFAULT" and model["weights"] not in enum["members"]:
-            raise ParamsError(
-                f"params: model.weights: {model['weights']!r} is not a member of {enum['name']} "
-                f"({', '.join(enum['members'])}, DEFAULT or none)"
-            )
-
-
-def torchvision_models() -> dict[str, dict[str, Any]]:
-    """Every torchvision classification model with its weights enum (name, members), remembered per torchvision
-    version in the user's cache: validating params (the Snakefile does it at every parse) then imports no torch."""
-    cache = (Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "transferlab"
-             / f"torchvision-{metadata.version('torchvision')}-models.json")
-    try:
-        return json.loads(cache.read_text())
-    except (OSError, ValueError):
-        pass
-    from torchvision import models
-
-    found = {}
-    for name in models.list_models(module=models):
-        enum = models.get_model_weights(name)
-        found[name] = {"name": enum.__name__, "members": list(enum.__members__)}
-    try:
-        from .atomic import write_json
-
-        write_json(cache, found)
-    except OSError:
-        pass  # a read-only home: the names are computed again next time
-    return found
+        prefix, own = families.owner(name)
+        if own not in families.names(prefix):
+            raise ParamsError(f"params: {key}: unknown {families.FAMILIES[prefix].what} {own!r} "
+                              f"(choose from {families.FAMILIES[prefix].choose})")
+    prefix, own = families.owner(model["backbone"])
+    members = families.names(prefix)[own]
+    if model["weights"].lower() != "none" and model["weights"] != "DEFAULT" and model["weights"] not in members:
+        raise ParamsError(f"params: model.weights: {model['weights']!r} is not one of {model['backbone']}'s weights "
+                          f"({', '.join([*members, 'DEFAULT', 'none'])})")
+    unknown = sorted(set(params["sweep"]["checkpoints"]) - set(params["sweep"]["backbones"]))
+    if unknown:
+        raise ParamsError(f"params: sweep.checkpoints: {', '.join(unknown)} is not in sweep.backbones")
+    for backbone, path in params["sweep"]["checkpoints"].items():
+        if not resolve(path, base_dir).is_file():
+            raise ParamsError(f"params: sweep.checkpoints: {backbone}: no such file: {path}")
 
 
 def complete(raw: Any, name: str = "params.yaml") -> dict[str, Any]:
@@ -203,6 +181,10 @@ def check_class_names(params: dict[str, Any], classes: list[str]) -> None:
         from .backbones import class_names  # imported late: torch is slow to import and only needed here
 
         names = class_names(params["model"])
+        if names is None:
+            raise ParamsError(f"params: visualize.enabled: {params['model']['backbone']} was pretrained without a "
+                              f"classifier, so without the fine-tune there is no class to visualise; set "
+                              f"finetune.enabled: true, or visualize.enabled: false")
         whose = "the ImageNet classifier (finetune.enabled: false)"
     wrong += [f"visualize.{key}: {vis[key]!r} is not a class of {whose} ({_first_names(names)})"
               for key in ("target_class", "adversarial_to") if vis[key] is not None and vis[key] not in names]

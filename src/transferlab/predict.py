@@ -11,14 +11,13 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms._presets import ImageClassification
 
 from . import backbones, checks, engines, finetune, head, index, layout, transforms
 from .atomic import read_json
 from .batches import device, predict_images, torch_threads
 from .errors import DamagedFile, UserError
 from .layout import METHODS
+from .preprocessing import Preprocessing
 
 RUN_PIPELINE = "run the pipeline first (snakemake --cores 2, or dvc repro)"
 
@@ -30,7 +29,7 @@ class Classifier:
 
     method: str
     labels: list[str]
-    preprocessing: ImageClassification
+    preprocessing: Preprocessing
     forward: engines.Forward
 
 
@@ -116,20 +115,19 @@ def from_project(project: Path, method: str = "best") -> tuple[Classifier, str]:
     extractor, _, _ = backbones.load_feature_extractor(params)
     net = backbones.Normalized(extractor, plain.mean, plain.std, scale=255)
     with tempfile.TemporaryDirectory() as tmp, torch_threads(1):
-        features, _ = engines.build(net, params["engine"], params["precision"], device(), plain.crop_size[0],
+        features, _ = engines.build(net, params["engine"], params["precision"], device(), plain.crop,
                                     Path(tmp) / "backbone.onnx")
     forward = lambda images: head.predict_proba(probe, features(images), len(labels))  # noqa: E731
     return Classifier(method, labels, plain, forward), why
 
 
-def preprocessing_record(plain: ImageClassification) -> dict[str, Any]:
+def preprocessing_record(plain: Preprocessing) -> dict[str, Any]:
     """What an exported graph expects, for preprocessing.json (and `from_model_dir` reads back)."""
     return {
         "input": {"name": "images", "dtype": "uint8", "layout": "NCHW", "channels": "RGB", "range": [0, 255]},
-        "resize_size": plain.resize_size[0], "crop_size": plain.crop_size[0],
-        "interpolation": plain.interpolation.value, "antialias": True,
-        "steps": [f"resize so the shorter side is {plain.resize_size[0]} px ({plain.interpolation.value}, "
-                  f"antialiased)", f"centre crop {plain.crop_size[0]}x{plain.crop_size[0]}",
+        "resize_size": plain.resize, "crop_size": plain.crop, "interpolation": plain.interpolation, "antialias": True,
+        "steps": [f"resize so the shorter side is {plain.resize} px ({plain.interpolation}, antialiased)",
+                  f"centre crop {plain.crop}x{plain.crop}",
                   "uint8 RGB, channels first, batch first"],
         "normalisation": "inside the graph: (pixels - 255 * mean) / (255 * std)",
         "mean": list(plain.mean), "std": list(plain.std),
@@ -148,9 +146,8 @@ def from_model_dir(folder: Path) -> tuple[Classifier, str]:
     labels = read_json(exported.labels)
     record = read_json(exported.preprocessing)
     try:
-        plain = ImageClassification(crop_size=record["crop_size"], resize_size=record["resize_size"],
-                                    mean=record["mean"], std=record["std"],
-                                    interpolation=InterpolationMode(record["interpolation"]))
+        plain = Preprocessing(int(record["resize_size"]), int(record["crop_size"]), str(record["interpolation"]),
+                              tuple(map(float, record["mean"])), tuple(map(float, record["std"])))
     except (KeyError, TypeError, ValueError) as exc:
         raise DamagedFile(f"{exported.preprocessing}: not the export stage's record ({type(exc).__name__}: {exc}); "
                           f"re-export the model") from None
@@ -159,7 +156,7 @@ def from_model_dir(folder: Path) -> tuple[Classifier, str]:
     except Exception as exc:  # onnxruntime raises its own types (InvalidProtobuf, Fail...) for a damaged graph
         raise DamagedFile(f"{exported.model}: not a readable ONNX graph ({type(exc).__name__}: "
                           f"{(str(exc).splitlines() or [''])[0][:160]}); re-export the model") from None
-    outputs = forward(torch.zeros(1, 3, plain.crop_size[0], plain.crop_size[0], dtype=torch.uint8)).shape[-1]
+    outputs = forward(torch.zeros(1, 3, plain.crop, plain.crop, dtype=torch.uint8)).shape[-1]
     if not isinstance(labels, list) or len(labels) != outputs:
         raise DamagedFile(f"{exported.labels}: {len(labels) if isinstance(labels, list) else 'no'} labels for a "
                           f"graph of {outputs} outputs; re-export the model (labels.json and model.onnx together)")

@@ -60,12 +60,15 @@ def content(path: Path, seen: dict[str, list[Any]]) -> dict[str, str]:
 
 
 def manifests(params: dict[str, Any], root: Path | str, seen: dict[str, list[Any]]) -> dict[str, dict[str, Any]]:
-    """The dataset's and the checkpoint's manifests: what they are given as, and their files' sha256."""
+    """The dataset's, the checkpoint's and the sweep's other checkpoints' manifests: what they are given as, and
+    their files' sha256."""
     source, checkpoint = params["data"]["source"], params["model"]["checkpoint"]
     local = source and not is_url(source)
     return {"dataset": {"source": source, "files": content(resolve(source, root), seen) if local else None},
             "checkpoint": {"checkpoint": checkpoint,
-                           "files": content(resolve(checkpoint, root), seen) if checkpoint else None}}
+                           "files": content(resolve(checkpoint, root), seen) if checkpoint else None},
+            "sweep_checkpoints": {backbone: {"checkpoint": path, "files": content(resolve(path, root), seen)}
+                                  for backbone, path in sorted(params["sweep"]["checkpoints"].items())}}
 
 
 def _write_if_changed(path: Path, data: Any) -> bool:
@@ -81,7 +84,8 @@ def _write_if_changed(path: Path, data: Any) -> bool:
 
 
 def refresh(params: dict[str, Any], out: Any, root: Path | str = ".") -> list[str]:
-    """Write the manifests (`out.dataset`, `out.checkpoint`) where their content changed; the names changed."""
+    """Write the manifests (`out.dataset`, `out.checkpoint`, `out.sweep_checkpoints`) where their content changed;
+    the names changed."""
     state = Path(out.dataset).parent / _SEEN
     try:
         seen = json.loads(state.read_text())

@@ -39,9 +39,9 @@ class Stage:
 
 
 # Every module a stage's script may load, lazily imported ones included (tests/test_stages.py walks the imports).
-# params loads backbones only to check class names against ImageNet's, so every stage lists it.
+# params loads backbones only to check class names against ImageNet's, so every stage lists it and the families.
 _CORE = ["__init__", "cli", "params", "atomic", "stages", "layout", "errors", "checks", "fetch", "progress",
-         "backbones"]
+         "backbones", "families", "family_torchvision", "family_timm", "preprocessing"]
 _DATASETS = _CORE + ["datasets"]
 _INFERENCE = _CORE + ["images", "transforms", "engines", "batches"]
 _FEATURES = _INFERENCE + ["features"]
@@ -52,6 +52,8 @@ _EVALUATE = _FINETUNE + ["stats", "evaluation"]
 _SWEEP = _EVALUATE + ["datasets", "split", "features", "sweep"]
 _DATA = {"dataset": "download.dataset", "splits": "split"}
 _WEIGHTS = {"checkpoint": "inputs.checkpoint"}  # the checkpoint's content: replaced under the same name, it re-runs
+_SWEEP_WEIGHTS = {**_WEIGHTS, "sweep_checkpoints": "inputs.sweep_checkpoints"}  # and the sweep's other backbones'
+_SWEEP_PARAMS = ["sweep.enabled", "sweep.checkpoints"]
 # What the frozen prefix's activations depend on (not lr, head_lr, weight_decay, schedule, patience, batch_size).
 _FROZEN_PARAMS = ["model", "features.engine", "features.batch_size", "features.num_workers", "finetune.enabled",
                   "finetune.unfreeze", "finetune.augment", "finetune.epochs", "finetune.seed", "finetune.cache",
@@ -62,7 +64,7 @@ _MAIN_RESULTS = {"main_head": "train_head.summary", "main_probe": "evaluate_prob
                  "main_finetune": "finetune.summary", "main_evaluation": "evaluate_finetune.metrics"}
 
 TABLE: dict[str, Stage] = {
-    "inputs": Stage({}, ["data.source", "model.checkpoint"], _CORE + ["sources"]),
+    "inputs": Stage({}, ["data.source", "model.checkpoint", "sweep.checkpoints"], _CORE + ["sources"]),
     "download": Stage({"source": "inputs.dataset"}, ["data.dataset", "data.source", "data.label"],
                       _DATASETS + ["images", "index"]),
     "split": Stage({"index": "download.index", "dataset": "download.dataset"},
@@ -84,12 +86,13 @@ TABLE: dict[str, Stage] = {
                     ["finetune.enabled", "export"], _FINETUNE + ["datasets", "index", "predict", "export"]),
     "visualize": Stage({**_DATA, **_WEIGHTS, "probe": "train_head.model", "finetune": "finetune.model"},
                        ["model", "finetune.enabled", "visualize"], _FINETUNE + ["visualize"], "visualize.enabled"),
-    "sweep_extract": Stage({**_DATA, **_WEIGHTS, "main": "extract"}, ["model", "features", "sweep.enabled"], _SWEEP,
-                           "sweep.enabled"),
-    "sweep_frozen": Stage({**_DATA, **_WEIGHTS, "main": "frozen_cache.meta"}, _FROZEN_PARAMS + ["sweep.enabled"], _SWEEP,
-                          "sweep.enabled"),
-    "sweep_point": Stage({**_DATA, **_WEIGHTS, "features": "sweep_extract", "frozen": "sweep_frozen.meta", **_MAIN_RESULTS},
-                         ["model", "head", "finetune", "evaluate", "sweep.enabled"], _SWEEP, "sweep.enabled"),
+    "sweep_extract": Stage({**_DATA, **_SWEEP_WEIGHTS, "main": "extract"}, ["model", "features", *_SWEEP_PARAMS],
+                           _SWEEP, "sweep.enabled"),
+    "sweep_frozen": Stage({**_DATA, **_SWEEP_WEIGHTS, "main": "frozen_cache.meta"}, _FROZEN_PARAMS + _SWEEP_PARAMS,
+                          _SWEEP, "sweep.enabled"),
+    "sweep_point": Stage({**_DATA, **_SWEEP_WEIGHTS, "features": "sweep_extract", "frozen": "sweep_frozen.meta",
+                          **_MAIN_RESULTS}, ["model", "head", "finetune", "evaluate", *_SWEEP_PARAMS], _SWEEP,
+                         "sweep.enabled"),
     "sweep_aggregate": Stage({"points": "sweep_point.metrics"}, ["sweep"], _SWEEP, "sweep.enabled"),
     "report": Stage({"template": "workflow/report/report.html.j2", "lock": "requirements.lock",
                      "dataset": "download.dataset",

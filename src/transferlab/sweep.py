@@ -36,8 +36,11 @@ def metric_files(params: dict[str, Any], sweep_dir: Path) -> list[Path]:
     wanted = set(points(params))
     template = Path(layout.FILES["sweep_point"]["metrics"]).relative_to(layout.SWEEP)
     found = {}
-    for path in sorted(sweep_dir.glob(str(template).format(backbone="*", fraction="*", seed="*"))):
-        backbone, fraction, seed = path.relative_to(sweep_dir).parts[:3]
+    paths = [p for b in params["sweep"]["backbones"]
+             for p in sorted(sweep_dir.glob(str(template).format(backbone=b, fraction="*", seed="*")))]
+    for path in paths:  # a backbone's name may hold a slash (timm/...): fraction and seed are the last folders
+        parts = path.relative_to(sweep_dir).parts
+        backbone, fraction, seed = "/".join(parts[:-3]), parts[-3], parts[-2]
         try:
             key = (backbone, float(fraction), int(seed))
         except ValueError:
@@ -51,10 +54,11 @@ def metric_files(params: dict[str, Any], sweep_dir: Path) -> list[Path]:
 
 
 def with_backbone(params: dict[str, Any], backbone: str) -> dict[str, Any]:
-    """params for one backbone: model.weights/checkpoint where it is model.backbone, else its DEFAULT weights."""
+    """params for one backbone: model.weights/checkpoint where it is model.backbone, else its sweep.checkpoints
+    file or its DEFAULT weights."""
     out = copy.deepcopy(params)
     if backbone != params["model"]["backbone"]:
-        out["model"].update(backbone=backbone, weights="DEFAULT", checkpoint=None)
+        out["model"].update(backbone=backbone, weights="DEFAULT", checkpoint=params["sweep"]["checkpoints"].get(backbone))
     return out
 
 

@@ -6,24 +6,25 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from torchvision.transforms import v2
-from torchvision.transforms._presets import ImageClassification
 from torchvision.transforms.v2 import functional as F
 
+from .preprocessing import Preprocessing
 
-def augmentation(eval_transform: ImageClassification, scale: tuple[float, float] = (0.6, 1.0), flip: bool = True,
+
+def augmentation(plain: Preprocessing, scale: tuple[float, float] = (0.6, 1.0), flip: bool = True,
                  degrees: float = 10.0, jitter: float = 0.0, normalize: bool = True) -> v2.Compose:
     """Random resized crop, flip, rotation and colour jitter, then the same normalisation as evaluation.
 
     With scale (1, 1), no flip, 0 degrees and 0 jitter it reduces to resize + centre crop. Without `normalize`
     the result stays uint8 (the model normalises: see backbones.Normalized).
     """
-    size = eval_transform.crop_size
+    size, interpolation = plain.crop, v2.InterpolationMode(plain.interpolation)
     steps: list = [v2.ToImage()]
     if tuple(scale) == (1.0, 1.0):
-        steps += [v2.Resize(eval_transform.resize_size, interpolation=eval_transform.interpolation, antialias=True),
+        steps += [v2.Resize(plain.resize, interpolation=interpolation, antialias=True),
                   v2.CenterCrop(size)]
     else:
-        steps.append(v2.RandomResizedCrop(size, scale=tuple(scale), interpolation=eval_transform.interpolation,
+        steps.append(v2.RandomResizedCrop(size, scale=tuple(scale), interpolation=interpolation,
                                           antialias=True))
     if flip:
         steps.append(v2.RandomHorizontalFlip())
@@ -32,36 +33,36 @@ def augmentation(eval_transform: ImageClassification, scale: tuple[float, float]
     if jitter:
         steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter))
     if normalize:
-        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=eval_transform.mean, std=eval_transform.std)]
+        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(plain.mean), std=list(plain.std))]
     return v2.Compose(steps)
 
 
-def augmented(eval_transform: ImageClassification, augment: dict, normalize: bool = True) -> v2.Compose:
+def augmented(plain: Preprocessing, augment: dict, normalize: bool = True) -> v2.Compose:
     """`augmentation` as params' `finetune.augment` section sets it."""
-    return augmentation(eval_transform, tuple(augment["scale"]), augment["flip"], augment["rotation"],
+    return augmentation(plain, tuple(augment["scale"]), augment["flip"], augment["rotation"],
                         augment["jitter"], normalize)
 
 
-def evaluation(eval_transform: ImageClassification, normalize: bool = True) -> v2.Compose:
+def evaluation(plain: Preprocessing, normalize: bool = True) -> v2.Compose:
     """The weights' eval preprocessing as a v2 pipeline: resize, centre crop, normalise (unless not `normalize`).
 
-    Same steps as `eval_transform`, but on uint8 tensors it resizes with torchvision's fast uint8 kernels.
+    The weights' own eval steps; on uint8 tensors it resizes with torchvision's fast uint8 kernels.
     """
-    return augmentation(eval_transform, scale=(1.0, 1.0), flip=False, degrees=0.0, jitter=0.0, normalize=normalize)
+    return augmentation(plain, scale=(1.0, 1.0), flip=False, degrees=0.0, jitter=0.0, normalize=normalize)
 
 
 # Test-time augmentation: the views `tta` stacks, in order (the first is the plain evaluation view).
 TTA_VIEWS = ("centre", "mirrored centre", "top-left", "top-right", "bottom-left", "bottom-right")
 
 
-def test_time_views(eval_transform: ImageClassification) -> Callable[[torch.Tensor], torch.Tensor]:
+def test_time_views(plain: Preprocessing) -> Callable[[torch.Tensor], torch.Tensor]:
     """Test-time views of one uint8 image, stacked (V, 3, H, W) as TTA_VIEWS names them.
 
     The image is resized as for evaluation; the views are its centre crop (exactly the evaluation view), that
     crop mirrored, and the four corner crops. The model's probabilities are averaged over them (see `for_prediction`).
     """
-    resize = v2.Resize(eval_transform.resize_size, interpolation=eval_transform.interpolation, antialias=True)
-    size = eval_transform.crop_size
+    resize = v2.Resize(plain.resize, interpolation=v2.InterpolationMode(plain.interpolation), antialias=True)
+    size = plain.crop
 
     def views(image: torch.Tensor) -> torch.Tensor:
         top_left, top_right, bottom_left, bottom_right, centre = F.five_crop(resize(F.to_image(image)), size)
@@ -80,10 +81,10 @@ def averaged(forward: Callable[[torch.Tensor], np.ndarray]) -> Callable[[torch.T
     return run
 
 
-def for_prediction(eval_transform: ImageClassification, forward: Callable[[torch.Tensor], np.ndarray], batch_size: int,
+def for_prediction(plain: Preprocessing, forward: Callable[[torch.Tensor], np.ndarray], batch_size: int,
                    tta: bool) -> tuple[Callable, Callable[[torch.Tensor], np.ndarray], int]:
     """(transform, forward, images per batch) for plain prediction, or for TTA: every view of an image in the
     same batch, the probabilities averaged, and as many views per batch as plain prediction has images."""
     if not tta:
-        return evaluation(eval_transform, normalize=False), forward, batch_size
-    return test_time_views(eval_transform), averaged(forward), max(1, batch_size // len(TTA_VIEWS))
+        return evaluation(plain, normalize=False), forward, batch_size
+    return test_time_views(plain), averaged(forward), max(1, batch_size // len(TTA_VIEWS))

@@ -7,6 +7,7 @@ them through a sigmoid, the adversarial perturbation by clamping.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -163,22 +164,37 @@ def adversarial(model: Normalized, pixels: torch.Tensor, target: int, epsilon: f
 
 def feature_maps(backbone: nn.Module, model: Normalized, pixels: torch.Tensor,
                  channels: int = 4) -> dict[str, np.ndarray]:
-    """Activations of the first `channels` channels after an early, a middle and a late block of `backbone`
-    (a part of `model`) while `model` classifies `pixels`."""
-    convs = [b for b in blocks(backbone) if any(isinstance(m, nn.Conv2d) for m in b.modules())]
-    chosen = {"early": convs[0], "middle": convs[len(convs) // 2], "late": convs[-1]}
-    captured: dict[str, torch.Tensor] = {}
+    """The first `channels` channels of what an early, a middle and a late block of `backbone` (a part of `model`)
+    output while `model` classifies `pixels`: a ConvNet block's feature maps, or a transformer block's patch
+    tokens laid out on the patch grid (the class token left out). Blocks with no spatial output are skipped."""
+    groups = blocks(backbone)
+    captured: dict[int, torch.Tensor] = {}
     hooks = []
-    for name, block in chosen.items():
+    for i, block in enumerate(groups):
         last = [m for m in block.modules() if not list(m.children())][-1]
-        hooks.append(last.register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out)))
+        hooks.append(last.register_forward_hook(lambda _m, _i, out, i=i: captured.__setitem__(i, out)))
     try:
         with torch.no_grad():
             model(pixels)
     finally:
         for hook in hooks:
             hook.remove()
-    return {name: out[0, :channels].numpy() for name, out in captured.items()}
+    maps = {i: spatial(out) for i, out in captured.items()}
+    found = sorted(i for i, m in maps.items() if m is not None)
+    chosen = {"early": found[0], "middle": found[len(found) // 2], "late": found[-1]}
+    return {name: maps[i][:channels].numpy() for name, i in chosen.items()}
+
+
+def spatial(output: torch.Tensor) -> torch.Tensor | None:
+    """The first image's (channels, height, width) map of a block's output: a feature map as it is, a token
+    sequence (tokens, features) as its patch tokens on their square grid; None for anything else."""
+    if output.dim() == 4:
+        return output[0]
+    if output.dim() == 3:
+        side = math.isqrt(output.shape[1])
+        patches = output[0, output.shape[1] - side * side:]  # the class (and register) tokens come first
+        return patches.T.reshape(-1, side, side) if side > 1 else None
+    return None
 
 
 def save_png(pixels: torch.Tensor, path: Path) -> None:
@@ -198,8 +214,9 @@ def _pixels_transform(model_params: dict[str, Any]):
     from torchvision.transforms import v2
 
     plain = backbones.preprocessing(model_params)
-    return v2.Compose([v2.ToImage(), v2.Resize(plain.resize_size, interpolation=plain.interpolation, antialias=True),
-                       v2.CenterCrop(plain.crop_size), v2.ToDtype(torch.float32, scale=True)]), plain
+    return v2.Compose([v2.ToImage(), v2.Resize(plain.resize, interpolation=v2.InterpolationMode(plain.interpolation),
+                                               antialias=True),
+                       v2.CenterCrop(plain.crop), v2.ToDtype(torch.float32, scale=True)]), plain
 
 
 def _class_index(names: list[str], wanted: str | None, key: str, default: int = 0) -> int:
@@ -234,12 +251,15 @@ def _imagenet_classifier(model_params: dict[str, Any], source: str, model: Norma
     and why: random weights (model.weights: none) know no ImageNet class."""
     if model_params["weights"].lower() == "none":
         return None, [], "none: model.weights is none (no pretrained ImageNet classifier)"
+    names = backbones.class_names(model_params)
+    if names is None:
+        return None, [], f"none: {model_params['backbone']} was pretrained without a classifier"
     if source == "ImageNet classifier":
-        return model, backbones.class_names(model_params), None
+        return model, names, None
     net, _ = backbones.load_classifier(model_params)
     classifier = Normalized(net, plain.mean, plain.std)
     classifier.requires_grad_(False)
-    return classifier, backbones.class_names(model_params), None
+    return classifier, names, None
 
 
 def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
@@ -253,8 +273,12 @@ def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
         net = finetune_mod.load(params["model"], ft_weights, len(dataset["classes"]))
         names, source, backbone = dataset["classes"], "fine-tuned model", net.backbone
     else:
+        names = backbones.class_names(params["model"])
+        if names is None:
+            raise UserError(f"visualize: {params['model']['backbone']} was pretrained without a classifier, so "
+                            f"without the fine-tune there is no class to visualise; set finetune.enabled: true")
         net, _ = backbones.load_classifier(params["model"])
-        names, source, backbone = backbones.class_names(params["model"]), "ImageNet classifier", net
+        source, backbone = "ImageNet classifier", net
     model = Normalized(net, plain.mean, plain.std)
     model.requires_grad_(False)
 

@@ -1,0 +1,196 @@
+"""The backbone registry: torchvision and timm families built from local checkpoint files, their preprocessing
+records, unfreeze groups (a ViT block by block), the frozen-prefix cut, names in params, and the whole pipeline
+on a timm ViT with a sweep over both families (random-init small models)."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from conftest import copy_project, run_stages, stage_io
+from safetensors.torch import save_file
+from test_features_head import prepare, tiny_params
+from test_frozen import ABSOLUTE, TOLERANCE, cache_into, finetune_and_evaluate
+from torch import nn
+
+from transferlab import backbones, features, finetune, frozen, head, params
+from transferlab.atomic import read_arrays
+from transferlab.families import FAMILIES, load
+from transferlab.params import ParamsError
+from transferlab.preprocessing import Preprocessing
+
+SMALL = {"resnet18": (512, 5), "timm/resnet18": (512, 5), "timm/vit_tiny_patch16_224": (192, 13),
+         "timm/convnext_atto": (320, 5)}  # feature size, unfreeze groups
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def model_params(backbone: str, checkpoint=None, weights: str = "none") -> dict:
+    return {"backbone": backbone, "weights": weights, "checkpoint": str(checkpoint) if checkpoint else None,
+            "image_size": 32}
+
+
+def saved_checkpoint(backbone: str, path, seed: int = 0):
+    """A seeded random-init model of the family, its state_dict saved as a user's local checkpoint."""
+    model, _ = backbones.load_classifier({**model_params(backbone), "image_size": None}, seed=seed)  # native size
+    state = model.state_dict()
+    if path.suffix == ".safetensors":
+        save_file({k: v.contiguous() for k, v in state.items()}, path)
+    else:
+        torch.save(state, path)
+    return path
+
+
+def test_every_family_module_has_the_family_functions():
+    for prefix in FAMILIES:
+        module = load(prefix)
+        for function in ("names", "build", "preprocessing", "class_names", "split", "groups"):
+            assert callable(getattr(module, function)), (module.__name__, function)
+
+
+@pytest.mark.parametrize("backbone", list(SMALL))
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_each_family_loads_a_local_checkpoint_splits_groups_and_cuts(tmp_path, backbone, suffix):
+    if suffix == ".safetensors" and not backbone.startswith("timm/"):
+        pytest.skip("torchvision checkpoints are torch files")
+    path = saved_checkpoint(backbone, tmp_path / f"weights{suffix}", seed=3)
+    reference, _ = backbones.load_classifier(model_params(backbone), seed=3)  # the same seeded weights
+    loaded, info = backbones.load_classifier(model_params(backbone, path, weights="DEFAULT"), seed=99)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(x), reference(x))
+    assert info["checkpoint_sha256"] and info["backbone"] == backbone
+    extractor, dim, _ = backbones.load_feature_extractor(model_params(backbone, path))
+    with torch.inference_mode():
+        out = extractor(x)
+    assert (dim, len(backbones.blocks(extractor))) == SMALL[backbone] and out.shape == (2, dim)
+    assert not any(p.requires_grad for p in extractor.parameters())
+    prefix, suffix_net, boundary = frozen.cut(extractor, 2)
+    with torch.inference_mode():
+        torch.testing.assert_close(suffix_net(prefix(x)), out, rtol=0, atol=0)
+    assert boundary in dict(extractor.named_modules())
+
+
+def test_unfreeze_2_on_a_timm_vit_trains_its_last_two_blocks_the_final_norm_and_the_head():
+    body, dim = backbones.architecture(model_params("timm/vit_tiny_patch16_224"))
+    net = finetune.FineTuneNet(body, nn.Linear(dim, 3))
+    finetune.freeze(net, 2)
+    trainable = sorted(n for n, p in net.named_parameters() if p.requires_grad)
+    block = ["norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias",
+             "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias"]
+    assert trainable == sorted([f"backbone.blocks.{i}.{p}" for i in (10, 11) for p in block]
+                               + ["backbone.norm.weight", "backbone.norm.bias", "head.weight", "head.bias"])
+    finetune.freeze(net, 12)  # as many as its transformer blocks: still not the patch embedding nor the tokens
+    assert not net.backbone.cls_token.requires_grad and not net.backbone.patch_embed.proj.weight.requires_grad
+    for unfreeze in (13, "all"):  # every group: the embeddings and the class and position tokens train too
+        finetune.freeze(net, unfreeze)
+        assert all(p.requires_grad for p in net.parameters())
+
+
+def test_a_torchvision_vit_is_unfrozen_layer_by_layer():
+    body, _ = backbones.architecture({**model_params("vit_b_16"), "image_size": None})
+    groups = backbones.blocks(body)
+    assert len(groups) == 13 and groups[0] is body.conv_proj
+    assert list(groups[-1]) == [body.encoder.layers[-1], body.encoder.ln]
+
+
+def test_timm_preprocessing_is_the_checkpoint_s_pretrained_cfg():
+    tiny = backbones.preprocessing({**model_params("timm/vit_tiny_patch16_224"), "image_size": None})
+    assert tiny == Preprocessing(248, 224, "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # crop_pct 0.9
+    assert backbones.preprocessing(model_params("timm/vit_tiny_patch16_224")) == Preprocessing(
+        35, 32, "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    dino = backbones.preprocessing({**model_params("timm/vit_small_patch14_dinov2.lvd142m"), "image_size": None})
+    assert dino == Preprocessing(518, 518, "bicubic", *IMAGENET)  # crop_pct 1.0
+    convnext = backbones.preprocessing({**model_params("timm/convnext_atto"), "image_size": None})
+    assert convnext == Preprocessing(256, 224, "bicubic", *IMAGENET)  # crop_pct 0.875
+
+
+def test_the_shipped_mobilenet_v2_keeps_its_preprocessing_and_blocks():
+    """What the README's numbers were computed with: IMAGENET1K_V1's 256 → 224 bilinear, 19 blocks of `features`."""
+    shipped = {"backbone": "mobilenet_v2", "weights": "IMAGENET1K_V1", "checkpoint": None, "image_size": None}
+    assert backbones.preprocessing(shipped) == Preprocessing(256, 224, "bilinear", *IMAGENET)
+    body, dim = backbones.architecture(shipped)
+    groups = backbones.blocks(body)
+    assert dim == 1280 and groups == list(body.features.children())
+
+
+def test_class_names_of_the_pretraining_classifier():
+    assert backbones.class_names(model_params("resnet18", weights="DEFAULT"))[:2] == ["tench", "goldfish"]
+    timm_names = backbones.class_names(model_params("timm/resnet18"))
+    assert len(timm_names) == 1000 and timm_names[281:284] == ["tabby", "tiger cat", "Persian cat"]
+    assert backbones.class_names(model_params("timm/vit_small_patch14_dinov2.lvd142m")) is None  # no classifier
+
+
+def test_params_ask_the_registry_for_names(tmp_path):
+    assert params.validate({"model": {"backbone": "timm/convnext_atto", "weights": "DEFAULT"}})
+    assert params.validate({"model": {"backbone": "timm/vit_small_patch14_dinov2.lvd142m", "weights": "DEFAULT"}, "sweep": {
+        "backbones": ["mobilenet_v2", "timm/convnext_atto"]}})
+    with pytest.raises(ParamsError, match=r"model.backbone: unknown timm model 'convnext_nope' \(choose from "
+                                          r"timm.list_models\(\)"):
+        params.validate({"model": {"backbone": "timm/convnext_nope"}})
+    with pytest.raises(ParamsError, match=r"sweep.backbones: unknown torchvision classification model 'resnet7'"):
+        params.validate({"sweep": {"backbones": ["resnet7"]}})
+    with pytest.raises(ParamsError, match=r"model.weights: 'IMAGENET1K_V1' is not one of timm/convnext_atto's "
+                                          r"weights \(DEFAULT, none\)"):
+        params.validate({"model": {"backbone": "timm/convnext_atto", "weights": "IMAGENET1K_V1"}})
+    with pytest.raises(ParamsError, match="sweep.checkpoints: timm/resnet18 is not in sweep.backbones"):
+        params.validate({"sweep": {"checkpoints": {"timm/resnet18": "x.pth"}}})
+    with pytest.raises(ParamsError, match="sweep.checkpoints: resnet18: no such file: missing.pth"):
+        params.validate({"sweep": {"backbones": ["resnet18"], "checkpoints": {"resnet18": "missing.pth"}}}, tmp_path)
+
+
+def test_a_vit_fine_tunes_from_its_frozen_token_cache_as_on_the_fly(tmp_path):
+    """The frozen prefix of a timm ViT (patch embedding, tokens, the first 11 blocks) cached as token sequences:
+    training the last block from them equals training on the fly."""
+    data_dir = prepare(tmp_path)
+    p = tiny_params("timm/vit_tiny_patch16_224", engine="torch")
+    p["finetune"].update(epochs=2, batch_size=4, num_workers=0, unfreeze=1, lr=1e-4, patience=5,
+                         augment={"scale": [0.5, 1.0], "flip": True, "rotation": 15, "jitter": 0.2})
+    features.run(p, stage_io("extract", data_dir, tmp_path / "feat"))
+    train, val = (read_arrays(tmp_path / "feat" / f"{s}.npz") for s in ("train", "val"))
+    probe, _ = head.fit(train, val, {"C_grid": [1.0], "max_iter": 500, "refit_on": "train"})
+    head.save(probe, tmp_path / "probe.npz", [str(c) for c in train["classes"]])
+    record, meta = cache_into(tmp_path, data_dir, p)
+    assert record["cached"] and record["boundary"] == "blocks.10" and record["shape"] == [5, 192]  # 4 patches + class
+    cached = finetune_and_evaluate(tmp_path, data_dir, p, meta, "cached")
+    p["finetune"]["cache"] = "never"
+    never, never_meta = cache_into(tmp_path, data_dir, p, "never")
+    fly = finetune_and_evaluate(tmp_path, data_dir, p, never_meta, "fly")
+    assert cached[0]["from_cache"] and not fly[0]["from_cache"]
+    columns = ["train_loss", "train_accuracy", "val_loss", "val_accuracy"]
+    np.testing.assert_allclose(cached[1][columns], fly[1][columns], rtol=TOLERANCE, atol=ABSOLUTE)
+    np.testing.assert_allclose(cached[3]["confidence"], fly[3]["confidence"], rtol=TOLERANCE, atol=2e-6)
+
+
+def test_the_pipeline_on_a_timm_vit_with_a_sweep_over_both_families(tmp_path):
+    """Every stage, at library level (tests/test_engines_alone.py runs a timm backbone under both engines):
+    model.backbone a timm ViT from a local checkpoint; the sweep over it, a timm ConvNeXt and a torchvision ResNet
+    from theirs."""
+    project = copy_project(tmp_path)
+    weights = tmp_path / "weights"
+    vit, convnext, resnet = "timm/vit_tiny_patch16_224", "timm/convnext_atto", "resnet18"
+    files = {b: saved_checkpoint(b, weights / (f"{b[5:]}.safetensors" if b.startswith("timm/") else f"{b}.pth"))
+             for b in (vit, convnext, resnet)}
+    p = yaml.safe_load((project / "params.yaml").read_text())
+    p["model"].update(backbone=vit, checkpoint=f"../weights/{files[vit].name}")
+    p["visualize"].update(target_class="ant")
+    p["sweep"].update(backbones=[vit, convnext, resnet], fractions=[0.5],
+                      checkpoints={b: f"../weights/{files[b].name}" for b in (convnext, resnet)})
+    (project / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    run_stages(project)
+
+    meta = json.loads((project / "results/features/meta.json").read_text())
+    assert meta["backbone"] == vit and meta["feature_dim"] == 192
+    assert json.loads((project / "results/frozen/meta.json").read_text())["boundary"] == "blocks.10"
+    assert json.loads((project / "results/finetune/summary.json").read_text())["from_cache"]
+    assert json.loads((project / "results/model/summary.json").read_text())["check"]["top1_differences"] == 0
+    shown = json.loads((project / "results/visualize/summary.json").read_text())
+    assert shown["feature_maps"]["figure"] and (project / "results/visualize" / shown["feature_maps"]["figure"]).stat().st_size
+    record = json.loads((project / "results/model/preprocessing.json").read_text())
+    assert (record["resize_size"], record["crop_size"], record["interpolation"]) == (35, 32, "bicubic")
+    points = pd.read_csv(project / "results/curve/points.csv")
+    assert set(points["backbone"]) == {vit, convnext, resnet} and len(points) == 6  # 3 backbones × probe/fine-tune
+    for backbone in (convnext, resnet):  # each from its own checkpoint, under its name's folders (timm/...)
+        extracted = json.loads((project / f"results/sweep/{backbone}/features/meta.json").read_text())
+        assert extracted["backbone"] == backbone and extracted["checkpoint"] == p["sweep"]["checkpoints"][backbone]
+    assert "timm/convnext_atto" in (project / "results/report.html").read_text()
