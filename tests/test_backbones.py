@@ -164,18 +164,18 @@ def test_a_vit_fine_tunes_from_its_frozen_token_cache_as_on_the_fly(tmp_path):
 
 def test_the_pipeline_on_a_timm_vit_with_a_sweep_over_both_families(tmp_path):
     """Every stage, at library level (tests/test_engines_alone.py runs a timm backbone under both engines):
-    model.backbone a timm ViT from a local checkpoint; the sweep over it, a timm ConvNeXt and a torchvision ResNet
-    from theirs."""
+    model.backbone a timm ViT from a local checkpoint; the sweep over it, a timm ConvNeXt, a timm ResNet and a
+    torchvision ResNet from theirs (each point: features, head, frozen-prefix cache, fine-tune, test scores)."""
     project = copy_project(tmp_path)
     weights = tmp_path / "weights"
-    vit, convnext, resnet = "timm/vit_tiny_patch16_224", "timm/convnext_atto", "resnet18"
+    vit, convnext, timm_resnet, resnet = "timm/vit_tiny_patch16_224", "timm/convnext_atto", "timm/resnet18", "resnet18"
     files = {b: saved_checkpoint(b, weights / (f"{b[5:]}.safetensors" if b.startswith("timm/") else f"{b}.pth"))
-             for b in (vit, convnext, resnet)}
+             for b in (vit, convnext, timm_resnet, resnet)}
     p = yaml.safe_load((project / "params.yaml").read_text())
     p["model"].update(backbone=vit, checkpoint=f"../weights/{files[vit].name}")
     p["visualize"].update(target_class="ant")
-    p["sweep"].update(backbones=[vit, convnext, resnet], fractions=[0.5],
-                      checkpoints={b: f"../weights/{files[b].name}" for b in (convnext, resnet)})
+    p["sweep"].update(backbones=[vit, convnext, timm_resnet, resnet], fractions=[0.5],
+                      checkpoints={b: f"../weights/{files[b].name}" for b in (convnext, timm_resnet, resnet)})
     (project / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     run_stages(project)
 
@@ -189,8 +189,8 @@ def test_the_pipeline_on_a_timm_vit_with_a_sweep_over_both_families(tmp_path):
     record = json.loads((project / "results/model/preprocessing.json").read_text())
     assert (record["resize_size"], record["crop_size"], record["interpolation"]) == (35, 32, "bicubic")
     points = pd.read_csv(project / "results/curve/points.csv")
-    assert set(points["backbone"]) == {vit, convnext, resnet} and len(points) == 6  # 3 backbones × probe/fine-tune
-    for backbone in (convnext, resnet):  # each from its own checkpoint, under its name's folders (timm/...)
+    assert set(points["backbone"]) == {vit, convnext, timm_resnet, resnet} and len(points) == 8  # × probe/fine-tune
+    for backbone in (convnext, timm_resnet, resnet):  # each from its own checkpoint, under its name's folders
         extracted = json.loads((project / f"results/sweep/{backbone}/features/meta.json").read_text())
         assert extracted["backbone"] == backbone and extracted["checkpoint"] == p["sweep"]["checkpoints"][backbone]
     assert "timm/convnext_atto" in (project / "results/report.html").read_text()
