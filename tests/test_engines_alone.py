@@ -1,6 +1,7 @@
 """Engine tests with a tiny project of their own (run by pytest-xdist beside tests/test_engines.py's): the
 Snakefile's lints, the profiles' plans, a sweep over two backbone families planned by both, stages switched off in
-both engines (on a timm backbone), and DVC's queue of experiments (fine-tuning a timm backbone)."""
+both engines (on a timm backbone), DVC's cache through a remote and a fresh clone, and DVC's queue of experiments
+(fine-tuning a timm backbone)."""
 import json
 import re
 import shutil
@@ -107,23 +108,52 @@ def test_stages_switched_off_are_left_out_by_snakemake_marked_skipped_by_both_an
     assert dvc_changed(project) == set()
 
 
-def test_queued_experiments_run_with_data_outside_the_project(tmp_path):
-    """`dvc exp run --queue` + `dvc queue start -j 2`: each experiment runs in a copy under .dvc/tmp/exps, where
-    ../images would not resolve; it finds the project's data, and `dvc exp show` lists each one's metrics. A project
-    of its own (a timm backbone; visualize and the sweep off), so that the queue runs beside tests/test_engines.py."""
-    import time
-
-    project = copy_project(tmp_path)
+@pytest.fixture(scope="module")
+def handed_to_dvc(tmp_path_factory):
+    """A project of its own (a timm backbone; visualize and the sweep off) trained in this process by its stage
+    scripts, then handed to DVC as after Snakemake (README: `dvc commit -f`) and committed."""
+    project = copy_project(tmp_path_factory.mktemp("handed"))
     for section in ("visualize", "sweep"):
         set_param(project, section, "enabled", False)
-    for key, value in TIMM_CONVNEXT.items():  # a timm backbone fine-tuned by DVC's queued experiments
+    for key, value in TIMM_CONVNEXT.items():  # a timm backbone, fine-tuned below by DVC's queued experiments
         set_param(project, "model", key, value)
-    run_stages(project)  # trained in this process, then handed to DVC as after Snakemake (README)
+    run_stages(project)
     git_dvc_init(project)
     run(["dvc", "commit", "-f"], project)
     run(["git", "add", "-A"], project)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "before the queue"], project)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "handed to DVC"], project)
     assert dvc_changed(project) == set()
+    return project
+
+
+def test_the_cache_travels_through_a_dvc_remote(handed_to_dvc, tmp_path):
+    """`dvc push` to a local-directory remote, then a fresh clone and `dvc pull`: every output as the project made
+    it, so `dvc repro` runs only the check of the inputs outside the project, and a new finetune.lr would re-run
+    no extraction and no frozen blocks (DVC's plan; tests/test_engines.py runs such an experiment)."""
+    project = handed_to_dvc
+    run(["dvc", "remote", "add", "-d", "store", str(tmp_path / "store")], project)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "a remote"], project)
+    run(["dvc", "push"], project)
+    clone = project.parent / "clone"  # beside the project, so ../images and ../weights resolve as for it
+    run(["git", "clone", "-q", str(project), str(clone)], project.parent)
+    assert not (clone / "results").exists()
+    run(["dvc", "pull"], clone)
+    for rel in ("results/features/train.npz", "results/frozen/train.npy", "results/finetune/model.pt",
+                "results/model/model.onnx", "results/report.html"):
+        assert (clone / rel).read_bytes() == (project / rel).read_bytes(), rel
+    assert dvc_ran(run(["dvc", "repro"], clone).stdout) == {"inputs"}
+    set_param(clone, "finetune", "lr", 0.004)
+    changed = dvc_changed(clone)
+    assert "finetune" in changed and not changed & {"download", "split", "extract", "train_head", "frozen_cache"}
+
+
+def test_queued_experiments_run_with_data_outside_the_project(handed_to_dvc):
+    """`dvc exp run --queue` + `dvc queue start -j 2`: each experiment runs in a copy under .dvc/tmp/exps, where
+    ../images would not resolve; it finds the project's data, and `dvc exp show` lists each one's metrics. A project
+    of its own, so that the queue runs beside tests/test_engines.py."""
+    import time
+
+    project = handed_to_dvc
     for lr in ("0.002", "0.003"):
         run(["dvc", "exp", "run", "--queue", "-S", f"finetune.lr={lr}"], project)
     run(["dvc", "queue", "start", "-j", "2"], project)
