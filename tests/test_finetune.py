@@ -247,3 +247,34 @@ def test_lr_auto_runs_the_range_test_and_searches_around_its_suggestion(probe_se
     assert suggested == pytest.approx(tuning.suggest(curve))
     assert summary["searched"]["lr"] == pytest.approx([suggested * f for f in tuning.AROUND])
     assert summary["candidates"] == 3
+
+
+@pytest.mark.parametrize("cache", ["auto", "never"])
+def test_two_processes_train_as_one(probe_setup, cache):
+    """finetune.devices: 2 (DistributedDataParallel, gloo): the same global batches, each process its slice, the
+    gradients averaged; per-epoch losses within 1e-5 of one process, from the frozen-prefix cache and on the fly
+    (12 training images in batches of 5: each batch splits 3 / 2, the last one 1 / 1)."""
+    tmp_path, data_dir, params, _ = probe_setup
+    params["finetune"].update(epochs=2, batch_size=5, cache=cache, range_test_steps=0)
+    frozen.run(params, stage_io("frozen_cache", data_dir, tmp_path / f"frozen-{cache}"))
+    histories = []
+    for devices in (1, 2):
+        params["finetune"]["devices"] = devices
+        summary = finetune.run(params, stage_io("finetune", data_dir, tmp_path / f"ft-{cache}-{devices}",
+                                                probe=tmp_path / "probe.npz",
+                                                frozen=tmp_path / f"frozen-{cache}" / "meta.json"))
+        assert summary["from_cache"] == (cache == "auto") and summary["epochs_run"] == 2
+        histories.append(pd.read_csv(tmp_path / f"ft-{cache}-{devices}" / "history.csv"))
+    columns = ["train_loss", "train_accuracy", "val_loss", "val_accuracy"]
+    np.testing.assert_allclose(histories[1][columns], histories[0][columns], rtol=1e-5, atol=1e-7)
+    one, two = (torch.load(tmp_path / f"ft-{cache}-{d}" / "model.pt", weights_only=True) for d in (1, 2))
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-5, atol=1e-6)
+
+
+def test_two_processes_refuse_batchnorm_statistics_per_process():
+    from transferlab.params import ParamsError
+
+    with pytest.raises(ParamsError, match="finetune.devices: 2 with finetune.train_bn: true would keep BatchNorm"):
+        validate({"finetune": {"devices": 2, "train_bn": True}})
+

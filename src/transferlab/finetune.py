@@ -17,7 +17,7 @@ from scipy.special import softmax
 from torch import nn
 from torch.utils.data import Dataset
 
-from . import backbones, engines, frozen, head, tracking, tuning
+from . import backbones, distributed, engines, frozen, head, tracking, tuning
 from .atomic import atomic_path, read_json, read_splits, write_csv, write_json
 from .batches import ImageList, device, loader, predict_images
 from .layout import data_root
@@ -125,40 +125,48 @@ def _autocast(dev: torch.device):
 
 def step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, dev: torch.device,
          optimizer: torch.optim.Optimizer | None = None, scaler: torch.amp.GradScaler | None = None,
-         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+         weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One batch: its loss, logits and labels on `dev`; one optimiser step where an optimizer is given (float16
-    losses scaled by `scaler`)."""
+    losses scaled by `scaler`; the mean loss weighted by `weight` for the gradient: a process's slice of a global
+    batch, distributed.Shard)."""
     images = images.to(dev, non_blocking=True)
     if images.ndim == 4:  # images, or a cut's feature maps (a cut after a classifier layer gives vectors)
         images = images.contiguous(memory_format=torch.channels_last)
     labels = labels.to(dev)
     with _autocast(dev):
         logits = model(images)
-    loss = nn.functional.cross_entropy(logits.float(), labels)
+    # a process's slice of a small last batch may be empty: a zero loss, so that it still joins the gradient sync
+    loss = nn.functional.cross_entropy(logits.float(), labels) if len(labels) else logits.float().sum()
     if optimizer is not None:
         scaler = scaler or torch.amp.GradScaler(dev.type, enabled=False)
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        scaler.scale(loss * weight).backward()
         scaler.step(optimizer)
         scaler.update()
     return loss, logits, labels
 
 
 def run_epoch(model: nn.Module, data, dev: torch.device, optimizer=None, scheduler=None,
-              desc: str = "", scaler: torch.amp.GradScaler | None = None) -> tuple[float, float]:
-    """One pass; trains when an optimizer is given (float16 losses scaled by `scaler`). Returns (mean loss,
-    accuracy)."""
+              desc: str = "", scaler: torch.amp.GradScaler | None = None,
+              shard: distributed.Shard | None = None) -> tuple[float, float]:
+    """One pass; trains when an optimizer is given (float16 losses scaled by `scaler`; with `shard`, on this
+    process's slice of each batch, the figures summed over the processes). Returns (mean loss, accuracy)."""
     loss_sum, correct, seen = 0.0, 0, 0
     with torch.set_grad_enabled(optimizer is not None):
         # tqdm.auto would call iter() on the DataLoader once more for async use: a throwaway iterator that draws
         # from the shuffle generator (and starts workers), so the order would depend on num_workers
         for images, labels, _ in Progress(iter(data), total=len(data), desc=desc, unit="batch", leave=False):
-            loss, logits, labels = step(model, images, labels, dev, optimizer, scaler)
+            weight = 1.0
+            if shard is not None:
+                images, labels, weight = shard.take(images, labels)
+            loss, logits, labels = step(model, images, labels, dev, optimizer, scaler, weight)
             if scheduler is not None:
                 scheduler.step()
             loss_sum += loss.item() * len(labels)
             correct += (logits.argmax(1) == labels).sum().item()
             seen += len(labels)
+    if shard is not None:
+        loss_sum, correct, seen = shard.total(loss_sum, correct, seen)
     return loss_sum / seen, correct / seen
 
 
@@ -204,7 +212,8 @@ def range_test(net: FineTuneNet, train: Dataset, ft: dict[str, Any], dev: torch.
 
 def fit(net: FineTuneNet, train: Dataset, val: Dataset, ft: dict[str, Any], dev: torch.device,
         model: nn.Module | None = None, desc: str = "fine-tune",
-        on_epoch: Callable[[dict[str, Any]], None] | None = None) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+        on_epoch: Callable[[dict[str, Any]], None] | None = None,
+        shard: distributed.Shard | None = None) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
     """Fine-tune `net` (on `dev`) from its current weights at one candidate's `ft["lr"]`, `head_lr` and
     `weight_decay` (numbers): the last `ft["unfreeze"]` blocks and the head, early stopping on validation loss.
     Returns the best epoch's state_dict (on the CPU) and one history row per epoch.
@@ -212,10 +221,18 @@ def fit(net: FineTuneNet, train: Dataset, val: Dataset, ft: dict[str, Any], dev:
     `train` and `val` are images (an ImageList; `train` holds the augmenting transform) or the frozen prefix's
     cached activations of the same views (frozen.Activations), and `model` then the network after the prefix
     (`frozen.Cache.tail`). Either way `train.seed` is set per epoch, so the views are reproducible. `on_epoch`
-    gets each history row as its epoch ends (DVCLive).
+    gets each history row as its epoch ends (DVCLive). With `finetune.devices` > 1 it runs in that many processes
+    (distributed.fit), each training on its `shard` of every batch.
     """
-    torch.manual_seed(ft["seed"])
     model = net if model is None else model
+    if ft["devices"] > 1 and shard is None:
+        freeze(net, ft["unfreeze"])  # before DistributedDataParallel: it syncs the gradients of what trains then
+        best, history = distributed.fit(lambda wrapped, part: fit(net, train, val, ft, dev, wrapped, desc, None, part),
+                                        ft["devices"], model)
+        for row in history if on_epoch is not None else []:  # DVCLive's run lives in this process: its epochs
+            on_epoch(row)                                       # are logged here, as the processes end
+        return best, history
+    torch.manual_seed(ft["seed"])
     optimizer = optimizer_for(net, ft, ft["lr"], ft["head_lr"], ft["weight_decay"])
     workers = ft["num_workers"] if isinstance(train, ImageList) else 0  # cached activations need no decoding
     val_data = loader(val, ft["batch_size"], workers)
@@ -230,7 +247,7 @@ def fit(net: FineTuneNet, train: Dataset, val: Dataset, ft: dict[str, Any], dev:
         train_mode(net, ft["unfreeze"], ft["train_bn"])
         lrs = [g["lr"] for g in optimizer.param_groups]
         train_loss, train_acc = run_epoch(model, loader(train, ft["batch_size"], workers, True, generator),
-                                          dev, optimizer, scheduler, f"epoch {epoch} train", scaler)
+                                          dev, optimizer, scheduler, f"epoch {epoch} train", scaler, shard)
         net.eval()
         val_loss, val_acc = run_epoch(model, val_data, dev, desc=f"epoch {epoch} val")
         history.append({"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val_loss,

@@ -112,6 +112,9 @@ def _check_semantics(params: dict[str, Any], base_dir: Path) -> None:
     if ft["lr"] == "auto" and ft["range_test_steps"] < 20:
         raise ParamsError(f"params: finetune.range_test_steps: {ft['range_test_steps']} is too few for finetune.lr: "
                           "auto to find the rate where the loss turns; give at least 20")
+    if params["finetune"]["devices"] > 1 and params["finetune"]["train_bn"]:
+        raise ParamsError(f"params: finetune.devices: {params['finetune']['devices']} with finetune.train_bn: true "
+                          f"would keep BatchNorm statistics per process, unlike one process; set train_bn: false")
     low, high = params["finetune"]["augment"]["scale"]
     if low > high:
         raise ParamsError(f"params: finetune.augment.scale: [{low}, {high}] must be [smallest, largest] area "
