@@ -72,14 +72,20 @@ TIMM_CONVNEXT = {"backbone": "timm/convnext_atto", "checkpoint": "../weights/con
 
 
 def random_checkpoint(path: Path, backbone: str = "resnet18", seed: int = 0) -> Path:
-    """A seeded random-init state_dict of a model of any family, as a user's checkpoint file."""
+    """A seeded random-init state_dict of a model of any family, at its native size, as a user's checkpoint file:
+    a torch file, or safetensors (as the Hugging Face Hub serves timm's) where the name ends .safetensors."""
     import torch
+    from safetensors.torch import save_file
 
     from transferlab.backbones import load_classifier
 
     model, _ = load_classifier({"backbone": backbone, "weights": "none", "checkpoint": None, "image_size": None}, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), path)
+    state = model.state_dict()
+    if path.suffix == ".safetensors":
+        save_file({k: v.contiguous() for k, v in state.items()}, path)
+    else:
+        torch.save(state, path)
     return path
 
 

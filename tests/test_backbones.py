@@ -8,8 +8,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import copy_project, run_stages, stage_io
-from safetensors.torch import save_file
+from conftest import copy_project, random_checkpoint, run_stages, stage_io
 from test_features_head import prepare, tiny_params
 from test_frozen import ABSOLUTE, TOLERANCE, cache_into, finetune_and_evaluate
 from torch import nn
@@ -30,17 +29,6 @@ def model_params(backbone: str, checkpoint=None, weights: str = "none") -> dict:
             "image_size": 32}
 
 
-def saved_checkpoint(backbone: str, path, seed: int = 0):
-    """A seeded random-init model of the family, its state_dict saved as a user's local checkpoint."""
-    model, _ = backbones.load_classifier({**model_params(backbone), "image_size": None}, seed=seed)  # native size
-    state = model.state_dict()
-    if path.suffix == ".safetensors":
-        save_file({k: v.contiguous() for k, v in state.items()}, path)
-    else:
-        torch.save(state, path)
-    return path
-
-
 def test_every_family_module_has_the_family_functions():
     for prefix in FAMILIES:
         module = load(prefix)
@@ -53,7 +41,7 @@ def test_every_family_module_has_the_family_functions():
                                              ("timm/convnext_atto", ".safetensors")])
 def test_each_family_loads_a_local_checkpoint_splits_groups_and_cuts(tmp_path, backbone, suffix):
     """A torch state_dict file or timm's safetensors (as the Hub serves them), loaded into the same seeded model."""
-    path = saved_checkpoint(backbone, tmp_path / f"weights{suffix}", seed=3)
+    path = random_checkpoint(tmp_path / f"weights{suffix}", backbone, seed=3)
     reference, _ = backbones.load_classifier(model_params(backbone), seed=3)  # the same seeded weights
     loaded, info = backbones.load_classifier(model_params(backbone, path, weights="DEFAULT"), seed=99)
     x = torch.rand(2, 3, 32, 32)
@@ -169,7 +157,7 @@ def test_the_pipeline_on_a_timm_vit_with_a_sweep_over_both_families(tmp_path):
     project = copy_project(tmp_path)
     weights = tmp_path / "weights"
     vit, convnext, timm_resnet, resnet = "timm/vit_tiny_patch16_224", "timm/convnext_atto", "timm/resnet18", "resnet18"
-    files = {b: saved_checkpoint(b, weights / (f"{b[5:]}.safetensors" if b.startswith("timm/") else f"{b}.pth"))
+    files = {b: random_checkpoint(weights / (f"{b[5:]}.safetensors" if b.startswith("timm/") else f"{b}.pth"), b)
              for b in (vit, convnext, timm_resnet, resnet)}
     p = yaml.safe_load((project / "params.yaml").read_text())
     p["model"].update(backbone=vit, checkpoint=f"../weights/{files[vit].name}")

@@ -54,7 +54,7 @@ def load_classifier(model_params: dict[str, Any], seed: int = 0) -> tuple[nn.Mod
 def load_feature_extractor(model_params: dict[str, Any]) -> tuple[nn.Module, int, dict[str, Any]]:
     """Frozen backbone without its classifier, its feature size, and provenance."""
     model, info = load_classifier(model_params)
-    model, dim = families.of_model(model).split(model)
+    model, dim = _family(model_params)[0].split(model)
     model.requires_grad_(False)
     info["feature_dim"] = dim
     return model, dim, info
@@ -63,7 +63,7 @@ def load_feature_extractor(model_params: dict[str, Any]) -> tuple[nn.Module, int
 def architecture(model_params: dict[str, Any]) -> tuple[nn.Module, int]:
     """The backbone's architecture without its classifier, random weights (to load a saved fine-tune into)."""
     model, _ = load_classifier({**model_params, "weights": "none", "checkpoint": None})
-    return families.of_model(model).split(model)
+    return _family(model_params)[0].split(model)
 
 
 def blocks(model: nn.Module) -> list[nn.Module]:

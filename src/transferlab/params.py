@@ -131,14 +131,15 @@ def _check_semantics(params: dict[str, Any], base_dir: Path) -> None:
     checkpoint = model["checkpoint"]
     if checkpoint and not resolve(checkpoint, base_dir).is_file():
         raise ParamsError(f"params: model.checkpoint: no such file: {checkpoint}")
-    for key, name in [("model.backbone", model["backbone"])] + [("sweep.backbones", b)
-                                                                 for b in params["sweep"]["backbones"]]:
+    named = [("model.backbone", model["backbone"])] + [("sweep.backbones", b) for b in params["sweep"]["backbones"]]
+    known = {prefix: families.names(prefix) for prefix in {families.owner(name)[0] for _, name in named}}
+    for key, name in named:
         prefix, own = families.owner(name)
-        if own not in families.names(prefix):
+        if own not in known[prefix]:
             raise ParamsError(f"params: {key}: unknown {families.FAMILIES[prefix].what} {own!r} "
                               f"(choose from {families.FAMILIES[prefix].choose})")
     prefix, own = families.owner(model["backbone"])
-    members = families.names(prefix)[own]
+    members = known[prefix][own]
     if model["weights"].lower() != "none" and model["weights"] != "DEFAULT" and model["weights"] not in members:
         raise ParamsError(f"params: model.weights: {model['weights']!r} is not one of {model['backbone']}'s weights "
                           f"({', '.join([*members, 'DEFAULT', 'none'])})")
