@@ -32,6 +32,7 @@ if workflow.is_main_process:  # the dataset's and checkpoint's manifests, rewrit
     sources.refresh(config, S.layout.files("inputs"))
 
 PY = sys.executable
+SHARDS = S.shard_count(config, "extract")  # features.shards: extraction spread over this many jobs
 MAIN = 10  # the main results come before the learning-curve sweep's points (Snakemake runs higher priority first)
 FIGURES = dict(category="Figures")
 KNOWS = dict(category="What the network knows")
@@ -62,6 +63,7 @@ wildcard_constraints:
     backbone="(timm/)?[A-Za-z0-9_.]+",  # a torchvision name, or timm/<architecture[.tag]>
     fraction="[0-9]+[.][0-9]+",
     seed="[0-9]+",
+    shard="[0-9]+",
 
 
 rule all:
@@ -108,20 +110,43 @@ rule split:
 
 
 rule extract:
+    """Every image's features; with features.shards > 1, gathered from the shards' jobs (extract_shard)."""
     input:
         **inputs("extract"),
+        shards=S.snakemake_shards("extract", config),
     output:
         **outputs("extract"),
     params:
         stage=S.params_for(config, "extract"),
-    threads: 8
+    threads: 8 if SHARDS == 1 else 1
     priority: MAIN
     log:
         "logs/extract.log",
     benchmark:
         "logs/benchmarks/extract.tsv"
     shell:
-        S.shell("extract")
+        S.shell("extract", "" if SHARDS == 1 else "gather")
+
+
+if SHARDS > 1:
+
+    rule extract_shard:
+        """One shard of every split's images: a job each (an sbatch job under profiles/slurm), gathered by extract
+        and then removed."""
+        input:
+            **inputs("extract"),
+        output:
+            **{name: temp(path) for name, path in S.layout.shard_templates("extract").items()},
+        params:
+            stage=S.params_for(config, "extract"),
+        threads: 8
+        priority: MAIN
+        log:
+            "logs/extract/shard{shard}.log",
+        benchmark:
+            "logs/benchmarks/extract/shard{shard}.tsv"
+        shell:
+            S.shell("extract", "shard")
 
 
 rule train_head:

@@ -4,7 +4,8 @@
     python benchmarks/run.py --rows 1 2 3     # some rows (row 9: the same numbers on other CPU kernels, ~3 min;
                                               # row 10: the learning-rate search against one rate, ~6 min;
                                               # row 11: stage start-up and the exp-run cost, before/after, ~25 min;
-                                              # row 12: a timm ViT-S: extraction and cached fine-tune, ~6 min)
+                                              # row 12: a timm ViT-S: extraction and cached fine-tune, ~6 min;
+                                              # row 13: extraction in 1 job against 2 shard jobs, ~6 min)
 
 All rows come from the same run and print as one Markdown table (also written to --out as JSON). Needs the
 shared offline data (../shared): Oxford-IIIT Pet photos and the ImageNet MobileNetV2 state_dict. ResNet-50 runs
@@ -550,9 +551,41 @@ def memory_run(work: Path, n: int) -> tuple[float, float]:
     return int(done.stdout.split()[-1]) / 1024, time.perf_counter() - start
 
 
+# -- 13. extraction spread over shard jobs (Snakemake) -------------------------------------------------------------
+
+def shard_costs(work: Path) -> dict[str, float]:
+    """`snakemake --cores N results/features/meta.json` on the shipped params after the split (run first, untimed):
+    one extract job with N threads; features.shards: 2 with one thread each, side by side; and 2 shards of N
+    threads each, in turn. Wall seconds of the extraction, each shard's images/s, and whether the features are
+    the one job's byte for byte."""
+    out: dict[str, float] = {}
+    made: dict[str, Path] = {}
+    runs = {"1 job": ({}, []),
+            "2 shards side by side, 1 thread each": ({"shards": 2}, ["--set-threads", "extract_shard=1"]),
+            f"2 shards in turn, {THREADS} threads each": ({"shards": 2}, [])}
+    for what, (changes, extra) in runs.items():
+        copy = git_copy(work, "shards-" + str(len(made)), sweep={"enabled": False}, features=changes)
+        sh(copy, SNAKEMAKE, "--cores", str(THREADS), layout.FILES["split"]["summary"])
+        out[f"{what}: wall"] = sh(copy, SNAKEMAKE, "--cores", str(THREADS), *extra, layout.FILES["extract"]["meta"])
+        meta = json.loads((copy / layout.FILES["extract"]["meta"]).read_text())
+        for i, shard in enumerate(meta.get("shards", [])):
+            images = sum(s["images"] for s in shard["splits"].values())
+            out[f"{what}: shard {i} img/s"] = images / sum(s["seconds"] for s in shard["splits"].values())
+        if "shards" not in meta:
+            out[f"{what}: img/s"] = sum(s["images"] for s in meta["splits"].values()) / sum(
+                s["seconds"] for s in meta["splits"].values())
+        made[what] = copy
+    first = next(iter(made.values()))
+    for what, copy in list(made.items())[1:]:
+        out[f"{what}: features identical to 1 job"] = float(all(
+            (copy / layout.FILES["extract"][split]).read_bytes() == (first / layout.FILES["extract"][split]).read_bytes()
+            for split in SPLITS))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, nargs="+", default=list(range(1, 13)))
+    parser.add_argument("--rows", type=int, nargs="+", default=list(range(1, 14)))
     parser.add_argument("--before", default=BASELINE, help=f"row 11's baseline commit (default {BASELINE})")
     parser.add_argument("--after", default="HEAD", help="row 11's commit to compare (default HEAD)")
     parser.add_argument("--resnet-images", type=int, default=4, help="ResNet-50 train photos per class (row 3/4)")
@@ -690,6 +723,14 @@ def main() -> None:
         for what, value in vit_finetune_rates(small, work).items():
             row("12", f"timm vit_small_patch16_224 {what}", value, "img/s",
                 f"{value / best:.0%} of best fp32 forward-only (unfreeze 2 of 12 blocks)")
+    if 13 in args.rows:
+        costs = shard_costs(work)
+        for what, value in costs.items():
+            unit = "s" if what.endswith("wall") else "img/s" if what.endswith("img/s") else "yes=1"
+            row("13", what, value, unit, "shipped params, sweep off; Snakemake")
+        for what in list(costs):
+            if what.endswith("wall") and not what.startswith("1 job"):
+                row("13", f"{what.removesuffix(': wall')} / 1 job", costs[what] / costs["1 job: wall"], "ratio")
     if 7 in args.rows:
         rss, seconds = memory_run(work, args.memory_images)
         row("7", f"extract stage peak RSS, {args.memory_images} synthetic Pets-sized JPEGs", rss, "MB",

@@ -1,10 +1,15 @@
 """Engine tests with a tiny project of their own (run by pytest-xdist beside tests/test_engines.py's): the
 Snakefile's lints, the profiles' plans, a sweep over two backbone families planned by both, stages switched off in
-both engines (on a timm backbone), DVC's cache through a remote and a fresh clone, and DVC's queue of experiments
-(fine-tuning a timm backbone)."""
+both engines (on a timm backbone), DVC's cache through two remotes (a directory, SSH) and a fresh clone each, and
+DVC's queue of experiments (fine-tuning a timm backbone)."""
 import json
+import os
 import re
 import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 from conftest import (
@@ -126,15 +131,60 @@ def handed_to_dvc(tmp_path_factory):
     return project
 
 
-def test_the_cache_travels_through_a_dvc_remote(handed_to_dvc, tmp_path):
-    """`dvc push` to a local-directory remote, then a fresh clone and `dvc pull`: every output as the project made
-    it, so `dvc repro` runs only the check of the inputs outside the project, and a new finetune.lr would re-run
-    no extraction and no frozen blocks (DVC's plan; tests/test_engines.py runs such an experiment)."""
+@pytest.fixture
+def ssh_server(tmp_path, monkeypatch):
+    """A real sshd on a free port of 127.0.0.1 (its own host key, the client's key authorised, in tmp_path) and a
+    HOME whose known_hosts trusts it: yields (user@host:port, client key)."""
+    sshd = Path("/usr/sbin/sshd")
+    if not sshd.exists():
+        pytest.skip("needs openssh-server (.ci/run installs it: apt-get install openssh-server)")
+    if os.geteuid() != 0:
+        pytest.skip("the test's sshd serves root on 127.0.0.1, so it runs as root (as CI does)")
+    pytest.importorskip("dvc_ssh", reason="needs dvc-ssh (pip install -e '.[test]')")
+    keys = tmp_path / "ssh"
+    keys.mkdir()
+    for name in ("host", "client"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / name)], check=True)
+    (keys / "authorized_keys").write_text((keys / "client.pub").read_text())
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (keys / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {keys / 'host'}\nAuthorizedKeysFile {keys / 'authorized_keys'}\n"
+        f"PidFile {keys / 'sshd.pid'}\nPasswordAuthentication no\nPermitRootLogin prohibit-password\nUsePAM no\n"
+        "StrictModes no\nSubsystem sftp internal-sftp\n")
+    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation folder
+    server = subprocess.Popen([str(sshd), "-D", "-e", "-f", str(keys / "sshd_config")], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while socket.socket().connect_ex(("127.0.0.1", port)) and time.monotonic() < deadline:
+        assert server.poll() is None, server.stderr.read().decode()
+        time.sleep(0.1)
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "known_hosts").write_text(f"[127.0.0.1]:{port} {(keys / 'host.pub').read_text()}")
+    monkeypatch.setenv("HOME", str(home))
+    yield f"root@127.0.0.1:{port}", keys / "client"
+    server.terminate()
+    server.wait(10)
+
+
+@pytest.mark.parametrize("remote", ["directory", "ssh"])
+def test_the_cache_travels_through_a_dvc_remote(handed_to_dvc, tmp_path, remote, request):
+    """`dvc push` to a remote (a local directory; ssh:// to a real sshd on localhost, with dvc-ssh), then a fresh
+    clone and `dvc pull`: every output as the project made it, so `dvc repro` runs only the check of the inputs
+    outside the project, and a new finetune.lr would re-run no extraction and no frozen blocks (DVC's plan;
+    tests/test_engines.py runs such an experiment)."""
     project = handed_to_dvc
-    run(["dvc", "remote", "add", "-d", "store", str(tmp_path / "store")], project)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "a remote"], project)
+    if remote == "ssh":
+        login, key = request.getfixturevalue("ssh_server")
+        run(["dvc", "remote", "add", "-f", "-d", remote, f"ssh://{login}{tmp_path / 'store'}"], project)
+        run(["dvc", "remote", "modify", remote, "keyfile", str(key)], project)
+    else:
+        run(["dvc", "remote", "add", "-f", "-d", remote, str(tmp_path / "store")], project)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", f"a {remote} remote"], project)
     run(["dvc", "push"], project)
-    clone = project.parent / "clone"  # beside the project, so ../images and ../weights resolve as for it
+    assert any((tmp_path / "store").rglob("*")), "nothing reached the remote"
+    clone = project.parent / f"clone-{remote}"  # beside the project, so ../images and ../weights resolve as for it
     run(["git", "clone", "-q", str(project), str(clone)], project.parent)
     assert not (clone / "results").exists()
     run(["dvc", "pull"], clone)

@@ -71,6 +71,30 @@ def test_features_equal_model_penultimate_and_train_views(tmp_path):
     np.testing.assert_array_equal(read_arrays(tmp_path / "feat2" / "train.npz")["features"], train["features"])
 
 
+@pytest.mark.parametrize("engine", ["onnxruntime", "torch"])
+def test_shards_gather_to_the_unsharded_bytes(tmp_path, engine):
+    """features.shards: 3, each shard its own job then gathered (Snakemake), gives byte for byte the files of one
+    job computing every image, augmented views included; so does one job with shards set (DVC). The validation
+    list (6 images, batches of 4) leaves shard 0 empty."""
+    data_dir = prepare(tmp_path)
+    whole, gathered, in_one = (tmp_path / name for name in ("whole", "gathered", "in_one"))
+    features.run(tiny_params(engine=engine, train_views=1), stage_io("extract", data_dir, whole))
+    sharded = tiny_params(engine=engine, train_views=1, shards=3)
+    metas = [features.run(sharded, stage_io("extract", data_dir, gathered, shard=s)) for s in range(3)]
+    assert [m["shard"]["rows"]["val"] for m in metas] == [[0, 0], [0, 4], [4, 6]]
+    assert [m["splits"]["train"]["images"] for m in metas] == [8, 8, 8]  # 4 images, 2 views each
+    assert not gathered.exists()  # a shard writes only its own folder
+    shard_one = read_arrays(data_dir.parent / "results/features/shards/1/train.npz")
+    everything = read_arrays(whole / "train.npz")
+    assert (shard_one["features"][4:] == everything["features"][12 + 4:12 + 8]).all()  # its rows' augmented view
+    meta = features.run(sharded, stage_io("extract", data_dir, gathered, gathering=True))
+    features.run(sharded, stage_io("extract", data_dir, in_one))
+    for split in ("train", "val", "test"):
+        assert (gathered / f"{split}.npz").read_bytes() == (whole / f"{split}.npz").read_bytes(), split
+        assert (in_one / f"{split}.npz").read_bytes() == (whole / f"{split}.npz").read_bytes(), split
+    assert meta["splits"]["train"]["images"] == 24 and len(meta["shards"]) == 3
+
+
 def test_killed_extraction_leaves_no_complete_looking_file(tmp_path, monkeypatch):
     data_dir = prepare(tmp_path)
     calls = {"n": 0}

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -78,6 +79,15 @@ def read_arrays(path: Path | str) -> dict[str, np.ndarray]:
     """A saved .npz (one split's cached features, say) as arrays; no pickles."""
     with np.load(path, allow_pickle=False) as npz:
         return {key: npz[key] for key in npz.files}
+
+
+def write_arrays(path: Path | str, arrays: dict[str, np.ndarray]) -> None:
+    """Arrays as one .npz, atomically and byte for byte the same for the same arrays (np.savez stamps each member
+    with the time of writing); a memory-mapped array is streamed in chunks, so memory stays flat."""
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", allowZip64=True) as npz:
+        for name, array in arrays.items():
+            with npz.open(zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0)), "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, np.asanyarray(array), allow_pickle=False)
 
 
 def copy_file(source: Path | str, path: Path | str) -> None:

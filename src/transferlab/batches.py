@@ -93,7 +93,8 @@ def loader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: bool = 
 
 def compute(forward: engines.Forward, images: ImageList, out: np.ndarray, desc: str, batch_size: int,
             streams: int = 1, num_workers: int = 0, dev: torch.device | None = None) -> None:
-    """Fill `out` (rows in dataset order) with forward's outputs for every image.
+    """Fill `out` (rows in dataset order) with forward's outputs for every image, in batches of `batch_size` rows
+    from the first (so a shard cut at whole batches computes the unsharded run's batches).
 
     CPU: `streams` threads each decode a batch and run the engine on it (one thread each), so every core is
     busy all the time and decoding never waits for the model or the model for decoding. `encoded` images (the
@@ -107,7 +108,6 @@ def compute(forward: engines.Forward, images: ImageList, out: np.ndarray, desc: 
             return
 
         streams = max(1, streams)
-        batch_size = min(batch_size, -(-len(images) // streams))  # a small split still keeps every stream busy
 
         def one(start: int) -> None:
             stop = min(start + batch_size, len(images))
@@ -124,8 +124,8 @@ def outputs(forward: engines.Forward, images: ImageList, width: int, desc: str, 
     """Forward's outputs (width columns) for every image, one CPU stream per thread, as in extraction."""
     out = np.empty((len(images), width), dtype=dtype)
     streams = torch.get_num_threads()
-    with torch_threads(1):
-        compute(forward, images, out, desc, batch_size, streams)
+    with torch_threads(1):  # a small list still keeps every stream busy
+        compute(forward, images, out, desc, max(1, min(batch_size, -(-len(images) // streams))), streams)
     return out
 
 

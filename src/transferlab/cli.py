@@ -59,13 +59,25 @@ def run_stage(name: str, run: Callable[[dict[str, Any], stages.StageIO], object]
                         help="threads for torch, BLAS and image decoding (default: all cores)")
     for wildcard in stages.stage_wildcards(name):
         parser.add_argument(f"--{wildcard}", required=True, help=f"the sweep point's {wildcard} (from sweep.*)")
+    if stages.TABLE[name].shards:
+        part = parser.add_mutually_exclusive_group()
+        part.add_argument("--shard", type=int, help=f"compute only this shard (0-based; {stages.TABLE[name].shards})")
+        part.add_argument("--gather", action="store_true", help="only gather the shards' files into the outputs")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [" + name + "] %(message)s")
-    show_progress(name + "".join(f" {getattr(args, w)}" for w in stages.stage_wildcards(name)))
+    shard, gathering = getattr(args, "shard", None), getattr(args, "gather", False)
+    label = name + "".join(f" {getattr(args, w)}" for w in stages.stage_wildcards(name))
+    label += "" if shard is None else f" shard {shard}"
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [" + label + "] %(message)s")
+    show_progress(label)
     try:
         params = params_mod.load(args.params)
+        if shard is not None and not 0 <= shard < stages.shard_count(params, name):
+            raise params_mod.ParamsError(f"--shard {shard}: {stages.TABLE[name].shards} is "
+                                         f"{stages.shard_count(params, name)} (shards 0 to "
+                                         f"{stages.shard_count(params, name) - 1})")
         threads = max(1, args.threads)
-        io = stages.io(name, threads=threads, wildcards={w: getattr(args, w) for w in stages.stage_wildcards(name)})
+        io = stages.io(name, threads=threads, wildcards={w: getattr(args, w) for w in stages.stage_wildcards(name)},
+                       shard=shard, gathering=gathering)
         set_threads(threads)
         start = time.perf_counter()
         stages.execute(name, run, params, io)

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import backbones, engines
-from .atomic import atomic_path, read_json, scratch_file, write_json
+from . import backbones, engines, layout
+from .atomic import read_arrays, read_json, scratch_file, write_arrays, write_json
 from .batches import ImageList, compute, device, torch_threads
 from .layout import SPLITS, data_root
 from .params import ParamsError
@@ -23,7 +23,10 @@ from .transforms import augmentation, evaluation
 log = logging.getLogger("transferlab")
 
 def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
-    """Features (float32, labels, ids, views) of every split in one .npz each, and meta.json."""
+    """Features (float32, labels, ids, views) of every split in one .npz each, and meta.json: of every image, or
+    (io.shard) of one shard's images into its own folder, or (io.gathering) gathered from the shards' files."""
+    if io.gathering:
+        return gather(params, io)
     model_params, feat = params["model"], params["features"]
     dataset = read_json(io.input.dataset)
     classes, root = dataset["classes"], data_root(dataset)
@@ -35,28 +38,85 @@ def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
     on_gpu = dev.type == "cuda"  # decode JPEGs on the GPU
     threads = torch.get_num_threads()
     streams = 1 if on_gpu else threads
-    out_dir = io.output.meta.parent
-    out_dir.mkdir(parents=True, exist_ok=True)
-    train_rows = len(pd.read_csv(io.input.splits.train)) * (1 + feat["train_views"])
-    check_room(train_rows, dim, out_dir, feat["train_views"])
-    with scratch_file(out_dir, ".onnx", "backbone") as onnx_path, torch_threads(threads // streams):
+    out = io.output if io.shard is None else layout.shard_files("extract", io.shard, io.root)
+    out.meta.parent.mkdir(parents=True, exist_ok=True)
+    frames = {split: pd.read_csv(getattr(io.input.splits, split)) for split in SPLITS}
+    rows = {split: _rows(len(frame), feat, io.shard) for split, frame in frames.items()}
+    check_room(len(rows["train"]) * (1 + feat["train_views"]), dim, out.meta.parent, feat["train_views"])
+    with scratch_file(out.meta.parent, ".onnx", "backbone") as onnx_path, torch_threads(threads // streams):
         forward, engine = engines.build(model, feat["engine"], feat["precision"], dev, size, onnx_path,
                                         threads=threads // streams)
         meta: dict[str, Any] = {**info, **engine, "image_size": size, "device": str(dev), "gpu_decode": on_gpu,
                                 "threads": threads, "streams": streams, "torch": torch.__version__,
                                 "classes": classes, "splits": {}}
-        for split in SPLITS:
-            frame = pd.read_csv(getattr(io.input.splits, split))
-            views = [ImageList(root, frame, classes, evaluation(plain, normalize=False), min_size, encoded=on_gpu)]
+        for split, frame in frames.items():
+            part = frame.iloc[rows[split].start:rows[split].stop]
+            keys = list(rows[split])  # each image's augmentation seeded by its row in the whole list, as unsharded
+            views = [ImageList(root, part, classes, evaluation(plain, normalize=False), min_size, encoded=on_gpu,
+                               keys=keys)]
             if split == "train":
-                views += [ImageList(root, frame, classes, augmentation(plain, normalize=False), min_size,
-                                    seed=feat["seed"] + 1 + v, encoded=on_gpu) for v in range(feat["train_views"])]
-            meta["splits"][split] = _extract_split(forward, views, dim, feat, getattr(io.output, split), classes,
-                                                   frame["path"].to_numpy(dtype=str), streams, dev)
-    write_json(io.output.meta, meta)
+                views += [ImageList(root, part, classes, augmentation(plain, normalize=False), min_size,
+                                    seed=feat["seed"] + 1 + v, encoded=on_gpu, keys=keys)
+                          for v in range(feat["train_views"])]
+            meta["splits"][split] = _extract_split(forward, views, dim, feat, getattr(out, split), classes,
+                                                   part["path"].to_numpy(dtype=str), streams, dev)
+    if io.shard is not None:
+        meta["shard"] = {"index": io.shard, "of": feat["shards"],
+                         "rows": {split: [r.start, r.stop] for split, r in rows.items()}}
+    write_json(out.meta, meta)
     for split, stats in meta["splits"].items():
         log.info("%s: %d images in %.1f s (%.1f img/s), %d features", split, stats["images"], stats["seconds"],
                  stats["images_per_s"] or 0, meta["feature_dim"])
+    return meta
+
+
+def shard_rows(n: int, shards: int, batch_size: int) -> list[range]:
+    """The rows of each of `shards` shards of an image list of `n`: contiguous and as even as whole batches of
+    `batch_size` allow (so each shard's batches are the unsharded run's)."""
+    batches = -(-n // batch_size)
+    cuts = [min(n, batches * s // shards * batch_size) for s in range(shards + 1)]
+    return [range(a, b) for a, b in zip(cuts, cuts[1:])]
+
+
+def _rows(n: int, feat: dict[str, Any], shard: int | None) -> range:
+    return range(n) if shard is None else shard_rows(n, feat["shards"], feat["batch_size"])[shard]
+
+
+def gather(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
+    """The stage's outputs from its shards' files (Snakemake's gathering job): the same bytes as one job's."""
+    count = params["features"]["shards"]
+    shards = [layout.shard_files("extract", s, io.root) for s in range(count)]
+    metas = [read_json(shard.meta) for shard in shards]
+    meta = {key: value for key, value in metas[0].items() if key != "shard"}
+    meta["splits"], meta["shards"] = {}, [{"rows": m["shard"]["rows"], "splits": m["splits"]} for m in metas]
+    io.output.meta.parent.mkdir(parents=True, exist_ok=True)
+    for split in SPLITS:
+        start = time.perf_counter()
+        parts = [read_arrays(getattr(shard, split)) for shard in shards]
+        n_views = int(max((part["views"].max(initial=-1) for part in parts), default=-1)) + 1
+        blocks = [np.split(np.arange(len(part["ids"])), n_views) if len(part["ids"]) else [np.arange(0)] * n_views
+                  for part in parts]
+        order = [(p, rows) for v in range(n_views) for p, rows in ((p, blocks[p][v]) for p in range(count))]
+        first = [(parts[p], blocks[p][0]) for p in range(count)]
+        path = getattr(io.output, split)
+        with scratch_file(path.parent, ".npy", path.stem) as buf:
+            total = sum(len(rows) for _, rows in order)
+            features = np.lib.format.open_memmap(buf, mode="w+", dtype=np.float32,
+                                                 shape=(total, parts[0]["features"].shape[1]))
+            at = 0
+            for p, rows in order:
+                features[at:at + len(rows)] = parts[p]["features"][rows]
+                at += len(rows)
+            _save(path, features, np.concatenate([part["labels"][rows] for part, rows in first]),
+                  np.concatenate([part["ids"][rows] for part, rows in first]), n_views, meta["classes"])
+            del features
+        images = sum(m["splits"][split]["images"] for m in metas)
+        seconds = sum(m["splits"][split]["seconds"] for m in metas)
+        meta["splits"][split] = {"images": images, "seconds": round(seconds, 3),
+                                 "images_per_s": round(images / seconds, 2) if seconds else None,
+                                 "gather_seconds": round(time.perf_counter() - start, 3)}
+    write_json(io.output.meta, meta)
+    log.info("gathered %d shards: %s", count, ", ".join(f"{s} {m['images']} images" for s, m in meta["splits"].items()))
     return meta
 
 
@@ -78,18 +138,23 @@ def _extract_split(forward: engines.Forward, views: list[ImageList], dim: int, f
     """Features of every view of one split, filled into a memory-mapped scratch array, then one atomic .npz."""
     n, split = len(ids), path.stem
     start = time.perf_counter()
-    with atomic_path(path) as tmp, scratch_file(path.parent, ".npy", path.stem) as buf:
+    with scratch_file(path.parent, ".npy", path.stem) as buf:
         features = np.lib.format.open_memmap(buf, mode="w+", dtype=np.float32, shape=(n * len(views), dim))
         for v, ds in enumerate(views):
-            compute(forward, ds, features[v * n:(v + 1) * n], f"extract {split}" + (f" view {v}" if v else ""),
-                    feat["batch_size"], streams, feat["num_workers"], dev)
+            if n:
+                compute(forward, ds, features[v * n:(v + 1) * n], f"extract {split}" + (f" view {v}" if v else ""),
+                        feat["batch_size"], streams, feat["num_workers"], dev)
         features.flush()
-        labels = np.tile(np.asarray(views[0].labels, dtype=np.int64), len(views))
-        with open(tmp, "wb") as fh:  # np.savez streams the memmap in chunks: memory stays flat
-            np.savez(fh, features=features, labels=labels, ids=np.tile(ids, len(views)),
-                     views=np.repeat(np.arange(len(views)), n), classes=np.asarray(classes, dtype=str))
+        _save(path, features, np.asarray(views[0].labels, dtype=np.int64), ids, len(views), classes)
         del features
     seconds = time.perf_counter() - start
     return {"images": n * len(views), "seconds": round(seconds, 3),
             "images_per_s": round(n * len(views) / seconds, 2) if seconds else None}
 
+
+def _save(path: Path, features: np.ndarray, labels: np.ndarray, ids: np.ndarray, n_views: int,
+          classes: list[str]) -> None:
+    """One split's .npz: features of every view (view-major), each view's labels and ids, the view of each row."""
+    write_arrays(path, {"features": features, "labels": np.tile(labels.astype(np.int64), n_views),
+                        "ids": np.tile(ids, n_views), "views": np.repeat(np.arange(n_views), len(ids)),
+                        "classes": np.asarray(classes, dtype=str)})

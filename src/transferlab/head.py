@@ -14,7 +14,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from . import selection
-from .atomic import atomic_path, read_arrays, write_csv, write_json
+from .atomic import read_arrays, write_arrays, write_csv, write_json
 from .stages import StageIO
 
 log = logging.getLogger("transferlab")
@@ -81,10 +81,9 @@ def parameter_count(model: Pipeline) -> int:
 def save(model: Pipeline, path: Path | str, class_names: list[str]) -> None:
     """Store the fitted pipeline as plain arrays (.npz): nothing executable, unlike a pickle."""
     scaler, logreg = model.named_steps["standardscaler"], model.named_steps["logisticregression"]
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, mean=scaler.mean_, scale=scaler.scale_, var=scaler.var_, coef=logreg.coef_,
-                 intercept=logreg.intercept_, classes=logreg.classes_, C=logreg.C, max_iter=logreg.max_iter,
-                 class_names=np.asarray(class_names, dtype=str))
+    write_arrays(path, {"mean": scaler.mean_, "scale": scaler.scale_, "var": scaler.var_, "coef": logreg.coef_,
+                        "intercept": logreg.intercept_, "classes": logreg.classes_, "C": np.asarray(logreg.C),
+                        "max_iter": np.asarray(logreg.max_iter), "class_names": np.asarray(class_names, dtype=str)})
 
 
 def load(path: Path | str) -> tuple[Pipeline, list[str]]:

@@ -62,6 +62,11 @@ FILES: dict[str, dict[str, str]] = {
 }
 
 
+# A stage Snakemake may spread over jobs (stages.Stage.shards): each shard's files go to their own folder, named
+# as the stage's, and the stage's rule gathers them. DVC computes every shard in the stage's one process.
+SHARD_FOLDERS = {"extract": "results/features/shards/{shard}"}
+
+
 def folder(stage: str) -> str:
     """The folder holding all of a stage's files (results/features, results/model, data...)."""
     return os.path.commonpath([os.path.dirname(path) for path in FILES[stage].values()])
@@ -128,6 +133,18 @@ def files_in(stage: str, where: Path | str, **wildcards: Any) -> SimpleNamespace
 def owned(stage: str, root: Path | str = ".", where: Path | str | None = None, **wildcards: Any) -> list[Path]:
     """The folders the stage owns, placed as `files` (under `root`) or `files_in` (moved to `where`) place them."""
     return [_place(stage, path, root, where, wildcards) for path in OWNED.get(stage, [])]
+
+
+def shard_templates(stage: str) -> dict[str, str]:
+    """One shard's files by name ({shard} unfilled): the stage's outputs but its checksum record."""
+    return {name: f"{SHARD_FOLDERS[stage]}/{os.path.basename(path)}" for name, path in FILES[stage].items()
+            if name != "checksums"}
+
+
+def shard_files(stage: str, shard: int, root: Path | str = ".") -> SimpleNamespace:
+    """One shard's files by name (attribute access) under `root`."""
+    return SimpleNamespace(**{name: Path(root) / path.format(shard=shard)
+                              for name, path in shard_templates(stage).items()})
 
 
 def raw_dir(dataset_json: Path) -> Path:

@@ -30,12 +30,14 @@ log = logging.getLogger("transferlab")
 class Stage:
     """inputs: name → another stage ("split": all its files; "extract.meta": one) or a project file;
     modules: the library modules its script imports (the engines re-run the stage when one changes);
-    enabled_by: the params switch that turns it off (then it leaves a 'skipped' record, see `skip`)."""
+    enabled_by: the params switch that turns it off (then it leaves a 'skipped' record, see `skip`);
+    shards: the params count of jobs Snakemake spreads its work over (layout.SHARD_FOLDERS; DVC runs it whole)."""
 
     inputs: dict[str, str]
     params: list[str]
     modules: list[str]
     enabled_by: str | None = None
+    shards: str | None = None
 
 
 # Every module a stage's script may load, lazily imported ones included (tests/test_stages.py walks the imports).
@@ -54,6 +56,9 @@ _DATA = {"dataset": "download.dataset", "splits": "split"}
 _WEIGHTS = {"checkpoint": "inputs.checkpoint"}  # the checkpoint's content: replaced under the same name, it re-runs
 _SWEEP_WEIGHTS = {**_WEIGHTS, "sweep_checkpoints": "inputs.sweep_checkpoints"}  # and the sweep's other backbones'
 _SWEEP_PARAMS = ["sweep.enabled", "sweep.checkpoints"]
+# What the features depend on: not features.shards, which changes how the work is spread, not its result.
+_FEATURE_PARAMS = ["model", "features.engine", "features.precision", "features.batch_size", "features.num_workers",
+                   "features.train_views", "features.seed"]
 # What the frozen prefix's activations depend on (not lr, head_lr, weight_decay, schedule, patience, batch_size).
 _FROZEN_PARAMS = ["model", "features.engine", "features.batch_size", "features.num_workers", "finetune.enabled",
                   "finetune.unfreeze", "finetune.augment", "finetune.epochs", "finetune.seed", "finetune.cache",
@@ -70,7 +75,7 @@ TABLE: dict[str, Stage] = {
     "split": Stage({"index": "download.index", "dataset": "download.dataset"},
                    ["data.split", "data.val_fraction", "data.test_fraction", "data.train_fraction", "data.seed"],
                    _DATASETS + ["split"]),
-    "extract": Stage({**_DATA, **_WEIGHTS}, ["model", "features"], _FEATURES),
+    "extract": Stage({**_DATA, **_WEIGHTS}, _FEATURE_PARAMS, _FEATURES, shards="features.shards"),
     "train_head": Stage({"train": "extract.train", "val": "extract.val"}, ["head"], _HEAD),
     "evaluate_probe": Stage({"model": "train_head.model", "features": "extract"}, ["evaluate"], _EVALUATE),
     "frozen_cache": Stage({**_DATA, **_WEIGHTS}, _FROZEN_PARAMS, _FROZEN, "finetune.enabled"),
@@ -86,7 +91,7 @@ TABLE: dict[str, Stage] = {
                     ["finetune.enabled", "export"], _FINETUNE + ["datasets", "index", "predict", "export"]),
     "visualize": Stage({**_DATA, **_WEIGHTS, "probe": "train_head.model", "finetune": "finetune.model"},
                        ["model", "finetune.enabled", "visualize"], _FINETUNE + ["visualize"], "visualize.enabled"),
-    "sweep_extract": Stage({**_DATA, **_SWEEP_WEIGHTS, "main": "extract"}, ["model", "features", *_SWEEP_PARAMS],
+    "sweep_extract": Stage({**_DATA, **_SWEEP_WEIGHTS, "main": "extract"}, _FEATURE_PARAMS + _SWEEP_PARAMS,
                            _SWEEP, "sweep.enabled"),
     "sweep_frozen": Stage({**_DATA, **_SWEEP_WEIGHTS, "main": "frozen_cache.meta"}, _FROZEN_PARAMS + _SWEEP_PARAMS,
                           _SWEEP, "sweep.enabled"),
@@ -143,6 +148,15 @@ def enabled(params: dict[str, Any], stage: str) -> bool:
     return bool(params[section][key])
 
 
+def shard_count(params: dict[str, Any], stage: str) -> int:
+    """How many jobs Snakemake spreads the stage over (1: the stage is one job)."""
+    key = TABLE[stage].shards
+    if key is None:
+        return 1
+    section, name = key.split(".")
+    return int(params[section][name])
+
+
 def _ref(value: str) -> tuple[str, str | None] | None:
     """(stage, file or None) when an input names another stage's output, None for a project file."""
     stage, _, name = value.partition(".")
@@ -195,12 +209,15 @@ class StageIO:
     threads: int
     root: Path
     owned: list[Path]  # the folders among the outputs the stage writes as a whole
+    shard: int | None = None  # compute only this shard, into layout.shard_files (a Snakemake job of its own)
+    gathering: bool = False  # only gather the shards' files into the outputs
 
 
 def io(stage: str, root: Path | str = ".", out: Path | str | None = None, threads: int = 1,
-       wildcards: dict[str, str] | None = None, **given: Any) -> StageIO:
+       wildcards: dict[str, str] | None = None, shard: int | None = None, gathering: bool = False,
+       **given: Any) -> StageIO:
     """A stage's files under the project `root` (its outputs in the folder `out` instead, if given); `given`
-    replaces inputs by name.
+    replaces inputs by name; `shard`/`gathering`: the part of a sharded stage this job does.
 
     An input naming a whole stage is that stage's files (attribute access); a sweep input the stage has no
     wildcard for is the folder above it.
@@ -219,7 +236,8 @@ def io(stage: str, root: Path | str = ".", out: Path | str | None = None, thread
             files = layout.files(ref[0], root, **filled)
             inputs[name] = getattr(files, ref[1]) if ref[1] else files
     output = layout.files(stage, root, **filled) if out is None else layout.files_in(stage, out, **filled)
-    return StageIO(SimpleNamespace(**inputs), output, filled, threads, root, layout.owned(stage, root, out, **filled))
+    return StageIO(SimpleNamespace(**inputs), output, filled, threads, root, layout.owned(stage, root, out, **filled),
+                   shard, gathering)
 
 
 def execute(stage: str, run: Callable[[dict[str, Any], StageIO], object], params: dict[str, Any],
@@ -232,7 +250,8 @@ def execute(stage: str, run: Callable[[dict[str, Any], StageIO], object], params
     checks.verify_inputs(stage, files)
     clear_skipped(stage, files)
     result = run(params, files)
-    checks.record(files)
+    if files.shard is None:  # a shard's files are the gathering job's to check, and Snakemake's to remove
+        checks.record(files)
     return result
 
 
@@ -299,10 +318,20 @@ def snakemake_inputs(stage: str, params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def shell(stage: str) -> str:
-    """The rule's shell command: the stage script with its wildcards; its standard error (log lines, progress
-    bars) to the rule's log, its standard output (a status line per long step, `progress.py`) to the console."""
+def snakemake_shards(stage: str, params: dict[str, Any]) -> list[str]:
+    """Every shard's files: the input of the rule that gathers them (none where the stage is one job)."""
+    count = shard_count(params, stage)
+    if count == 1:
+        return []
+    return [path.format(shard=s) for s in range(count) for path in layout.shard_templates(stage).values()]
+
+
+def shell(stage: str, part: str = "") -> str:
+    """The rule's shell command: the stage script with its wildcards (`part`: "shard", one shard's job, or
+    "gather", the job gathering them); its standard error (log lines, progress bars) to the rule's log, its
+    standard output (a status line per long step, `progress.py`) to the console."""
     extra = "".join(f" --{w} {{wildcards.{w}}}" for w in stage_wildcards(stage))
+    extra += {"": "", "shard": " --shard {wildcards.shard}", "gather": " --gather"}[part]
     return "{PY} {input.script}" + extra + " --threads {threads} 2> {log}"
 
 
