@@ -566,7 +566,7 @@ def shard_costs(work: Path) -> dict[str, float]:
     for what, (changes, extra) in runs.items():
         copy = git_copy(work, "shards-" + str(len(made)), sweep={"enabled": False}, features=changes)
         sh(copy, SNAKEMAKE, "--cores", str(THREADS), layout.FILES["split"]["summary"])
-        out[f"{what}: wall"] = sh(copy, SNAKEMAKE, "--cores", str(THREADS), *extra, layout.FILES["extract"]["meta"])
+        out[f"{what}: wall"] = sh(copy, SNAKEMAKE, layout.FILES["extract"]["meta"], "--cores", str(THREADS), *extra)
         meta = json.loads((copy / layout.FILES["extract"]["meta"]).read_text())
         for i, shard in enumerate(meta.get("shards", [])):
             images = sum(s["images"] for s in shard["splits"].values())

@@ -144,11 +144,11 @@ def trained_project(tmp_path_factory) -> Path:
     return dest
 
 
-def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+def run(cmd: list[str], cwd: Path, check: bool = True, timeout: float | None = None) -> subprocess.CompletedProcess:
     """Run a command in the project copy with this interpreter's environment on PATH."""
     env_path = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": env_path + os.pathsep + os.environ.get("PATH", "")}
-    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result

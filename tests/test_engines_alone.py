@@ -37,7 +37,7 @@ def test_snakemake_lint_leaves_only_the_lints_the_snakefile_justifies(tmp_path):
     assert "conda environment or container" in (ROOT / "Snakefile").read_text()
 
 
-@pytest.mark.parametrize("profile", ["local", "slurm"])
+@pytest.mark.parametrize("profile", ["local", "slurm", "slurm-cpu"])
 def test_profiles_dry_run(tmp_path, profile):
     project = copy_project(tmp_path)
     dry = run(["snakemake", "-n", "--profile", f"profiles/{profile}"], project)
@@ -49,6 +49,8 @@ def test_profiles_dry_run(tmp_path, profile):
     if profile == "slurm":  # GPU rules ask the cluster for a GPU, the others for the CPU partition
         assert re.search(r"rule sweep_point:.*?resources:[^\n]*slurm_partition=gpu[^\n]*gpu=1", output, re.S)
         assert re.search(r"rule split:.*?resources:[^\n]*slurm_partition=cpu", output, re.S)
+    if profile == "slurm-cpu":  # every rule on the CPU partition (tests/test_slurm.py runs it on a real cluster)
+        assert output.count("slurm_partition=cpu") == output.count("resources:") > 0 and "gpu=" not in output
 
 
 def test_both_engines_plan_a_sweep_over_two_families(tmp_path):
