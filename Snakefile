@@ -32,7 +32,7 @@ if workflow.is_main_process:  # the dataset's and checkpoint's manifests, rewrit
     sources.refresh(config, S.layout.files("inputs"))
 
 PY = sys.executable
-SHARDS = S.shard_count(config, "extract")  # features.shards: extraction spread over this many jobs
+SHARDS = S.shard_count(config, "extract")  # features.shards: extraction and the frozen blocks over this many jobs
 MAIN = 10  # the main results come before the learning-curve sweep's points (Snakemake runs higher priority first)
 FIGURES = dict(category="Figures")
 KNOWS = dict(category="What the network knows")
@@ -136,7 +136,7 @@ if SHARDS > 1:
         input:
             **inputs("extract"),
         output:
-            **{name: temp(path) for name, path in S.layout.shard_templates("extract").items()},
+            temp(directory(S.layout.SHARD_FOLDERS["extract"])),
         params:
             stage=S.params_for(config, "extract"),
         threads: 8
@@ -147,6 +147,24 @@ if SHARDS > 1:
             "logs/benchmarks/extract/shard{shard}.tsv"
         shell:
             S.shell("extract", "shard")
+
+    rule frozen_cache_shard:
+        """The frozen blocks over one shard of the images, every view the fine-tune needs: a job each, gathered by
+        frozen_cache and then removed."""
+        input:
+            **inputs("frozen_cache"),
+        output:
+            temp(directory(S.layout.SHARD_FOLDERS["frozen_cache"])),
+        params:
+            stage=S.params_for(config, "frozen_cache"),
+        threads: 8
+        priority: MAIN
+        log:
+            "logs/frozen_cache/shard{shard}.log",
+        benchmark:
+            "logs/benchmarks/frozen_cache/shard{shard}.tsv"
+        shell:
+            S.shell("frozen_cache", "shard")
 
 
 rule train_head:
@@ -184,21 +202,23 @@ rule evaluate_probe:
 
 
 rule frozen_cache:
-    """The fine-tune's frozen blocks, run once over every view it trains and is scored on."""
+    """The fine-tune's frozen blocks, run once over every view it trains and is scored on; with features.shards > 1,
+    gathered from the shards' jobs (frozen_cache_shard)."""
     input:
         **inputs("frozen_cache"),
+        shards=S.snakemake_shards("frozen_cache", config),
     output:
         **outputs("frozen_cache"),
     params:
         stage=S.params_for(config, "frozen_cache"),
-    threads: 8
+    threads: 8 if SHARDS == 1 else 1
     priority: MAIN
     log:
         "logs/frozen_cache.log",
     benchmark:
         "logs/benchmarks/frozen_cache.tsv"
     shell:
-        S.shell("frozen_cache")
+        S.shell("frozen_cache", "" if SHARDS == 1 else "gather")
 
 
 rule finetune:

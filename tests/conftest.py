@@ -20,10 +20,13 @@ CATS_DOGS = SHARED / "data" / "cats_and_dogs_filtered"
 MOBILENET = SHARED / "weights" / "mobilenet_v2-imagenet-int8-dequantized.pth"
 
 
+LONGEST = ("test_engines.py", "test_slurm.py", "test_engines_alone.py")  # minutes each; the other files seconds
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The engine tests first: pytest-xdist (--dist loadfile) then starts the two longest files at once, one per
-    worker, and the other files fill in around them."""
-    items.sort(key=lambda item: item.get_closest_marker("engine") is None)
+    """The longest files first: pytest-xdist (-n 3 --dist loadfile --no-loadscope-reorder) then starts them at once,
+    one per worker, and the other files fill in around them."""
+    items.sort(key=lambda item: LONGEST.index(item.path.name) if item.path.name in LONGEST else len(LONGEST))
 
 
 def need(path: Path) -> Path:

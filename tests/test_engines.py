@@ -45,11 +45,9 @@ def on_both(check, projects) -> list:
 @pytest.fixture(scope="module")
 def both_engines(tmp_path_factory):
     """One tiny project run by Snakemake and an identical one run by DVC, side by side; then each by the other
-    engine (`run_engine`). The suite's only two full pipeline runs. Snakemake's spreads extraction over two jobs
-    (features.shards: 2), which changes no result."""
+    engine (`run_engine`). The suite's only two full pipeline runs (tests/test_slurm.py runs Snakemake's shards)."""
     engines = ("snakemake", "dvc")
     copies = [copy_project(tmp_path_factory.mktemp(engine)) for engine in engines]
-    set_param(copies[0], "features", "shards", 2)
     return dict(zip(engines, on_both(lambda pair: run_engine(*pair), list(zip(engines, copies)))))
 
 
@@ -59,8 +57,7 @@ def test_full_runs_then_noop(both_engines):
     stages = {"download", "split", "extract", "train_head", "evaluate_probe", "frozen_cache", "finetune",
               "evaluate_finetune", "export", "visualize", "sweep_extract", "sweep_frozen", "sweep_point",
               "sweep_aggregate", "report"}
-    assert snakemake_jobs(sm_first) == stages | {"extract_shard"} and dvc_ran(dvc_first) == stages | {"inputs"}
-    assert sm_first.count("rule extract_shard:") == 2 and not (sm_dir / "results/features/shards").exists()
+    assert snakemake_jobs(sm_first) == stages and dvc_ran(dvc_first) == stages | {"inputs"}
     assert "Nothing to be done" in sm_again and not snakemake_jobs(sm_again)
     # DVC runs the check of the data and checkpoint outside the project every time, and nothing else
     assert dvc_ran(dvc_again) == {"inputs"} and "inputs: unchanged" in dvc_again
@@ -81,13 +78,10 @@ def test_full_runs_then_noop(both_engines):
 def test_each_engine_shows_a_long_stage_s_progress_on_the_console(both_engines):
     """The status lines (progress.py) of extract and the fine-tune reach each engine's console output, not only
     the rule's log: at the start and the end of each bar (and every 10 s between, tests/test_progress.py)."""
-    for engine, label, train in (("snakemake", "extract shard 0", 8), ("dvc", "extract", 12)):
-        console = both_engines[engine][1]
-        assert re.search(rf"^\S+ \[{label}\] extract train: 0/{train} img \(0 %\) · 00:00 elapsed$", console, re.M)
-    assert re.search(r"^\S+ \[extract shard 1\] extract test: 6/6 img \(100 %\)", both_engines["snakemake"][1], re.M)
-    assert re.search(r"^\S+ \[extract\] extract test: 6/6 img \(100 %\)", both_engines["dvc"][1], re.M)
     for engine in ("snakemake", "dvc"):
         console = both_engines[engine][1]
+        assert re.search(r"^\S+ \[extract\] extract train: 0/12 img \(0 %\) · 00:00 elapsed$", console, re.M), engine
+        assert re.search(r"^\S+ \[extract\] extract test: 6/6 img \(100 %\)", console, re.M), engine
         assert re.search(r"^\S+ \[finetune\] [^\n]*: 1/1 epoch \(100 %\)", console, re.M), engine
 
 
@@ -133,7 +127,7 @@ def test_engines_produce_the_same_files(both_engines):
     for rel in ("data/index.csv", "data/rejected.csv", "data/splits/train.csv", "data/splits/val.csv",
                 "data/splits/test.csv"):
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
-    for split in ("train", "val", "test"):  # Snakemake's two shards gathered: DVC's one pass, byte for byte
+    for split in ("train", "val", "test"):
         rel = f"results/features/{split}.npz"
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
     pa, pb = (pd.read_csv(d / "results/eval/probe/predictions.csv") for d in (a, b))
@@ -375,6 +369,5 @@ def test_inputs_are_versioned_in_both_engines(both_engines):
             found[what] = (snakemake_jobs(planned.stdout + planned.stderr), dvc_changed(project))
         return found
 
-    sharded = {what: (jobs | {"extract_shard"} if "extract" in jobs else jobs, stages) for what, (jobs, stages) in plans.items()}
-    found = on_both(plans_of, [both_engines["snakemake"][0], both_engines["dvc"][0]])
-    assert found == [sharded, plans]  # Snakemake's project spreads extraction over two jobs
+    for found in on_both(plans_of, [both_engines["snakemake"][0], both_engines["dvc"][0]]):
+        assert found == plans

@@ -84,7 +84,7 @@ def test_shards_gather_to_the_unsharded_bytes(tmp_path, engine):
     assert [m["shard"]["rows"]["val"] for m in metas] == [[0, 0], [0, 4], [4, 6]]
     assert [m["splits"]["train"]["images"] for m in metas] == [8, 8, 8]  # 4 images, 2 views each
     assert not gathered.exists()  # a shard writes only its own folder
-    shard_one = read_arrays(data_dir.parent / "results/features/shards/1/train.npz")
+    shard_one = read_arrays(data_dir.parent / "results/shards/extract/1/train.npz")
     everything = read_arrays(whole / "train.npz")
     assert (shard_one["features"][4:] == everything["features"][12 + 4:12 + 8]).all()  # its rows' augmented view
     meta = features.run(sharded, stage_io("extract", data_dir, gathered, gathering=True))

@@ -10,6 +10,7 @@ from conftest import stage_io
 from test_finetune import net, probe_setup  # noqa: F401  (fixture)
 
 from transferlab import finetune, frozen, stages
+from transferlab.atomic import read_splits
 from transferlab.evaluation import run_finetune
 
 # Training from cached activations vs on the fly: the same operations in a different batch composition for the
@@ -94,6 +95,28 @@ def test_training_from_the_cache_equals_training_on_the_fly(probe_setup):  # noq
     assert cached[2]["tta"] == fly[2]["tta"]
     pd.testing.assert_frame_equal(cached[3].drop(columns="confidence"), fly[3].drop(columns="confidence"))
     np.testing.assert_allclose(cached[3]["confidence"], fly[3]["confidence"], rtol=TOLERANCE, atol=2e-6)
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "torch"])
+def test_shards_gather_to_the_unsharded_cache(probe_setup, engine):  # noqa: F811
+    """features.shards: 3, each shard's frozen blocks computed alone (a Snakemake job each) then gathered: every
+    part's array, every epoch's views, byte for byte the one job's. The validation split (6 images, batches of 4)
+    leaves shard 0 without one."""
+    tmp_path, data_dir, params, _ = probe_setup
+    params["features"]["engine"] = engine
+    whole_record, whole = cache_into(tmp_path, data_dir, params, "whole")
+    params["features"]["shards"] = 3
+    shards = [stages.execute("frozen_cache", frozen.run, params,
+                             stage_io("frozen_cache", data_dir, tmp_path / "gathered", shard=s)) for s in range(3)]
+    assert [r["parts"]["val"]["views"] for r in shards] == [0, 4, 2] and not (tmp_path / "gathered").exists()
+    record = stages.execute("frozen_cache", frozen.run, params,
+                            stage_io("frozen_cache", data_dir, tmp_path / "gathered", gathering=True))
+    assert record["key"] == whole_record["key"] and record["prefix_sha256"] == whole_record["prefix_sha256"]
+    for part in frozen.PARTS:
+        assert (tmp_path / "gathered" / f"{part}.npy").read_bytes() == (whole.parent / f"{part}.npy").read_bytes(), part
+        assert record["parts"][part]["views"] == whole_record["parts"][part]["views"]
+    assert frozen.Cache.open(tmp_path / "gathered", params["model"], params["finetune"],
+                             read_splits(stage_io("frozen_cache", data_dir).input.splits), ["ant", "bee", "cat"])
 
 
 def test_cache_over_budget_runs_on_the_fly_and_says_why(probe_setup):  # noqa: F811

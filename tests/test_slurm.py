@@ -78,9 +78,10 @@ def slurm_cluster(tmp_path_factory):
 
 
 def test_the_pipeline_runs_as_sbatch_jobs_with_the_local_results(slurm_cluster, tmp_path):
-    """Main pipeline and sweep (tiny data, extraction in 2 shards) under `snakemake --profile profiles/slurm-cpu`:
-    Snakemake submits every job with sbatch (slurmctld's records, `squeue -t all`, and its job-completion log list
-    each rule's job, completed), and the metrics and features are byte for byte those of the same stages run in this process."""
+    """Main pipeline and sweep (tiny data, extraction and the frozen blocks in 2 shards each) under
+    `snakemake --profile profiles/slurm-cpu`: Snakemake submits every job with sbatch (slurmctld's records,
+    `squeue -t all`, and its job-completion log list each rule's job, completed), and the metrics and features are
+    byte for byte those of the same stages run in this process."""
     for name in ("cluster", "local"):
         (tmp_path / name).mkdir()
     cluster, local = copy_project(tmp_path / "cluster"), copy_project(tmp_path / "local")
@@ -94,8 +95,8 @@ def test_the_pipeline_runs_as_sbatch_jobs_with_the_local_results(slurm_cluster, 
     output = ran.stdout + ran.stderr
     jobs = snakemake_jobs(output)
     assert jobs == {"download", "split", "extract_shard", "extract", "train_head", "evaluate_probe",
-                    "frozen_cache", "finetune", "evaluate_finetune", "export", "sweep_extract", "sweep_frozen",
-                    "sweep_point", "sweep_aggregate", "report"}, output[-3000:]
+                    "frozen_cache_shard", "frozen_cache", "finetune", "evaluate_finetune", "export", "sweep_extract",
+                    "sweep_frozen", "sweep_point", "sweep_aggregate", "report"}, output[-3000:]
     submitted = output.count("has been submitted with SLURM jobid")
     records = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i|%T|%k"], capture_output=True, text=True,
                              check=True).stdout.split()

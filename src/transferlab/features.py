@@ -14,7 +14,7 @@ import torch
 
 from . import backbones, engines, layout
 from .atomic import read_arrays, read_json, scratch_file, write_arrays, write_json
-from .batches import ImageList, compute, device, torch_threads
+from .batches import ImageList, compute, device, shard_rows, torch_threads
 from .layout import SPLITS, data_root
 from .params import ParamsError
 from .stages import StageIO
@@ -41,7 +41,7 @@ def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
     out = io.output if io.shard is None else layout.shard_files("extract", io.shard, io.root)
     out.meta.parent.mkdir(parents=True, exist_ok=True)
     frames = {split: pd.read_csv(getattr(io.input.splits, split)) for split in SPLITS}
-    rows = {split: _rows(len(frame), feat, io.shard) for split, frame in frames.items()}
+    rows = shard_rows(frames, feat, io.shard)
     check_room(len(rows["train"]) * (1 + feat["train_views"]), dim, out.meta.parent, feat["train_views"])
     with scratch_file(out.meta.parent, ".onnx", "backbone") as onnx_path, torch_threads(threads // streams):
         forward, engine = engines.build(model, feat["engine"], feat["precision"], dev, size, onnx_path,
@@ -68,18 +68,6 @@ def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
         log.info("%s: %d images in %.1f s (%.1f img/s), %d features", split, stats["images"], stats["seconds"],
                  stats["images_per_s"] or 0, meta["feature_dim"])
     return meta
-
-
-def shard_rows(n: int, shards: int, batch_size: int) -> list[range]:
-    """The rows of each of `shards` shards of an image list of `n`: contiguous and as even as whole batches of
-    `batch_size` allow (so each shard's batches are the unsharded run's)."""
-    batches = -(-n // batch_size)
-    cuts = [min(n, batches * s // shards * batch_size) for s in range(shards + 1)]
-    return [range(a, b) for a, b in zip(cuts, cuts[1:])]
-
-
-def _rows(n: int, feat: dict[str, Any], shard: int | None) -> range:
-    return range(n) if shard is None else shard_rows(n, feat["shards"], feat["batch_size"])[shard]
 
 
 def gather(params: dict[str, Any], io: StageIO) -> dict[str, Any]:

@@ -25,9 +25,9 @@ from scipy.special import softmax
 from torch import fx, nn
 from torch.utils.data import Dataset
 
-from . import backbones, engines
+from . import backbones, engines, layout
 from .atomic import atomic_path, copy_file, read_json, read_splits, scratch_file, write_json
-from .batches import ImageList, compute, device, torch_threads
+from .batches import ImageList, compute, device, shard_rows, torch_threads
 from .errors import UserError
 from .layout import data_root, frozen_array
 from .stages import StageIO
@@ -120,25 +120,27 @@ def size(shape: list[int], ft: dict[str, Any], counts: dict[str, int], parts: tu
     return 4 * int(np.prod(shape)) * sum(rows[p] for p in parts)
 
 
-def _views(part: str, frame: pd.DataFrame, root: Path, classes: list[str], model_params: dict[str, Any],
-           ft: dict[str, Any], encoded: bool) -> list[ImageList]:
-    """The uint8 images of one part, one ImageList per epoch for the training views."""
+def _views(part: str, frame: pd.DataFrame, rows: range, root: Path, classes: list[str],
+           model_params: dict[str, Any], ft: dict[str, Any], encoded: bool) -> list[ImageList]:
+    """The uint8 images of one part's `rows` of its split, one ImageList per epoch for the training views (each
+    image's augmentation seeded by its row in the whole split)."""
     plain = backbones.preprocessing(model_params)
-    min_size = plain.resize
+    min_size, frame, keys = plain.resize, frame.iloc[rows.start:rows.stop], list(rows)
     if part == "train":
         transform = augmented(plain, ft["augment"], normalize=False)
-        return [ImageList(root, frame, classes, transform, min_size, epoch_seed(ft["seed"], e), encoded)
+        return [ImageList(root, frame, classes, transform, min_size, epoch_seed(ft["seed"], e), encoded, keys)
                 for e in range(1, ft["epochs"] + 1)]
     transform = test_time_views(plain) if part == "test_tta" else evaluation(plain, normalize=False)
-    return [ImageList(root, frame, classes, transform, min_size, encoded=encoded)]
+    return [ImageList(root, frame, classes, transform, min_size, encoded=encoded, keys=keys)]
 
 
 def build(params: dict[str, Any], ft: dict[str, Any], dataset: dict[str, Any], frames: dict[str, pd.DataFrame],
-          folder: Path, parts: tuple[str, ...]) -> dict[str, Any]:
+          folder: Path, parts: tuple[str, ...], rows: dict[str, range] | None = None) -> dict[str, Any]:
     """Compute the cache into `folder` (its meta.json last), or, where it cannot pay, only a meta.json saying why.
 
     `params` give model and features (the extraction machinery: engine, batch size, workers); `ft` the fine-tune
-    settings the views follow. Returns the meta record.
+    settings the views follow; `rows`, each split's rows to compute (a shard; whether the cache pays is decided
+    for the whole splits). Returns the meta record.
     """
     model_params, feat = params["model"], params["features"]
     meta_path = folder / "meta.json"
@@ -170,7 +172,8 @@ def build(params: dict[str, Any], ft: dict[str, Any], dataset: dict[str, Any], f
     start = time.perf_counter()
     record.update(boundary=boundary, shape=shape, bytes=need, prefix_sha256=fingerprint(prefix),
                   seeds=[epoch_seed(ft["seed"], e) for e in range(1, ft["epochs"] + 1)], parts={})
-    record["engine"] = _fill(prefix, plain, feat, dataset, frames, folder, parts, shape, model_params, ft,
+    rows = rows or {split: range(len(frame)) for split, frame in frames.items()}
+    record["engine"] = _fill(prefix, plain, feat, dataset, frames, rows, folder, parts, shape, model_params, ft,
                              record["parts"])
     record.update(cached=True, seconds=round(time.perf_counter() - start, 3))
     write_json(meta_path, record)
@@ -180,8 +183,8 @@ def build(params: dict[str, Any], ft: dict[str, Any], dataset: dict[str, Any], f
 
 
 def _fill(prefix: nn.Module, plain: Any, feat: dict[str, Any], dataset: dict[str, Any],
-          frames: dict[str, pd.DataFrame], folder: Path, parts: tuple[str, ...], shape: list[int],
-          model_params: dict[str, Any], ft: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
+          frames: dict[str, pd.DataFrame], rows: dict[str, range], folder: Path, parts: tuple[str, ...],
+          shape: list[int], model_params: dict[str, Any], ft: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
     """Run the prefix over each part's views with the extraction engine, into one memory-mapped .npy per part."""
     dev = device()
     on_gpu = dev.type == "cuda"
@@ -193,15 +196,15 @@ def _fill(prefix: nn.Module, plain: Any, feat: dict[str, Any], dataset: dict[str
         forward, engine = engines.build(model, feat["engine"], "float32", dev, plain.crop, onnx_path,
                                         threads=threads // streams)
         for part in parts:
-            frame = frames[part.split("_")[0]]
-            views = _views(part, frame, root, classes, model_params, ft, on_gpu)
+            split = part.split("_")[0]
+            views = _views(part, frames[split], rows[split], root, classes, model_params, ft, on_gpu)
             tick = time.perf_counter()
-            lead = [len(views), len(frame)] if part == "train" else [len(frame)]
+            lead = [len(views), len(rows[split])] if part == "train" else [len(rows[split])]
             inner = [len(TTA_VIEWS)] if part == "test_tta" else []
             run = _flat(forward, len(inner) > 0)
             with atomic_path(frozen_array(folder, part)) as tmp:
                 out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=tuple(lead + inner + shape))
-                for e, images in enumerate(views):
+                for e, images in enumerate(views if len(rows[split]) else []):
                     compute(run, images, out[e] if part == "train" else out,
                             f"frozen {part}" + (f" epoch {e + 1}" if part == "train" else ""),
                             feat["batch_size"] // (len(TTA_VIEWS) if inner else 1) or 1, streams,
@@ -210,8 +213,12 @@ def _fill(prefix: nn.Module, plain: Any, feat: dict[str, Any], dataset: dict[str
                 del out
             seconds = time.perf_counter() - tick
             n = int(np.prod(lead + inner))
-            stats[part] = {"views": n, "seconds": round(seconds, 3), "views_per_s": round(n / seconds, 2)}
+            stats[part] = _rate(n, seconds)
     return engine
+
+
+def _rate(views: int, seconds: float) -> dict[str, Any]:
+    return {"views": views, "seconds": round(seconds, 3), "views_per_s": round(views / seconds, 2) if seconds else None}
 
 
 def _flat(forward: engines.Forward, stacked: bool) -> engines.Forward:
@@ -244,9 +251,47 @@ def copy(source: Path, folder: Path) -> None:
 
 
 def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
-    """The frozen_cache stage: the main fine-tune's views (every part), or a meta.json saying why not."""
-    return build(params, params["finetune"], read_json(io.input.dataset), read_splits(io.input.splits),
-                 io.output.meta.parent, PARTS)
+    """The frozen_cache stage: the main fine-tune's views (every part), or a meta.json saying why not; of one shard's
+    images into its own folder (io.shard), or gathered from the shards' folders (io.gathering)."""
+    if io.gathering:
+        return gather(params, io)
+    frames = read_splits(io.input.splits)
+    folder = io.output.meta.parent if io.shard is None else layout.shard_files("frozen_cache", io.shard, io.root).meta.parent
+    record = build(params, params["finetune"], read_json(io.input.dataset), frames, folder, PARTS,
+                   shard_rows(frames, params["features"], io.shard))
+    if io.shard is not None:
+        record["shard"] = {"index": io.shard, "of": params["features"]["shards"]}
+        write_json(folder / "meta.json", record)
+    return record
+
+
+def gather(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
+    """The cache from its shards' folders (Snakemake's gathering job): the same arrays, byte for byte, as one job's."""
+    shards = [layout.shard_files("frozen_cache", s, io.root).meta.parent for s in range(params["features"]["shards"])]
+    metas = [read_json(folder / "meta.json") for folder in shards]
+    folder = io.output.meta.parent
+    clear(folder)
+    record = {k: v for k, v in metas[0].items() if k not in ("shard", "parts", "seconds")}
+    if record["cached"]:
+        record["parts"] = {}
+        for part in metas[0]["parts"]:
+            arrays = [np.load(frozen_array(shard, part), mmap_mode="r") for shard in shards]
+            axis = 1 if part == "train" else 0  # the training views are (epoch, image, ...)
+            shape = list(arrays[0].shape)
+            shape[axis] = sum(a.shape[axis] for a in arrays)
+            with atomic_path(frozen_array(folder, part)) as tmp:
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=tuple(shape))
+                np.concatenate(arrays, axis=axis, out=out)
+                out.flush()
+                del out
+            record["parts"][part] = _rate(sum(m["parts"][part]["views"] for m in metas),
+                                          sum(m["parts"][part]["seconds"] for m in metas))
+        record["seconds"] = round(sum(m["seconds"] for m in metas), 3)
+        record["shards"] = [{"seconds": m["seconds"], "parts": m["parts"]} for m in metas]
+    write_json(folder / "meta.json", record)
+    log.info("gathered %d shards of the frozen-prefix cache%s", len(shards), "" if record["cached"] else
+             f" (none: {record['reason']})")
+    return record
 
 
 class Activations(Dataset):

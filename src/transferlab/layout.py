@@ -62,9 +62,10 @@ FILES: dict[str, dict[str, str]] = {
 }
 
 
-# A stage Snakemake may spread over jobs (stages.Stage.shards): each shard's files go to their own folder, named
-# as the stage's, and the stage's rule gathers them. DVC computes every shard in the stage's one process.
-SHARD_FOLDERS = {"extract": "results/features/shards/{shard}"}
+# Stages Snakemake may spread over jobs (stages.Stage.shards): each shard's files go to a folder of their own, named
+# as the stage's (outside the stage's folders, which DVC caches), and the stage's rule gathers them. DVC computes
+# every shard in the stage's one process.
+SHARD_FOLDERS = {"extract": "results/shards/extract/{shard}", "frozen_cache": "results/shards/frozen_cache/{shard}"}
 
 
 def folder(stage: str) -> str:
@@ -135,16 +136,12 @@ def owned(stage: str, root: Path | str = ".", where: Path | str | None = None, *
     return [_place(stage, path, root, where, wildcards) for path in OWNED.get(stage, [])]
 
 
-def shard_templates(stage: str) -> dict[str, str]:
-    """One shard's files by name ({shard} unfilled): the stage's outputs but its checksum record."""
-    return {name: f"{SHARD_FOLDERS[stage]}/{os.path.basename(path)}" for name, path in FILES[stage].items()
-            if name != "checksums"}
-
-
 def shard_files(stage: str, shard: int, root: Path | str = ".") -> SimpleNamespace:
-    """One shard's files by name (attribute access) under `root`."""
-    return SimpleNamespace(**{name: Path(root) / path.format(shard=shard)
-                              for name, path in shard_templates(stage).items()})
+    """One shard's files by name (attribute access) under `root`: named as the stage's outputs (but its checksum
+    record), in the shard's folder."""
+    folder = Path(root) / SHARD_FOLDERS[stage].format(shard=shard)
+    return SimpleNamespace(**{name: folder / os.path.basename(path) for name, path in FILES[stage].items()
+                              if name != "checksums"})
 
 
 def raw_dir(dataset_json: Path) -> Path:

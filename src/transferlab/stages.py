@@ -78,7 +78,7 @@ TABLE: dict[str, Stage] = {
     "extract": Stage({**_DATA, **_WEIGHTS}, _FEATURE_PARAMS, _FEATURES, shards="features.shards"),
     "train_head": Stage({"train": "extract.train", "val": "extract.val"}, ["head"], _HEAD),
     "evaluate_probe": Stage({"model": "train_head.model", "features": "extract"}, ["evaluate"], _EVALUATE),
-    "frozen_cache": Stage({**_DATA, **_WEIGHTS}, _FROZEN_PARAMS, _FROZEN, "finetune.enabled"),
+    "frozen_cache": Stage({**_DATA, **_WEIGHTS}, _FROZEN_PARAMS, _FROZEN, "finetune.enabled", "features.shards"),
     "finetune": Stage({**_DATA, **_WEIGHTS, "probe": "train_head.model", "frozen": "frozen_cache.meta"},
                       ["model", "finetune"],
                       _FINETUNE, "finetune.enabled"),
@@ -319,11 +319,9 @@ def snakemake_inputs(stage: str, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def snakemake_shards(stage: str, params: dict[str, Any]) -> list[str]:
-    """Every shard's files: the input of the rule that gathers them (none where the stage is one job)."""
+    """Every shard's folder: the input of the rule that gathers them (none where the stage is one job)."""
     count = shard_count(params, stage)
-    if count == 1:
-        return []
-    return [path.format(shard=s) for s in range(count) for path in layout.shard_templates(stage).values()]
+    return [layout.SHARD_FOLDERS[stage].format(shard=s) for s in range(count)] if count > 1 else []
 
 
 def shell(stage: str, part: str = "") -> str:
