@@ -20,12 +20,12 @@ CATS_DOGS = SHARED / "data" / "cats_and_dogs_filtered"
 MOBILENET = SHARED / "weights" / "mobilenet_v2-imagenet-int8-dequantized.pth"
 
 
-LONGEST = ("test_engines.py", "test_slurm.py", "test_engines_alone.py")  # minutes each; the other files seconds
+LONGEST = ("test_engines.py", "test_engines_alone.py")  # minutes each; the other files seconds
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The longest files first: pytest-xdist (-n 3 --dist loadfile --no-loadscope-reorder) then starts them at once,
-    one per worker, and the other files fill in around them."""
+    """The two longest files first: pytest-xdist (-n 2 --dist loadfile --no-loadscope-reorder) then starts them at
+    once, one per worker, and the other files fill in around them."""
     items.sort(key=lambda item: LONGEST.index(item.path.name) if item.path.name in LONGEST else len(LONGEST))
 
 

@@ -45,7 +45,7 @@ def on_both(check, projects) -> list:
 @pytest.fixture(scope="module")
 def both_engines(tmp_path_factory):
     """One tiny project run by Snakemake and an identical one run by DVC, side by side; then each by the other
-    engine (`run_engine`). The suite's only two full pipeline runs (tests/test_slurm.py runs Snakemake's shards)."""
+    engine (`run_engine`). The suite's only two full pipeline runs (tests/test_engines_alone.py runs Snakemake's shards)."""
     engines = ("snakemake", "dvc")
     copies = [copy_project(tmp_path_factory.mktemp(engine)) for engine in engines]
     return dict(zip(engines, on_both(lambda pair: run_engine(*pair), list(zip(engines, copies)))))
