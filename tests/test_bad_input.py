@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from conftest import ROOT, make_tree, split_into, stage_io
 from PIL import Image
 from test_features_head import tiny_params
@@ -81,6 +82,17 @@ def test_a_stage_on_an_empty_params_file_exits_2_and_writes_nothing(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2 and "params.yaml is empty" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("shards, argument, message", [
+    (2, ["--shard", "2"], "--shard 2: features.shards is 2 (shards 0 to 1)"),
+    (1, ["--gather"], "--gather: features.shards is 1 (one job, nothing to gather)")])
+def test_a_shard_outside_features_shards_is_refused(tmp_path, shards, argument, message):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(valid_with("features.shards", shards)))
+    result = subprocess.run([sys.executable, str(ROOT / "workflow/scripts/extract.py"), *argument], cwd=tmp_path,
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not (tmp_path / "results").exists()
 
 
 def valid_with(key: str, value) -> dict:

@@ -71,10 +71,11 @@ def run_stage(name: str, run: Callable[[dict[str, Any], stages.StageIO], object]
     show_progress(label)
     try:
         params = params_mod.load(args.params)
-        if shard is not None and not 0 <= shard < stages.shard_count(params, name):
-            raise params_mod.ParamsError(f"--shard {shard}: {stages.TABLE[name].shards} is "
-                                         f"{stages.shard_count(params, name)} (shards 0 to "
-                                         f"{stages.shard_count(params, name) - 1})")
+        count = stages.shard_count(params, name)
+        if (shard is not None and not 0 <= shard < count) or (gathering and count == 1):
+            what = f"--shard {shard}" if shard is not None else "--gather"
+            raise params_mod.ParamsError(f"{what}: {stages.TABLE[name].shards} is {count} "
+                                         f"({f'shards 0 to {count - 1}' if count > 1 else 'one job, nothing to gather'})")
         threads = max(1, args.threads)
         io = stages.io(name, threads=threads, wildcards={w: getattr(args, w) for w in stages.stage_wildcards(name)},
                        shard=shard, gathering=gathering)
