@@ -81,22 +81,16 @@ def gather(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
     for split in SPLITS:
         start = time.perf_counter()
         parts = [read_arrays(getattr(shard, split)) for shard in shards]
-        n_views = int(max((part["views"].max(initial=-1) for part in parts), default=-1)) + 1
-        blocks = [np.split(np.arange(len(part["ids"])), n_views) if len(part["ids"]) else [np.arange(0)] * n_views
-                  for part in parts]
-        order = [(p, rows) for v in range(n_views) for p, rows in ((p, blocks[p][v]) for p in range(count))]
-        first = [(parts[p], blocks[p][0]) for p in range(count)]
+        n_views = 1 + params["features"]["train_views"] if split == "train" else 1
+        dim = parts[0]["features"].shape[1]
         path = getattr(io.output, split)
-        with scratch_file(path.parent, ".npy", path.stem) as buf:
-            total = sum(len(rows) for _, rows in order)
+        with scratch_file(path.parent, ".npy", path.stem) as buf:  # view-major: each view's rows, shard by shard
             features = np.lib.format.open_memmap(buf, mode="w+", dtype=np.float32,
-                                                 shape=(total, parts[0]["features"].shape[1]))
-            at = 0
-            for p, rows in order:
-                features[at:at + len(rows)] = parts[p]["features"][rows]
-                at += len(rows)
-            _save(path, features, np.concatenate([part["labels"][rows] for part, rows in first]),
-                  np.concatenate([part["ids"][rows] for part, rows in first]), n_views, meta["classes"])
+                                                 shape=(n_views, sum(len(p["ids"]) // n_views for p in parts), dim))
+            np.concatenate([p["features"].reshape(n_views, -1, dim) for p in parts], axis=1, out=features)
+            first = [{key: p[key][:len(p[key]) // n_views] for key in ("labels", "ids")} for p in parts]
+            _save(path, features.reshape(-1, dim), np.concatenate([f["labels"] for f in first]),
+                  np.concatenate([f["ids"] for f in first]), n_views, meta["classes"])
             del features
         images = sum(m["splits"][split]["images"] for m in metas)
         seconds = sum(m["splits"][split]["seconds"] for m in metas)
