@@ -13,6 +13,12 @@ import pytest
 import yaml
 from PIL import Image
 
+# The tests' commands share 2 cores between two workers: no DVC usage-report daemon after each `dvc` command (one
+# process each, ~0.5 s of CPU, about 80 in a run, and this machine reaches no such server), and torch's idle OpenMP
+# threads sleep instead of spinning on cores the other worker's stage is using.
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 PETS = SHARED / "data" / "oxford-iiit-pet"
