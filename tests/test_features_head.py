@@ -181,13 +181,25 @@ def test_head_chooses_C_and_round_trips(tmp_path):
 
 
 @pytest.mark.parametrize("classes", [2, 3])
-def test_folded_linear_matches_pipeline(classes):
+def test_folded_linear_matches_pipeline(classes, tmp_path):
+    """The head as one linear layer, from the fitted pipeline or read from its file without scikit-learn (the
+    fine-tune, export and visualize start without it), gives the pipeline's probabilities."""
+    import subprocess
+    import sys
+
     data = blobs(classes=classes)
     model, _ = head.fit(data, data, {"C_grid": [1.0], "max_iter": 500, "refit_on": "train"})
+    head.save(model, tmp_path / "model.npz", [f"c{i}" for i in range(classes)])
     W, b = head.as_linear(model)
+    read_W, read_b = head.linear(tmp_path / "model.npz")
+    np.testing.assert_array_equal(read_W, W)
+    np.testing.assert_array_equal(read_b, b)
     logits = data["features"].astype(np.float64) @ W.T + b
     soft = np.exp(logits - logits.max(1, keepdims=True))
     np.testing.assert_allclose(soft / soft.sum(1, keepdims=True), model.predict_proba(data["features"]), atol=1e-8)
+    code = f"import sys; from transferlab import head; head.linear({str(tmp_path / 'model.npz')!r}); " \
+           "print('sklearn' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
 
 
 def test_metrics_on_hand_made_example(tmp_path):

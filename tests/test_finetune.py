@@ -93,7 +93,7 @@ def probe_setup(tmp_path):
 
 def test_warm_start_reproduces_the_probe(probe_setup):
     tmp_path, data_dir, params, probe = probe_setup
-    model = finetune.build(params["model"], head.load(tmp_path / "probe.npz")[0])
+    model = finetune.build(params["model"], head.linear(tmp_path / "probe.npz"))
     test = read_arrays(tmp_path / "feat" / "test.npz")
     frame = pd.read_csv(data_dir / "splits" / "test.csv")
     classes = json.loads((data_dir / "dataset.json").read_text())["classes"]
@@ -156,7 +156,7 @@ def test_search_trains_every_candidate_from_the_same_start_and_keeps_the_rule_s_
     summary = finetune.run(params, files)
     search = pd.read_csv(files.output.search)
     assert summary["candidates"] == 4 and search["candidate"].nunique() == 4
-    start = finetune.build(params["model"], head.load(tmp_path / "probe.npz")[0]).to(memory_format=torch.channels_last)
+    start = finetune.build(params["model"], head.linear(tmp_path / "probe.npz")).to(memory_format=torch.channels_last)
     assert set(search["start_sha256"]) == {frozen.fingerprint(start)[:16]}  # each candidate from the warm start
     best = search.groupby("candidate")["val_loss"].min()
     chosen = search.loc[search["chosen"], "candidate"].unique()
@@ -195,7 +195,7 @@ def test_a_one_value_list_is_the_scalar_run_and_the_range_test_changes_nothing(p
     frames = {s: pd.read_csv(data_dir / "splits" / f"{s}.csv") for s in ("train", "val", "test")}
     ft = {**params["finetune"], "lr": [1e-4]}
     cache = frozen.Cache.open(data_dir.parent / "results" / "frozen", params["model"], ft, frames, dataset["classes"])
-    listed = finetune.tune(params["model"], ft, probe, data_dir.parent / "src", frames, dataset["classes"], cache)
+    listed = finetune.tune(params["model"], ft, head.as_linear(probe), data_dir.parent / "src", frames, dataset["classes"], cache)
     assert not listed.summary["range_test"]["ran"]
     pd.testing.assert_frame_equal(pd.read_csv(files.output.history).drop(columns="seconds"),
                                   listed.history.drop(columns="seconds"), check_exact=False, rtol=1e-12)

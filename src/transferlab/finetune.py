@@ -27,7 +27,6 @@ from .transforms import augmented, evaluation
 
 if TYPE_CHECKING:
     from dvclive import Live
-    from sklearn.pipeline import Pipeline
 
 log = logging.getLogger("transferlab")
 
@@ -74,10 +73,11 @@ def train_mode(model: FineTuneNet, unfreeze: int | str, train_bn: bool) -> None:
                     m.eval()
 
 
-def build(model_params: dict[str, Any], probe: Pipeline) -> FineTuneNet:
-    """Backbone as in extraction + a Linear head holding the probe's weights with the scaler folded in."""
+def build(model_params: dict[str, Any], probe: tuple[np.ndarray, np.ndarray]) -> FineTuneNet:
+    """Backbone as in extraction + a Linear head holding the probe's weights and bias, its scaler folded in
+    (`head.linear`, `head.as_linear`)."""
     backbone, dim, _ = backbones.load_feature_extractor(model_params)
-    weight, bias = head.as_linear(probe)
+    weight, bias = probe
     layer = nn.Linear(dim, len(weight))
     with torch.no_grad():
         layer.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
@@ -305,7 +305,7 @@ class Tuned(NamedTuple):
     range_test: pd.DataFrame
 
 
-def tune(model_params: dict[str, Any], ft: dict[str, Any], probe: Pipeline, root: Path,
+def tune(model_params: dict[str, Any], ft: dict[str, Any], probe: tuple[np.ndarray, np.ndarray], root: Path,
          frames: dict[str, pd.DataFrame], classes: list[str], cache: frozen.Cache | None = None,
          keys: list[int] | None = None, for_report: bool = False, live: Live | None = None) -> Tuned:
     """Warm-start from the probe; run the LR range test where `tuning.needs_range_test` says (`for_report`: the
@@ -357,7 +357,7 @@ def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
     LR range test, a summary, and every epoch through DVCLive as it ends (results/finetune/live)."""
     dataset = read_json(io.input.dataset)
     frames, classes = read_splits(io.input.splits), dataset["classes"]
-    probe, _ = head.load(io.input.probe)
+    probe = head.linear(io.input.probe)
     cache = frozen.Cache.open(io.input.frozen.parent, params["model"], params["finetune"], frames, classes)
     with tracking.open_live(io.output.live.parent) as live:
         tuned = tune(params["model"], params["finetune"], probe, data_root(dataset), frames, classes, cache,

@@ -4,18 +4,17 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, log_loss
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from . import selection
 from .atomic import read_arrays, write_arrays, write_csv, write_json
 from .stages import StageIO
+
+if TYPE_CHECKING:  # scikit-learn loads where a head is fitted or rebuilt, not where its weights are only read
+    from sklearn.pipeline import Pipeline
 
 log = logging.getLogger("transferlab")
 
@@ -43,11 +42,17 @@ def chosen_C(search: pd.DataFrame) -> float:
 
 def make_head(C: float, max_iter: int) -> Pipeline:
     """Standardise → multinomial logistic regression."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
 
 
 def fit(train: dict[str, np.ndarray], val: dict[str, np.ndarray], head: dict[str, Any]) -> tuple[Pipeline, pd.DataFrame]:
     """Choose C on the validation split (`choose`), refit on train (or train+val)."""
+    from sklearn.metrics import accuracy_score, log_loss
+
     labels = np.arange(len(train["classes"]))
     rows = []
     for C in head["C_grid"]:
@@ -99,13 +104,24 @@ def load(path: Path | str) -> tuple[Pipeline, list[str]]:
 
 
 def as_linear(model: Pipeline) -> tuple[np.ndarray, np.ndarray]:
+    """The fitted pipeline as one linear layer (`fold`)."""
+    scaler, logreg = model.named_steps["standardscaler"], model.named_steps["logisticregression"]
+    return fold(logreg.coef_, logreg.intercept_, scaler.mean_, scaler.scale_)
+
+
+def linear(path: Path | str) -> tuple[np.ndarray, np.ndarray]:
+    """The head saved by `save` as one linear layer (`fold`), read without scikit-learn (the fine-tune's start)."""
+    with np.load(path, allow_pickle=False) as z:
+        return fold(z["coef"], z["intercept"], z["mean"], z["scale"])
+
+
+def fold(coef: np.ndarray, intercept: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Fold the scaler into the logistic regression: logits = features @ W.T + b, one row per class.
 
     A binary model (one coefficient row) becomes two rows [0, w] so softmax gives its probabilities.
     """
-    scaler, logreg = model.named_steps["standardscaler"], model.named_steps["logisticregression"]
-    weight = logreg.coef_ / scaler.scale_
-    bias = logreg.intercept_ - weight @ scaler.mean_
+    weight = coef / scale
+    bias = intercept - weight @ mean
     if weight.shape[0] == 1:
         weight, bias = np.vstack([np.zeros_like(weight), weight]), np.concatenate([[0.0], bias])
     return weight, bias

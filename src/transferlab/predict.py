@@ -79,7 +79,7 @@ def model_params(project: Path) -> dict[str, Any]:
 def network(project: Path, method: str, params: dict[str, Any]) -> finetune.FineTuneNet:
     """The method's classifier as one torch network: backbone + the probe's head, or the fine-tuned network."""
     if method == "probe":
-        return finetune.build(params, head.load(layout.files("train_head", project).model)[0]).eval()
+        return finetune.build(params, head.linear(layout.files("train_head", project).model)).eval()
     path = layout.files("finetune", project).model
     if not path.exists():
         raise UserError(f"{path}: no fine-tuned model (finetune.enabled: false, or the finetune stage has "

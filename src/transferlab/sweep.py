@@ -196,7 +196,7 @@ def run_point(params: dict[str, Any], backbone: str, fraction: float, seed: int,
         ft = _point_finetune(params, seed)
         root = data_root(dataset)
         views = frozen.Cache.open(frozen_folder, params["model"], ft, full, classes)
-        tuned = finetune.tune(params["model"], ft, model, root, frames, classes, views,
+        tuned = finetune.tune(params["model"], ft, head.as_linear(model), root, frames, classes, views,
                               frozen.rows_of(full["train"], frames["train"]))
         summary = tuned.summary
         predict = finetune.predictor(tuned.net, params["model"], root, classes, ft["batch_size"], views)

@@ -303,7 +303,7 @@ def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
             raise UserError(f"visualize.adversarial_from: no test image of class {vis['adversarial_from']!r}")
     probe_check = None
     if source == "fine-tuned model":
-        probe, _ = head.load(io.input.probe)
+        probe = head.linear(io.input.probe)
         extractor, _, _ = backbones.load_feature_extractor(params["model"])
         probe_check = (Normalized(extractor, plain.mean, plain.std), probe)
     attacks = []
@@ -337,11 +337,11 @@ def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
                  "steps": result["steps"], "linf_pixels": round(result["linf_pixels"], 4),
                  "epsilon_pixels": vis["epsilon"]}
         if probe_check is not None:
-            frozen, probe = probe_check
+            frozen, (weight, bias) = probe_check
             with torch.no_grad():
                 feats = frozen(result["adversarial"]).numpy()
             entry["transfer_model"] = "frozen features + linear head"
-            entry["transfer_predicted"] = names[int(head.predict_proba(probe, feats, len(names)).argmax())]
+            entry["transfer_predicted"] = names[int((feats @ weight.T + bias).argmax())]
             entry["transfer_fooled"] = entry["transfer_predicted"] == names[goal]
         attacks.append(entry)
 
