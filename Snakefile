@@ -129,42 +129,26 @@ rule extract:
 
 
 if SHARDS > 1:
+    for sharded in [name for name, stage in S.TABLE.items() if stage.shards]:  # extract, frozen_cache
 
-    rule extract_shard:
-        """One shard of every split's images: a job each (an sbatch job under profiles/slurm), gathered by extract
-        and then removed."""
-        input:
-            **inputs("extract"),
-        output:
-            temp(directory(S.layout.SHARD_FOLDERS["extract"])),
-        params:
-            stage=S.params_for(config, "extract"),
-        threads: 8
-        priority: MAIN
-        log:
-            "logs/extract/shard{shard}.log",
-        benchmark:
-            "logs/benchmarks/extract/shard{shard}.tsv"
-        shell:
-            S.shell("extract", "shard")
-
-    rule frozen_cache_shard:
-        """The frozen blocks over one shard of the images, every view the fine-tune needs: a job each, gathered by
-        frozen_cache and then removed."""
-        input:
-            **inputs("frozen_cache"),
-        output:
-            temp(directory(S.layout.SHARD_FOLDERS["frozen_cache"])),
-        params:
-            stage=S.params_for(config, "frozen_cache"),
-        threads: 8
-        priority: MAIN
-        log:
-            "logs/frozen_cache/shard{shard}.log",
-        benchmark:
-            "logs/benchmarks/frozen_cache/shard{shard}.tsv"
-        shell:
-            S.shell("frozen_cache", "shard")
+        rule:  # one shard of every split's images: a job each (an sbatch job under profiles/slurm), gathered by the
+            # stage's own rule (extract, frozen_cache) and then removed
+            name:
+                f"{sharded}_shard"
+            input:
+                **inputs(sharded),
+            output:
+                temp(directory(S.layout.SHARD_FOLDERS[sharded])),
+            params:
+                stage=S.params_for(config, sharded),
+            threads: 8
+            priority: MAIN
+            log:
+                f"logs/{sharded}/shard{{shard}}.log",
+            benchmark:
+                f"logs/benchmarks/{sharded}/shard{{shard}}.tsv"
+            shell:
+                S.shell(sharded, "shard")
 
 
 rule train_head:
