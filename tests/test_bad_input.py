@@ -420,13 +420,14 @@ def test_only_user_errors_are_one_line_and_bugs_keep_their_traceback():
 def test_a_full_disk_is_one_line_and_leaves_no_output(trained, tmp_path):
     """The stage runner reports ENOSPC as one line; the atomic write leaves no file that looks complete."""
     code = ("import errno, sys\n"
-            "from transferlab import atomic, cli\n"
+            "from transferlab import atomic, cli, stages\n"
             "def run(params, io):\n"
             "    with atomic.atomic_path(io.output.summary) as tmp:\n"
             "        tmp.write_text('half')\n"
             "        raise OSError(errno.ENOSPC, 'No space left on device', str(tmp))\n"
+            "stages.runner = lambda stage: run\n"
             "sys.argv = ['train_head.py']\n"
-            "cli.run_stage('train_head', run)\n")
+            "cli.run_stage('train_head')\n")
     summary = trained / "results/head/summary.json"
     before = summary.read_bytes()
     result = subprocess.run([sys.executable, "-c", code], cwd=trained, capture_output=True, text=True)

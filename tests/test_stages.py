@@ -4,7 +4,7 @@ import ast
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, write_params
 
 from transferlab.families import FAMILIES
 from transferlab.stages import TABLE, dvc_yaml, script
@@ -61,8 +61,13 @@ def modules_loaded(path: Path, lazy: bool = True) -> set[str]:
 
 
 @pytest.mark.parametrize("stage", list(TABLE))
-def test_stage_modules_are_what_the_script_imports(stage):
-    assert modules_loaded(ROOT / script(stage)) == set(TABLE[stage].modules)
+def test_stage_modules_are_what_the_script_and_its_run_import(stage):
+    """The script's imports, and those of the module of the stage's run function (`stages.runner` loads it by
+    name once the stage's switch is on)."""
+    module, function = TABLE[stage].run.split(".")
+    assert callable(getattr(__import__(f"transferlab.{module}", fromlist=[function]), function))
+    loaded = modules_loaded(ROOT / script(stage)) | {module} | modules_loaded(PACKAGE / f"{module}.py")
+    assert loaded == set(TABLE[stage].modules)
     assert len(TABLE[stage].modules) == len(set(TABLE[stage].modules))
 
 
@@ -96,3 +101,21 @@ def test_a_stage_imports_only_what_it_uses(trained_project, stage, heavy):
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split("\n")[-2] == heavy
+
+
+@pytest.mark.parametrize("stage, record", [("frozen_cache", "results/frozen/meta.json"),
+                                           ("finetune", "results/finetune/summary.json"),
+                                           ("visualize", "results/visualize/summary.json")])
+def test_a_stage_switched_off_leaves_its_record_without_loading_torch(tmp_path, stage, record):
+    """The switch is read before the stage's module is loaded (DVC runs a switched-off stage whose inputs
+    changed: it writes its 'skipped' record in about a second, not after torch's import)."""
+    import json
+    import subprocess
+    import sys
+
+    write_params(tmp_path / "params.yaml", finetune={"enabled": False}, visualize={"enabled": False})
+    out = subprocess.run([sys.executable, "-c", LOADS.format(script=str(ROOT / script(stage)))], cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[-2] == ""
+    assert json.loads((tmp_path / record).read_text())["skipped"] is True

@@ -7,8 +7,6 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
 
 from . import params as params_mod
 from . import progress, stages
@@ -49,10 +47,11 @@ def show_progress(label: str) -> None:
         progress.console.setLevel(logging.INFO)
 
 
-def run_stage(name: str, run: Callable[[dict[str, Any], stages.StageIO], object]) -> None:
+def run_stage(name: str) -> None:
     """A stage script's whole body: parse the common arguments (and the stage's sweep wildcards), validate
-    params.yaml, and call `run(params, io)` with the stage's files from the table; a stage its switch turns off
-    leaves its 'skipped' record instead (the one place that decides it)."""
+    params.yaml, and call the stage's run function (`stages.runner`) with its params and files from the table; a
+    stage its switch turns off leaves its 'skipped' record instead (the one place that decides it), before its
+    module, and torch with it, is loaded."""
     parser = argparse.ArgumentParser(prog=f"{name}.py", description=f"transferlab stage: {name}")
     parser.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
@@ -81,7 +80,7 @@ def run_stage(name: str, run: Callable[[dict[str, Any], stages.StageIO], object]
                        shard=shard, gathering=gathering)
         set_threads(threads)
         start = time.perf_counter()
-        stages.execute(name, run, params, io)
+        stages.execute(name, lambda params, files: stages.runner(name)(params, files), params, io)
         log.info("done in %.1f s", time.perf_counter() - start)
     except Exception as exc:
         message = one_line(exc)

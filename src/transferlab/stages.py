@@ -7,6 +7,7 @@ output is cached by DVC. Imports no torch.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import re
 import string
@@ -28,11 +29,14 @@ log = logging.getLogger("transferlab")
 
 @dataclass(frozen=True)
 class Stage:
-    """inputs: name → another stage ("split": all its files; "extract.meta": one) or a project file;
-    modules: the library modules its script imports (the engines re-run the stage when one changes);
+    """run: the function that does its work, module.function in the package (`runner`: loaded once the stage's
+    switch is found on, so a stage switched off leaves its record without loading torch);
+    inputs: name → another stage ("split": all its files; "extract.meta": one) or a project file;
+    modules: the library modules its script and its run's module import (the engines re-run the stage when one changes);
     enabled_by: the params switch that turns it off (then it leaves a 'skipped' record, see `skip`);
     shards: the params count of jobs Snakemake spreads its work over (layout.SHARD_FOLDERS; DVC runs it whole)."""
 
+    run: str
     inputs: dict[str, str]
     params: list[str]
     modules: list[str]
@@ -69,37 +73,43 @@ _MAIN_RESULTS = {"main_head": "train_head.summary", "main_probe": "evaluate_prob
                  "main_finetune": "finetune.summary", "main_evaluation": "evaluate_finetune.metrics"}
 
 TABLE: dict[str, Stage] = {
-    "inputs": Stage({}, ["data.source", "model.checkpoint", "sweep.checkpoints"], _CORE + ["sources"]),
-    "download": Stage({"source": "inputs.dataset"}, ["data.dataset", "data.source", "data.label"],
+    "inputs": Stage("sources.run", {}, ["data.source", "model.checkpoint", "sweep.checkpoints"], _CORE + ["sources"]),
+    "download": Stage("index.run", {"source": "inputs.dataset"}, ["data.dataset", "data.source", "data.label"],
                       _DATASETS + ["images", "index"]),
-    "split": Stage({"index": "download.index", "dataset": "download.dataset"},
+    "split": Stage("split.run", {"index": "download.index", "dataset": "download.dataset"},
                    ["data.split", "data.val_fraction", "data.test_fraction", "data.train_fraction", "data.seed"],
                    _DATASETS + ["split"]),
-    "extract": Stage({**_DATA, **_WEIGHTS}, _FEATURE_PARAMS, _FEATURES, shards="features.shards"),
-    "train_head": Stage({"train": "extract.train", "val": "extract.val"}, ["head"], _HEAD),
-    "evaluate_probe": Stage({"model": "train_head.model", "features": "extract"}, ["evaluate"], _EVALUATE),
-    "frozen_cache": Stage({**_DATA, **_WEIGHTS}, _FROZEN_PARAMS, _FROZEN, "finetune.enabled", "features.shards"),
-    "finetune": Stage({**_DATA, **_WEIGHTS, "probe": "train_head.model", "frozen": "frozen_cache.meta"},
-                      ["model", "finetune"],
-                      _FINETUNE, "finetune.enabled"),
-    "evaluate_finetune": Stage({**_DATA, "model": "finetune.model", "probe": "evaluate_probe.predictions",
+    "extract": Stage("features.run", {**_DATA, **_WEIGHTS}, _FEATURE_PARAMS, _FEATURES, shards="features.shards"),
+    "train_head": Stage("head.run", {"train": "extract.train", "val": "extract.val"}, ["head"], _HEAD),
+    "evaluate_probe": Stage("evaluation.run_probe", {"model": "train_head.model", "features": "extract"},
+                            ["evaluate"], _EVALUATE),
+    "frozen_cache": Stage("frozen.run", {**_DATA, **_WEIGHTS}, _FROZEN_PARAMS, _FROZEN, "finetune.enabled",
+                          "features.shards"),
+    "finetune": Stage("finetune.run",
+                      {**_DATA, **_WEIGHTS, "probe": "train_head.model", "frozen": "frozen_cache.meta"},
+                      ["model", "finetune"], _FINETUNE, "finetune.enabled"),
+    "evaluate_finetune": Stage("evaluation.run_finetune",
+                               {**_DATA, "model": "finetune.model", "probe": "evaluate_probe.predictions",
                                 "frozen": "frozen_cache.meta"},
                                ["model", "finetune", "evaluate"], _EVALUATE, "finetune.enabled"),
-    "export": Stage({"template": "workflow/report/model_card.md.j2", **_DATA, "meta": "extract.meta",
+    "export": Stage("export.run",
+                    {"template": "workflow/report/model_card.md.j2", **_DATA, "meta": "extract.meta",
                      "probe": "train_head.model", "finetune": "finetune.model",
                      "probe_metrics": "evaluate_probe.metrics", "finetune_metrics": "evaluate_finetune.metrics"},
                     ["finetune.enabled", "export"], _FINETUNE + ["datasets", "index", "predict", "export"]),
-    "visualize": Stage({**_DATA, **_WEIGHTS, "probe": "train_head.model", "finetune": "finetune.model"},
+    "visualize": Stage("visualize.run",
+                       {**_DATA, **_WEIGHTS, "probe": "train_head.model", "finetune": "finetune.model"},
                        ["model", "finetune.enabled", "visualize"], _FINETUNE + ["visualize"], "visualize.enabled"),
-    "sweep_extract": Stage({**_DATA, **_SWEEP_WEIGHTS, "main": "extract"}, _FEATURE_PARAMS + _SWEEP_PARAMS,
-                           _SWEEP, "sweep.enabled"),
-    "sweep_frozen": Stage({**_DATA, **_SWEEP_WEIGHTS, "main": "frozen_cache.meta"}, _FROZEN_PARAMS + _SWEEP_PARAMS,
-                          _SWEEP, "sweep.enabled"),
-    "sweep_point": Stage({**_DATA, **_SWEEP_WEIGHTS, "features": "sweep_extract", "frozen": "sweep_frozen.meta",
+    "sweep_extract": Stage("sweep.extract", {**_DATA, **_SWEEP_WEIGHTS, "main": "extract"},
+                           _FEATURE_PARAMS + _SWEEP_PARAMS, _SWEEP, "sweep.enabled"),
+    "sweep_frozen": Stage("sweep.frozen_cache", {**_DATA, **_SWEEP_WEIGHTS, "main": "frozen_cache.meta"},
+                          _FROZEN_PARAMS + _SWEEP_PARAMS, _SWEEP, "sweep.enabled"),
+    "sweep_point": Stage("sweep.run",
+                         {**_DATA, **_SWEEP_WEIGHTS, "features": "sweep_extract", "frozen": "sweep_frozen.meta",
                           **_MAIN_RESULTS}, ["model", "head", "finetune", "evaluate", *_SWEEP_PARAMS], _SWEEP,
                          "sweep.enabled"),
-    "sweep_aggregate": Stage({"points": "sweep_point.metrics"}, ["sweep"], _SWEEP, "sweep.enabled"),
-    "report": Stage({"template": "workflow/report/report.html.j2", "lock": "requirements.lock",
+    "sweep_aggregate": Stage("sweep.aggregate", {"points": "sweep_point.metrics"}, ["sweep"], _SWEEP, "sweep.enabled"),
+    "report": Stage("report.render", {"template": "workflow/report/report.html.j2", "lock": "requirements.lock",
                      "dataset": "download.dataset",
                      "rejected": "download.rejected", "splits": "split.summary", "meta": "extract.meta",
                      "head": "train_head.summary", "head_search": "train_head.search", "probe": "evaluate_probe",
@@ -127,6 +137,12 @@ def made_from(params: dict[str, Any], stage: str, dataset: dict[str, Any]) -> di
 
 def script(stage: str) -> str:
     return f"workflow/scripts/{stage}.py"
+
+
+def runner(stage: str) -> Callable[[dict[str, Any], StageIO], object]:
+    """The stage's run function (`Stage.run`), its module imported now."""
+    module, function = TABLE[stage].run.split(".")
+    return getattr(importlib.import_module(f"{__package__}.{module}"), function)
 
 
 def deps(stage: str) -> list[str]:

@@ -1,6 +1,5 @@
 """Stage download: the dataset, validated, as an image index and a list of files left out."""
-from transferlab import index
 from transferlab.cli import run_stage
 
 if __name__ == "__main__":
-    run_stage("download", index.run)
+    run_stage("download")

@@ -1,6 +1,5 @@
 """Stage export: the chosen classifier as ONNX with labels, preprocessing and a model card."""
-from transferlab import export
 from transferlab.cli import run_stage
 
 if __name__ == "__main__":
-    run_stage("export", export.run)
+    run_stage("export")

@@ -1,6 +1,5 @@
 """Stage extract: frozen backbone features of every split, cached on disk."""
-from transferlab import features
 from transferlab.cli import run_stage
 
 if __name__ == "__main__":
-    run_stage("extract", features.run)
+    run_stage("extract")

@@ -1,6 +1,5 @@
 """Stage report: the self-contained HTML report and its figures."""
-from transferlab import report
 from transferlab.cli import run_stage
 
 if __name__ == "__main__":
-    run_stage("report", report.render)
+    run_stage("report")

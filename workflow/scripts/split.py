@@ -1,6 +1,5 @@
 """Stage split: stratified, seeded train/val/test lists."""
-from transferlab import split
 from transferlab.cli import run_stage
 
 if __name__ == "__main__":
-    run_stage("split", split.run)
+    run_stage("split")

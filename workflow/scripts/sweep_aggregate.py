@@ -1,6 +1,5 @@
 """Stage sweep_aggregate: the learning curve from every sweep point."""
-from transferlab import sweep
 from transferlab.cli import run_stage
 
 if __name__ == "__main__":
-    run_stage("sweep_aggregate", sweep.aggregate)
+    run_stage("sweep_aggregate")

@@ -1,6 +1,5 @@
 """Stage sweep_extract: one backbone's features of every image, shared by all the sweep's points."""
-from transferlab import sweep
 from transferlab.cli import run_stage
 
 if __name__ == "__main__":
-    run_stage("sweep_extract", sweep.extract)
+    run_stage("sweep_extract")

@@ -1,6 +1,5 @@
 """Stage sweep_frozen: one (backbone, seed)'s frozen-prefix cache, shared by all the sweep's fractions."""
-from transferlab import sweep
 from transferlab.cli import run_stage
 
 if __name__ == "__main__":
-    run_stage("sweep_frozen", sweep.frozen_cache)
+    run_stage("sweep_frozen")

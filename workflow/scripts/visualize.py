@@ -1,6 +1,5 @@
 """Stage visualize: ideal class image, adversarial examples and feature maps."""
-from transferlab import visualize
 from transferlab.cli import run_stage
 
 if __name__ == "__main__":
-    run_stage("visualize", visualize.run)
+    run_stage("visualize")
