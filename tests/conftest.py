@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -26,13 +27,20 @@ CATS_DOGS = SHARED / "data" / "cats_and_dogs_filtered"
 MOBILENET = SHARED / "weights" / "mobilenet_v2-imagenet-int8-dequantized.pth"
 
 
-LONGEST = ("test_engines.py", "test_engines_alone.py")  # minutes each; the other files seconds
+LONGEST = ("test_engines.py", "test_slurm.py", "test_engines_alone.py")  # minutes each; the other files seconds
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The two longest files first: pytest-xdist (-n 2 --dist loadfile --no-loadscope-reorder) then starts them at
-    once, one per worker, and the other files fill in around them."""
+    """The longest files first: pytest-xdist (-n 2 --dist loadfile --no-loadscope-reorder) starts the first two at
+    once, one per worker; the third follows the shorter, and the other files fill in around them."""
     items.sort(key=lambda item: LONGEST.index(item.path.name) if item.path.name in LONGEST else len(LONGEST))
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now (for a test's own server)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def need(path: Path) -> Path:
@@ -153,11 +161,14 @@ def trained_project(tmp_path_factory) -> Path:
     return dest
 
 
-def run(cmd: list[str], cwd: Path, check: bool = True, timeout: float | None = None) -> subprocess.CompletedProcess:
+def engine_env() -> dict[str, str]:
+    """This process's environment with this interpreter's scripts (snakemake, dvc) first on PATH."""
+    return {**os.environ, "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     """Run a command in the project copy with this interpreter's environment on PATH."""
-    env_path = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": env_path + os.pathsep + os.environ.get("PATH", "")}
-    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout)
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=engine_env())
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result

@@ -1,0 +1,112 @@
+"""The pipeline on a real one-node SLURM cluster (Debian's slurm-wlm and munge, started by a fixture): every job
+through sbatch, the results those of the same stages run in this process. A file of its own: its minutes are mostly
+jobs waiting on each other and on the executor plugin's status checks, so pytest-xdist runs it beside the other
+engine files."""
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import copy_project, engine_env, free_port, run_stages, set_param, snakemake_jobs
+
+pytestmark = pytest.mark.engine
+
+
+LOCAL = {"download", "split", "sweep_aggregate", "report"}  # the Snakefile's localrules: no job of their own
+NEEDED = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "scontrol")
+
+
+def _which(name: str) -> str | None:
+    return shutil.which(name) or next((str(p) for p in (Path("/usr/sbin") / name,) if p.exists()), None)
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster(tmp_path_factory):
+    """A one-node cluster on this machine (partition `cpu`, every core, memory not a consumable; no accounting
+    database, so `squeue` tells the executor plugin each job's state: slurmctld keeps finished jobs for MinJobAge),
+    configured in /etc/slurm/slurm.conf; stopped and its configuration removed afterwards."""
+    missing = [name for name in NEEDED if not _which(name)]
+    if missing:
+        pytest.skip(f"needs Debian's slurm-wlm and munge ({', '.join(missing)} not found; .ci/run installs them)")
+    if os.geteuid() != 0:
+        pytest.skip("the one-node cluster's daemons run as root (as CI does)")
+    conf = Path("/etc/slurm/slurm.conf")  # where srun in a job looks (the job step plugin drops SLURM_CONF)
+    if conf.exists():
+        pytest.skip(f"{conf} exists: the test starts its own cluster only on a machine that has none")
+    where = tmp_path_factory.mktemp("slurm")
+    memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20 * 9 // 10  # what slurmd finds
+    conf.parent.mkdir(exist_ok=True)
+    conf.write_text("\n".join([
+        "ClusterName=transferlab", "SlurmctldHost=localhost", "SlurmUser=root", "SlurmdUser=root",
+        "AuthType=auth/munge", f"SlurmctldPort={free_port()}", f"SlurmdPort={free_port()}",
+        f"StateSaveLocation={where}/state", f"SlurmdSpoolDir={where}/spool",
+        f"SlurmctldPidFile={where}/slurmctld.pid", f"SlurmdPidFile={where}/slurmd.pid",
+        f"SlurmctldLogFile={where}/slurmctld.log", f"SlurmdLogFile={where}/slurmd.log",
+        "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none", "MpiDefault=none", "ReturnToService=2",
+        "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core", "SchedulerType=sched/backfill",
+        "AccountingStorageType=accounting_storage/none", "JobAcctGatherType=jobacct_gather/none",
+        "JobCompType=jobcomp/filetxt", f"JobCompLoc={where}/jobs.txt", "MinJobAge=3600",
+        f"NodeName=localhost NodeAddr=127.0.0.1 CPUs={os.cpu_count()} RealMemory={memory_mb} State=UNKNOWN",
+        "PartitionName=cpu Nodes=localhost Default=YES MaxTime=INFINITE State=UP", ""]))
+    for sub in ("state", "spool"):
+        (where / sub).mkdir()
+    started = []
+    if subprocess.run(["munge", "-n"], capture_output=True).returncode != 0:  # no munged answering yet
+        Path("/run/munge").mkdir(exist_ok=True)
+        if not Path("/etc/munge/munge.key").exists():
+            subprocess.run(["mungekey", "--create"], check=True)
+        subprocess.run([_which("munged"), "--force"], check=True)
+        started.append("munged")
+    subprocess.run([_which("slurmctld"), "-c", "-f", str(conf)], check=True)
+    subprocess.run([_which("slurmd"), "-N", "localhost", "-f", str(conf)], check=True)
+    deadline = time.monotonic() + 60
+    while "idle" not in subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True).stdout:
+        if time.monotonic() > deadline:
+            pytest.fail("the one-node cluster did not come up:\n" + (where / "slurmctld.log").read_text()[-3000:]
+                        + (where / "slurmd.log").read_text()[-3000:])
+        time.sleep(0.5)
+    yield where
+    subprocess.run(["scontrol", "shutdown"], capture_output=True)
+    conf.unlink()
+    if started:
+        subprocess.run(["pkill", "-x", "munged"])
+
+
+def test_the_pipeline_runs_as_sbatch_jobs_with_the_local_results(slurm_cluster, tmp_path):
+    """Main pipeline and sweep (tiny data, extraction and the frozen blocks in 2 shards each) under
+    `snakemake --profile profiles/slurm-cpu`: Snakemake submits every job with sbatch but those of its local rules
+    (slurmctld's records, `squeue -t all`, and its job-completion log list each other rule's job, completed), and
+    the metrics and features are byte for byte those of the same stages run in this process while the cluster
+    works."""
+    for name in ("cluster", "local"):
+        (tmp_path / name).mkdir()
+    cluster, local = copy_project(tmp_path / "cluster"), copy_project(tmp_path / "local")
+    for project in (cluster, local):
+        set_param(project, "visualize", "enabled", False)
+        set_param(project, "features", "shards", 2)
+    submitting = subprocess.Popen(
+        ["snakemake", "--profile", "profiles/slurm-cpu", "--slurm-no-account", "--max-threads", "1",
+         "--default-resources", "slurm_partition=cpu", "mem_mb=1000", "runtime=30",
+         "--slurm-init-seconds-before-status-checks", "1", "--slurm-status-command", "squeue", "--latency-wait", "5",
+         "--retries", "0"], cwd=cluster, env=engine_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run_stages(local)  # meanwhile: the cluster's jobs mostly wait, on each other and on the plugin's status checks
+    output = submitting.communicate(timeout=900)[0]
+    assert submitting.returncode == 0, output[-4000:]
+    jobs = snakemake_jobs(output)
+    assert jobs == {"download", "split", "extract_shard", "extract", "train_head", "evaluate_probe",
+                    "frozen_cache_shard", "frozen_cache", "finetune", "evaluate_finetune", "export", "sweep_extract",
+                    "sweep_frozen", "sweep_point", "sweep_aggregate", "report"}, output[-3000:]
+    submitted = output.count("has been submitted with SLURM jobid")
+    records = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i|%T|%k"], capture_output=True, text=True,
+                             check=True).stdout.split()
+    completed = [line for line in records if "|COMPLETED|" in line]
+    assert submitted == len(completed) == output.count("rule ") - output.count("localrule ") > len(jobs - LOCAL), records
+    assert {line.split("|")[2].removeprefix("rule_").split("_wildcards")[0] for line in completed} == jobs - LOCAL
+    assert set(re.findall(r"^localrule (\w+):", output, re.M)) == LOCAL | {"all"}  # in Snakemake's process
+    assert (slurm_cluster / "jobs.txt").read_text().count("JobState=COMPLETED") == submitted
+    for rel in ("results/features/train.npz", "results/features/test.npz", "results/metrics/probe.json",
+                "results/metrics/finetune.json", "results/curve/metrics.json"):
+        assert (cluster / rel).read_bytes() == (local / rel).read_bytes(), rel
