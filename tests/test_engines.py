@@ -3,6 +3,7 @@ import json
 import re
 import shutil
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
@@ -11,7 +12,8 @@ import yaml
 from conftest import ROOT, copy_project, dvc_changed, dvc_ran, dvc_stages_ran, git_dvc_init, run, set_param, snakemake_jobs
 
 # pytest-xdist runs this file's tests in one worker, in order (--dist loadfile): they change the two projects in
-# turn. Engine tests with a project of their own are in tests/test_engines_alone.py, which the other worker takes.
+# turn. Engine tests with a project of their own are in tests/test_slurm.py and tests/test_engines_alone.py, which
+# the other worker takes.
 pytestmark = pytest.mark.engine
 
 
@@ -45,7 +47,7 @@ def on_both(check, projects) -> list:
 @pytest.fixture(scope="module")
 def both_engines(tmp_path_factory):
     """One tiny project run by Snakemake and an identical one run by DVC, side by side; then each by the other
-    engine (`run_engine`). The suite's only two full pipeline runs (tests/test_engines_alone.py runs Snakemake's shards)."""
+    engine (`run_engine`). The suite's only two full pipeline runs (tests/test_slurm.py runs Snakemake's shards)."""
     engines = ("snakemake", "dvc")
     copies = [copy_project(tmp_path_factory.mktemp(engine)) for engine in engines]
     return dict(zip(engines, on_both(lambda pair: run_engine(*pair), list(zip(engines, copies)))))
@@ -332,25 +334,29 @@ def test_one_more_fraction_computes_only_the_new_point(both_engines):
     assert sorted(pd.read_csv(dvc_dir / "results/curve/curve.csv")["fraction"].unique()) == [0.5, 0.75, 1.0]
 
 
-def change_input(parent, what: str) -> None:
-    """Change one input outside a project copy: its images/ folder or its checkpoint."""
-    import shutil
-
+def change_input(parent, what: str) -> Callable[[], None]:
+    """Change one input outside a project copy (its images/ folder or its checkpoint); returns what undoes it."""
     from conftest import random_checkpoint
 
-    images = parent / "images"
+    images, checkpoint = parent / "images", parent / "weights/resnet18.pth"
     if what == "add an image":
-        shutil.copy(images / "ant/ant_0.jpg", images / "ant/ant_new.jpg")
-    elif what == "change an image":
-        (images / "bee/bee_1.jpg").write_bytes((images / "bee/bee_2.jpg").read_bytes())
-    elif what == "replace the checkpoint":
-        random_checkpoint(parent / "weights/resnet18.pth", seed=1)
+        added = images / "ant/ant_new.jpg"
+        shutil.copy(images / "ant/ant_0.jpg", added)
+        return added.unlink
+    changed = images / "bee/bee_1.jpg" if what == "change an image" else checkpoint
+    before = changed.read_bytes()
+    if what == "change an image":
+        changed.write_bytes((images / "bee/bee_2.jpg").read_bytes())
+    else:
+        random_checkpoint(checkpoint, seed=1)
+    return lambda: changed.write_bytes(before)
 
 
 def test_inputs_are_versioned_in_both_engines(both_engines):
     """An image added, an image changed, the checkpoint replaced under its name: each time both engines plan
     exactly the stages that read it (Snakemake: and what follows; DVC: the stages whose dependency changed);
-    with nothing changed, nothing. Runs last: it accepts each change with `dvc commit` then `snakemake --touch`."""
+    with nothing changed, nothing. Runs last: it accepts the projects' state with `dvc commit` then
+    `snakemake --touch`, and undoes each change before the next."""
     everything = {"download", "split", "extract", "train_head", "evaluate_probe", "frozen_cache", "finetune",
                   "evaluate_finetune", "export", "visualize", "sweep_extract", "sweep_frozen", "sweep_point",
                   "sweep_aggregate", "report"}
@@ -360,13 +366,16 @@ def test_inputs_are_versioned_in_both_engines(both_engines):
              "replace the checkpoint": (everything - {"download", "split"}, reads_weights)}
 
     def plans_of(project) -> dict[str, tuple[set[str], set[str]]]:
+        run(["dvc", "commit", "-f"], project)  # accept the state as it is (DVC may rewrite files it caches,
+        run(["snakemake", "--cores", "1", "--touch"], project)  # so Snakemake's times are set last)
         found = {}
         for what in plans:
-            run(["dvc", "commit", "-f"], project)  # accept the state as it is (DVC may rewrite files it caches,
-            run(["snakemake", "--cores", "1", "--touch"], project)  # so Snakemake's times are set last)
-            change_input(project.parent, what)
+            undo = change_input(project.parent, what) if what != "nothing" else None
             planned = run(["snakemake", "-n", "--cores", "2"], project)
             found[what] = (snakemake_jobs(planned.stdout + planned.stderr), dvc_changed(project))
+            if undo and what != list(plans)[-1]:  # back to the accepted inputs: DVC's record holds them again,
+                undo()
+                run(["snakemake", "--cores", "1", "--touch"], project)  # and Snakemake's times follow them
         return found
 
     for found in on_both(plans_of, [both_engines["snakemake"][0], both_engines["dvc"][0]]):
