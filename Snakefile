@@ -38,6 +38,15 @@ FIGURES = dict(category="Figures")
 KNOWS = dict(category="What the network knows")
 
 
+# On a cluster these run in Snakemake's own process, not as jobs: download fetches (compute nodes often lack the
+# network; a folder's index reads each file once), the other three only read lists and metrics.
+localrules:
+    download,
+    split,
+    sweep_aggregate,
+    report,
+
+
 def inputs(stage):
     """Script, library modules (Snakemake re-runs on the script, not on its imports) and the stage's inputs."""
     return S.snakemake_inputs(stage, config)
