@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-from scipy import stats as sps
+from scipy.special import ndtri  # the normal quantile: scipy.stats (1 s to import) loads only for McNemar's test
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 # Resamples per block: bounds memory at CHUNK × test images indices whatever the test set's size.
@@ -61,8 +61,10 @@ def intervals(y_true: np.ndarray, predicted: np.ndarray, n_classes: int, setting
 
 def mcnemar_exact(only_a: int, only_b: int) -> float:
     """Two-sided exact McNemar p-value from the discordant counts (a binomial test of only_b in only_a + only_b)."""
+    from scipy.stats import binomtest
+
     n = only_a + only_b
-    return 1.0 if n == 0 else float(sps.binomtest(only_b, n, 0.5).pvalue)
+    return 1.0 if n == 0 else float(binomtest(only_b, n, 0.5).pvalue)
 
 
 def paired(correct: dict[str, np.ndarray], settings: dict[str, Any]) -> dict[str, Any]:
@@ -93,6 +95,6 @@ def images_needed(pair: dict[str, Any], confidence: float, power: float = 0.8) -
     difference = abs(pair["difference"])
     if difference == 0:
         return None
-    z_alpha, z_beta = sps.norm.ppf(1 - (1 - confidence) / 2), sps.norm.ppf(power)
+    z_alpha, z_beta = ndtri(1 - (1 - confidence) / 2), ndtri(power)
     return int(np.ceil((z_alpha * np.sqrt(discordant) + z_beta * np.sqrt(discordant - difference ** 2)) ** 2
                        / difference ** 2))
