@@ -64,8 +64,9 @@ def modules_loaded(path: Path, lazy: bool = True) -> set[str]:
 def test_stage_modules_are_what_the_script_and_its_run_import(stage):
     """The script's imports, and those of the module of the stage's run function (`stages.runner` loads it by
     name once the stage's switch is on)."""
-    assert callable(runner(stage))
-    module = TABLE[stage].run.split(".")[0]
+    run = runner(stage)
+    assert callable(run)
+    module = run.__module__.removeprefix("transferlab.")
     loaded = modules_loaded(ROOT / script(stage)) | {module} | modules_loaded(PACKAGE / f"{module}.py")
     assert loaded == set(TABLE[stage].modules)
     assert len(TABLE[stage].modules) == len(set(TABLE[stage].modules))
