@@ -10,7 +10,7 @@ import sys
 from snakemake.exceptions import WorkflowError
 
 from transferlab import params as P
-from transferlab import sources
+from transferlab import shards, sources
 from transferlab import stages as S
 
 try:
@@ -138,16 +138,39 @@ rule extract:
 
 
 if SHARDS > 1:
+
+    localrules:
+        shard_rows,  # reads the split's lists: Snakemake's own process
+
+
+    checkpoint shard_rows:
+        """Each shard's record of its images (src/transferlab/shards.py). A checkpoint: Snakemake reads the shards'
+        jobs again once it has run, and a shard whose record has the checksum it had when the shard last ran (same
+        rows, same image content) is not run again."""
+        input:
+            splits=S.layout.FILES["split"].values(),
+            dataset=S.layout.FILES["download"]["dataset"],
+            lib=[f"src/transferlab/{module}.py" for module in ("shards", "layout", "atomic", "errors")],
+        output:
+            shards.records(config),
+        params:
+            features=P.select(config, ["features.shards", "features.batch_size"]),
+        log:
+            "logs/shard_rows.log",
+        run:
+            shards.write(config, log=log[0])
+
     for sharded in [name for name, stage in S.TABLE.items() if stage.shards]:  # extract, frozen_cache
 
         rule:  # one shard of every split's images: a job each (an sbatch job under profiles/slurm), gathered by the
-            # stage's own rule (extract, frozen_cache) and then removed
+            # stage's own rule (extract, frozen_cache); kept, so that a change re-runs only the shards it reaches.
+            # The split's files are ancient(): what of them the shard reads is in its record (shard_rows)
             name:
                 f"{sharded}_shard"
             input:
-                **inputs(sharded),
+                **S.snakemake_shard_inputs(sharded, config, ancient),
             output:
-                temp(directory(S.layout.SHARD_FOLDERS[sharded])),
+                directory(S.layout.SHARD_FOLDERS[sharded]),
             params:
                 stage=S.params_for(config, sharded),
             threads: 8

@@ -126,10 +126,10 @@ def copy_project(parent: Path) -> Path:
     return dest
 
 
-def run_stages(project: Path, threads: int = 2) -> None:
-    """Every stage of the project in table order, in this process, each as its script runs under an engine (its
-    arguments, wildcards filled over the sweep grid; a switched-off stage leaves its 'skipped' record): a trained
-    project in seconds where a test is about what the stages made, not about the engines."""
+def run_stages(project: Path, threads: int = 2, only: tuple[str, ...] = ()) -> None:
+    """Every stage of the project (or `only` these) in table order, in this process, each as its script runs under
+    an engine (its arguments, wildcards filled over the sweep grid; a switched-off stage leaves its 'skipped'
+    record): a trained project in seconds where a test is about what the stages made, not about the engines."""
     import runpy
 
     from transferlab import params as params_mod
@@ -139,7 +139,7 @@ def run_stages(project: Path, threads: int = 2) -> None:
     here, argv = Path.cwd(), sys.argv
     os.chdir(project)
     try:
-        for stage in TABLE:
+        for stage in [name for name in TABLE if not only or name in only]:
             for filled in fillings(params, stage):
                 sys.argv = [script(stage), *(a for w, v in filled.items() for a in (f"--{w}", v)),
                             "--threads", str(threads)]
@@ -176,7 +176,7 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
 
 def snakemake_jobs(output: str) -> set[str]:
     """The rules of the jobs Snakemake ran or plans, from its output."""
-    return set(re.findall(r"^(?:local)?rule (\w+):", output, re.M)) - {"all"}
+    return set(re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):", output, re.M)) - {"all"}
 
 
 def dvc_stages_ran(output: str) -> list[str]:
@@ -216,6 +216,31 @@ def stage_io(stage: str, data_dir: Path, out: Path | None = None, wildcards: dic
     from transferlab.stages import io
 
     return io(stage, data_dir.parent, out, wildcards=wildcards, **given)
+
+
+def mirror_image(data_dir: Path, split: str, row: int, copy_as: str | None = None) -> None:
+    """The image at `row` of a split's list mirrored, the list as download and split would write it again: in
+    place (its sha256 updated), or (`copy_as`, a file name) as a new image of its class at the list's end."""
+    import hashlib
+
+    import pandas as pd
+
+    from transferlab.atomic import read_json
+    from transferlab.layout import data_root
+
+    listed = data_dir / "splits" / f"{split}.csv"
+    frame, root = pd.read_csv(listed), data_root(read_json(data_dir / "dataset.json"))
+    line = frame.iloc[row].copy()
+    source = root / line["path"]
+    if copy_as:
+        line["path"] = (Path(line["path"]).parent / copy_as).as_posix()
+    Image.open(source).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(root / line["path"], quality=90)
+    line["sha256"] = hashlib.sha256((root / line["path"]).read_bytes()).hexdigest()
+    if copy_as:
+        frame.loc[len(frame)] = line
+    else:
+        frame.iloc[row] = line
+    frame.to_csv(listed, index=False)
 
 
 def split_into(data: dict, data_dir: Path) -> dict:

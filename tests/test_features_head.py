@@ -6,11 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import MOBILENET, make_tree, need, split_into, stage_io
+from conftest import MOBILENET, make_tree, mirror_image, need, split_into, stage_io
 from torchvision import models
 
-from transferlab import backbones, evaluation, features, head, index
-from transferlab.atomic import read_arrays
+from transferlab import backbones, evaluation, features, head, index, shards
+from transferlab.atomic import read_arrays, read_splits
+from transferlab.errors import UserError
 from transferlab.layout import files_in
 from transferlab.params import validate
 
@@ -75,13 +76,14 @@ def test_features_equal_model_penultimate_and_train_views(tmp_path):
 def test_shards_gather_to_the_unsharded_bytes(tmp_path, engine):
     """features.shards: 3, each shard its own job then gathered (Snakemake), gives byte for byte the files of one
     job computing every image, augmented views included; so does one job with shards set (DVC). The validation
-    list (6 images, batches of 4) leaves shard 0 empty."""
+    list (6 images, batches of 4) leaves shard 0 empty. An image changed in shard 2's rows changes its record
+    alone; the gathering refuses the stale shard, and once it alone runs again gathers one job's bytes."""
     data_dir = prepare(tmp_path)
     whole, gathered, in_one = (tmp_path / name for name in ("whole", "gathered", "in_one"))
     features.run(tiny_params(engine=engine, train_views=1), stage_io("extract", data_dir, whole))
     sharded = tiny_params(engine=engine, train_views=1, shards=3)
     metas = [features.run(sharded, stage_io("extract", data_dir, gathered, shard=s)) for s in range(3)]
-    assert [m["shard"]["rows"]["val"] for m in metas] == [[0, 0], [0, 4], [4, 6]]
+    assert [m["shard"]["splits"]["val"]["rows"] for m in metas] == [[0, 0], [0, 4], [4, 6]]
     assert [m["splits"]["train"]["images"] for m in metas] == [8, 8, 8]  # 4 images, 2 views each
     assert not gathered.exists()  # a shard writes only its own folder
     shard_one = read_arrays(data_dir.parent / "results/shards/extract/1/train.npz")
@@ -93,6 +95,18 @@ def test_shards_gather_to_the_unsharded_bytes(tmp_path, engine):
         assert (gathered / f"{split}.npz").read_bytes() == (whole / f"{split}.npz").read_bytes(), split
         assert (in_one / f"{split}.npz").read_bytes() == (whole / f"{split}.npz").read_bytes(), split
     assert meta["splits"]["train"]["images"] == 24 and len(meta["shards"]) == 3
+
+    mirror_image(data_dir, "val", 5)
+    frames, classes = read_splits(stage_io("extract", data_dir).input.splits), ["ant", "bee", "cat"]
+    now = [shards.record(frames, classes, sharded["features"], s) for s in range(3)]
+    assert [now[s] == metas[s]["shard"] for s in range(3)] == [True, True, False]
+    with pytest.raises(UserError, match="^results/shards/extract/2: computed from other images"):
+        features.run(sharded, stage_io("extract", data_dir, gathered, gathering=True))
+    features.run(sharded, stage_io("extract", data_dir, gathered, shard=2))
+    features.run(sharded, stage_io("extract", data_dir, gathered, gathering=True))
+    features.run(tiny_params(engine=engine, train_views=1), stage_io("extract", data_dir, whole))
+    for split in ("train", "val", "test"):
+        assert (gathered / f"{split}.npz").read_bytes() == (whole / f"{split}.npz").read_bytes(), split
 
 
 def test_killed_extraction_leaves_no_complete_looking_file(tmp_path, monkeypatch):

@@ -6,11 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import stage_io
+from conftest import mirror_image, stage_io
 from test_finetune import net, probe_setup  # noqa: F401  (fixture)
 
 from transferlab import finetune, frozen, stages
 from transferlab.atomic import read_splits
+from transferlab.errors import UserError
 from transferlab.evaluation import run_finetune
 
 # Training from cached activations vs on the fly: the same operations in a different batch composition for the
@@ -101,7 +102,8 @@ def test_training_from_the_cache_equals_training_on_the_fly(probe_setup):  # noq
 def test_shards_gather_to_the_unsharded_cache(probe_setup, engine):  # noqa: F811
     """features.shards: 3, each shard's frozen blocks computed alone (a Snakemake job each) then gathered: every
     part's array, every epoch's views, byte for byte the one job's. The validation split (6 images, batches of 4)
-    leaves shard 0 without one."""
+    leaves shard 0 without one. A new image at the validation list's end is in shard 2's rows: the gathering refuses
+    that shard until it runs again alone, then holds the new lists' key and size and one job's arrays."""
     tmp_path, data_dir, params, _ = probe_setup
     params["features"]["engine"] = engine
     whole_record, whole = cache_into(tmp_path, data_dir, params, "whole")
@@ -112,11 +114,23 @@ def test_shards_gather_to_the_unsharded_cache(probe_setup, engine):  # noqa: F81
     record = stages.execute("frozen_cache", frozen.run, params,
                             stage_io("frozen_cache", data_dir, tmp_path / "gathered", gathering=True))
     assert record["key"] == whole_record["key"] and record["prefix_sha256"] == whole_record["prefix_sha256"]
+    key_before = record["key"]
     for part in frozen.PARTS:
         assert (tmp_path / "gathered" / f"{part}.npy").read_bytes() == (whole.parent / f"{part}.npy").read_bytes(), part
         assert record["parts"][part]["views"] == whole_record["parts"][part]["views"]
     assert frozen.Cache.open(tmp_path / "gathered", params["model"], params["finetune"],
                              read_splits(stage_io("frozen_cache", data_dir).input.splits), ["ant", "bee", "cat"])
+
+    mirror_image(data_dir, "val", 0, copy_as="new.jpg")
+    with pytest.raises(UserError, match="^results/shards/frozen_cache/2: computed from other images"):
+        frozen.run(params, stage_io("frozen_cache", data_dir, tmp_path / "gathered", gathering=True))
+    frozen.run(params, stage_io("frozen_cache", data_dir, tmp_path / "gathered", shard=2))
+    record = frozen.run(params, stage_io("frozen_cache", data_dir, tmp_path / "gathered", gathering=True))
+    params["features"]["shards"] = 1
+    whole_record, whole = cache_into(tmp_path, data_dir, params, "whole")
+    assert record["key"] == whole_record["key"] != key_before and record["bytes"] == whole_record["bytes"]
+    for part in frozen.PARTS:
+        assert (tmp_path / "gathered" / f"{part}.npy").read_bytes() == (whole.parent / f"{part}.npy").read_bytes(), part
 
 
 def test_cache_over_budget_runs_on_the_fly_and_says_why(probe_setup):  # noqa: F811

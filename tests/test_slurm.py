@@ -9,13 +9,15 @@ import subprocess
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from conftest import copy_project, engine_env, free_port, run_stages, set_param, snakemake_jobs
+from PIL import Image
 
 pytestmark = pytest.mark.engine
 
 
-LOCAL = {"download", "split", "sweep_aggregate", "report"}  # the Snakefile's localrules: no job of their own
+LOCAL = {"download", "split", "shard_rows", "sweep_aggregate", "report"}  # the Snakefile's localrules: no job of their own
 NEEDED = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "scontrol")
 
 
@@ -75,15 +77,15 @@ def slurm_cluster(tmp_path_factory):
         subprocess.run(["pkill", "-x", "munged"])
 
 
-def test_the_pipeline_runs_as_sbatch_jobs_with_the_local_results(slurm_cluster, tmp_path):
+@pytest.fixture(scope="module")
+def cluster_run(slurm_cluster, tmp_path_factory):
     """Main pipeline and sweep (tiny data, extraction and the frozen blocks in 2 shards each) under
-    `snakemake --profile profiles/slurm-cpu`: Snakemake submits every job with sbatch but those of its local rules
-    (slurmctld's records, `squeue -t all`, and its job-completion log list each other rule's job, completed), and
-    the metrics and features are byte for byte those of the same stages run in this process while the cluster
-    works."""
+    `snakemake --profile profiles/slurm-cpu`, and the same stages run in this process while the cluster works (its
+    jobs mostly wait, on each other and on the plugin's status checks): (cluster project, local project, output)."""
+    where = tmp_path_factory.mktemp("sharded")
     for name in ("cluster", "local"):
-        (tmp_path / name).mkdir()
-    cluster, local = copy_project(tmp_path / "cluster"), copy_project(tmp_path / "local")
+        (where / name).mkdir()
+    cluster, local = copy_project(where / "cluster"), copy_project(where / "local")
     for project in (cluster, local):
         set_param(project, "visualize", "enabled", False)
         set_param(project, "features", "shards", 2)
@@ -92,11 +94,19 @@ def test_the_pipeline_runs_as_sbatch_jobs_with_the_local_results(slurm_cluster, 
          "--default-resources", "slurm_partition=cpu", "mem_mb=1000", "runtime=30",
          "--slurm-init-seconds-before-status-checks", "1", "--slurm-status-command", "squeue", "--latency-wait", "5",
          "--retries", "0"], cwd=cluster, env=engine_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    run_stages(local)  # meanwhile: the cluster's jobs mostly wait, on each other and on the plugin's status checks
+    run_stages(local)
     output = submitting.communicate(timeout=900)[0]
     assert submitting.returncode == 0, output[-4000:]
+    return cluster, local, output
+
+
+def test_the_pipeline_runs_as_sbatch_jobs_with_the_local_results(slurm_cluster, cluster_run):
+    """Snakemake submits every job with sbatch but those of its local rules (slurmctld's records, `squeue -t all`,
+    and its job-completion log list each other rule's job, completed), and the metrics and features are byte for
+    byte those of the same stages run in this process."""
+    cluster, local, output = cluster_run
     jobs = snakemake_jobs(output)
-    assert jobs == {"download", "split", "extract_shard", "extract", "train_head", "evaluate_probe",
+    assert jobs == {"download", "split", "shard_rows", "extract_shard", "extract", "train_head", "evaluate_probe",
                     "frozen_cache_shard", "frozen_cache", "finetune", "evaluate_finetune", "export", "sweep_extract",
                     "sweep_frozen", "sweep_point", "sweep_aggregate", "report"}, output[-3000:]
     submitted = output.count("has been submitted with SLURM jobid")
@@ -105,8 +115,38 @@ def test_the_pipeline_runs_as_sbatch_jobs_with_the_local_results(slurm_cluster, 
     completed = [line for line in records if "|COMPLETED|" in line]
     assert submitted == len(completed) == output.count("rule ") - output.count("localrule ") > len(jobs - LOCAL), records
     assert {line.split("|")[2].removeprefix("rule_").split("_wildcards")[0] for line in completed} == jobs - LOCAL
-    assert set(re.findall(r"^localrule (\w+):", output, re.M)) == LOCAL | {"all"}  # in Snakemake's process
+    assert set(re.findall(r"^local(?:rule|checkpoint) (\w+):", output, re.M)) == LOCAL | {"all"}  # in Snakemake's process
     assert (slurm_cluster / "jobs.txt").read_text().count("JobState=COMPLETED") == submitted
     for rel in ("results/features/train.npz", "results/features/test.npz", "results/metrics/probe.json",
                 "results/metrics/finetune.json", "results/curve/metrics.json"):
+        assert (cluster / rel).read_bytes() == (local / rel).read_bytes(), rel
+
+
+def test_a_changed_image_re_runs_its_shards_alone(cluster_run):
+    """The last training image of the sharded project changes: download and split run again, the checkpoint
+    (shard_rows) rewrites both shards' records, and Snakemake, reading the shards' jobs again after it, runs only
+    shard 1 of each sharded stage (here on this machine: which jobs run is Snakemake's choice, whatever the
+    executor). Shard 0's files are left as they were, and the gathered features and frozen cache are byte for byte
+    those of the same stages run whole in this process on the changed image."""
+    cluster, local, _ = cluster_run
+    last = pd.read_csv(cluster / "data/splits/train.csv")["path"].iloc[-1]  # train rows 8-11 are shard 1's
+    for project in (cluster, local):
+        image = project.parent / "images" / last
+        Image.open(image).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(image, quality=90)
+    shard_zero = sorted((cluster / "results/shards").glob("*/0/[!.]*"))  # not the folder's .snakemake_timestamp
+    before = {path: path.stat().st_mtime_ns for path in shard_zero}
+    features_before = (cluster / "results/features/train.npz").read_bytes()
+    rerun = subprocess.Popen(["snakemake", "--cores", "2", "extract", "frozen_cache"], cwd=cluster, env=engine_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run_stages(local, only=("inputs", "download", "split", "extract", "frozen_cache"))
+    output = rerun.communicate(timeout=600)[0]
+    assert rerun.returncode == 0, output[-4000:]
+    ran = re.findall(r"^local(?:rule|checkpoint) (\w+):\n(?:    .*\n)*?    wildcards: shard=(\d)", output, re.M)
+    assert sorted(ran) == [("extract_shard", "1"), ("frozen_cache_shard", "1")], output[-3000:]
+    assert snakemake_jobs(output) == {"download", "split", "shard_rows", "extract_shard", "extract",
+                                      "frozen_cache_shard", "frozen_cache"}
+    assert {path: path.stat().st_mtime_ns for path in shard_zero} == before and len(before) == 10
+    assert (cluster / "results/features/train.npz").read_bytes() != features_before
+    for rel in ("results/features/train.npz", "results/features/test.npz", *(f"results/frozen/{part}.npy" for part in
+                ("train", "train_plain", "val", "test", "test_tta"))):
         assert (cluster / rel).read_bytes() == (local / rel).read_bytes(), rel

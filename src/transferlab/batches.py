@@ -7,7 +7,6 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -77,21 +76,6 @@ def _collate_encoded(batch: list[tuple[torch.Tensor, int, int]]) -> tuple[list[t
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
-
-
-def shard_rows(frames: dict[str, pd.DataFrame], feat: dict[str, Any], shard: int | None) -> dict[str, range]:
-    """Each split's rows in shard `shard` of `features.shards` (every row where None): contiguous, and as even as
-    whole batches of `features.batch_size` allow, so that each shard computes the unsharded run's batches."""
-    out = {}
-    for split, frame in frames.items():
-        n = len(frame)
-        if shard is None:
-            out[split] = range(n)
-            continue
-        batches, count = -(-n // feat["batch_size"]), feat["shards"]
-        cuts = [min(n, batches * s // count * feat["batch_size"]) for s in (shard, shard + 1)]
-        out[split] = range(*cuts)
-    return out
 
 
 def device() -> torch.device:

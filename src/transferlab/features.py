@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import backbones, engines, layout
-from .atomic import read_arrays, read_json, scratch_file, write_arrays, write_json
-from .batches import ImageList, compute, device, shard_rows, torch_threads
+from . import backbones, engines, layout, shards
+from .atomic import read_arrays, read_json, read_splits, scratch_file, write_arrays, write_json
+from .batches import ImageList, compute, device, torch_threads
 from .layout import SPLITS, data_root
 from .params import ParamsError
 from .stages import StageIO
@@ -41,7 +41,7 @@ def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
     out = io.output if io.shard is None else layout.shard_files("extract", io.shard, io.root)
     out.meta.parent.mkdir(parents=True, exist_ok=True)
     frames = {split: pd.read_csv(getattr(io.input.splits, split)) for split in SPLITS}
-    rows = shard_rows(frames, feat, io.shard)
+    rows = shards.rows(frames, feat, io.shard)
     check_room(len(rows["train"]) * (1 + feat["train_views"]), dim, out.meta.parent, feat["train_views"])
     with scratch_file(out.meta.parent, ".onnx", "backbone") as onnx_path, torch_threads(threads // streams):
         forward, engine = engines.build(model, feat["engine"], feat["precision"], dev, size, onnx_path,
@@ -61,8 +61,7 @@ def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
             meta["splits"][split] = _extract_split(forward, views, dim, feat, getattr(out, split), classes,
                                                    part["path"].to_numpy(dtype=str), streams, dev)
     if io.shard is not None:
-        meta["shard"] = {"index": io.shard, "of": feat["shards"],
-                         "rows": {split: [r.start, r.stop] for split, r in rows.items()}}
+        meta["shard"] = shards.record(frames, classes, feat, io.shard)
     write_json(out.meta, meta)
     for split, stats in meta["splits"].items():
         log.info("%s: %d images in %.1f s (%.1f img/s), %d features", split, stats["images"], stats["seconds"],
@@ -71,16 +70,21 @@ def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
 
 
 def gather(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
-    """The stage's outputs from its shards' files (Snakemake's gathering job): the same bytes as one job's."""
+    """The stage's outputs from its shards' files (Snakemake's gathering job): the same bytes as one job's; a shard
+    computed from other images than the split lists hold now is refused (shards.check)."""
     count = params["features"]["shards"]
-    shards = [layout.shard_files("extract", s, io.root) for s in range(count)]
-    metas = [read_json(shard.meta) for shard in shards]
+    parts_of = [layout.shard_files("extract", s, io.root) for s in range(count)]
+    metas = [read_json(shard.meta) for shard in parts_of]
+    classes = read_json(io.input.dataset)["classes"]
+    shards.check("extract", [m["shard"] for m in metas], read_splits(io.input.splits), classes, params["features"])
     meta = {key: value for key, value in metas[0].items() if key != "shard"}
-    meta["splits"], meta["shards"] = {}, [{"rows": m["shard"]["rows"], "splits": m["splits"]} for m in metas]
+    meta["splits"] = {}
+    meta["shards"] = [{"rows": {split: part["rows"] for split, part in m["shard"]["splits"].items()},
+                       "splits": m["splits"]} for m in metas]
     io.output.meta.parent.mkdir(parents=True, exist_ok=True)
     for split in SPLITS:
         start = time.perf_counter()
-        parts = [read_arrays(getattr(shard, split)) for shard in shards]
+        parts = [read_arrays(getattr(shard, split)) for shard in parts_of]
         n_views = 1 + params["features"]["train_views"] if split == "train" else 1
         dim = parts[0]["features"].shape[1]
         path = getattr(io.output, split)

@@ -25,9 +25,9 @@ from scipy.special import softmax
 from torch import fx, nn
 from torch.utils.data import Dataset
 
-from . import backbones, engines, layout
+from . import backbones, engines, layout, shards
 from .atomic import atomic_path, copy_file, read_json, read_splits, scratch_file, write_json
-from .batches import ImageList, compute, device, shard_rows, torch_threads
+from .batches import ImageList, compute, device, torch_threads
 from .errors import UserError
 from .layout import data_root, frozen_array
 from .stages import StageIO
@@ -255,27 +255,34 @@ def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
     images into its own folder (io.shard), or gathered from the shards' folders (io.gathering)."""
     if io.gathering:
         return gather(params, io)
-    frames = read_splits(io.input.splits)
+    frames, dataset = read_splits(io.input.splits), read_json(io.input.dataset)
     folder = io.output.meta.parent if io.shard is None else layout.shard_files("frozen_cache", io.shard, io.root).meta.parent
-    record = build(params, params["finetune"], read_json(io.input.dataset), frames, folder, PARTS,
-                   shard_rows(frames, params["features"], io.shard))
+    record = build(params, params["finetune"], dataset, frames, folder, PARTS,
+                   shards.rows(frames, params["features"], io.shard))
     if io.shard is not None:
-        record["shard"] = {"index": io.shard, "of": params["features"]["shards"]}
+        record["shard"] = shards.record(frames, dataset["classes"], params["features"], io.shard)
         write_json(folder / "meta.json", record)
     return record
 
 
 def gather(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
-    """The cache from its shards' folders (Snakemake's gathering job): the same arrays, byte for byte, as one job's."""
-    shards = [layout.shard_files("frozen_cache", s, io.root).meta.parent for s in range(params["features"]["shards"])]
-    metas = [read_json(folder / "meta.json") for folder in shards]
+    """The cache from its shards' folders (Snakemake's gathering job): the same arrays, byte for byte, as one job's;
+    a shard computed from other images than the split lists hold now is refused (shards.check). What is of the
+    whole splits (the key, the size) is the current splits', also where a shard was computed before they changed."""
+    ft, frames = params["finetune"], read_splits(io.input.splits)
+    folders = [layout.shard_files("frozen_cache", s, io.root).meta.parent for s in range(params["features"]["shards"])]
+    metas = [read_json(folder / "meta.json") for folder in folders]
+    shards.check("frozen_cache", [m["shard"] for m in metas], frames, read_json(io.input.dataset)["classes"],
+                 params["features"])
     folder = io.output.meta.parent
     clear(folder)
-    record = {k: v for k, v in metas[0].items() if k not in ("shard", "parts", "seconds")}
+    record = next((m for m in metas if not m["cached"]), metas[0])  # one shard without a cache: the stage has none
+    record = {k: v for k, v in record.items() if k not in ("shard", "parts", "seconds")}
+    record["key"] = key(params["model"], ft, frames)
     if record["cached"]:
         record["parts"] = {}
         for part in metas[0]["parts"]:
-            arrays = [np.load(frozen_array(shard, part), mmap_mode="r") for shard in shards]
+            arrays = [np.load(frozen_array(shard, part), mmap_mode="r") for shard in folders]
             axis = 1 if part == "train" else 0  # the training views are (epoch, image, ...)
             shape = list(arrays[0].shape)
             shape[axis] = sum(a.shape[axis] for a in arrays)
@@ -286,10 +293,11 @@ def gather(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
                 del out
             record["parts"][part] = _rate(sum(m["parts"][part]["views"] for m in metas),
                                           sum(m["parts"][part]["seconds"] for m in metas))
+        record["bytes"] = size(record["shape"], ft, {s: len(f) for s, f in frames.items()}, PARTS)
         record["seconds"] = round(sum(m["seconds"] for m in metas), 3)
         record["shards"] = [{"seconds": m["seconds"], "parts": m["parts"]} for m in metas]
     write_json(folder / "meta.json", record)
-    log.info("gathered %d shards of the frozen-prefix cache%s", len(shards), "" if record["cached"] else
+    log.info("gathered %d shards of the frozen-prefix cache%s", len(folders), "" if record["cached"] else
              f" (none: {record['reason']})")
     return record
 

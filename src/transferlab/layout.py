@@ -66,6 +66,7 @@ FILES: dict[str, dict[str, str]] = {
 # as the stage's (outside the stage's folders, which DVC caches), and the stage's rule gathers them. DVC computes
 # every shard in the stage's one process.
 SHARD_FOLDERS = {"extract": "results/shards/extract/{shard}", "frozen_cache": "results/shards/frozen_cache/{shard}"}
+SHARD_ROWS = "results/shards/rows/{shard}.json"  # which images a shard computes, as of the last split (shards.py)
 
 
 def folder(stage: str) -> str:

@@ -50,10 +50,10 @@ _CORE = ["__init__", "cli", "params", "atomic", "stages", "layout", "errors", "c
          "backbones", "families", "family_torchvision", "family_timm", "preprocessing"]
 _DATASETS = _CORE + ["datasets"]
 _INFERENCE = _CORE + ["images", "transforms", "engines", "batches"]
-_FEATURES = _INFERENCE + ["features"]
-_FROZEN = _INFERENCE + ["frozen"]
+_FEATURES = _INFERENCE + ["shards", "features"]
+_FROZEN = _INFERENCE + ["shards", "frozen"]
 _HEAD = _CORE + ["selection", "head"]
-_FINETUNE = _INFERENCE + ["selection", "head", "frozen", "tuning", "tracking", "distributed", "finetune"]
+_FINETUNE = _INFERENCE + ["selection", "head", "shards", "frozen", "tuning", "tracking", "distributed", "finetune"]
 _EVALUATE = _FINETUNE + ["stats", "evaluation"]
 _SWEEP = _EVALUATE + ["datasets", "split", "features", "sweep"]
 _DATA = {"dataset": "download.dataset", "splits": "split"}
@@ -338,6 +338,14 @@ def snakemake_shards(stage: str, params: dict[str, Any]) -> list[str]:
     """Every shard's folder: the input of the rule that gathers them (none where the stage is one job)."""
     count = shard_count(params, stage)
     return [layout.SHARD_FOLDERS[stage].format(shard=s) for s in range(count)] if count > 1 else []
+
+
+def snakemake_shard_inputs(stage: str, params: dict[str, Any], ancient: Callable[[Any], Any]) -> dict[str, Any]:
+    """A shard job's input: the stage's, with its record (layout.SHARD_ROWS), and the dataset's and split's files
+    flagged by Snakemake's `ancient`: what the shard reads of them is in the record, which Snakemake compares by
+    checksum once the checkpoint writing it has run, so a split that re-runs re-runs only the shards it changed."""
+    out = snakemake_inputs(stage, params)
+    return {**out, **{name: ancient(out[name]) for name in _DATA}, "rows": layout.SHARD_ROWS}
 
 
 def shell(stage: str, part: str = "") -> str:
