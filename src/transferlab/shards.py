@@ -50,9 +50,9 @@ def record(frames: dict[str, pd.DataFrame], classes: list[str], feat: dict[str, 
                        for split, r in rows(frames, feat, shard).items()}}
 
 
-def write(params: dict[str, Any], log: Path | str) -> list[Path]:
+def write(params: dict[str, Any], log: Path | str) -> None:
     """Every shard's record into its file (the Snakefile's checkpoint, in Snakemake's process, in the project
-    root), a line each to `log`; the files."""
+    root), a line each to `log`."""
     frames = read_splits(layout.files("split"))
     classes = read_json(layout.files("download").dataset)["classes"]
     paths, lines = [Path(path) for path in records(params)], []
@@ -62,7 +62,6 @@ def write(params: dict[str, Any], log: Path | str) -> list[Path]:
         lines.append(f"shard {shard}: " + ", ".join(f"{split} rows {part['rows'][0]}-{part['rows'][1]}"
                                                    for split, part in made["splits"].items()))
     Path(log).write_text("\n".join(lines) + "\n")
-    return paths
 
 
 def records(params: dict[str, Any]) -> list[str]:
