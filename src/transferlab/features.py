@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 from . import backbones, engines, layout, shards
@@ -40,7 +39,7 @@ def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
     streams = 1 if on_gpu else threads
     out = io.output if io.shard is None else layout.shard_files("extract", io.shard, io.root)
     out.meta.parent.mkdir(parents=True, exist_ok=True)
-    frames = {split: pd.read_csv(getattr(io.input.splits, split)) for split in SPLITS}
+    frames = read_splits(io.input.splits)
     rows = shards.rows(frames, feat, io.shard)
     check_room(len(rows["train"]) * (1 + feat["train_views"]), dim, out.meta.parent, feat["train_views"])
     with scratch_file(out.meta.parent, ".onnx", "backbone") as onnx_path, torch_threads(threads // streams):
