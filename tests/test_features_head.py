@@ -228,7 +228,7 @@ def test_metrics_on_hand_made_example(tmp_path):
     assert "top5_accuracy" not in got
     probs = {"train": proba, "val": proba[:4], "test": proba}
     labels = {"train": y, "val": y[:4], "test": y}
-    settings = {"bootstrap": 500, "confidence": 0.95, "seed": 0}
+    settings = {"draws": 500, "confidence": 0.95, "seed": 0}
     result = evaluation.evaluate("probe", probs, labels, np.array([f"i{i}" for i in range(6)]), ["a", "b", "c"],
                                  files_in("evaluate_probe", tmp_path), settings)
     assert result["train_val_gap"] == pytest.approx(4 / 6 - 3 / 4, abs=1e-6)

@@ -1,4 +1,4 @@
-"""Bootstrap intervals and McNemar's test against cases whose answers are known by hand."""
+"""Intervals and McNemar's test against cases whose answers are known by hand."""
 import warnings
 
 import numpy as np
@@ -8,54 +8,56 @@ from sklearn import metrics as skm
 
 from transferlab import stats
 
-SETTINGS = {"bootstrap": 20000, "confidence": 0.95, "seed": 0}
+SETTINGS = {"draws": 20000, "confidence": 0.95, "seed": 0}
 
 
-def test_accuracy_interval_is_the_exact_bootstrap_distribution():
-    # Resampling n images of which k are right makes the accuracy Binomial(n, k/n)/n: its 2.5 and 97.5 % quantiles
-    # are the interval, up to one image of Monte-Carlo slack.
-    n, k = 50, 40
-    y = np.zeros(n, int)
-    predicted = np.where(np.arange(n) < k, 0, 1)
-    got = stats.intervals(y, predicted, 2, SETTINGS)["accuracy"]
-    assert got["low"] == pytest.approx(sps.binom.ppf(0.025, n, k / n) / n, abs=1 / n + 1e-9)
-    assert got["high"] == pytest.approx(sps.binom.ppf(0.975, n, k / n) / n, abs=1 / n + 1e-9)
-    assert (got["low"], got["high"]) == pytest.approx((0.68, 0.9), abs=0.021)  # 34/50 and 45/50 by hand
+def test_accuracy_interval_is_wilsons_by_hand():
+    # 40 right of 50 at 95 %: centre (0.8 + 1.96²/100) / (1 + 1.96²/50), half-width 1.96/(1 + 1.96²/50) ·
+    # √(0.8·0.2/50 + 1.96²/10000): 0.6696 to 0.8876
+    got = stats.intervals(np.zeros(50, int), np.where(np.arange(50) < 40, 0, 1), 2, SETTINGS)["accuracy"]
+    assert (got["low"], got["high"]) == pytest.approx((0.6696, 0.8876), abs=1e-4)
+    z = sps.norm.ppf(0.975)
+    centre, half = (0.8 + z * z / 100) / (1 + z * z / 50), z / (1 + z * z / 50) * np.sqrt(0.16 / 50 + z * z / 1e4)
+    assert (got["low"], got["high"]) == pytest.approx((centre - half, centre + half), abs=1e-6)
 
 
-def test_tiny_hand_made_cases():
-    # two images, one right: resampled accuracy is 0, 1/2 or 1 with probability 1/4, 1/2, 1/4 → interval [0, 1]
-    got = stats.intervals(np.array([0, 1]), np.array([0, 0]), 2, SETTINGS)
-    assert (got["accuracy"]["low"], got["accuracy"]["high"]) == (0.0, 1.0)
-    perfect = stats.intervals(np.array([0, 1, 2]), np.array([0, 1, 2]), 3, SETTINGS)
+def test_intervals_do_not_collapse_at_0_or_100_percent():
+    # 90 of 90 right: the percentile bootstrap said "1.000–1.000"; Wilson's lower end is n / (n + z²)
+    y = np.repeat(np.arange(3), 30)
+    perfect = stats.intervals(y, y, 3, SETTINGS)
+    z = sps.norm.ppf(0.975)
+    assert perfect["accuracy"] == {"low": pytest.approx(90 / (90 + z * z), abs=1e-6), "high": 1.0}
     for metric in stats.METRICS:
-        assert (perfect[metric]["low"], perfect[metric]["high"]) == (1.0, 1.0)
+        assert 0.9 < perfect[metric]["low"] < perfect[metric]["high"] <= 1.0
+    wrong = stats.intervals(y, (y + 1) % 3, 3, SETTINGS)
+    for metric in stats.METRICS:
+        assert 0.0 <= wrong[metric]["low"] < wrong[metric]["high"] < 0.1
     assert set(perfect) == set(stats.METRICS)
 
 
-def test_resampled_scores_equal_scikit_learn_on_every_resample():
+def test_posterior_draws_centre_on_scikit_learn_and_are_seeded():
     rng = np.random.default_rng(1)
-    y = rng.integers(0, 5, 40)
-    y[0] = 5  # a class with one test image: most resamples miss it
-    predicted = np.where(rng.random(40) < 0.6, y, rng.integers(0, 6, 40))
-    rows = next(stats.resamples(40, 30, seed=3))
-    assert any(len(set(y[row])) < 6 for row in rows)  # some resamples miss a class
-    got = stats.resampled_scores(y, predicted, 6, rows)
-    for i, row in enumerate(rows):
-        t, p = y[row], predicted[row]
-        assert got["accuracy"][i] == pytest.approx(skm.accuracy_score(t, p))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "y_pred contains classes not in y_true"
-            assert got["balanced_accuracy"][i] == pytest.approx(skm.balanced_accuracy_score(t, p))
-        assert got["macro_f1"][i] == pytest.approx(skm.f1_score(t, p, average="macro", zero_division=0))
+    y = rng.integers(0, 5, 400)
+    y[0] = 5  # a class with one test image
+    predicted = np.where(rng.random(400) < 0.7, y, rng.integers(0, 7, 400))  # class 6 is predicted, never true
+    drawn = stats.posterior_scores(y, predicted, 7, 20000, seed=3)
+    # Jeffreys posteriors on hundreds of images: their means sit near the plug-in scores scikit-learn computes
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "y_pred contains classes not in y_true"
+        assert drawn["balanced_accuracy"].mean() == pytest.approx(skm.balanced_accuracy_score(y, predicted), abs=0.06)
+    assert drawn["macro_f1"].mean() == pytest.approx(skm.f1_score(y, predicted, average="macro", zero_division=0),
+                                                     abs=0.06)
+    again = stats.posterior_scores(y, predicted, 7, 20000, seed=3)
+    assert all((drawn[k] == again[k]).all() for k in drawn)
+    other = stats.posterior_scores(y, predicted, 7, 20000, seed=4)
+    assert not (drawn["macro_f1"] == other["macro_f1"]).all()
 
 
-def test_resamples_are_seeded_and_chunked():
-    a = np.concatenate(list(stats.resamples(7, 600, seed=5)))
-    b = np.concatenate(list(stats.resamples(7, 600, seed=5)))
-    assert a.shape == (600, 7) and (a == b).all()
-    assert [len(block) for block in stats.resamples(7, 600, seed=5)] == [256, 256, 88]
-    assert not (a == np.concatenate(list(stats.resamples(7, 600, seed=6)))).all()
+def test_balanced_accuracy_of_one_class_is_its_beta_posterior():
+    # one class, 18 of 20 right: the recall's posterior is Beta(18.5, 2.5), so the interval is its quantiles
+    y = np.zeros(20, int)
+    got = stats.intervals(y, np.where(np.arange(20) < 18, 0, 1), 2, SETTINGS)["balanced_accuracy"]
+    assert (got["low"], got["high"]) == pytest.approx(sps.beta.ppf([0.025, 0.975], 18.5, 2.5), abs=0.005)
 
 
 @pytest.mark.parametrize("only_a, only_b, p", [(1, 9, 22 / 1024), (9, 1, 22 / 1024), (0, 6, 2 / 64), (5, 5, 1.0),
@@ -76,13 +78,29 @@ def test_paired_difference_interval_and_counts():
     assert pair["mcnemar_p"] == pytest.approx(2 * sps.binom.cdf(2, 10, 0.5), rel=1e-3)  # 0.109
     assert pair["low"] < 0.06 < pair["high"]
     assert not stats.clear(pair, 0.95)  # p = 0.11: within the uncertainty
+
     mirrored = stats.paired({"finetune": b, "probe": a}, SETTINGS)
     assert (mirrored["difference"], mirrored["low"], mirrored["high"]) == pytest.approx(
         (-0.06, -pair["high"], -pair["low"]))
     same = stats.paired({"probe": a, "finetune": a}, SETTINGS)
-    assert (same["difference"], same["low"], same["high"], same["mcnemar_p"]) == (0, 0, 0, 1.0)
+    assert same["difference"] == 0 and same["mcnemar_p"] == 1.0 and same["low"] < 0 < same["high"]
+    everything = np.ones(90, bool)  # both right on all 90 images: a difference of 0, not known to be exactly 0
+    both_perfect = stats.paired({"probe": everything, "finetune": everything}, SETTINGS)
+    assert -0.05 < both_perfect["low"] < 0 < both_perfect["high"] < 0.05
     with pytest.raises(ValueError, match="same test images"):
         stats.paired({"probe": a, "finetune": b[:50]}, SETTINGS)
+
+
+def test_paired_interval_covers_the_true_difference_95_times_in_100():
+    # 2,000 simulated paired test sets of 120 images, the methods' outcomes correlated as two networks' are
+    rng = np.random.default_rng(0)
+    cells = np.array([0.70, 0.05, 0.12, 0.13])  # both right, only probe, only fine-tune, neither: a +7-point gain
+    covered = 0
+    for _ in range(2000):
+        kind = rng.choice(4, size=120, p=cells)
+        pair = stats.paired({"probe": np.isin(kind, [0, 1]), "finetune": np.isin(kind, [0, 2])}, SETTINGS)
+        covered += pair["low"] <= 0.07 <= pair["high"]
+    assert 0.93 <= covered / 2000 <= 0.975
 
 
 def test_clear_needs_both_the_interval_and_the_test():

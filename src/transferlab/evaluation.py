@@ -34,7 +34,7 @@ def scores(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
 
 
 def scored(y_true: np.ndarray, proba: np.ndarray, settings: dict[str, Any]) -> dict[str, Any]:
-    """`scores` with the bootstrap intervals of accuracy, balanced accuracy and macro F1 (`evaluate:` params)."""
+    """`scores` with the intervals of accuracy, balanced accuracy and macro F1 (`evaluate:` params)."""
     return {**scores(y_true, proba), "interval": stats.intervals(y_true, proba.argmax(1), proba.shape[1], settings)}
 
 
@@ -71,7 +71,7 @@ def evaluate(method: str, proba: dict[str, np.ndarray], labels: dict[str, np.nda
     evaluate stage's files).
 
     `proba` and `labels` hold the train, val and test splits; ids are the test images. `settings` are the
-    `evaluate:` params (bootstrap intervals); with the probe's predictions as `baseline`, the metrics also
+    `evaluate:` params (stats.intervals); with the probe's predictions as `baseline`, the metrics also
     hold the paired comparison with it (`vs_probe`).
     """
     test_proba, y = proba["test"], labels["test"]

@@ -160,7 +160,7 @@ def git_commit() -> str:
 
 
 def comparison(methods: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Table rows: one value per method (with its bootstrap interval where there is one), the better one marked
+    """Table rows: one value per method (with its interval where there is one), the better one marked
     where that has a meaning."""
     rows = []
     for key, label, higher in ROWS:
