@@ -75,7 +75,7 @@ def test_frozen_blocks_keep_batchnorm_statistics(train_bn):
 def ft_params(**over):
     p = tiny_params()
     p["finetune"].update({"epochs": 2, "batch_size": 4, "num_workers": 0, "unfreeze": 1, "lr": 1e-4,
-                          "head_lr": 1e-2, "warmup_epochs": 0.5, **over})
+                          "head_lr": 1e-2, "warmup_epochs": 0.5, "augment": "strong", "interpolate": [1.0], **over})
     return validate(p)
 
 
@@ -158,17 +158,25 @@ def test_search_trains_every_candidate_from_the_same_start_and_keeps_the_rule_s_
     assert summary["candidates"] == 4 and search["candidate"].nunique() == 4
     start = finetune.build(params["model"], head.linear(tmp_path / "probe.npz")).to(memory_format=torch.channels_last)
     assert set(search["start_sha256"]) == {frozen.fingerprint(start)[:16]}  # each candidate from the warm start
-    best = search.groupby("candidate")["val_loss"].min()
+    assert set(search["state"]) <= {"complete", "pruned"} and (search["epoch"] == 0).sum() == 4
+    start = search[search["epoch"] == 0]  # epoch 0: the same start, scored once, in every candidate's history
+    assert start["val_loss"].nunique() == 1 and start["train_loss"].isna().all()
+    kept = tuning.scores(search)  # the lowest loss among the epochs no worse than the start in accuracy
+    for c, rows in search.groupby("candidate"):
+        allowed = rows[rows["val_accuracy"] >= rows["val_accuracy"].iloc[0]]
+        assert kept.loc[c, "val_log_loss"] == allowed["val_loss"].min()
+    best = kept["val_log_loss"]
     chosen = search.loc[search["chosen"], "candidate"].unique()
-    assert list(chosen) == [best.idxmin()] and summary["best_val_loss"] == pytest.approx(best.min(), abs=1e-6)
-    row = search[search["candidate"] == best.idxmin()].iloc[0]
+    assert len(chosen) == 1 and best[chosen[0]] == best.min()
+    assert summary["best_val_loss"] == pytest.approx(best.min(), abs=1e-6)
+    row = search[search["candidate"] == chosen[0]].iloc[0]
     assert (summary["lr"], summary["head_lr"]) == (row["lr"], row["head_lr"])
     history = pd.read_csv(files.output.history)  # the chosen candidate's epochs, and its weights
     np.testing.assert_allclose(history["val_loss"], search.loc[search["chosen"], "val_loss"])
     live = files.output.live.parent  # every candidate's epochs through DVCLive, and the choice
     assert json.loads(files.output.live.read_text())["chosen"] == {
         k: summary[k] for k in ("lr", "head_lr", "weight_decay", "best_val_loss", "best_epoch", "candidates")}
-    for (lr, head_lr), rows in search.groupby(["lr", "head_lr"]):
+    for (lr, head_lr), rows in search[search["epoch"] > 0].groupby(["lr", "head_lr"]):
         logged = pd.read_csv(live / "plots" / "metrics" / f"lr_{lr:.0e}" / f"head_lr_{head_lr:.0e}" / "val" / "loss.tsv",
                              sep="\t")
         assert logged["step"].tolist() == list(range(len(rows)))
@@ -190,7 +198,7 @@ def test_a_one_value_list_is_the_scalar_run_and_the_range_test_changes_nothing(p
     summary = finetune.run(params, files)
     assert summary["range_test"]["ran"] and summary["candidates"] == 1
     logged = pd.read_csv(files.output.live.parent / "plots" / "metrics" / "train" / "loss.tsv", sep="\t")
-    np.testing.assert_allclose(logged["loss"], pd.read_csv(files.output.history)["train_loss"], rtol=1e-6)
+    np.testing.assert_allclose(logged["loss"], pd.read_csv(files.output.history)["train_loss"][1:], rtol=1e-6)
     dataset = json.loads((data_dir / "dataset.json").read_text())
     frames = {s: pd.read_csv(data_dir / "splits" / f"{s}.csv") for s in ("train", "val", "test")}
     ft = {**params["finetune"], "lr": [1e-4]}
@@ -206,15 +214,20 @@ def test_a_one_value_list_is_the_scalar_run_and_the_range_test_changes_nothing(p
 
 
 def test_the_rule_keeps_the_lowest_validation_loss_and_the_smaller_rate_where_equal():
-    def search(losses):
-        rows = [{"candidate": i, "lr": lr, "head_lr": 1e-3, "weight_decay": 0.0, "epoch": e, "train_loss": 0.0,
-                 "train_accuracy": 0.0, "val_loss": loss + 0.1 * (e - 1), "val_accuracy": 0.5, "start_sha256": "s"}
-                for i, (lr, loss) in enumerate(losses) for e in (1, 2)]
+    def search(losses, start=(0.9, 0.5), accuracy=0.5):
+        rows = [{"candidate": i, "augment": "none", "unfreeze": 1, "lr": lr, "head_lr": 1e-3, "weight_decay": 0.0,
+                 "epoch": e, "val_loss": start[0] if e == 0 else loss + 0.1 * (e - 1),
+                 "val_accuracy": start[1] if e == 0 else accuracy, "augment_rank": 0, "depth": 1.0}
+                for i, (lr, loss) in enumerate(losses) for e in (0, 1, 2)]
         return pd.DataFrame(rows)
 
     assert tuning.chosen(search([(1e-4, 0.3), (1e-5, 0.2), (3e-5, 0.25)])) == 1
     assert tuning.chosen(search([(1e-4, 0.2), (1e-5, 0.2)])) == 1  # equal: the smaller rate
     assert tuning.chosen_row(search([(1e-4, 0.2), (1e-5, 0.3)]))["lr"] == 1e-4
+    # every candidate worse than the start: epoch 0 is kept, whichever candidate carries it
+    assert tuning.chosen_row(search([(1e-4, 1.2), (1e-5, 1.0)]))["best_epoch"] == 0
+    # a lower loss bought with fewer right answers than the start is not kept
+    assert tuning.chosen_row(search([(1e-4, 0.2)], start=(0.9, 0.6), accuracy=0.55))["best_epoch"] == 0
     probe = pd.DataFrame({"C": [10.0, 0.1, 1.0], "val_log_loss": [0.5, 0.5, 0.7]})
     assert selection.choose(probe, head.SIMPLER) == 1  # the probe's C: the same rule, the smaller C where equal
 
@@ -227,12 +240,16 @@ def test_range_test_suggests_a_tenth_of_the_edge_and_auto_searches_up_to_it():
     assert 1e-3 < edge < 3e-3 and tuning.suggest(curve) == pytest.approx(edge / 10)
     assert tuning.diverged([0.1] * 11 + [0.5]) and tuning.diverged([0.1, float("nan")])
     assert not tuning.diverged([0.01] + [0.1] * 11)  # an unsettled first batch is no reference
-    ft = {"lr": "auto", "head_lr": [1e-3, 1e-2], "weight_decay": 0.0, "unfreeze": 2}
+    ft = {"lr": "auto", "head_lr": [1e-3, 1e-2], "weight_decay": 0.0, "unfreeze": 2, "augment": "strong"}
     grid = tuning.candidates(ft, 2e-5)
     assert [c["lr"] for c in grid] == pytest.approx([2e-5, 2e-5, 6e-5, 6e-5, 2e-4, 2e-4])
     assert [c["head_lr"] for c in grid[:2]] == [1e-3, 1e-2]
+    common = {"augment": "strong", "weight_decay": 0.0}
     assert tuning.candidates({**ft, "lr": [1e-5, 1e-4], "unfreeze": 0}) == [
-        {"lr": 1e-5, "head_lr": 1e-3, "weight_decay": 0.0}, {"lr": 1e-5, "head_lr": 1e-2, "weight_decay": 0.0}]
+        {**common, "unfreeze": 0, "lr": 1e-5, "head_lr": 1e-3}, {**common, "unfreeze": 0, "lr": 1e-5, "head_lr": 1e-2}]
+    both = tuning.candidates({**ft, "lr": [1e-5], "head_lr": 1e-3, "unfreeze": [0, 2],
+                              "augment": ["none", {"scale": [0.9, 1], "flip": False, "rotation": 0, "jitter": 0}]})
+    assert [(c["augment"], c["unfreeze"]) for c in both] == [("none", 0), ("none", 2), ("custom", 0), ("custom", 2)]
 
 
 def test_lr_auto_runs_the_range_test_and_searches_around_its_suggestion(probe_setup):

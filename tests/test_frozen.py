@@ -9,7 +9,7 @@ import torch
 from conftest import mirror_image, stage_io
 from test_finetune import net, probe_setup  # noqa: F401  (fixture)
 
-from transferlab import finetune, frozen, stages
+from transferlab import finetune, frozen, stages, tuning
 from transferlab.atomic import read_splits
 from transferlab.errors import UserError
 from transferlab.evaluation import run_finetune
@@ -66,13 +66,17 @@ def finetune_and_evaluate(tmp_path, data_dir, params, meta, out):
 
 
 def test_training_from_the_cache_equals_training_on_the_fly(probe_setup):  # noqa: F811
+    """A search over two augmentations (none: the plain views; an explicit setting: its own views each epoch) and
+    two head rates from the cache: every candidate's epochs, the chosen weights and the test scores equal the
+    on-the-fly run's."""
     tmp_path, data_dir, params, _ = probe_setup
     params["features"]["engine"] = "torch"
-    params["finetune"].update(epochs=3, patience=5, augment={"scale": [0.5, 1.0], "flip": True, "rotation": 15,
-                                                             "jitter": 0.2})
+    params["finetune"].update(epochs=3, patience=5, head_lr=[1e-2, 3e-2], prune=False, augment=[
+        "none", {"scale": [0.5, 1.0], "flip": True, "rotation": 15, "jitter": 0.2}])
     record, meta = cache_into(tmp_path, data_dir, params)
     assert record["cached"] and record["boundary"] == "layer3" and record["shape"] == [256, 2, 2]
-    views = np.load(meta.parent / "train.npy", mmap_mode="r")
+    assert set(record["parts"]) == {"train_custom", "train_plain", "val", "test", "test_tta"}  # none: the plain views
+    views = np.load(meta.parent / "train_custom.npy", mmap_mode="r")
     assert views.shape == (3, 12, 256, 2, 2) and not np.allclose(views[0], views[1])  # new views each epoch
     assert np.load(meta.parent / "test_tta.npy", mmap_mode="r").shape == (6, 6, 256, 2, 2)
     cached = finetune_and_evaluate(tmp_path, data_dir, params, meta, "cached")
@@ -84,8 +88,14 @@ def test_training_from_the_cache_equals_training_on_the_fly(probe_setup):  # noq
     fly = finetune_and_evaluate(tmp_path, data_dir, params, never_meta, "fly")
 
     assert cached[0]["from_cache"] and not fly[0]["from_cache"]
-    assert cached[0]["epochs_run"] == fly[0]["epochs_run"] == 3
+    assert cached[0]["candidates"] == fly[0]["candidates"] == 4
+    searches = [pd.read_csv(tmp_path / d / "search.csv") for d in ("cached", "fly")]
+    assert searches[0]["epoch"].max() == 3 and set(searches[0]["augment"]) == {"none", "custom"}
+    pd.testing.assert_frame_equal(searches[0][["candidate", *tuning.GRID, "epoch", "chosen"]],
+                                  searches[1][["candidate", *tuning.GRID, "epoch", "chosen"]])
     columns = ["train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "head_lr"]
+    # every candidate's epochs (losses down to 1e-3: the float order of the convolutions shows below 1e-6)
+    np.testing.assert_allclose(searches[0][columns], searches[1][columns], rtol=TOLERANCE, atol=1e-6)
     np.testing.assert_allclose(cached[1][columns], fly[1][columns], rtol=TOLERANCE, atol=ABSOLUTE)
     images = torch.randn(4, 3, 32, 32)
     with torch.inference_mode():
@@ -96,6 +106,27 @@ def test_training_from_the_cache_equals_training_on_the_fly(probe_setup):  # noq
     assert cached[2]["tta"] == fly[2]["tta"]
     pd.testing.assert_frame_equal(cached[3].drop(columns="confidence"), fly[3].drop(columns="confidence"))
     np.testing.assert_allclose(cached[3]["confidence"], fly[3]["confidence"], rtol=TOLERANCE, atol=2e-6)
+
+
+def test_a_depth_list_trains_from_one_cache_cut_at_the_deepest(probe_setup):  # noqa: F811
+    """finetune.unfreeze: [1, 2]: one cache cut for 2 blocks (after layer2); the 1-block candidate runs layer3
+    frozen, without gradient, from it, and trains as from a cache cut for 1 block (after layer3)."""
+    tmp_path, data_dir, params, _ = probe_setup
+    params["features"]["engine"] = "torch"
+    params["finetune"].update(epochs=2, patience=5, prune=False, unfreeze=[1, 2])
+    record, meta = cache_into(tmp_path, data_dir, params, "deep")
+    assert record["boundary"] == "layer2" and record["key"]["unfreeze"] == 2
+    listed = finetune_and_evaluate(tmp_path, data_dir, params, meta, "listed")[0]
+    assert listed["candidates"] == 2 and listed["searched"]["unfreeze"] == [1, 2] and listed["from_cache"]
+    params["finetune"]["unfreeze"] = 1
+    record, meta = cache_into(tmp_path, data_dir, params, "shallow")
+    assert record["boundary"] == "layer3"
+    finetune_and_evaluate(tmp_path, data_dir, params, meta, "alone")
+    searches = [pd.read_csv(tmp_path / d / "search.csv") for d in ("listed", "alone")]
+    one_block = searches[0][searches[0]["unfreeze"] == 1].reset_index(drop=True)
+    assert len(one_block) == len(searches[1]) == 3  # epochs 0, 1, 2
+    columns = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "head_lr"]
+    np.testing.assert_allclose(one_block[columns], searches[1][columns], rtol=TOLERANCE, atol=ABSOLUTE)
 
 
 @pytest.mark.parametrize("engine", ["onnxruntime", "torch"])
@@ -115,7 +146,9 @@ def test_shards_gather_to_the_unsharded_cache(probe_setup, engine):  # noqa: F81
                             stage_io("frozen_cache", data_dir, tmp_path / "gathered", gathering=True))
     assert record["key"] == whole_record["key"] and record["prefix_sha256"] == whole_record["prefix_sha256"]
     key_before = record["key"]
-    for part in frozen.PARTS:
+    parts = frozen.parts(params["finetune"], frozen.EVALUATION_PARTS)
+    assert parts == ("train_strong", "train_plain", "val", "test", "test_tta")
+    for part in parts:
         assert (tmp_path / "gathered" / f"{part}.npy").read_bytes() == (whole.parent / f"{part}.npy").read_bytes(), part
         assert record["parts"][part]["views"] == whole_record["parts"][part]["views"]
     assert frozen.Cache.open(tmp_path / "gathered", params["model"], params["finetune"],
@@ -129,7 +162,7 @@ def test_shards_gather_to_the_unsharded_cache(probe_setup, engine):  # noqa: F81
     params["features"]["shards"] = 1
     whole_record, whole = cache_into(tmp_path, data_dir, params, "whole")
     assert record["key"] == whole_record["key"] != key_before and record["bytes"] == whole_record["bytes"]
-    for part in frozen.PARTS:
+    for part in parts:
         assert (tmp_path / "gathered" / f"{part}.npy").read_bytes() == (whole.parent / f"{part}.npy").read_bytes(), part
 
 

@@ -17,7 +17,7 @@ from scipy.special import softmax
 from torch import nn
 from torch.utils.data import Dataset
 
-from . import backbones, distributed, engines, frozen, head, tracking, tuning
+from . import backbones, distributed, engines, frozen, grid, head, tracking, tuning
 from .atomic import atomic_path, read_json, read_splits, write_csv, write_json
 from .batches import ImageList, device, loader, predict_images
 from .layout import data_root
@@ -183,13 +183,12 @@ def optimizer_for(net: FineTuneNet, ft: dict[str, Any], lr: float, head_lr: floa
 def range_test(net: FineTuneNet, train: Dataset, ft: dict[str, Any], dev: torch.device,
                model: nn.Module | None = None) -> pd.DataFrame:
     """The LR range test (fastai's lr_find, Smith 2017): from `net`'s current weights, up to
-    `ft["range_test_steps"]` optimiser steps over the epochs' training views with the backbone rate rising exponentially through
-    tuning.RANGE (the head at its first finetune.head_lr, the first weight_decay), stopped where the smoothed loss
-    diverges. One row per step: lr, loss, smoothed. Changes `net`: the caller restores it."""
+    `ft["range_test_steps"]` optimiser steps over the epochs' training views with the backbone rate rising
+    exponentially through tuning.RANGE (`ft`: one candidate's settings, its head rate and weight decay), stopped
+    where the smoothed loss diverges. One row per step: lr, loss, smoothed. Changes `net`: the caller restores it."""
     torch.manual_seed(ft["seed"])
     model = net if model is None else model
-    optimizer = optimizer_for(net, ft, tuning.RANGE[0], tuning.values(ft["head_lr"])[0],
-                              tuning.values(ft["weight_decay"])[0])
+    optimizer = optimizer_for(net, ft, tuning.RANGE[0], ft["head_lr"], ft["weight_decay"])
     rates = np.geomspace(*tuning.RANGE, ft["range_test_steps"])
     workers = ft["num_workers"] if isinstance(train, ImageList) else 0
     generator = torch.Generator().manual_seed(ft["seed"])
@@ -210,27 +209,49 @@ def range_test(net: FineTuneNet, train: Dataset, ft: dict[str, Any], dev: torch.
     raise AssertionError("unreachable: itertools.cycle never ends")
 
 
+def snapshot(net: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of a network's state on the CPU."""
+    return {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+
+
+def start_row(model: nn.Module, val, ft: dict[str, Any], dev: torch.device) -> dict[str, Any]:
+    """Epoch 0 of every candidate's history: the start (the probe's head on the frozen backbone) scored on the
+    validation split; it trains nothing, so its training columns are empty."""
+    tick = time.perf_counter()
+    workers = ft["num_workers"] if isinstance(val, ImageList) else 0
+    model.eval()
+    val_loss, val_acc = run_epoch(model, loader(val, ft["batch_size"], workers), dev, desc="start val")
+    return {"epoch": 0, "train_loss": math.nan, "train_accuracy": math.nan, "val_loss": val_loss,
+            "val_accuracy": val_acc, "lr": 0.0, "head_lr": 0.0, "seconds": round(time.perf_counter() - tick, 3)}
+
+
 def fit(net: FineTuneNet, train: Dataset, val: Dataset, ft: dict[str, Any], dev: torch.device,
         model: nn.Module | None = None, desc: str = "fine-tune",
         on_epoch: Callable[[dict[str, Any]], None] | None = None,
-        shard: distributed.Shard | None = None) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
-    """Fine-tune `net` (on `dev`) from its current weights at one candidate's `ft["lr"]`, `head_lr` and
-    `weight_decay` (numbers): the last `ft["unfreeze"]` blocks and the head, early stopping on validation loss.
-    Returns the best epoch's state_dict (on the CPU) and one history row per epoch.
+        shard: distributed.Shard | None = None, start: dict[str, Any] | None = None,
+        prune: Callable[[int, float], bool] | None = None) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """Fine-tune `net` (on `dev`) from its current weights at one candidate's settings (`ft`: its augmentation's
+    views are `train`, its `unfreeze`, `lr`, `head_lr` and `weight_decay` numbers): the last `ft["unfreeze"]`
+    blocks and the head, early stopping on validation loss. The start is epoch 0 (`start`, its `start_row`,
+    scored here where not given): an epoch replaces the kept weights only where its validation loss is lower
+    and its validation accuracy no lower than the start's (tuning.eligible), so where none is, the start's
+    weights are returned. `prune(epoch, val_loss)` returning True stops the candidate (the search's pruner).
+    Returns the kept epoch's state_dict (on the CPU) and one history row per epoch, from epoch 0.
 
     `train` and `val` are images (an ImageList; `train` holds the augmenting transform) or the frozen prefix's
     cached activations of the same views (frozen.Activations), and `model` then the network after the prefix
     (`frozen.Cache.tail`). Either way `train.seed` is set per epoch, so the views are reproducible. `on_epoch`
-    gets each history row as its epoch ends (DVCLive). With `finetune.devices` > 1 it runs in that many processes
-    (distributed.fit), each training on its `shard` of every batch.
+    gets each trained epoch's row as it ends (DVCLive). With `finetune.devices` > 1 it runs in that many
+    processes (distributed.fit), each training on its `shard` of every batch, without pruning.
     """
     model = net if model is None else model
+    start = start or start_row(model, val, ft, dev)
     if ft["devices"] > 1 and shard is None:
         freeze(net, ft["unfreeze"])  # before DistributedDataParallel: it syncs the gradients of what trains then
-        best, history = distributed.fit(lambda wrapped, part: fit(net, train, val, ft, dev, wrapped, desc, None, part),
-                                        ft["devices"], model)
-        for row in history if on_epoch is not None else []:  # DVCLive's run lives in this process: its epochs
-            on_epoch(row)                                       # are logged here, as the processes end
+        best, history = distributed.fit(
+            lambda wrapped, part: fit(net, train, val, ft, dev, wrapped, desc, None, part, start), ft["devices"], model)
+        for row in history[1:] if on_epoch is not None else []:  # DVCLive's run lives in this process: its epochs
+            on_epoch(row)                                          # are logged here, as the processes end
         return best, history
     torch.manual_seed(ft["seed"])
     optimizer = optimizer_for(net, ft, ft["lr"], ft["head_lr"], ft["weight_decay"])
@@ -240,7 +261,7 @@ def fit(net: FineTuneNet, train: Dataset, val: Dataset, ft: dict[str, Any], dev:
     steps_per_epoch = math.ceil(len(train) / ft["batch_size"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps_per_epoch, ft))
     scaler = torch.amp.GradScaler(dev.type, enabled=precision(dev) == "float16")
-    history, best, best_loss, waited = [], None, math.inf, 0
+    history, best, best_loss, waited = [dict(start)], snapshot(net), start["val_loss"], 0
     for epoch in Progress(range(1, ft["epochs"] + 1), desc=desc, unit="epoch"):
         tick = time.perf_counter()
         train.seed = frozen.epoch_seed(ft["seed"], epoch)
@@ -255,49 +276,117 @@ def fit(net: FineTuneNet, train: Dataset, val: Dataset, ft: dict[str, Any], dev:
                         "seconds": round(time.perf_counter() - tick, 3)})
         if on_epoch is not None:
             on_epoch(history[-1])
-        if val_loss < best_loss:
-            best_loss, best, waited = val_loss, {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}, 0
+        if val_loss < best_loss and tuning.eligible(val_acc, start["val_accuracy"]):
+            best_loss, best, waited = val_loss, snapshot(net), 0
         else:
             waited += 1
             if waited >= ft["patience"]:
                 break
+        if prune is not None and prune(epoch, val_loss):
+            break
     return best, history
 
 
-def split_images(model_params: dict[str, Any], ft: dict[str, Any], root: Path, frames: dict[str, pd.DataFrame],
-                 classes: list[str], keys: list[int] | None = None) -> tuple[ImageList, ImageList]:
-    """The fine-tune's training images (augmentation seeded by epoch and `keys`, default their rows) and
-    validation images (plain preprocessing)."""
+def training_images(model_params: dict[str, Any], ft: dict[str, Any], root: Path, frame: pd.DataFrame,
+                    classes: list[str], keys: list[int] | None = None) -> ImageList:
+    """The fine-tune's training images under one augmentation setting (`ft["augment"]`), seeded by epoch and
+    `keys` (default their rows)."""
     plain = backbones.preprocessing(model_params)
-    min_size = plain.resize
-    return (ImageList(root, frames["train"], classes, augmented(plain, ft["augment"]), min_size, seed=ft["seed"],
-                      keys=keys),
-            ImageList(root, frames["val"], classes, evaluation(plain), min_size))
+    return ImageList(root, frame, classes, augmented(plain, ft["augment"]), plain.resize, seed=ft["seed"], keys=keys)
 
 
-def search(net: FineTuneNet, begin: dict[str, torch.Tensor], grid: list[dict[str, float]], train: Dataset,
-           val: Dataset, ft: dict[str, Any], dev: torch.device, model: nn.Module | None = None,
-           live: Live | None = None) -> tuple[pd.DataFrame, dict[str, torch.Tensor], pd.DataFrame]:
-    """Fit each candidate of `grid` from the state `begin` (restored into `net` first, its fingerprint recorded),
-    with `ft`'s seed, schedule and views. Returns the search table (`tuning.table`), and the chosen candidate's
-    best weights (only the best so far is kept) and per-epoch history. Each epoch goes to `live` (DVCLive) as it
-    ends, under the candidate's settings where the grid has several."""
-    rows, histories, best, kept = [], [], {}, 0
-    for i, candidate in enumerate(grid):
+def validation_images(model_params: dict[str, Any], root: Path, frame: pd.DataFrame, classes: list[str]) -> ImageList:
+    plain = backbones.preprocessing(model_params)
+    return ImageList(root, frame, classes, evaluation(plain), plain.resize)
+
+
+def search(net: FineTuneNet, begin: dict[str, torch.Tensor], candidates: list[dict[str, Any]],
+           views: Callable[[str], Dataset], val: Dataset, ft: dict[str, Any], dev: torch.device,
+           model: nn.Module | None = None, live: Live | None = None,
+           start: dict[str, Any] | None = None) -> tuple[pd.DataFrame, dict[str, torch.Tensor], pd.DataFrame]:
+    """Fit the `candidates` from the state `begin` (restored into `net` first, its fingerprint recorded),
+    each on its augmentation's training `views`, in the order Optuna's grid sampler draws them (seeded by
+    finetune.seed), a successive-halving pruner stopping a candidate after an epoch where its validation loss
+    trails the others' at that epoch (finetune.prune; not with finetune.devices > 1). Returns the search table
+    (`tuning.table`: every trial, pruned ones too), and the chosen candidate's kept weights (only the best so far
+    is kept) and per-epoch history. Each epoch goes to `live` (DVCLive) as it ends, under the candidate's
+    settings where there are several."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    indices = list(range(len(candidates)))
+    pruning = ft["prune"] and ft["devices"] == 1 and len(candidates) > 2
+    study = optuna.create_study(
+        sampler=optuna.samplers.GridSampler({"candidate": indices}, seed=ft["seed"]),
+        pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3) if pruning
+        else optuna.pruners.NopPruner())
+    order = list(grid.augments(ft))
+    rows: list[dict[str, Any]] = []
+    histories: list[pd.DataFrame] = []
+    kept: dict[str, Any] = {"state": {}, "index": 0}
+
+    def objective(trial: optuna.Trial) -> float:
+        candidate = candidates[trial.suggest_categorical("candidate", indices)]
         net.load_state_dict(begin)
-        rows.append({**candidate, "start_sha256": frozen.fingerprint(net)[:16]})
-        label = ", ".join(f"{k} {v:g}" for k, v in candidate.items()) if len(grid) > 1 else "fine-tune"
-        logger = tracking.epoch_logger(live, tracking.prefix(candidate, grid)) if live else None
-        state, history = fit(net, train, val, {**ft, **candidate}, dev, model, label, logger)
+        fingerprint = frozen.fingerprint(net)[:16]
+        pruned = []
+
+        def prune(epoch: int, val_loss: float) -> bool:
+            trial.report(val_loss, epoch)
+            pruned.append(trial.should_prune())
+            return pruned[-1]
+
+        logger = tracking.epoch_logger(live, tracking.prefix(candidate, candidates)) if live else None
+        label = tuning.label(candidate) if len(candidates) > 1 else "fine-tune"
+        state, history = fit(net, views(candidate["augment"]), val, tuning.setting(ft, candidate), dev, model,
+                             label, logger, start=start, prune=prune)
+        rows.append({**candidate, "start_sha256": fingerprint, "state": "pruned" if any(pruned) else "complete"})
         histories.append(pd.DataFrame(history))
-        if tuning.chosen(tuning.table(rows, histories)) == i:
-            best, kept = state, i
-    return tuning.table(rows, histories), best, histories[kept]
+        if tuning.chosen(tuning.table(rows, histories, order)) == len(rows) - 1:
+            kept.update(state=state, index=len(rows) - 1)
+        if any(pruned):
+            raise optuna.TrialPruned()
+        return float(np.nanmin(histories[-1]["val_loss"]))
+
+    study.optimize(objective, n_trials=len(candidates))
+    return tuning.table(rows, histories, order), kept["state"], histories[kept["index"]]
+
+
+def mixed(begin: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+    """WiSE-FT's weights: (1 − α)·start + α·fine-tuned for every floating tensor the fine-tune changed (α = 0 is
+    the start, 1 the fine-tune); the others (frozen blocks, counters) exactly as they are, so a frozen prefix keeps
+    its fingerprint."""
+    out = {}
+    for name, value in tuned.items():
+        same = not value.is_floating_point() or torch.equal(value, begin[name])
+        out[name] = value.clone() if same else torch.lerp(begin[name], value, alpha)
+    return out
+
+
+def interpolate(net: FineTuneNet, begin: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor],
+                alphas: list[float], score: Callable[[str], tuple[float, float] | None],
+                start_accuracy: float) -> tuple[float, pd.DataFrame]:
+    """Score the weights `mixed` at each α (`score(split)`: log-loss and accuracy, None where the split is not
+    scored) and keep the α with the lowest validation log-loss among those no worse than the start in
+    validation accuracy (tuning.eligible; α = 1 where equal). Leaves `net` at the chosen α's weights. Returns that
+    α and one row per α: val_log_loss, val_accuracy, test_accuracy (for the report's figure: never chosen on)."""
+    rows = []
+    for alpha in alphas:
+        net.load_state_dict(mixed(begin, tuned, alpha))
+        val_loss, val_accuracy = score("val")
+        test = score("test")
+        rows.append({"alpha": alpha, "val_log_loss": val_loss, "val_accuracy": val_accuracy,
+                     "test_accuracy": test[1] if test else math.nan})
+    table = pd.DataFrame(rows)
+    allowed = table[[tuning.eligible(a, start_accuracy) for a in table["val_accuracy"]]]
+    chosen = float(allowed.sort_values(["val_log_loss", "alpha"], ascending=[True, False]).iloc[0]["alpha"])
+    net.load_state_dict(mixed(begin, tuned, chosen))
+    return chosen, table
 
 
 class Tuned(NamedTuple):
-    """What `tune` returns: the chosen network, its summary and per-epoch history, the search table (every
-    candidate's epochs) and the LR range test (empty where it did not run)."""
+    """What `tune` returns: the chosen network, its summary and per-epoch history (from epoch 0, the start), the
+    search table (every candidate's epochs) and the LR range test (empty where it did not run)."""
     net: FineTuneNet
     summary: dict[str, Any]
     history: pd.DataFrame
@@ -305,45 +394,93 @@ class Tuned(NamedTuple):
     range_test: pd.DataFrame
 
 
+def scorer(net: FineTuneNet, model_params: dict[str, Any], root: Path, frames: dict[str, pd.DataFrame],
+           classes: list[str], batch_size: int, cache: frozen.Cache | None) -> Callable[[str], tuple[float, float] | None]:
+    """score(split): the network's validation or test log-loss and accuracy as its weights are now (from the
+    cache's activations where it holds the split's plain views), None for a split the frames do not hold."""
+    of = predictor(net, model_params, root, classes, batch_size, cache)
+
+    def score(split: str) -> tuple[float, float] | None:
+        if split not in frames or not len(frames[split]):
+            return None
+        proba, labels = of(split, frames[split])
+        picked = np.clip(proba[np.arange(len(labels)), labels], 1e-15, 1)
+        return float(-np.log(picked).mean()), float((proba.argmax(1) == labels).mean())
+
+    return score
+
+
 def tune(model_params: dict[str, Any], ft: dict[str, Any], probe: tuple[np.ndarray, np.ndarray], root: Path,
          frames: dict[str, pd.DataFrame], classes: list[str], cache: frozen.Cache | None = None,
          keys: list[int] | None = None, for_report: bool = False, live: Live | None = None) -> Tuned:
-    """Warm-start from the probe; run the LR range test where `tuning.needs_range_test` says (`for_report`: the
-    main fine-tune, whose report shows it); fit every candidate of the grid from that same start (`search`; from
-    the frozen-prefix `cache` where given, else on the fly, the training views seeded by `keys`). Returns the
-    chosen network with its best weights, a summary (`seconds`: range test and every candidate), its per-epoch
-    history, the search table and the range test. Epochs and the choice are logged to `live` where given."""
+    """Warm-start from the probe and score that start on validation (epoch 0); run the LR range test where
+    `tuning.needs_range_test` says (`for_report`: the main fine-tune, whose report shows it), with the first
+    augmentation and the deepest depth; search the grid from that same start (`search`; from the frozen-prefix
+    `cache` where given, else on the fly, the training views seeded by `keys`); where the chosen candidate
+    improved on the start, mix its weights with the start at each finetune.interpolate α (`interpolate`). Returns
+    the network with the chosen weights, a summary (`seconds`: range test, every candidate and the
+    interpolation), its per-epoch history, the search table and the range test. Epochs and the choice are logged
+    to `live` where given."""
     dev = device()
     net = build(model_params, probe).to(dev).to(memory_format=torch.channels_last)
-    backbones.check_unfreeze(net.backbone, ft["unfreeze"], model_params["backbone"])
+    for blocks in grid.depths(ft):
+        backbones.check_unfreeze(net.backbone, blocks, model_params["backbone"])
     tail = cache.tail(net) if cache else None
     if tail is None:
-        train, val = split_images(model_params, ft, root, frames, classes, keys)
+        val = validation_images(model_params, root, frames["val"], classes)
+
+        def views(augment: str) -> Dataset:
+            settings = {**ft, "augment": grid.augments(ft)[augment]}
+            return training_images(model_params, settings, root, frames["train"], classes, keys)
     else:
-        train, val = cache.activations("train", frames["train"]), cache.activations("val", frames["val"])
-    begin = {k: v.detach().clone() for k, v in net.state_dict().items()}
-    start = time.perf_counter()
+        val = cache.activations("val", frames["val"])
+
+        def views(augment: str) -> Dataset:
+            return cache.activations(frozen.train_part(ft, augment), frames["train"], training=True)
+    begin = snapshot(net)
+    clock = time.perf_counter()
+    start = start_row(tail or net, val, ft, dev)
     skipped = tuning.needs_range_test(ft, tail is not None, for_report)
     curve = pd.DataFrame(columns=["lr", "loss", "smoothed"])
     if skipped is None:
-        curve = range_test(net, train, ft, dev, tail)
+        first = {**tuning.candidates({**ft, "lr": 1.0})[0], "unfreeze": grid.deepest(ft)}
+        curve = range_test(net, views(first["augment"]), tuning.setting(ft, first), dev, tail)
         net.load_state_dict(begin)
     suggested = tuning.suggest(curve) if len(curve) else None
-    grid = tuning.candidates(ft, suggested)
-    table, best, frame = search(net, begin, grid, train, val, ft, dev, tail, live)
-    seconds = time.perf_counter() - start
+    candidates = tuning.candidates(ft, suggested)
+    table, best, frame = search(net, begin, candidates, views, val, ft, dev, tail, live, start)
     chosen = tuning.chosen_row(table)
     net.load_state_dict(best)
-    epochs = len(table)
+    improved = chosen["best_epoch"] > 0
+    alpha, mixing = 1.0, pd.DataFrame()
+    if improved and len(ft["interpolate"]) > 1:
+        score = scorer(net, model_params, root, frames, classes, ft["batch_size"], cache)
+        alpha, mixing = interpolate(net, begin, best, ft["interpolate"], score, start["val_accuracy"])
+    seconds = time.perf_counter() - clock
+    diverged = [tuning.label(row) for row in
+                (table[table["candidate"] == c].iloc[0] for c in tuning.diverged_candidates(table))]
+    if diverged:
+        log.warning("fine-tune: %d of %d candidates diverged on validation (loss over %g× the start's): %s%s",
+                    len(diverged), len(candidates), tuning.DIVERGED_VAL, "; ".join(diverged),
+                    "" if improved else "; the start is handed on")
+    freeze(net, chosen["unfreeze"])
+    epochs = int((table["epoch"] > 0).sum())
     summary = {
-        "enabled": True, "skipped": False, "epochs_run": len(frame), "best_epoch": chosen["best_epoch"],
-        "stopped_early": len(frame) < ft["epochs"], "best_val_loss": round(chosen["val_log_loss"], 6),
+        "enabled": True, "skipped": False, "improved": improved,
+        "start": {"val_loss": round(start["val_loss"], 6), "val_accuracy": round(start["val_accuracy"], 6)},
+        "epochs_run": len(frame) - 1, "best_epoch": chosen["best_epoch"],
+        "stopped_early": len(frame) - 1 < ft["epochs"], "best_val_loss": round(chosen["val_log_loss"], 6),
+        "best_val_accuracy": round(chosen["val_accuracy"], 6),
         "trainable_parameters": count_trainable(net), "total_parameters": sum(p.numel() for p in net.parameters()),
-        "unfreeze": ft["unfreeze"], "lr": chosen["lr"], "head_lr": chosen["head_lr"],
-        "weight_decay": chosen["weight_decay"], "candidates": len(grid),
-        "searched": {k: sorted({c[k] for c in grid}) for k in tuning.GRID},
+        "augment": chosen["augment"], "augment_setting": grid.augments(ft)[chosen["augment"]],
+        "unfreeze": chosen["unfreeze"], "lr": chosen["lr"], "head_lr": chosen["head_lr"],
+        "weight_decay": chosen["weight_decay"], "candidates": len(candidates),
+        "pruned": int(table.groupby("candidate")["state"].first().eq("pruned").sum()),
+        "searched": {k: list(dict.fromkeys(c[k] for c in candidates)) for k in tuning.GRID},
+        "diverged": diverged, "alpha": alpha,
+        "interpolation": [{k: round(v, 6) for k, v in row.items()} for row in mixing.to_dict("records")],
         "range_test": {"ran": skipped is None, "steps": len(curve), "suggested_lr": suggested, "reason": skipped},
-        "seconds": round(seconds, 3), "train_images_per_s": round(len(train) * epochs / seconds, 2),
+        "seconds": round(seconds, 3), "train_images_per_s": round(len(frames["train"]) * epochs / seconds, 2),
         "device": str(dev), "precision": precision(dev), "from_cache": tail is not None,
         "frozen_cache_seconds": cache.meta["seconds"] if tail is not None else 0.0,  # its compute, done once
     }
@@ -369,7 +506,8 @@ def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
     write_csv(io.output.range_test, tuned.range_test)
     write_json(io.output.summary, tuned.summary)
     if tuned.summary["candidates"] > 1:
-        log.info("learning-rate search on validation:\n%s", tuning.scores(tuned.search).to_string(index=False))
+        columns = [*tuning.GRID, "best_epoch", "val_log_loss", "val_accuracy", "state"]
+        log.info("search on validation:\n%s", tuning.scores(tuned.search)[columns].to_string(index=False))
     log.info("fine-tune: %s", tuned.summary)
     return tuned.summary
 

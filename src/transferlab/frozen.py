@@ -25,7 +25,7 @@ from scipy.special import softmax
 from torch import fx, nn
 from torch.utils.data import Dataset
 
-from . import backbones, engines, layout, shards
+from . import backbones, engines, grid, layout, shards
 from .atomic import atomic_path, copy_file, read_json, read_splits, scratch_file, write_json
 from .batches import ImageList, compute, device, torch_threads
 from .errors import UserError
@@ -35,15 +35,32 @@ from .transforms import TTA_VIEWS, augmented, evaluation, test_time_views
 
 log = logging.getLogger("transferlab")
 
-# What a cache may hold: each epoch's augmented training views, the plain views of every split, and the test
-# split's test-time views. The fine-tune needs "train" and "val"; its evaluation "train_plain", "val", "test"
-# and "test_tta".
-PARTS = ("train", "train_plain", "val", "test", "test_tta")
-SWEEP_PARTS = ("train", "val", "test")
+# What a cache may hold besides each augmentation's training views (`train_part`): the plain views of every split
+# and the test split's test-time views. The fine-tune needs its candidates' training views and "val"; its
+# evaluation "train_plain", "val", "test" and "test_tta"; a sweep point "val" and "test".
+EVALUATION_PARTS = ("train_plain", "val", "test", "test_tta")
+SWEEP_PARTS = ("val", "test")
 
 
 class Uncachable(ValueError):
     """The fine-tune cannot run from a frozen-prefix cache (the message says why)."""
+
+
+def train_part(ft: dict[str, Any], augment: str) -> str:
+    """The part holding one augmentation's training views: every epoch's ("train_<name>"), or the plain views
+    where the setting is the plain preprocessing (each epoch's view is then the same)."""
+    return "train_plain" if grid.is_plain(grid.augments(ft)[augment]) else f"train_{augment}"
+
+
+def parts(ft: dict[str, Any], others: tuple[str, ...]) -> tuple[str, ...]:
+    """The training parts of `ft`'s augmentations, then `others` (EVALUATION_PARTS or SWEEP_PARTS)."""
+    training = dict.fromkeys(train_part(ft, name) for name in grid.augments(ft))
+    return tuple(dict.fromkeys([*training, *others]))
+
+
+def epochs_part(part: str) -> bool:
+    """Whether a part holds one slab per epoch (an augmentation's training views)."""
+    return part.startswith("train_") and part != "train_plain"
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -110,14 +127,15 @@ def rows_of(full: pd.DataFrame, part: pd.DataFrame) -> list[int]:
 def key(model_params: dict[str, Any], ft: dict[str, Any], frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
     """What a cache's activations are a function of: weights, cut, augmentation, epochs and seed, and images."""
     images = {s: [len(f), hashlib.sha256("\n".join(f["path"]).encode()).hexdigest()[:16]] for s, f in frames.items()}
-    return {"model": model_params, **{k: ft[k] for k in ("unfreeze", "augment", "epochs", "seed")}, "images": images}
+    return {"model": model_params, "unfreeze": grid.deepest(ft), "augment": grid.augments(ft),
+            **{k: ft[k] for k in ("epochs", "seed")}, "images": images}
 
 
 def size(shape: list[int], ft: dict[str, Any], counts: dict[str, int], parts: tuple[str, ...]) -> int:
     """Bytes of float32 activations of `shape` for the parts, given each split's number of images."""
-    rows = {"train": ft["epochs"] * counts["train"], "train_plain": counts["train"], "val": counts["val"],
-            "test": counts["test"], "test_tta": len(TTA_VIEWS) * counts["test"]}
-    return 4 * int(np.prod(shape)) * sum(rows[p] for p in parts)
+    rows = {"train_plain": counts["train"], "val": counts["val"], "test": counts["test"],
+            "test_tta": len(TTA_VIEWS) * counts["test"]}
+    return 4 * int(np.prod(shape)) * sum(ft["epochs"] * counts["train"] if epochs_part(p) else rows[p] for p in parts)
 
 
 def _views(part: str, frame: pd.DataFrame, rows: range, root: Path, classes: list[str],
@@ -126,8 +144,8 @@ def _views(part: str, frame: pd.DataFrame, rows: range, root: Path, classes: lis
     image's augmentation seeded by its row in the whole split)."""
     plain = backbones.preprocessing(model_params)
     min_size, frame, keys = plain.resize, frame.iloc[rows.start:rows.stop], list(rows)
-    if part == "train":
-        transform = augmented(plain, ft["augment"], normalize=False)
+    if epochs_part(part):
+        transform = augmented(plain, grid.augments(ft)[part.removeprefix("train_")], normalize=False)
         return [ImageList(root, frame, classes, transform, min_size, epoch_seed(ft["seed"], e), encoded, keys)
                 for e in range(1, ft["epochs"] + 1)]
     transform = test_time_views(plain) if part == "test_tta" else evaluation(plain, normalize=False)
@@ -150,8 +168,9 @@ def build(params: dict[str, Any], ft: dict[str, Any], dataset: dict[str, Any], f
         if ft["cache"] == "never":
             raise Uncachable("finetune.cache: never; the fine-tune runs on the fly")
         backbone, _, _ = backbones.load_feature_extractor(model_params)
-        backbones.check_unfreeze(backbone, ft["unfreeze"], model_params["backbone"])
-        prefix, _, boundary = cut(backbone, ft["unfreeze"])
+        for blocks in grid.depths(ft):
+            backbones.check_unfreeze(backbone, blocks, model_params["backbone"])
+        prefix, _, boundary = cut(backbone, grid.deepest(ft))
         plain = backbones.preprocessing(model_params)
         crop = plain.crop
         with torch.inference_mode():
@@ -199,14 +218,14 @@ def _fill(prefix: nn.Module, plain: Any, feat: dict[str, Any], dataset: dict[str
             split = part.split("_")[0]
             views = _views(part, frames[split], rows[split], root, classes, model_params, ft, on_gpu)
             tick = time.perf_counter()
-            lead = [len(views), len(rows[split])] if part == "train" else [len(rows[split])]
+            lead = [len(views), len(rows[split])] if epochs_part(part) else [len(rows[split])]
             inner = [len(TTA_VIEWS)] if part == "test_tta" else []
             run = _flat(forward, len(inner) > 0)
             with atomic_path(frozen_array(folder, part)) as tmp:
                 out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=tuple(lead + inner + shape))
                 for e, images in enumerate(views if len(rows[split]) else []):
-                    compute(run, images, out[e] if part == "train" else out,
-                            f"frozen {part}" + (f" epoch {e + 1}" if part == "train" else ""),
+                    compute(run, images, out[e] if epochs_part(part) else out,
+                            f"frozen {part}" + (f" epoch {e + 1}" if epochs_part(part) else ""),
                             feat["batch_size"] // (len(TTA_VIEWS) if inner else 1) or 1, streams,
                             feat["num_workers"], dev)
                 out.flush()
@@ -237,8 +256,8 @@ def clear(folder: Path) -> None:
     """Remove a cache (meta.json first, so a half-removed cache never looks complete)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "meta.json").unlink(missing_ok=True)
-    for part in PARTS:
-        frozen_array(folder, part).unlink(missing_ok=True)
+    for array in folder.glob(frozen_array(folder, "*").name):
+        array.unlink()
 
 
 def copy(source: Path, folder: Path) -> None:
@@ -257,7 +276,7 @@ def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
         return gather(params, io)
     frames, dataset = read_splits(io.input.splits), read_json(io.input.dataset)
     folder = io.output.meta.parent if io.shard is None else layout.shard_files("frozen_cache", io.shard, io.root).meta.parent
-    record = build(params, params["finetune"], dataset, frames, folder, PARTS,
+    record = build(params, params["finetune"], dataset, frames, folder, parts(params["finetune"], EVALUATION_PARTS),
                    shards.rows(frames, params["features"], io.shard))
     if io.shard is not None:
         record["shard"] = shards.record(frames, dataset["classes"], params["features"], io.shard)
@@ -283,7 +302,7 @@ def gather(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
         record["parts"] = {}
         for part in metas[0]["parts"]:
             arrays = [np.load(frozen_array(shard, part), mmap_mode="r") for shard in folders]
-            axis = 1 if part == "train" else 0  # the training views are (epoch, image, ...)
+            axis = 1 if epochs_part(part) else 0  # an augmentation's training views are (epoch, image, ...)
             shape = list(arrays[0].shape)
             shape[axis] = sum(a.shape[axis] for a in arrays)
             with atomic_path(frozen_array(folder, part)) as tmp:
@@ -293,7 +312,7 @@ def gather(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
                 del out
             record["parts"][part] = _rate(sum(m["parts"][part]["views"] for m in metas),
                                           sum(m["parts"][part]["seconds"] for m in metas))
-        record["bytes"] = size(record["shape"], ft, {s: len(f) for s, f in frames.items()}, PARTS)
+        record["bytes"] = size(record["shape"], ft, {s: len(f) for s, f in frames.items()}, tuple(metas[0]["parts"]))
         record["seconds"] = round(sum(m["seconds"] for m in metas), 3)
         record["shards"] = [{"seconds": m["seconds"], "parts": m["parts"]} for m in metas]
     write_json(folder / "meta.json", record)
@@ -306,9 +325,11 @@ class Activations(Dataset):
     """Cached activations of some rows as (tensor, class index, item); for the training views, setting `seed`
     to an epoch's seed picks that epoch's views, as it picks the augmentation of an ImageList."""
 
-    def __init__(self, array: np.ndarray, rows: list[int], labels: list[int], seeds: list[int] | None = None):
-        self.array, self.rows, self.labels, self.seeds = array, rows, labels, seeds
-        self.slab: np.ndarray = array if seeds is None else array[0]
+    def __init__(self, array: np.ndarray, rows: list[int], labels: list[int], seeds: list[int] | None = None,
+                 slabs: np.ndarray | list[np.ndarray] | None = None):
+        self.rows, self.labels, self.seeds = rows, labels, seeds
+        self.slabs = slabs if seeds is not None else None  # one per seed: an epoch's views
+        self.slab: np.ndarray = array if seeds is None else self.slabs[0]
         self._seed = None if seeds is None else seeds[0]
 
     @property
@@ -320,7 +341,7 @@ class Activations(Dataset):
         if self.seeds is None or value not in self.seeds:
             raise UserError(f"the frozen-prefix cache holds no views for augmentation seed {value} "
                              f"(it holds {self.seeds}); re-run frozen_cache")
-        self.slab, self._seed = self.array[self.seeds.index(value)], value
+        self.slab, self._seed = self.slabs[self.seeds.index(value)], value
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -363,13 +384,15 @@ class Cache:
             return None
         return nn.Sequential(suffix, net.head)
 
-    def activations(self, part: str, frame: pd.DataFrame) -> Activations:
-        """The cached part ("train": every epoch's views) for the images of `frame` (a split or a subsample)."""
+    def activations(self, part: str, frame: pd.DataFrame, training: bool = False) -> Activations:
+        """The cached part for the images of `frame` (a split or a subsample); `training`: as the training views
+        of every epoch (an augmentation's part holds one slab per epoch; the plain views serve every epoch)."""
         array = np.load(frozen_array(self.folder, part), mmap_mode="r")
         lookup = {c: i for i, c in enumerate(self.classes)}
         rows = rows_of(self.frames[part.split("_")[0]], frame)
-        return Activations(array, rows, [lookup[c] for c in frame["label"]],
-                           self.meta["seeds"] if part == "train" else None)
+        seeds = self.meta["seeds"] if training else None
+        slabs = array if epochs_part(part) else [array] * len(seeds or [])
+        return Activations(array, rows, [lookup[c] for c in frame["label"]], seeds, slabs)
 
     def probabilities(self, tail: nn.Module, part: str, frame: pd.DataFrame, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         """Class probabilities (float64; test-time views averaged) and class indices of `frame`'s images."""

@@ -12,7 +12,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from . import families
+from . import families, grid
 from .errors import UserError
 from .layout import resolve
 
@@ -37,6 +37,9 @@ def _cast_numbers(value: Any, sub: dict[str, Any]) -> Any:
     """Turn strings such as '1e-05' into numbers where the schema expects a number."""
     types = sub.get("type", [])
     types = [types] if isinstance(types, str) else types
+    for branch in sub.get("anyOf", []):  # the branch of the value's shape (a setting, or a list of them)
+        if (isinstance(value, dict) and "properties" in branch) or (isinstance(value, list) and "items" in branch):
+            return _cast_numbers(value, branch)
     if isinstance(value, dict) and "properties" in sub:
         return {k: _cast_numbers(v, sub["properties"].get(k, {})) for k, v in value.items()}
     if isinstance(value, list) and "items" in sub:
@@ -106,7 +109,7 @@ def _check_semantics(params: dict[str, Any], base_dir: Path) -> None:
     if bad:
         raise ParamsError(f"params: {bad}: NaN and infinity are not allowed; give a finite number")
     ft = params["finetune"]
-    if ft["lr"] == "auto" and ft["unfreeze"] == 0:
+    if ft["lr"] == "auto" and grid.depths(ft) == [0]:
         raise ParamsError("params: finetune.lr: auto tests the backbone's rate, but finetune.unfreeze: 0 trains the "
                           "head only; give finetune.lr a number or unfreeze blocks")
     if ft["lr"] == "auto" and ft["range_test_steps"] < 20:
@@ -115,10 +118,14 @@ def _check_semantics(params: dict[str, Any], base_dir: Path) -> None:
     if params["finetune"]["devices"] > 1 and params["finetune"]["train_bn"]:
         raise ParamsError(f"params: finetune.devices: {params['finetune']['devices']} with finetune.train_bn: true "
                           f"would keep BatchNorm statistics per process, unlike one process; set train_bn: false")
-    low, high = params["finetune"]["augment"]["scale"]
-    if low > high:
-        raise ParamsError(f"params: finetune.augment.scale: [{low}, {high}] must be [smallest, largest] area "
-                          f"fraction, e.g. [{high}, {low}]")
+    for setting in grid.augments(ft).values():
+        low, high = setting["scale"]
+        if low > high:
+            raise ParamsError(f"params: finetune.augment.scale: [{low}, {high}] must be [smallest, largest] area "
+                              f"fraction, e.g. [{high}, {low}]")
+    if 1 not in ft["interpolate"]:
+        raise ParamsError(f"params: finetune.interpolate: {ft['interpolate']} must hold 1 (the fine-tune itself); "
+                          "[1] turns the interpolation off")
     if data["val_fraction"] + data["test_fraction"] >= 1:
         raise ParamsError("params: data.val_fraction + data.test_fraction must be below 1 (training needs images)")
     if data["split"] == "official" and data["dataset"] != "oxford_pets":
@@ -270,6 +277,14 @@ def _cell(value: Any) -> str:
 
 def _allowed(sub: dict[str, Any]) -> str:
     """A key's types as docs/parameters.md shows them: "number or list of numbers or `auto`"."""
+    if "anyOf" in sub:
+        return " or ".join(_allowed(branch) for branch in sub["anyOf"])
+    if "enum" in sub or "const" in sub:
+        return " \\| ".join(_cell(v) for v in sub.get("enum", [sub.get("const")]))
+    if "properties" in sub:
+        return "{" + ", ".join(sub["properties"]) + "}"
+    if sub.get("type") == "array" and "anyOf" in sub.get("items", {}):
+        return f"list of ({_allowed(sub['items'])})"
     types = [sub["type"]] if isinstance(sub.get("type"), str) else sub.get("type", [])
     named = {"array": f"list of {sub.get('items', {}).get('type', 'value')}s",
              "string": f"`{sub['pattern'].strip('^$')}`" if "pattern" in sub else "string"}

@@ -46,7 +46,7 @@ class Stage:
 
 # Every module a stage's script may load, lazily imported ones included (tests/test_stages.py walks the imports).
 # params loads backbones only to check class names against ImageNet's, so every stage lists it and the families.
-_CORE = ["__init__", "cli", "params", "atomic", "stages", "layout", "errors", "checks", "fetch", "progress",
+_CORE = ["__init__", "cli", "params", "grid", "atomic", "stages", "layout", "errors", "checks", "fetch", "progress",
          "backbones", "families", "family_torchvision", "family_timm", "preprocessing"]
 _DATASETS = _CORE + ["datasets"]
 _INFERENCE = _CORE + ["images", "transforms", "engines", "batches"]

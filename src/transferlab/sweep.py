@@ -105,7 +105,7 @@ def frozen_cache(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
         frozen.copy(io.input.main.parent, folder)
         log.info("%s seed %s: the main fine-tune's frozen-prefix cache, copied", w["backbone"], w["seed"])
         return main
-    return frozen.build(point, ft, read_json(io.input.dataset), frames, folder, frozen.SWEEP_PARTS)
+    return frozen.build(point, ft, read_json(io.input.dataset), frames, folder, frozen.parts(ft, frozen.SWEEP_PARTS))
 
 
 def _rows(cached: dict[str, np.ndarray], ids: set[str]) -> dict[str, np.ndarray]:

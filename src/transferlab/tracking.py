@@ -23,11 +23,16 @@ def open_live(folder: Path | str) -> Live:
     return Live(str(folder), dvcyaml=False, save_dvc_exp=False, report=None)
 
 
-def prefix(candidate: dict[str, float], grid: list[dict[str, float]]) -> str:
+def prefix(candidate: dict[str, Any], grid: list[dict[str, Any]]) -> str:
     """The metric-name prefix of a search candidate: the settings that vary over the grid ("lr_1e-04/": no dot,
     which `dvc exp show` would read as nesting), none for a single candidate."""
     varying = [k for k in candidate if len({c[k] for c in grid}) > 1]
-    return "".join(f"{k}_{candidate[k]:.0e}/" for k in varying)
+    return "".join(f"{k}_{_word(candidate[k])}/" for k in varying)
+
+
+def _word(value: Any) -> str:
+    """A setting in a metric name: a rate as 1e-04, a depth or augmentation as it is (no dot, no space)."""
+    return f"{value:.0e}" if isinstance(value, float) else str(value).replace(" ", "_")
 
 
 def epoch_logger(live: Live, name: str) -> Callable[[dict[str, Any]], None]:

@@ -38,7 +38,7 @@ def augmentation(plain: Preprocessing, scale: tuple[float, float] = (0.6, 1.0), 
 
 
 def augmented(plain: Preprocessing, augment: dict, normalize: bool = True) -> v2.Compose:
-    """`augmentation` as params' `finetune.augment` section sets it."""
+    """`augmentation` as one of `finetune.augment`'s settings sets it."""
     return augmentation(plain, tuple(augment["scale"]), augment["flip"], augment["rotation"],
                         augment["jitter"], normalize)
 

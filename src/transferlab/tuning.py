@@ -1,6 +1,7 @@
-"""The fine-tune's search on the validation split, as the probe's C is searched: the candidates of finetune.lr,
-head_lr and weight_decay, the LR range test's suggestion, and the choice by the probe's rule (selection.choose).
-The training itself is finetune.tune's."""
+"""The fine-tune's search on the validation split, as the probe's C is searched: the candidates of finetune.augment,
+unfreeze, lr, head_lr and weight_decay, the LR range test's suggestion, and the choice by the probe's rule
+(selection.choose) among the epochs no worse than the start in validation accuracy — the start itself (epoch 0:
+the probe's head on the frozen backbone) always one of them. The training itself is finetune.tune's."""
 from __future__ import annotations
 
 import itertools
@@ -10,18 +11,23 @@ import numpy as np
 import pandas as pd
 
 from . import selection
+from .grid import augments, depth, depths
 
-GRID = ("lr", "head_lr", "weight_decay")
-# Among equal validation losses: the smaller rates (the network stays nearer the probe), then more weight decay.
-SIMPLER = [("lr", True), ("head_lr", True), ("weight_decay", False)]
+GRID = ("augment", "unfreeze", "lr", "head_lr", "weight_decay")
+RATES = ("lr", "head_lr", "weight_decay")
+# Among equal validation losses (every candidate's epoch 0 is the same start): the start, then fewer trained
+# blocks, the smaller rates (the network stays nearer the probe), more weight decay, the first-listed augmentation.
+SIMPLER = [("best_epoch", True), ("depth", True), ("lr", True), ("head_lr", True), ("weight_decay", False),
+           ("augment_rank", True)]
 RANGE = (1e-7, 1.0)        # backbone learning rates the range test sweeps, rising exponentially
 SMOOTHING = 0.9            # exponential moving average of the range test's losses (bias-corrected)
 SETTLE = 10                # the average's first steps (1 / (1 - SMOOTHING)) are no reference
 RISE = 1.5                 # the edge: the first rate whose smoothed loss exceeds this multiple of the lowest so far
 DIVERGED = 4.0             # the range test stops once the smoothed loss exceeds this multiple of its settled lowest
 AROUND = (1.0, 3.0, 10.0)  # finetune.lr: auto searches the decade from the suggested rate up to the edge
-SEARCH_COLUMNS = ["candidate", *GRID, "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
-                  "start_sha256", "chosen"]
+DIVERGED_VAL = 4.0  # a candidate diverged where its validation loss exceeds this multiple of the start's
+SEARCH_COLUMNS = ["candidate", *GRID, "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "state",
+                  "augment_rank", "depth", "start_sha256", "chosen"]
 
 
 def values(setting: float | list[float]) -> list[float]:
@@ -29,20 +35,34 @@ def values(setting: float | list[float]) -> list[float]:
     return list(setting) if isinstance(setting, list) else [setting]
 
 
-def candidates(ft: dict[str, Any], suggested: float | None = None) -> list[dict[str, float]]:
+def candidates(ft: dict[str, Any], suggested: float | None = None) -> list[dict[str, Any]]:
     """Every combination of the grid keys' values (`lr: auto`: AROUND the `suggested` rate), in grid order.
-    With `unfreeze: 0` no backbone block trains, so finetune.lr has no effect: its first value only."""
+    Where `unfreeze` is 0 no backbone block trains, so finetune.lr has no effect: its first value only."""
     rates = [suggested * f for f in AROUND] if ft["lr"] == "auto" else values(ft["lr"])
-    if ft["unfreeze"] == 0:
-        rates = rates[:1]
-    grid = itertools.product(rates, values(ft["head_lr"]), values(ft["weight_decay"]))
-    return [dict(zip(GRID, combo)) for combo in grid]
+    grid = []
+    for augment, blocks, lr, head_lr, decay in itertools.product(
+            augments(ft), depths(ft), rates, values(ft["head_lr"]), values(ft["weight_decay"])):
+        if blocks != 0 or lr == rates[0]:
+            grid.append(dict(zip(GRID, (augment, blocks, lr, head_lr, decay))))
+    return grid
+
+
+def setting(ft: dict[str, Any], candidate: dict[str, Any]) -> dict[str, Any]:
+    """The fine-tune settings of one candidate: `ft` with its augmentation (the named setting), depth and rates."""
+    return {**ft, **candidate, "augment": augments(ft)[candidate["augment"]]}
+
+
+def label(candidate: dict[str, Any]) -> str:
+    """A candidate as one short phrase: "none, 2 blocks, lr 1e-05, head 0.001, wd 0.0001"."""
+    blocks = "all blocks" if candidate["unfreeze"] == "all" else f"{candidate['unfreeze']} blocks"
+    return (f"{candidate['augment']}, {blocks}, lr {candidate['lr']:g}, head {candidate['head_lr']:g}, "
+            f"wd {candidate['weight_decay']:g}")
 
 
 def needs_range_test(ft: dict[str, Any], from_cache: bool, for_report: bool) -> str | None:
     """Why the range test does not run (None where it does): it runs for `lr: auto`, and otherwise for the
     report's figure where the fine-tune trains from the frozen-prefix cache (a pass there costs seconds)."""
-    if ft["unfreeze"] == 0:
+    if depths(ft) == [0]:
         return "finetune.unfreeze: 0 trains no backbone block, so there is no backbone rate to test"
     if ft["lr"] == "auto":
         return None
@@ -88,10 +108,19 @@ def suggest(curve: pd.DataFrame) -> float:
     return float(curve["lr"].iloc[edge(curve)] / 10)
 
 
-def table(rows: list[dict[str, Any]], histories: list[pd.DataFrame]) -> pd.DataFrame:
-    """The search table, one row per candidate and epoch, with the chosen candidate marked: `rows` hold each
-    candidate's settings and start fingerprint, `histories` its per-epoch losses."""
-    frames = [history.assign(candidate=i, start_sha256=row["start_sha256"], **{k: row[k] for k in GRID})
+def eligible(val_accuracy: float, start_accuracy: float) -> bool:
+    """Whether an epoch may be kept: no fewer validation images right than the start (a lower log-loss bought
+    with fewer right answers is not an improvement the verdict could stand on)."""
+    return bool(np.isfinite(val_accuracy)) and val_accuracy >= start_accuracy - 1e-12
+
+
+def table(rows: list[dict[str, Any]], histories: list[pd.DataFrame], order: list[str]) -> pd.DataFrame:
+    """The search table, one row per candidate and epoch (epoch 0: the start), with the chosen candidate marked:
+    `rows` hold each candidate's settings, state (complete, pruned) and start fingerprint, `histories` its
+    per-epoch losses; `order` the augmentations' names as listed (the later, the less simple)."""
+    frames = [history.assign(candidate=i, start_sha256=row["start_sha256"], state=row["state"],
+                             augment_rank=order.index(row["augment"]), depth=depth(row["unfreeze"]),
+                             **{k: row[k] for k in GRID})
               for i, (row, history) in enumerate(zip(rows, histories))]
     search = pd.concat(frames, ignore_index=True)
     search["chosen"] = search["candidate"] == chosen(search)
@@ -99,9 +128,11 @@ def table(rows: list[dict[str, Any]], histories: list[pd.DataFrame]) -> pd.DataF
 
 
 def scores(search: pd.DataFrame) -> pd.DataFrame:
-    """Per candidate: its settings and its best epoch's validation loss (`val_log_loss`: the model early stopping
-    keeps) and accuracy."""
-    best = search.loc[search.groupby("candidate")["val_loss"].idxmin()]
+    """Per candidate: its settings and the epoch its early stopping keeps (`best_epoch`, 0 = the start): the
+    lowest validation loss (`val_log_loss`) among the epochs `eligible` against epoch 0, and its accuracy."""
+    start = search[search["epoch"] == 0].groupby("candidate")["val_accuracy"].first()
+    allowed = search[[eligible(a, start[c]) for c, a in zip(search["candidate"], search["val_accuracy"])]]
+    best = allowed.loc[allowed.groupby("candidate")["val_loss"].idxmin()]
     renamed = best.rename(columns={"val_loss": "val_log_loss", "epoch": "best_epoch"})
     return renamed.set_index("candidate", drop=False)
 
@@ -114,5 +145,15 @@ def chosen(search: pd.DataFrame) -> int:
 def chosen_row(search: pd.DataFrame) -> dict[str, Any]:
     """The chosen candidate's settings and validation scores."""
     best = scores(search).loc[chosen(search)]
-    return {**{k: float(best[k]) for k in GRID}, "best_epoch": int(best["best_epoch"]),
+    unfreeze = best["unfreeze"]
+    return {"augment": str(best["augment"]), "unfreeze": unfreeze if unfreeze == "all" else int(unfreeze),
+            **{k: float(best[k]) for k in RATES}, "best_epoch": int(best["best_epoch"]),
             "val_log_loss": float(best["val_log_loss"]), "val_accuracy": float(best["val_accuracy"])}
+
+
+def diverged_candidates(search: pd.DataFrame) -> list[int]:
+    """Candidates whose validation loss left the start's far behind: not finite, or DIVERGED_VAL times it."""
+    start = search[search["epoch"] == 0].groupby("candidate")["val_loss"].first()
+    trained = search[search["epoch"] > 0]
+    bad = trained[~np.isfinite(trained["val_loss"]) | (trained["val_loss"] > DIVERGED_VAL * trained["candidate"].map(start))]
+    return sorted(int(c) for c in bad["candidate"].unique())
