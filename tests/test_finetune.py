@@ -295,3 +295,74 @@ def test_two_processes_refuse_batchnorm_statistics_per_process():
     with pytest.raises(ParamsError, match="finetune.devices: 2 with finetune.train_bn: true would keep BatchNorm"):
         validate({"finetune": {"devices": 2, "train_bn": True}})
 
+
+
+def test_the_start_is_handed_on_when_every_candidate_is_worse(probe_setup, caplog):
+    """Rates that wreck the warm start: no epoch beats epoch 0 on validation, so the stage saves the start itself
+    (the probe's head on the frozen backbone), says it did not improve, and warns naming the diverged candidates."""
+    tmp_path, data_dir, params, _ = probe_setup
+    params["finetune"].update(lr=[0.5, 2.0], head_lr=5.0, weight_decay=0.0, range_test_steps=0, interpolate=[0.0, 1.0])
+    files = stage_io("finetune", data_dir, tmp_path / "wrecked", probe=tmp_path / "probe.npz")
+    with caplog.at_level("WARNING", logger="transferlab"):
+        summary = finetune.run(params, files)
+    assert not summary["improved"] and summary["best_epoch"] == 0 and summary["interpolation"] == []
+    assert summary["best_val_loss"] == summary["start"]["val_loss"] and len(summary["diverged"]) == 2
+    assert "2 of 2 candidates diverged on validation" in caplog.text and "the start is handed on" in caplog.text
+    start = finetune.build(params["model"], head.linear(tmp_path / "probe.npz")).state_dict()
+    saved = torch.load(files.output.model, weights_only=True)
+    assert all(torch.equal(saved[k], v) for k, v in start.items())
+    search = pd.read_csv(files.output.search)
+    assert (search[search["epoch"] > 0]["val_loss"] > summary["start"]["val_loss"]).all()
+
+
+def test_interpolation_ends_are_the_start_and_the_fine_tune(probe_setup):
+    tmp_path, data_dir, params, probe = probe_setup
+    begin = finetune.snapshot(finetune.build(params["model"], head.linear(tmp_path / "probe.npz")))
+    tuned = {k: v.clone() for k, v in begin.items()}
+    tuned["head.weight"] += 1.0
+    tuned["backbone.layer4.0.conv1.weight"] *= 1.5
+    for alpha, expected in ((0.0, begin), (1.0, tuned)):
+        mixed = finetune.mixed(begin, tuned, alpha)
+        assert all(torch.equal(mixed[k], expected[k]) for k in begin), alpha
+    half = finetune.mixed(begin, tuned, 0.5)
+    torch.testing.assert_close(half["head.weight"], begin["head.weight"] + 0.5)
+    assert half["backbone.conv1.weight"] is not begin["backbone.conv1.weight"]  # a copy, bit for bit
+    assert torch.equal(half["backbone.conv1.weight"], begin["backbone.conv1.weight"])
+    dataset = json.loads((data_dir / "dataset.json").read_text())
+    frames = {s: pd.read_csv(data_dir / "splits" / f"{s}.csv") for s in ("train", "val", "test")}
+    network = finetune.build(params["model"], head.linear(tmp_path / "probe.npz"))
+    score = finetune.scorer(network, params["model"], data_dir.parent / "src", frames, dataset["classes"], 4, None)
+    start_score = score("val")
+    network.load_state_dict(tuned)
+    tuned_score = score("val")
+    alpha, rows = finetune.interpolate(network, begin, tuned, [0.0, 0.5, 1.0], score, start_score[1])
+    assert rows["alpha"].tolist() == [0.0, 0.5, 1.0] and rows["test_accuracy"].notna().all()
+    assert (rows.loc[0, "val_log_loss"], rows.loc[0, "val_accuracy"]) == pytest.approx(start_score)
+    assert (rows.loc[2, "val_log_loss"], rows.loc[2, "val_accuracy"]) == pytest.approx(tuned_score)
+    kept = rows[rows["val_accuracy"] >= start_score[1] - 1e-9]
+    assert alpha == kept.sort_values(["val_log_loss", "alpha"], ascending=[True, False]).iloc[0]["alpha"]
+    assert all(torch.equal(v, finetune.mixed(begin, tuned, alpha)[k]) for k, v in network.state_dict().items())
+
+
+def test_the_pruner_stops_trailing_candidates_and_every_trial_is_recorded(probe_setup):
+    """Nine candidates (2 epochs) under Optuna's seeded grid sampler and successive-halving pruner: every trial in
+    search.csv, pruned ones with fewer epochs; the same seed draws the same order and prunes the same trials."""
+    tmp_path, data_dir, params, _ = probe_setup
+    params["finetune"].update(lr=[1e-5, 1e-4, 1e-3], head_lr=[1e-3, 1e-2, 1e-1], patience=5, range_test_steps=0)
+    tables = []
+    for run in ("a", "b"):
+        files = stage_io("finetune", data_dir, tmp_path / run, probe=tmp_path / "probe.npz")
+        summary = finetune.run(params, files)
+        tables.append(pd.read_csv(files.output.search))
+    search = tables[0]
+    states = search.groupby("candidate")["state"].first()
+    epochs = search.groupby("candidate")["epoch"].max()
+    assert len(states) == 9 and summary["pruned"] == (states == "pruned").sum() > 0
+    assert (epochs[states == "pruned"] < 2).all() and (epochs[states == "complete"] == 2).all()
+    assert sorted(map(tuple, search.groupby("candidate")[["lr", "head_lr"]].first().to_numpy())) == sorted(
+        (lr, h) for lr in (1e-5, 1e-4, 1e-3) for h in (1e-3, 1e-2, 1e-1))
+    pd.testing.assert_frame_equal(tables[0].drop(columns=["train_loss", "val_loss"]),
+                                  tables[1].drop(columns=["train_loss", "val_loss"]))
+    params["finetune"]["prune"] = False
+    files = stage_io("finetune", data_dir, tmp_path / "unpruned", probe=tmp_path / "probe.npz")
+    assert finetune.run(params, files)["pruned"] == 0

@@ -21,7 +21,7 @@ import pandas as pd  # noqa: E402
 from jinja2 import Environment, FileSystemLoader, select_autoescape  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
-from . import lock, stats, tuning  # noqa: E402
+from . import diagnosis, lock, stats, tuning  # noqa: E402
 from . import params as params_mod  # noqa: E402
 from .atomic import atomic_path, read_json  # noqa: E402
 from .errors import UserError  # noqa: E402
@@ -179,10 +179,10 @@ def _p(value: float) -> str:
 
 
 def verdict(probe: dict[str, Any], finetune: dict[str, Any] | None, cost_ratio: float | None,
-            confidence: float) -> str:
-    """The answer to "freeze or fine-tune, for this much data?" in one or two sentences, from the metrics:
-    the paired difference, its interval, McNemar's p-value and the cost ratio. `finetune` is None where it did
-    not run."""
+            confidence: float, found: list[diagnosis.Finding] | tuple = ()) -> str:
+    """The answer to "freeze or fine-tune, for this much data?" in a few sentences, from the metrics: the paired
+    difference, its interval, McNemar's p-value and the cost ratio; then what the fine-tune's records show
+    (`found`: diagnosis.findings), from which the advice is derived. `finetune` is None where it did not run."""
     level = f"{confidence:.0%}"
     if finetune is None:
         low, high = (probe["interval"]["accuracy"][k] for k in ("low", "high"))
@@ -194,23 +194,24 @@ def verdict(probe: dict[str, Any], finetune: dict[str, Any] | None, cost_ratio: 
     numbers = (f"{finetune['accuracy']:.1%} vs {probe['accuracy']:.1%}; {level} interval of the difference "
                f"{pair['low'] * 100:+.1f} to {pair['high'] * 100:+.1f} points, McNemar {_p(pair['mcnemar_p'])}")
     cost = f"{cost_ratio:.1f}× the compute of the frozen features" if cost_ratio else "more compute"
+    why = (" What the runs show: " + "; ".join(f.text for f in found) + ".") if found else ""
     if stats.clear(pair, confidence) and gap > 0:
         return (f"Fine-tuning is {gap:.1f} points ahead of the frozen features ({numbers}), more than the "
                 f"uncertainty of {n} test images; it costs {cost}. For this data the fine-tuned model is the better "
-                f"choice.")
+                f"choice.{why}")
     if stats.clear(pair, confidence):
         return (f"The frozen features are {-gap:.1f} points ahead of fine-tuning ({numbers}), more than the "
-                f"uncertainty of {n} test images, although fine-tuning costs {cost}. Keep the backbone frozen, or "
-                f"fine-tune fewer blocks with a smaller learning rate.")
+                f"uncertainty of {n} test images, although fine-tuning costs {cost}.{why} "
+                + diagnosis.advice(list(found), "Keep the backbone frozen."))
     if gap == 0:
         return (f"Fine-tuning and the frozen features get the same test accuracy on {n} test images ({numbers}); "
-                f"fine-tuning costs {cost}. Keep the frozen features.")
+                f"fine-tuning costs {cost}.{why} Keep the frozen features.")
     leader = "Fine-tuning is" if gap > 0 else "The frozen features are"
     needed = stats.images_needed(pair, confidence)
     more = (f": about {needed:,} would tell a {abs(gap):.1f}-point difference apart at this rate of disagreement"
             if needed else "")
     return (f"{leader} {abs(gap):.1f} points ahead, within the uncertainty of {n} test images ({numbers}); "
-            f"fine-tuning costs {cost}. With this much data keep the frozen features, or collect more test "
+            f"fine-tuning costs {cost}.{why} With this much data keep the frozen features, or collect more test "
             f"images{more}.")
 
 
@@ -304,7 +305,7 @@ def _plain_log_ticks(ax: plt.Axes) -> None:
 def search_figure(tuning_info: dict[str, Any], out: Path) -> str:
     """Both arms' searches on the validation split side by side: the probe's validation log-loss per C, the
     fine-tune's validation loss per epoch and candidate (the chosen one bold), and the LR range test."""
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.9), layout="constrained")
+    fig, axes = plt.subplots(1, 4, figsize=(18, 3.9), layout="constrained")
     head_search, ft_search, curve = (tuning_info[k] for k in ("head", "finetune", "range_test"))
     ax = axes[0]
     ax.plot(head_search["C"], head_search["val_log_loss"], "o-")
@@ -323,12 +324,11 @@ def search_figure(tuning_info: dict[str, Any], out: Path) -> str:
             first = rows.iloc[0]
             chosen = bool(first["chosen"])
             ax.plot(rows["epoch"], rows["val_loss"], "o-", lw=2.5 if chosen else 1, alpha=1 if chosen else 0.6,
-                    label=f"lr {first['lr']:g}, head {first['head_lr']:g}, wd {first['weight_decay']:g}"
-                          + (" (chosen)" if chosen else ""))
-        ax.set(xlabel="epoch", ylabel="validation loss (log-loss)",
+                    label=tuning.label(first) + (" (chosen)" if chosen else ""))
+        ax.set(xlabel="epoch (0: the start)", ylabel="validation loss (log-loss)",
                title=f"Fine-tune: search ({ft_search['candidate'].nunique()} candidates)")
         ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-        ax.legend(frameon=False, fontsize=7)
+        ax.legend(frameon=False, fontsize=6 if ft_search["candidate"].nunique() > 6 else 7)
     ax = axes[2]
     if curve is None or curve.empty:
         ax.text(0.5, 0.5, "LR range test not run", ha="center", va="center")
@@ -343,7 +343,23 @@ def search_figure(tuning_info: dict[str, Any], out: Path) -> str:
                title="LR range test (from the warm start)")
         _plain_log_ticks(ax)
         ax.legend(frameon=False, fontsize=7)
+    interpolation_panel(axes[3], tuning_info.get("interpolation"), tuning_info.get("alpha"))
     return _png(fig, out)
+
+
+def interpolation_panel(ax: plt.Axes, rows: list[dict[str, float]] | None, alpha: float | None) -> None:
+    """WiSE-FT: validation and test accuracy of the start and fine-tune mixed at each α (chosen on validation)."""
+    if not rows:
+        ax.text(0.5, 0.5, "interpolation not run\n(no candidate beat the start,\nor finetune.interpolate: [1])",
+                ha="center", va="center")
+        ax.set_axis_off()
+        return
+    table = pd.DataFrame(rows)
+    ax.plot(table["alpha"], table["val_accuracy"], "o-", label="validation")
+    ax.plot(table["alpha"], table["test_accuracy"], "s--", label="test (shown, never chosen on)")
+    ax.axvline(alpha, color="C3", ls=":", label=f"chosen α = {alpha:g}")
+    ax.set(xlabel="α (0: the start, 1: the fine-tune)", ylabel="accuracy", title="Start and fine-tune mixed (WiSE-FT)")
+    ax.legend(frameon=False, fontsize=7)
 
 
 def reliability_figure(methods: dict[str, dict[str, Any]], out: Path, bins: int = 10) -> str:
@@ -427,25 +443,48 @@ def gather(params: dict[str, Any], files: SimpleNamespace) -> dict[str, Any]:
     ran = methods["finetune"]["ran"]
     searched = {"head": pd.read_csv(files.head_search),
                 "finetune": pd.read_csv(files.finetune.search) if ran else None,
-                "range_test": pd.read_csv(files.finetune.range_test) if ran else None}
+                "range_test": pd.read_csv(files.finetune.range_test) if ran else None,
+                "interpolation": ft.get("interpolation") if ran else None, "alpha": ft.get("alpha")}
+    found = diagnosis.findings(ft, searched["finetune"]) if ran else []
     return {"params": params, "dataset": dataset, "splits": splits, "meta": meta, "methods": methods,
             "history": history, "finetune": ft, "stage_costs": stage_costs, "rejected": rejected,
-            "head_summary": head_summary, "searched": searched}
+            "head_summary": head_summary, "searched": searched, "findings": found}
 
 
 def tuned(info: dict[str, Any]) -> str:
-    """How each arm was tuned on the validation split, with the values chosen and the number of candidates."""
+    """How each arm was tuned on the validation split: the values chosen, of how many candidates, and why the
+    fine-tune's other augmentations and depths lost (their best validation log-loss)."""
     head_search, ft = info["searched"]["head"], info["finetune"]
     probe = f"the probe's C = {info['head_summary']['C']:g} (of {len(head_search)} candidates)"
     if ft.get("skipped"):
         return f"Tuned on the validation split: {probe}."
-    chosen = f"lr {ft['lr']:g} (head {ft['head_lr']:g}, weight decay {ft['weight_decay']:g})"
+    blocks = "all blocks" if ft["unfreeze"] == "all" else f"{ft['unfreeze']} block{'s' if ft['unfreeze'] != 1 else ''}"
+    chosen = (f"augmentation {ft['augment']}, {blocks}, lr {ft['lr']:g} (head {ft['head_lr']:g}, weight decay "
+              f"{ft['weight_decay']:g}), α {ft['alpha']:g}")
     if ft["candidates"] == 1:
         return (f"Tuned on the validation split: {probe}; the fine-tune ran at its one setting, {chosen}, not "
-                f"tuned (give finetune.lr a list, or auto, for a comparison of two tuned arms).")
+                f"tuned (give finetune.lr, augment or unfreeze a list, or lr auto, for a comparison of two tuned "
+                f"arms).")
+    pruned = f", {ft['pruned']} stopped early by the pruner" if ft.get("pruned") else ""
     return (f"Both arms were tuned on the validation split by the lowest validation log-loss: {probe}, the "
-            f"fine-tune's lr {ft['lr']:g} (of {ft['candidates']} candidates; head {ft['head_lr']:g}, weight decay "
-            f"{ft['weight_decay']:g}).")
+            f"fine-tune's {chosen} (of {ft['candidates']} candidates{pruned}).{losers(info['searched']['finetune'])}")
+
+
+def losers(search: pd.DataFrame | None) -> str:
+    """Per searched augmentation and depth, the best validation log-loss its candidates reached (the chosen
+    one marked): why the others lost."""
+    if search is None:
+        return ""
+    scores = tuning.scores(search)
+    chosen = scores.loc[tuning.chosen(search)]
+    parts = []
+    for key, what in (("augment", "augmentation"), ("unfreeze", "depth (blocks)")):
+        best = scores.groupby(key, sort=False)["val_log_loss"].min()
+        if len(best) > 1:
+            parts.append(f"per {what}: " + ", ".join(
+                f"{value} {loss:.3f}" + (" (chosen)" if str(value) == str(chosen[key]) else "")
+                for value, loss in best.items()))
+    return (" Best validation log-loss " + "; ".join(parts) + ".") if parts else ""
 
 
 def galleries(info: dict[str, Any], root: Path) -> dict[str, list[dict[str, Any]]]:
@@ -473,7 +512,7 @@ def headline(info: dict[str, Any], confidence: float) -> tuple[dict[str, Any] | 
     methods = info["methods"]
     finetune = methods["finetune"]["row"] if methods["finetune"]["ran"] else None
     cost_ratio = finetune["seconds"] / methods["probe"]["row"]["seconds"] if finetune else None
-    said = verdict(methods["probe"]["row"], finetune, cost_ratio, confidence)
+    said = verdict(methods["probe"]["row"], finetune, cost_ratio, confidence, info["findings"])
     return finetune, cost_ratio, f"{said} {tuned(info)}"
 
 

@@ -116,7 +116,7 @@ TABLE: dict[str, Stage] = {
                      "finetune": "finetune",
                      "finetune_eval": "evaluate_finetune", "visualize": "visualize", "curve": "sweep_aggregate"},
                     ["data", "model", "features", "head", "finetune", "evaluate", "visualize", "sweep"],
-                    _CORE + ["images", "stats", "lock", "selection", "tuning", "report"]),
+                    _CORE + ["images", "stats", "lock", "selection", "tuning", "diagnosis", "report"]),
 }
 STAGE_PARAMS: dict[str, list[str]] = {name: stage.params for name, stage in TABLE.items()}
 
