@@ -5,7 +5,8 @@
                                               # row 10: the learning-rate search against one rate, ~6 min;
                                               # row 11: stage start-up and the exp-run cost, before/after, ~25 min;
                                               # row 12: a timm ViT-S: extraction and cached fine-tune, ~6 min;
-                                              # row 13: extraction in 1 job against 2 shard jobs, ~6 min)
+                                              # row 13: extraction in 1 job against 2 shard jobs, ~6 min;
+                                              # row 14: the shipped fine-tune search against one setting, ~9 min)
 
 All rows come from the same run and print as one Markdown table (also written to --out as JSON). Needs the
 shared offline data (../shared): Oxford-IIIT Pet photos and the ImageNet MobileNetV2 state_dict. ResNet-50 runs
@@ -464,6 +465,25 @@ def search_costs(work: Path, repeat: int = 2) -> dict[str, object]:
             "lowest": float(scores.idxmin())}
 
 
+ONE_SETTING = {"augment": "strong", "unfreeze": 2, "lr": 1e-4, "interpolate": [1.0]}  # row 14's baseline
+
+
+def fine_tune_search_costs(work: Path) -> dict[str, object]:
+    """The fine-tune's whole cost, frozen_cache and finetune stages (their scripts, start-up included), at one
+    setting (ONE_SETTING: one augmentation, one depth, one rate, no interpolation) and with the shipped search,
+    alternated from the same probe; with what the search chose and how many candidates the pruner stopped."""
+    copy = git_copy(work, "fine-tune-search", sweep={"enabled": False}, visualize={"enabled": False})
+    sh(copy, SNAKEMAKE, "--cores", str(THREADS), layout.FILES["train_head"]["model"])
+    shipped = yaml.safe_load((copy / "params.yaml").read_text())["finetune"]
+    times: dict[str, float] = {}
+    for name, values in (("one setting", ONE_SETTING), ("shipped search", shipped)):
+        _set_params(copy, "finetune", **values)
+        times[name] = sum(sh(copy, sys.executable, f"workflow/scripts/{stage}.py") for stage in ("frozen_cache", "finetune"))
+        times[f"{name}: frozen_cache"] = json.loads((copy / layout.FILES["frozen_cache"]["meta"]).read_text())["seconds"]
+    summary = json.loads((copy / layout.FILES["finetune"]["summary"]).read_text())
+    return {**times, **{k: summary[k] for k in ("candidates", "pruned", "augment", "unfreeze", "lr", "alpha")}}
+
+
 # -- 11. stage start-up, before and after ----------------------------------------------------------------------------
 
 BASELINE = "8439834"  # the last commit before the start-up work (lazy imports)
@@ -585,7 +605,7 @@ def shard_costs(work: Path) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, nargs="+", default=list(range(1, 14)))
+    parser.add_argument("--rows", type=int, nargs="+", default=list(range(1, 15)))
     parser.add_argument("--before", default=BASELINE, help=f"row 11's baseline commit (default {BASELINE})")
     parser.add_argument("--after", default="HEAD", help="row 11's commit to compare (default HEAD)")
     parser.add_argument("--resnet-images", type=int, default=4, help="ResNet-50 train photos per class (row 3/4)")
@@ -731,6 +751,14 @@ def main() -> None:
         for what in list(costs):
             if what.endswith("wall") and not what.startswith("1 job"):
                 row("13", f"{what.removesuffix(': wall')} / 1 job", costs[what] / costs["1 job: wall"], "ratio")
+    if 14 in args.rows:
+        cost = fine_tune_search_costs(work)
+        for name in ("one setting", "shipped search"):
+            row("14", f"frozen_cache + finetune, {name}", cost[name], "s",
+                f"frozen blocks {cost[f'{name}: frozen_cache']:.0f} s; shipped params, scripts with start-up")
+        row("14", "shipped search / one setting", cost["shipped search"] / cost["one setting"], "ratio",
+            f"{cost['candidates']} candidates, {cost['pruned']} stopped by the pruner; chose {cost['augment']}, "
+            f"{cost['unfreeze']} blocks, lr {cost['lr']:g}, α {cost['alpha']:g}; goal <= 3")
     if 7 in args.rows:
         rss, seconds = memory_run(work, args.memory_images)
         row("7", f"extract stage peak RSS, {args.memory_images} synthetic Pets-sized JPEGs", rss, "MB",

@@ -81,7 +81,7 @@ TINY_PARAMS = {  # data and checkpoint outside the project, as the shipped param
     "features": {"batch_size": 8, "num_workers": 0, "train_views": 1, "seed": 0},
     "head": {"C_grid": [0.1, 1.0], "max_iter": 500, "refit_on": "train"},
     "finetune": {"enabled": True, "unfreeze": 1, "lr": 1e-4, "epochs": 1, "batch_size": 8, "num_workers": 0,
-                 "range_test_steps": 6},
+                 "range_test_steps": 6, "augment": ["none", "strong"]},
     "visualize": {"enabled": True, "steps": 5, "image_size": 32, "adversarial_steps": 3, "adversarial_images": 1},
     "sweep": {"enabled": True, "backbones": ["resnet18"], "fractions": [0.5, 1.0], "seeds": [0]},
 }

@@ -314,7 +314,7 @@ def flip_a_bit(data: bytes) -> bytes:
     ("results/finetune/model.pt", flip_a_bit, "evaluate_finetune.py",
      "damaged or edited: its sha256 is not the one recorded when it was written; re-run the finetune stage"),
     ("results/finetune/model.pt", "object", "evaluate_finetune.py", "re-run the finetune stage"),
-    ("results/frozen/train.npy", flip_a_bit, "finetune.py", "re-run the frozen_cache stage"),
+    ("results/frozen/train_strong.npy", flip_a_bit, "finetune.py", "re-run the frozen_cache stage"),
     ("results/frozen/test.npy", lambda b: b[:1000], "evaluate_finetune.py", "re-run the frozen_cache stage"),
     ("data/dataset.json", lambda b: b[:40], "evaluate_finetune.py", "re-run the download stage"),
     ("data/dataset.json", lambda b: b'{"classes": 3}', "split.py", "re-run the download stage"),

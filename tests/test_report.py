@@ -3,6 +3,7 @@ import copy
 import json
 import re
 import shutil
+from html import unescape
 from pathlib import Path
 
 import pandas as pd
@@ -10,7 +11,7 @@ import pytest
 from conftest import ROOT, stage_io
 from test_features_head import prepare, tiny_params
 
-from transferlab import evaluation, features, finetune, frozen, head, report, stages, visualize
+from transferlab import evaluation, features, finetune, frozen, head, report, stages, tuning, visualize
 from transferlab.atomic import read_arrays, write_csv, write_json
 from transferlab.params import validate
 
@@ -112,7 +113,7 @@ def test_verdict_opens_the_page_with_its_numbers(full):
     metrics = {m: json.loads((results / "metrics" / f"{m}.json").read_text()) for m in ("probe", "finetune")}
     pair = metrics["finetune"]["vs_probe"]
     text = re.search(r'id="verdict-text"[^>]*>([^<]*)<', html).group(1)
-    assert f"{abs(pair['difference']) * 100:.1f} points" in text
+    assert (f"{abs(pair['difference']) * 100:.1f} points" if pair["difference"] else "the same test accuracy") in text
     assert f"{pair['low'] * 100:+.1f} to {pair['high'] * 100:+.1f} points" in text and "McNemar p" in text
     assert re.search(r"costs \d+\.\d× the compute", text)
     for method in ("probe", "finetune"):
@@ -194,13 +195,20 @@ def test_comparison_shows_tta_beside_plain_accuracy(full):
 
 def test_verdict_says_how_each_arm_was_tuned(full):
     html, results = full
-    verdict = re.search(r'id="verdict-text"[^>]*>([^<]*)<', html).group(1)
+    verdict = unescape(re.search(r'id="verdict-text"[^>]*>([^<]*)<', html).group(1))
     summary = json.loads((results / "finetune" / "summary.json").read_text())
-    assert summary["candidates"] == 1 and "C = 1 (of 4 candidates)" in verdict
-    assert f"the fine-tune ran at its one setting, lr {summary['lr']:g}" in verdict and "not tuned" in verdict
-    info = {"searched": {"head": pd.DataFrame({"C": [0.1, 1.0]})}, "head_summary": {"C": 0.1},
-            "finetune": {**summary, "lr": 3e-5, "candidates": 6}}
-    assert report.tuned(info) == ("Both arms were tuned on the validation split by the lowest validation log-loss: "
-                                  f"the probe's C = 0.1 (of 2 candidates), the fine-tune's lr 3e-05 (of 6 "
-                                  f"candidates; head {summary['head_lr']:g}, weight decay "
-                                  f"{summary['weight_decay']:g}).")
+    search = pd.read_csv(results / "finetune" / "search.csv")
+    assert summary["candidates"] == 6 and "C = 1 (of 4 candidates)" in verdict  # 3 augmentations × 2 depths
+    blocks = f"{summary['unfreeze']} block{'s' if summary['unfreeze'] != 1 else ''}"
+    assert (f"the fine-tune's augmentation {summary['augment']}, {blocks}, lr {summary['lr']:g}" in verdict
+            and f"α {summary['alpha']:g} (of 6 candidates" in verdict)
+    best = tuning.scores(search).groupby("augment")["val_log_loss"].min()  # why the other augmentations lost
+    assert "Best validation log-loss per augmentation: " in verdict
+    assert all(f"{name} {loss:.3f}" in verdict for name, loss in best.items())
+    info = {"searched": {"head": pd.DataFrame({"C": [0.1, 1.0]}), "finetune": None}, "head_summary": {"C": 0.1},
+            "finetune": {**summary, "lr": 3e-5, "candidates": 1, "augment": "none", "unfreeze": 2, "alpha": 1.0}}
+    assert report.tuned(info) == ("Tuned on the validation split: the probe's C = 0.1 (of 2 candidates); the fine-tune "
+                                  f"ran at its one setting, augmentation none, 2 blocks, lr 3e-05 (head "
+                                  f"{summary['head_lr']:g}, weight decay {summary['weight_decay']:g}), α 1, not tuned "
+                                  f"(give finetune.lr, augment or unfreeze a list, or lr auto, for a comparison of two "
+                                  f"tuned arms).")

@@ -40,8 +40,9 @@ def test_points_reuse_the_cached_features_and_subsample_per_class(tmp_path, monk
         files = stage_io("sweep_frozen", data_dir, wildcards={"backbone": "resnet18", "seed": str(seed)})
         caches[seed] = sweep.frozen_cache(params, files)
         assert caches[seed]["cached"] and sorted(caches[seed]["parts"]) == (
-            sorted(frozen.PARTS) if seed == 0 else sorted(frozen.SWEEP_PARTS))
-        same = (files.output.meta.parent / "train.npy").read_bytes() == (tmp_path / "results/frozen/train.npy").read_bytes()
+            sorted(frozen.parts(params["finetune"], frozen.EVALUATION_PARTS if seed == 0 else frozen.SWEEP_PARTS)))
+        part = frozen.train_part(params["finetune"], "strong")
+        same = (files.output.meta.parent / f"{part}.npy").read_bytes() == (tmp_path / f"results/frozen/{part}.npy").read_bytes()
         assert same == (seed == 0)
     assert caches[1]["seeds"] == [frozen.epoch_seed(1, 1)]
     trained_on, fit = {}, head.fit

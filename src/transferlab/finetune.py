@@ -331,9 +331,9 @@ def search(net: FineTuneNet, begin: dict[str, torch.Tensor], candidates: list[di
         fingerprint = frozen.fingerprint(net)[:16]
         pruned = []
 
-        def prune(epoch: int, val_loss: float) -> bool:
-            trial.report(val_loss, epoch)
-            pruned.append(trial.should_prune())
+        def prune(epoch: int, val_loss: float) -> bool:  # every epoch counts for later trials' rungs; the
+            trial.report(val_loss, epoch)                    # last one has nothing left to stop
+            pruned.append(epoch < ft["epochs"] and trial.should_prune())
             return pruned[-1]
 
         logger = tracking.epoch_logger(live, tracking.prefix(candidate, candidates)) if live else None
