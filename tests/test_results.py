@@ -1,6 +1,7 @@
 """README's results and the learning-curve table are written from the recorded run, never typed by hand."""
 import json
 
+import pytest
 from conftest import ROOT
 
 from transferlab import results, tuning
@@ -8,29 +9,33 @@ from transferlab import results, tuning
 
 def test_readme_and_the_learning_curve_are_what_the_record_writes(monkeypatch):
     monkeypatch.chdir(ROOT)
-    record = json.loads(results.RECORD.read_text())
-    for path in results.DOCS:
-        assert path.read_text() == results.rewrite(path, record), (
-            f"{path} does not match {results.RECORD}: python -m transferlab.results readme")
+    for path in dict.fromkeys(document for document, *_ in results.SECTIONS):
+        assert path.read_text() == results.generated(path), (
+            f"{path} does not match its records: python -m transferlab.results readme")
 
 
-def test_the_record_is_of_the_shipped_params(monkeypatch):
-    """The quoted run used params.yaml as shipped: its split, C grid and fine-tune settings."""
+@pytest.mark.parametrize("path", [results.RECORD, results.FAR_RECORD])
+def test_the_records_are_of_the_shipped_params(monkeypatch, path):
+    """Both quoted runs used params.yaml as shipped (the far one on another folder, sweep and visualize off): its
+    split, C grid and the fine-tune's whole search; the chosen candidate has the search's lowest loss."""
     from transferlab.params import load
 
     monkeypatch.chdir(ROOT)
-    record, shipped = json.loads(results.RECORD.read_text()), load("params.yaml")
+    record, shipped = json.loads(path.read_text()), load("params.yaml")
     assert record["head"]["C_grid"] == shipped["head"]["C_grid"] and record["seed"] == shipped["data"]["seed"]
-    searched = record["finetune"]["searched"]
-    assert searched["lr"] == sorted(tuning.values(shipped["finetune"]["lr"])) and record["finetune"]["lr"] in searched["lr"]
-    assert searched["head_lr"] == tuning.values(shipped["finetune"]["head_lr"])
-    lowest = min(record["search"], key=lambda c: c["val_log_loss"])  # the chosen rate has the grid's lowest loss
-    assert lowest["chosen"] and lowest["lr"] == record["finetune"]["lr"]
-    assert len(record["search"]) == record["finetune"]["candidates"] == 3
-    assert searched["weight_decay"] == tuning.values(shipped["finetune"]["weight_decay"])
-    assert record["finetune"]["unfreeze"] == shipped["finetune"]["unfreeze"]
+    ft = shipped["finetune"]
+    grid = tuning.candidates(ft)
+    assert record["finetune"]["searched"] == {k: list(dict.fromkeys(c[k] for c in grid)) for k in tuning.GRID}
+    assert len(record["search"]) == record["finetune"]["candidates"] == len(grid)
+    chosen = [c for c in record["search"] if c["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["val_log_loss"] == min(c["val_log_loss"] for c in record["search"])
+    assert {k: chosen[0][k] for k in ("augment", "unfreeze", "lr")} == {
+        k: record["finetune"][k] for k in ("augment", "unfreeze", "lr")}
+    assert record["finetune"]["alpha"] in ft["interpolate"]
     assert record["backbone"]["backbone"] == shipped["model"]["backbone"]
     assert record["head"]["C"] in shipped["head"]["C_grid"]
+    if record["finetune"]["improved"]:  # never below the start on validation
+        assert record["finetuned"]["val_accuracy"] >= record["finetune"]["start"]["val_accuracy"] - 1e-9
 
 
 def test_the_section_shows_the_numbers_of_the_record():
@@ -54,3 +59,12 @@ def test_the_section_shows_the_numbers_of_the_record():
     text = results.section(record)
     assert "fine-tuned (LP-FT, last 2 blocks, lr 3e-05 chosen on validation of 1e-05, 3e-05, 0.0001, 3 epochs)" in text
     assert "+ 4 s fine-tune (3 candidates)" in text
+
+
+def test_the_method_name_says_what_the_search_chose_among():
+    ft = {"augment": "none", "unfreeze": 2, "lr": 1e-5, "alpha": 0.75, "improved": True, "candidates": 18,
+          "searched": {"augment": ["none", "light", "strong"], "unfreeze": [1, 2], "lr": [1e-5, 3e-5],
+                       "head_lr": [0.001], "weight_decay": [0.0001]}}
+    assert results._chosen(ft) == ("LP-FT, augmentation none, last 2 blocks, lr 1e-05, α 0.75; chosen on validation "
+                                    "among 18 candidates (augment none, light, strong; unfreeze 1, 2; lr 1e-05, 3e-05)")
+    assert results._chosen({**ft, "improved": False}).startswith("LP-FT: no candidate beat its start, which is kept;")
