@@ -39,7 +39,7 @@ PETS = SHARED / "data" / "oxford-iiit-pet"
 MOBILENET = SHARED / "weights" / "mobilenet_v2-imagenet-int8-dequantized.pth"
 sys.path.insert(0, str(ROOT / "src"))
 
-from transferlab import backbones, batches, engines, features, head, index, layout, split, stages  # noqa: E402
+from transferlab import backbones, batches, engines, features, head, index, layout, results, split, stages  # noqa: E402
 from transferlab.atomic import read_arrays  # noqa: E402
 from transferlab.cli import set_threads  # noqa: E402
 from transferlab.images import load_tensor  # noqa: E402
@@ -764,7 +764,8 @@ def main() -> None:
         row("7", f"extract stage peak RSS, {args.memory_images} synthetic Pets-sized JPEGs", rss, "MB",
             f"{args.memory_images / seconds:.0f} img/s incl. start-up")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"threads": THREADS, "torch": torch.__version__, "rows": ROWS}, indent=1) + "\n")
+    machine = {"threads": THREADS, "cpu": results._cpu(), "torch": torch.__version__}
+    args.out.write_text(json.dumps({**machine, "rows": ROWS}, indent=1) + "\n")
     print("\n| row | what | value | unit | note |\n|---|---|---:|---|---|")
     for r in ROWS:
         print(f"| {r['row']} | {r['what']} | {r['value']:g} | {r['unit']} | {r['note']} |")

@@ -11,7 +11,7 @@ def search(rows):
 
 def summary(**over):
     base = {"candidates": 2, "diverged": [], "improved": True, "start": {"val_accuracy": 0.9}, "alpha": 1.0,
-            "range_test": {"ran": False, "suggested_lr": None}, "searched": {"lr": [1e-5]}, "lr": 1e-5}
+            "lr_auto": False}
     return {**base, **over}
 
 

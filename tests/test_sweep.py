@@ -143,10 +143,10 @@ def test_reading_says_where_the_lead_is_larger_than_its_uncertainty():
     assert "the frozen features lead by more than the uncertainty at 2 images per class (-5.0 points" in text
     assert "at 5 images per class the difference is within the uncertainty of 230 test images (+0.0 points" in text
     assert "Fine-tuning pays off from 10 training images per class on." in text
-    assert ("learning rate chosen on validation (of 3 candidates) at each size: 1e-05 at 2, 3e-05 at 5, 3e-05 at 10, "
+    assert ("setting chosen on validation (of 3 candidates) at each size: 1e-05 at 2, 3e-05 at 5, 3e-05 at 10, "
             "0.0001 at 20 images per class.") in text
     one_rate = sweep.reading(curve_of([0.5] * 4, [0.5] * 4, ["within"] * 4, rates=["1e-05"] * 4, candidates=1))
-    assert "Every size fine-tunes at the one finetune.lr, 1e-05." in one_rate
+    assert "Every size fine-tunes at the one setting: 1e-05." in one_rate
     text = sweep.reading(curve_of([0.5, 0.7, 0.8, 0.85], [0.52, 0.75, 0.8, 0.86], ["within"] * 4))
     assert "leads" not in text and "within the uncertainty of 230 test images" in text
     assert "Nowhere does fine-tuning beat the frozen features by more than the test set can tell" in text

@@ -42,8 +42,7 @@ def findings(summary: dict[str, Any], search: pd.DataFrame) -> list[Finding]:
     out = augmentation_harder(search)
     candidates = summary["candidates"]
     if summary["diverged"]:
-        auto = " (finetune.lr: auto, from the range test's suggestion)" if summary["range_test"]["ran"] and \
-            summary["range_test"]["suggested_lr"] and summary["searched"]["lr"] != [summary["lr"]] else ""
+        auto = " (finetune.lr: auto, around the range test's suggestion)" if summary.get("lr_auto") else ""
         out.append(Finding(
             "diverged",
             f"{len(summary['diverged'])} of {candidates} candidates diverged on validation{auto}: "

@@ -458,11 +458,11 @@ def tune(model_params: dict[str, Any], ft: dict[str, Any], probe: tuple[np.ndarr
         alpha, mixing = interpolate(net, begin, best, ft["interpolate"], score, start["val_accuracy"])
     seconds = time.perf_counter() - clock
     diverged = [tuning.label(row) for row in
-                (table[table["candidate"] == c].iloc[0] for c in tuning.diverged_candidates(table))]
+                (table[table["candidate"] == c].iloc[0] for c in tuning.diverged_candidates(table, len(classes)))]
     if diverged:
-        log.warning("fine-tune: %d of %d candidates diverged on validation (loss over %g× the start's): %s%s",
-                    len(diverged), len(candidates), tuning.DIVERGED_VAL, "; ".join(diverged),
-                    "" if improved else "; the start is handed on")
+        log.warning("fine-tune: %d of %d candidates diverged on validation (loss not finite, or over %g× the start's "
+                    "and a uniform guess's): %s%s", len(diverged), len(candidates), tuning.DIVERGED_VAL,
+                    "; ".join(diverged), "" if improved else "; the start is handed on")
     freeze(net, chosen["unfreeze"])
     epochs = int((table["epoch"] > 0).sum())
     summary = {
@@ -477,7 +477,7 @@ def tune(model_params: dict[str, Any], ft: dict[str, Any], probe: tuple[np.ndarr
         "weight_decay": chosen["weight_decay"], "candidates": len(candidates),
         "pruned": int(table.groupby("candidate")["state"].first().eq("pruned").sum()),
         "searched": {k: list(dict.fromkeys(c[k] for c in candidates)) for k in tuning.GRID},
-        "diverged": diverged, "alpha": alpha,
+        "diverged": diverged, "lr_auto": ft["lr"] == "auto", "alpha": alpha,
         "interpolation": [{k: round(v, 6) for k, v in row.items()} for row in mixing.to_dict("records")],
         "range_test": {"ran": skipped is None, "steps": len(curve), "suggested_lr": suggested, "reason": skipped},
         "seconds": round(seconds, 3), "train_images_per_s": round(len(frames["train"]) * epochs / seconds, 2),

@@ -320,15 +320,21 @@ def search_figure(tuning_info: dict[str, Any], out: Path) -> str:
         ax.text(0.5, 0.5, "fine-tune not run", ha="center", va="center")
         ax.set_axis_off()
     else:
-        for _, rows in ft_search.groupby("candidate"):
+        labelled = set()
+        for _, rows in ft_search.groupby("candidate"):  # one colour per augmentation, the chosen candidate bold
             first = rows.iloc[0]
             chosen = bool(first["chosen"])
-            ax.plot(rows["epoch"], rows["val_loss"], "o-", lw=2.5 if chosen else 1, alpha=1 if chosen else 0.6,
-                    label=tuning.label(first) + (" (chosen)" if chosen else ""))
+            name = f"augmentation {first['augment']}"
+            ax.plot(rows["epoch"], rows["val_loss"], "o-", lw=1, alpha=0.5, ms=3,
+                    color=f"C{int(first['augment_rank'])}", label=None if name in labelled else name)
+            labelled.add(name)
+            if chosen:
+                ax.plot(rows["epoch"], rows["val_loss"], "o-", lw=2.5, color="black",
+                        label=f"chosen: {tuning.label(first)}")
         ax.set(xlabel="epoch (0: the start)", ylabel="validation loss (log-loss)",
                title=f"Fine-tune: search ({ft_search['candidate'].nunique()} candidates)")
         ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-        ax.legend(frameon=False, fontsize=6 if ft_search["candidate"].nunique() > 6 else 7)
+        ax.legend(frameon=False, fontsize=7)
     ax = axes[2]
     if curve is None or curve.empty:
         ax.text(0.5, 0.5, "LR range test not run", ha="center", va="center")

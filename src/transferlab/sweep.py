@@ -166,9 +166,12 @@ def from_main(params: dict[str, Any], seed: int, dataset: dict[str, Any], frames
 
 
 def _tuning(summary: dict[str, Any]) -> dict[str, Any]:
-    """What a point records of its fine-tune: cost, epochs, the rates its validation search chose."""
-    return {k: summary[k] for k in ("seconds", "epochs_run", "from_cache", "lr", "head_lr", "weight_decay",
-                                    "candidates")}
+    """What a point records of its fine-tune: cost, epochs, the setting its validation search chose (`setting`:
+    in words, "the start" where no candidate beat it)."""
+    setting = (f"{summary['augment']}, {summary['unfreeze']} blocks, lr {summary['lr']:g}, α {summary['alpha']:g}"
+               if summary["improved"] else "the start (no candidate beat it)")
+    return {**{k: summary[k] for k in ("seconds", "epochs_run", "from_cache", "lr", "head_lr", "weight_decay",
+                                       "candidates", "improved")}, "setting": setting}
 
 
 def run_point(params: dict[str, Any], backbone: str, fraction: float, seed: int, dataset: dict[str, Any],
@@ -223,7 +226,7 @@ def table(metrics: list[dict[str, Any]]) -> pd.DataFrame:
                        "accuracy_high": m[method]["interval"]["accuracy"]["high"],
                        "macro_f1": m[method]["macro_f1"], "log_loss": m[method]["log_loss"],
                        "seconds": m[method]["seconds"]}
-                row["chosen"] = m[method]["C"] if method == "probe" else m[method]["lr"]
+                row["chosen"] = m[method]["C"] if method == "probe" else m[method]["setting"]
                 row["candidates"] = m[method].get("candidates")
                 if method == "finetune":
                     pair = m["vs_probe"]
@@ -254,8 +257,8 @@ def _same_or_within(verdicts: pd.Series) -> str:
 
 
 def _chosen(values: pd.Series) -> str:
-    """The settings the seeds' searches chose, each once ("1e-05", or "1e-05 / 3e-05")."""
-    return " / ".join(f"{v:g}" for v in sorted(set(values.dropna())))
+    """The settings the seeds' searches chose, each once ("1", or "0.1 / 1"; a fine-tune's in words)."""
+    return " / ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in sorted(set(values.dropna()), key=str))
 
 
 def curve(frame: pd.DataFrame) -> pd.DataFrame:
@@ -317,9 +320,9 @@ def reading(points_curve: pd.DataFrame) -> str:
         else:
             advice = "fine-tuning's lead is not consistent across sizes: treat it as noise"
         rates = ", ".join(f"{r.chosen} at {r.images_per_class:g}" for r in ft.itertuples())
-        tuned = (f"The fine-tune's learning rate chosen on validation (of {ft['candidates'].max():g} candidates) at "
+        tuned = (f"The fine-tune's setting chosen on validation (of {ft['candidates'].max():g} candidates) at "
                  f"each size: {rates} images per class" if ft["candidates"].max() > 1 else
-                 f"Every size fine-tunes at the one finetune.lr, {ft['chosen'].iloc[0]}")
+                 f"Every size fine-tunes at the one setting: {ft['chosen'].iloc[0]}")
         sentences.append(f"{backbone}: " + "; ".join(parts) + f". {advice[0].upper()}{advice[1:]}. {tuned}.")
     return " ".join(sentences)
 

@@ -25,7 +25,7 @@ SETTLE = 10                # the average's first steps (1 / (1 - SMOOTHING)) are
 RISE = 1.5                 # the edge: the first rate whose smoothed loss exceeds this multiple of the lowest so far
 DIVERGED = 4.0             # the range test stops once the smoothed loss exceeds this multiple of its settled lowest
 AROUND = (1.0, 3.0, 10.0)  # finetune.lr: auto searches the decade from the suggested rate up to the edge
-DIVERGED_VAL = 4.0  # a candidate diverged where its validation loss exceeds this multiple of the start's
+DIVERGED_VAL = 4.0  # a candidate diverged where its validation loss exceeds this multiple of the start's (and ln K)
 SEARCH_COLUMNS = ["candidate", *GRID, "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "state",
                   "augment_rank", "depth", "start_sha256", "chosen"]
 
@@ -54,7 +54,8 @@ def setting(ft: dict[str, Any], candidate: dict[str, Any]) -> dict[str, Any]:
 
 def label(candidate: dict[str, Any]) -> str:
     """A candidate as one short phrase: "none, 2 blocks, lr 1e-05, head 0.001, wd 0.0001"."""
-    blocks = "all blocks" if candidate["unfreeze"] == "all" else f"{candidate['unfreeze']} blocks"
+    blocks = "all blocks" if candidate["unfreeze"] == "all" else (
+        f"{candidate['unfreeze']} block" + ("s" if candidate["unfreeze"] != 1 else ""))
     return (f"{candidate['augment']}, {blocks}, lr {candidate['lr']:g}, head {candidate['head_lr']:g}, "
             f"wd {candidate['weight_decay']:g}")
 
@@ -151,9 +152,11 @@ def chosen_row(search: pd.DataFrame) -> dict[str, Any]:
             "val_log_loss": float(best["val_log_loss"]), "val_accuracy": float(best["val_accuracy"])}
 
 
-def diverged_candidates(search: pd.DataFrame) -> list[int]:
-    """Candidates whose validation loss left the start's far behind: not finite, or DIVERGED_VAL times it."""
+def diverged_candidates(search: pd.DataFrame, classes: int) -> list[int]:
+    """Candidates whose validation loss blew up: not finite, or above both DIVERGED_VAL times the start's and a
+    uniform guess's over the `classes` (ln K): worse than knowing nothing, not merely worse than the start."""
     start = search[search["epoch"] == 0].groupby("candidate")["val_loss"].first()
     trained = search[search["epoch"] > 0]
-    bad = trained[~np.isfinite(trained["val_loss"]) | (trained["val_loss"] > DIVERGED_VAL * trained["candidate"].map(start))]
+    limit = np.maximum(DIVERGED_VAL * trained["candidate"].map(start), np.log(classes))
+    bad = trained[~np.isfinite(trained["val_loss"]) | (trained["val_loss"] > limit)]
     return sorted(int(c) for c in bad["candidate"].unique())
