@@ -11,6 +11,8 @@ import pytest
 import yaml
 from conftest import ROOT, copy_project, dvc_changed, dvc_ran, dvc_stages_ran, git_dvc_init, run, set_param, snakemake_jobs
 
+from transferlab import tuning
+
 # pytest-xdist runs this file's tests in one worker, in order (--dist loadfile): they change the two projects in
 # turn. Engine tests with a project of their own are in tests/test_slurm.py and tests/test_engines_alone.py, which
 # the other worker takes.
@@ -240,17 +242,18 @@ def test_dvc_exp_run_of_a_grid_reruns_only_finetune_and_its_rates_are_numbers(bo
     written = yaml.safe_load((project / "params.yaml").read_text())["finetune"]["lr"]
     assert written == ["1e-05", "3e-05"]  # written as PyYAML reads strings: the params loader casts them
     summary = json.loads((project / "results/finetune/summary.json").read_text())
-    assert summary["from_cache"] and summary["candidates"] == 2  # both trained from the frozen-prefix cache
+    assert summary["from_cache"] and summary["candidates"] == 4  # 2 rates × 2 augmentations, from the cache
     assert summary["searched"]["lr"] == [1e-05, 3e-05] and summary["lr"] in (1e-05, 3e-05)
     search = pd.read_csv(project / "results/finetune/search.csv")
-    lowest = search.groupby("lr")["val_loss"].min()
-    assert set(search.loc[search["chosen"], "lr"]) == {summary["lr"]} and lowest.idxmin() == summary["lr"]
+    kept = tuning.scores(search)["val_log_loss"]
+    assert set(search.loc[search["chosen"], "lr"]) == {summary["lr"]}
+    assert kept[search.loc[search["chosen"], "candidate"].iloc[0]] == kept.min()
     live = [e["data"]["metrics"].get("results/finetune/live/metrics.json", {}).get("data", {})
             for row in shown for e in [row] + [e for e in row.get("experiments") or [] for e in e["revs"]]]
     assert any(m.get("chosen", {}).get("lr") == summary["lr"] for m in live)  # DVCLive's metrics in exp show
     plots = json.loads(run(["dvc", "plots", "show", "--json"], project).stdout)["data"]
     drawn = json.dumps(plots)  # DVC names each plot of the live folder by its file
-    assert "results/finetune/live/plots/metrics/lr_1e-05/val/loss.tsv" in drawn, sorted(plots)
+    assert "results/finetune/live/plots/metrics/augment_none/lr_1e-05/val/loss.tsv" in drawn, sorted(plots)
     diff = json.loads(run(["dvc", "metrics", "diff", "HEAD", "--all", "--json"], project).stdout)
     accuracy = diff["results/metrics/finetune.json"]["accuracy"]
     assert isinstance(accuracy["old"], float) and isinstance(accuracy["new"], float)  # HEAD's read from the cache
