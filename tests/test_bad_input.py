@@ -124,6 +124,10 @@ def valid_with(key: str, value) -> dict:
     ("finetune.lr", [1e-5, 0], "finetune.lr.1: 0 is less than or equal to the minimum of 0"),
     ("finetune.weight_decay", [0.0, -1e-4], "finetune.weight_decay.1: -0.0001 is less than the minimum of 0"),
     ("finetune.head_lr", [1e-3, math.nan], "finetune.head_lr: NaN"),
+    ("finetune.augment", ["none", "medium"], "finetune.augment: ['none', 'medium'] is not {scale, flip, rotation, "
+                                             'jitter} or "none" | "light" | "strong" or list of'),
+    ("finetune.augment", {"scale": [0.5, 1]}, "('flip' is a required property)"),
+    ("finetune.unfreeze", [1, "x"], 'finetune.unfreeze: [1, \'x\'] is not integer or "all" or list of'),
 ])
 def test_params_that_pass_every_bound_but_make_no_sense_are_refused(tmp_path, key, value, message):
     with pytest.raises(ParamsError, match=message.replace("[", r"\[").replace("]", r"\]")):

@@ -89,6 +89,12 @@ def validate(raw: dict[str, Any] | None, base_dir: Path | str = ".") -> dict[str
         message = error.message
         if error.validator == "pattern":  # a word where a number, a list of numbers or that word may stand
             message = f"{error.instance!r} is not a number, a list of numbers or {error.validator_value.strip('^$')}"
+        if error.validator == "anyOf":  # say what may stand there, and for a setting what is wrong with it
+            allowed = _allowed(error.schema).replace(" \\| ", " | ").replace("`", "")
+            branches = error.schema["anyOf"]
+            deeper = next((e for e in error.context if isinstance(error.instance, dict)
+                           and "properties" in branches[e.relative_schema_path[0]]), None)
+            message = f"{error.instance!r} is not {allowed}" + (f" ({deeper.message})" if deeper else "")
         raise ParamsError(f"params: {_key(error)}: {message}")
     _check_semantics(params, Path(base_dir))
     return params
