@@ -205,6 +205,10 @@ def test_verdict_says_how_each_arm_was_tuned(full):
     best = tuning.scores(search).groupby("augment")["val_log_loss"].min()  # why the other augmentations lost
     assert "Best validation log-loss per augmentation: " in verdict
     assert all(f"{name} {loss:.3f}" in verdict for name, loss in best.items())
+    kept = report.tuned({"searched": {"head": pd.DataFrame({"C": [0.1, 1.0]}), "finetune": None},
+                         "head_summary": {"C": 0.1}, "finetune": {**summary, "improved": False, "pruned": 4}})
+    assert kept.endswith("the fine-tune kept its start, which none of its 6 candidates, 4 stopped early by the "
+                         "pruner beat.") and "augmentation" not in kept  # nothing was chosen but the start
     info = {"searched": {"head": pd.DataFrame({"C": [0.1, 1.0]}), "finetune": None}, "head_summary": {"C": 0.1},
             "finetune": {**summary, "lr": 3e-5, "candidates": 1, "augment": "none", "unfreeze": 2, "alpha": 1.0}}
     assert report.tuned(info) == ("Tuned on the validation split: the probe's C = 0.1 (of 2 candidates); the fine-tune "

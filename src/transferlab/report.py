@@ -472,6 +472,10 @@ def tuned(info: dict[str, Any]) -> str:
                 f"tuned (give finetune.lr, augment or unfreeze a list, or lr auto, for a comparison of two tuned "
                 f"arms).")
     pruned = f", {ft['pruned']} stopped early by the pruner" if ft.get("pruned") else ""
+    if not ft.get("improved", True):
+        return (f"Both arms were tuned on the validation split by the lowest validation log-loss: {probe}; the "
+                f"fine-tune kept its start, which none of its {ft['candidates']} candidates{pruned} beat."
+                f"{losers(info['searched']['finetune'])}")
     return (f"Both arms were tuned on the validation split by the lowest validation log-loss: {probe}, the "
             f"fine-tune's {chosen} (of {ft['candidates']} candidates{pruned}).{losers(info['searched']['finetune'])}")
 
