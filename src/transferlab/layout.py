@@ -156,7 +156,7 @@ def adversarial_png(folder: Path, i: int, kind: str) -> Path:
 
 
 def frozen_array(folder: Path, part: str) -> Path:
-    """One part of a frozen-prefix cache in its folder (frozen.PARTS names them)."""
+    """One part of a frozen-prefix cache in its folder (frozen.parts names them)."""
     return folder / f"{part}.npy"
 
 
