@@ -447,11 +447,12 @@ def _set_params(project: Path, section: str, **values: object) -> None:
 
 
 def search_costs(work: Path, repeat: int = 2) -> dict[str, object]:
-    """The finetune stage (its script, start-up included) at one rate and with the shipped grid, alternated
-    `repeat` times from the same frozen-prefix cache; the fastest of each."""
+    """The finetune stage (its script, start-up included) at one rate and with the shipped rate grid (one
+    augmentation, one depth: row 14 times the whole search), alternated `repeat` times from the same frozen-prefix
+    cache; the fastest of each."""
     shipped = yaml.safe_load((ROOT / "params.yaml").read_text())["finetune"]["lr"]
     copy = git_copy(work, "search", sweep={"enabled": False}, visualize={"enabled": False})
-    _set_params(copy, "finetune", lr=1e-5)
+    _set_params(copy, "finetune", lr=1e-5, augment="strong", unfreeze=2, interpolate=[1.0])  # the rates alone
     sh(copy, SNAKEMAKE, "--cores", str(THREADS), layout.FILES["finetune"]["summary"])
     times: dict[str, list[float]] = {"single": [], "grid": []}
     for _ in range(repeat):
