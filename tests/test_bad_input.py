@@ -3,6 +3,7 @@ nothing silently wrong, no leftovers (the numbered cases of the bad-input issue)
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -346,8 +347,8 @@ def test_a_checkpoint_file_is_checked_at_extract(trained, in_process, tmp_path):
     from torchvision import models
 
     good = models.get_model("resnet18", weights=None).state_dict()
-    cases = {"damaged.pth": None, "nan.pth": {k: v.float().fill_(float("nan")) if v.is_floating_point() else v
-                                              for k, v in good.items()},
+    cases = {"damaged.pth": None, "flipped.pth": None,
+             "nan.pth": {k: v.float().fill_(float("nan")) if v.is_floating_point() else v for k, v in good.items()},
              "other.pth": models.get_model("mobilenet_v3_small", weights=None).state_dict()}
     settings = trained / "params.yaml"
     original = settings.read_text()
@@ -355,9 +356,12 @@ def test_a_checkpoint_file_is_checked_at_extract(trained, in_process, tmp_path):
     try:
         for name, state in cases.items():
             path = tmp_path / name
-            if state is None:
+            if name == "damaged.pth":
                 torch.save(good, path)
                 path.write_bytes(b"\x96" * 64 + path.read_bytes()[64:])  # the zip header and pickle start overwritten
+            elif name == "flipped.pth":  # one bit inside a tensor's data: unpickling alone loads other weights
+                torch.save(good, path)
+                path.write_bytes(flip_a_bit(path.read_bytes()))
             else:
                 torch.save(state, path)
             p = yaml.safe_load(original)
@@ -366,7 +370,9 @@ def test_a_checkpoint_file_is_checked_at_extract(trained, in_process, tmp_path):
             lines[name] = one_error_line(in_process(trained, "extract.py"), "extract.py")
     finally:
         settings.write_text(original)
-    assert "model.checkpoint: " in lines["damaged.pth"] and "not a readable torch file" in lines["damaged.pth"]
+    assert "model.checkpoint: " in lines["damaged.pth"] and "fails the CRC-32 check" in lines["damaged.pth"]
+    assert re.search(r"model.checkpoint: \S+flipped.pth: damaged: its member \S+/data/\d+ fails the CRC-32 check",
+                     lines["flipped.pth"]), lines["flipped.pth"]
     assert "tensors hold NaN or infinity" in lines["nan.pth"]
     assert "does not fit ResNet" in lines["other.pth"] and "weights missing" in lines["other.pth"]
 

@@ -79,9 +79,29 @@ def check_unfreeze(model: nn.Module, unfreeze: int | str, backbone: str) -> None
                           f"give 0 to {n}, or all")
 
 
+def check_crc(path: Path, what: str, fix: str) -> None:
+    """A torch file is a zip whose members carry CRC-32s: bits flipped inside a tensor's data (which unpickling
+    alone would load as other weights) make one fail. The damaged member, named, is a UserError."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise UserError(f"{what}: not a readable torch file ({type(exc).__name__}: {exc}); {fix}") from None
+    if damaged:
+        raise UserError(f"{what}: damaged: its member {damaged} fails the CRC-32 check of the zip container "
+                        f"(bits changed since it was written); {fix}")
+
+
 def read_state(path: Path, what: str, fix: str) -> dict[str, torch.Tensor]:
-    """A state_dict file (torch's, weights_only: no code runs; or safetensors), checked: a file that is none or
-    holds non-finite numbers is a UserError, one line starting with `what`."""
+    """A state_dict file (torch's, weights_only: no code runs; or safetensors), checked: a file that is none, whose
+    zip members fail their CRC-32 (`check_crc`) or that holds non-finite numbers is a UserError, one line starting
+    with `what`."""
+    if path.suffix != ".safetensors":
+        check_crc(path, what, fix)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
