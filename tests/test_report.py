@@ -216,3 +216,18 @@ def test_verdict_says_how_each_arm_was_tuned(full):
                                   f"{summary['head_lr']:g}, weight decay {summary['weight_decay']:g}), α 1, not tuned "
                                   f"(give finetune.lr, augment or unfreeze a list, or lr auto, for a comparison of two "
                                   f"tuned arms).")
+
+
+def test_class_names_that_look_like_numbers_or_missing_values_survive_every_file(tmp_path):
+    """Folders named 0, 007, NA and True (as many datasets name theirs): every list, table and page written and read
+    again keeps the names exactly; pandas' type inference would read 0 and 007 as integers and NA as missing."""
+    names = ("0", "007", "NA", "True")
+    params, data_dir, results = pipeline(tmp_path, False, classes=names)
+    html = page(params, data_dir).read_text()
+    assert json.loads((data_dir / "dataset.json").read_text())["classes"] == sorted(names)
+    predictions = (results / "eval" / "probe" / "predictions.csv").read_text().splitlines()
+    assert {line.split(",")[1] for line in predictions[1:]} <= set(names)
+    confusion = (results / "eval" / "probe" / "confusion_matrix.csv").read_text().splitlines()
+    assert confusion[0] == "actual," + ",".join(sorted(names))
+    for name in names:  # the per-class table of the page, a row per class under its own name
+        assert f"<td>{name}</td>" in html or f">{name}<" in html, name

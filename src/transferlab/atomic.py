@@ -99,13 +99,24 @@ def copy_file(source: Path | str, path: Path | str) -> None:
         shutil.copyfile(source, tmp)
 
 
-def read_splits(files: Any) -> dict[str, pd.DataFrame]:
-    """Every split's image list, from the split stage's files by name (`StageIO.input.splits`)."""
+# Columns of the tables the stages write that hold text: paths, class names, digests.
+TEXT_COLUMNS = ("path", "label", "sha256", "id", "actual", "predicted", "class")
+
+
+def read_table(path: Path | str, index_col: str | None = None) -> pd.DataFrame:
+    """A CSV a stage wrote, its text columns (TEXT_COLUMNS) exactly as written: pandas' inference would read class
+    names such as 0, 007, True or NA as numbers, booleans or missing values."""
     import pandas as pd
 
+    return pd.read_csv(path, dtype=dict.fromkeys(TEXT_COLUMNS, str), keep_default_na=False, na_values=[""],
+                       index_col=index_col)
+
+
+def read_splits(files: Any) -> dict[str, pd.DataFrame]:
+    """Every split's image list, from the split stage's files by name (`StageIO.input.splits`)."""
     from .layout import SPLITS
 
-    return {split: pd.read_csv(getattr(files, split)) for split in SPLITS}
+    return {split: read_table(getattr(files, split)) for split in SPLITS}
 
 
 def write_csv(path: Path | str, frame: pd.DataFrame) -> None:

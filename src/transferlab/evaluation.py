@@ -10,7 +10,7 @@ import pandas as pd
 from sklearn import metrics as skm
 
 from . import head, stats
-from .atomic import read_arrays, read_json, read_splits, write_csv, write_json
+from .atomic import read_arrays, read_json, read_splits, read_table, write_csv, write_json
 from .errors import UserError
 from .layout import SPLITS, data_root
 from .stages import StageIO
@@ -138,4 +138,4 @@ def run_finetune(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
         proba[split], labels[split] = predict(split, frames[split])
     tta = predict("test", frames["test"], tta=True)[0] if params["evaluate"]["tta"] else None
     return evaluate("finetune", proba, labels, frames["test"]["path"].to_numpy(), classes, io.output,
-                    params["evaluate"], pd.read_csv(io.input.probe), tta)
+                    params["evaluate"], read_table(io.input.probe), tta)

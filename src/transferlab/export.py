@@ -9,12 +9,11 @@ from typing import Any
 
 import jinja2
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
 from . import backbones, engines, predict
-from .atomic import atomic_path, read_json, write_json
+from .atomic import atomic_path, read_json, read_table, write_json
 from .batches import ImageList, outputs
 from .layout import data_root
 from .stages import StageIO
@@ -59,7 +58,7 @@ def run(params: dict[str, Any], io: StageIO, batch_size: int = 32) -> dict[str, 
     module = probabilities_module(predict.network(project, method, model_params), model_params)
     plain = backbones.preprocessing(model_params)
     dataset = read_json(io.input.dataset)
-    test = pd.read_csv(io.input.splits.test)
+    test = read_table(io.input.splits.test)
     images = ImageList(data_root(dataset, project), test, labels, evaluation(plain, normalize=False),
                        plain.resize)
     with atomic_path(out.model) as tmp:

@@ -23,7 +23,7 @@ from matplotlib import ticker  # noqa: E402
 
 from . import diagnosis, lock, stats, tuning  # noqa: E402
 from . import params as params_mod  # noqa: E402
-from .atomic import atomic_path, read_json  # noqa: E402
+from .atomic import atomic_path, read_json, read_table  # noqa: E402
 from .errors import UserError  # noqa: E402
 from .images import load_rgb  # noqa: E402
 from .layout import adversarial_png, data_root  # noqa: E402
@@ -394,9 +394,9 @@ def _load_method(files: SimpleNamespace, extra: dict[str, Any]) -> dict[str, Any
     info: dict[str, Any] = {"ran": ran, "metrics": metrics or {}, "row": {}}
     if not ran:
         return info
-    info["predictions"] = pd.read_csv(files.predictions)
-    info["per_class"] = pd.read_csv(files.per_class)
-    info["confusion"] = pd.read_csv(files.confusion, index_col="actual")
+    info["predictions"] = read_table(files.predictions)
+    info["per_class"] = read_table(files.per_class)
+    info["confusion"] = read_table(files.confusion, index_col="actual")
     info["row"] = {**metrics, **extra, **tta_row(metrics)}
     return info
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from . import datasets
-from .atomic import read_json, write_csv, write_json
+from .atomic import read_json, read_table, write_csv, write_json
 from .errors import UserError
 from .layout import SPLITS, data_root
 from .params import check_class_names
@@ -99,7 +99,7 @@ def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
 
 def write(data: dict[str, Any], index_csv: Path, root: Path, out: SimpleNamespace) -> dict[str, Any]:
     """Split the index into the stage's train, val and test lists and write them with a summary."""
-    parts = make_splits(pd.read_csv(index_csv), data, root)
+    parts = make_splits(read_table(index_csv), data, root)
     summary = {name: {"images": len(frame), "per_class": frame["label"].value_counts().sort_index().to_dict()}
                for name, frame in parts.items()}
     write_json(out.summary, summary)

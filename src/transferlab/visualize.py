@@ -13,14 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from PIL import Image
 from torch import nn
 
 from . import backbones, head
 from . import finetune as finetune_mod
-from .atomic import atomic_path, read_json, write_json
+from .atomic import atomic_path, read_json, read_table, write_json
 from .backbones import Normalized, blocks
 from .errors import UserError
 from .images import load_rgb, read_checked
@@ -296,7 +295,7 @@ def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
                  name, record["probability"], ROBUST_VIEWS, record["robust_probability"], record["steps"],
                  record["seconds"], ", ".join(c["class"] for c in ideal[name]["imagenet_top5"]) or no_imagenet)
 
-    test = pd.read_csv(io.input.splits.test)
+    test = read_table(io.input.splits.test)
     if vis["adversarial_from"] is not None:
         test = test[test["label"] == vis["adversarial_from"]]
         if test.empty:
