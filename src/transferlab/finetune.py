@@ -439,7 +439,7 @@ def tune(model_params: dict[str, Any], ft: dict[str, Any], probe: tuple[np.ndarr
             return cache.activations(frozen.train_part(ft, augment), frames["train"], training=True)
     begin = snapshot(net)
     clock = time.perf_counter()
-    start = start_row(tail or net, val, ft, dev)
+    start = start_row(net if tail is None else tail, val, ft, dev)
     skipped = tuning.needs_range_test(ft, tail is not None, for_report)
     curve = pd.DataFrame(columns=["lr", "loss", "smoothed"])
     if skipped is None:

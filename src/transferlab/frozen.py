@@ -325,11 +325,11 @@ class Activations(Dataset):
     """Cached activations of some rows as (tensor, class index, item); for the training views, setting `seed`
     to an epoch's seed picks that epoch's views, as it picks the augmentation of an ImageList."""
 
-    def __init__(self, array: np.ndarray, rows: list[int], labels: list[int], seeds: list[int] | None = None,
-                 slabs: np.ndarray | list[np.ndarray] | None = None):
-        self.rows, self.labels, self.seeds = rows, labels, seeds
-        self.slabs = slabs if seeds is not None else None  # one per seed: an epoch's views
-        self.slab: np.ndarray = array if seeds is None else self.slabs[0]
+    def __init__(self, slabs: np.ndarray | list[np.ndarray], rows: list[int], labels: list[int],
+                 seeds: list[int] | None = None):
+        """`slabs`: the views, one slab per seed in `seeds` (an epoch's), or one slab where `seeds` is None."""
+        self.slabs, self.rows, self.labels, self.seeds = slabs, rows, labels, seeds
+        self.slab: np.ndarray = slabs[0]
         self._seed = None if seeds is None else seeds[0]
 
     @property
@@ -391,8 +391,8 @@ class Cache:
         lookup = {c: i for i, c in enumerate(self.classes)}
         rows = rows_of(self.frames[part.split("_")[0]], frame)
         seeds = self.meta["seeds"] if training else None
-        slabs = array if epochs_part(part) else [array] * len(seeds or [])
-        return Activations(array, rows, [lookup[c] for c in frame["label"]], seeds, slabs)
+        slabs = array if epochs_part(part) else [array] * len(seeds or [None])
+        return Activations(slabs, rows, [lookup[c] for c in frame["label"]], seeds)
 
     def probabilities(self, tail: nn.Module, part: str, frame: pd.DataFrame, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         """Class probabilities (float64; test-time views averaged) and class indices of `frame`'s images."""

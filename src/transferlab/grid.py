@@ -45,6 +45,11 @@ def deepest(ft: dict[str, Any]) -> int | str:
     return "all" if "all" in found else max(found)
 
 
+def blocks(unfreeze: int | str) -> str:
+    """A depth in words: "1 block", "2 blocks", "all blocks"."""
+    return "all blocks" if unfreeze == "all" else f"{unfreeze} block" + ("s" if unfreeze != 1 else "")
+
+
 def depth(unfreeze: int | str) -> float:
     """A number of trained blocks to order by ("all" last)."""
     return float("inf") if unfreeze == "all" else float(unfreeze)

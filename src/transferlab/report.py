@@ -21,7 +21,7 @@ import pandas as pd  # noqa: E402
 from jinja2 import Environment, FileSystemLoader, select_autoescape  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
-from . import diagnosis, lock, stats, tuning  # noqa: E402
+from . import diagnosis, grid, lock, stats, tuning  # noqa: E402
 from . import params as params_mod  # noqa: E402
 from .atomic import atomic_path, read_json, read_table  # noqa: E402
 from .errors import UserError  # noqa: E402
@@ -464,9 +464,8 @@ def tuned(info: dict[str, Any]) -> str:
     probe = f"the probe's C = {info['head_summary']['C']:g} (of {len(head_search)} candidates)"
     if ft.get("skipped"):
         return f"Tuned on the validation split: {probe}."
-    blocks = "all blocks" if ft["unfreeze"] == "all" else f"{ft['unfreeze']} block{'s' if ft['unfreeze'] != 1 else ''}"
-    chosen = (f"augmentation {ft['augment']}, {blocks}, lr {ft['lr']:g} (head {ft['head_lr']:g}, weight decay "
-              f"{ft['weight_decay']:g}), α {ft['alpha']:g}")
+    chosen = (f"augmentation {ft['augment']}, {grid.blocks(ft['unfreeze'])}, lr {ft['lr']:g} (head {ft['head_lr']:g}, "
+              f"weight decay {ft['weight_decay']:g}), α {ft['alpha']:g}")
     if ft["candidates"] == 1:
         return (f"Tuned on the validation split: {probe}; the fine-tune ran at its one setting, {chosen}, not "
                 f"tuned (give finetune.lr, augment or unfreeze a list, or lr auto, for a comparison of two tuned "

@@ -157,14 +157,16 @@ def section(rec: dict[str, Any]) -> str:
 
 def _chosen(ft: dict[str, Any]) -> str:
     """The fine-tune's chosen setting, and what it was chosen among, as the table's method name says it."""
+    from .grid import blocks
+
     searched = ft.get("searched") or {}
     if "augment" not in searched:  # a record of one learning-rate grid
         rates = searched.get("lr", [ft["lr"]])
-        return f"LP-FT, last {ft['unfreeze']} blocks, lr {ft['lr']:g}" + (
+        return f"LP-FT, last {blocks(ft['unfreeze'])}, lr {ft['lr']:g}" + (
             f" chosen on validation of {', '.join(f'{r:g}' for r in rates)}" if len(rates) > 1 else "")
     among = "; ".join(f"{key} {', '.join(f'{v:g}' if isinstance(v, float) else str(v) for v in values)}"
                       for key, values in searched.items() if len(values) > 1)
-    chosen = f"LP-FT, augmentation {ft['augment']}, last {ft['unfreeze']} blocks, lr {ft['lr']:g}, α {ft['alpha']:g}"
+    chosen = f"LP-FT, augmentation {ft['augment']}, last {blocks(ft['unfreeze'])}, lr {ft['lr']:g}, α {ft['alpha']:g}"
     if not ft.get("improved", True):
         chosen = "LP-FT: no candidate beat its start, which is kept"
     return chosen + (f"; chosen on validation among {ft['candidates']} candidates ({among})" if among else "")

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import layout, stats
+from . import grid, layout, stats
 from .atomic import atomic_path, copy_file, read_arrays, read_json, read_splits, write_csv, write_json
 from .errors import UserError
 from .evaluation import scored, scored_part, versus
@@ -168,7 +168,7 @@ def from_main(params: dict[str, Any], seed: int, dataset: dict[str, Any], frames
 def _tuning(summary: dict[str, Any]) -> dict[str, Any]:
     """What a point records of its fine-tune: cost, epochs, the setting its validation search chose (`setting`:
     in words, "the start" where no candidate beat it)."""
-    setting = (f"{summary['augment']}, {summary['unfreeze']} blocks, lr {summary['lr']:g}, α {summary['alpha']:g}"
+    setting = (f"{summary['augment']}, {grid.blocks(summary['unfreeze'])}, lr {summary['lr']:g}, α {summary['alpha']:g}"
                if summary["improved"] else "the start (no candidate beat it)")
     return {**{k: summary[k] for k in ("seconds", "epochs_run", "from_cache", "lr", "head_lr", "weight_decay",
                                        "candidates", "improved")}, "setting": setting}

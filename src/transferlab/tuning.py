@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from . import selection
-from .grid import augments, depth, depths
+from .grid import augments, blocks, depth, depths
 
 GRID = ("augment", "unfreeze", "lr", "head_lr", "weight_decay")
 RATES = ("lr", "head_lr", "weight_decay")
@@ -40,10 +40,10 @@ def candidates(ft: dict[str, Any], suggested: float | None = None) -> list[dict[
     Where `unfreeze` is 0 no backbone block trains, so finetune.lr has no effect: its first value only."""
     rates = [suggested * f for f in AROUND] if ft["lr"] == "auto" else values(ft["lr"])
     grid = []
-    for augment, blocks, lr, head_lr, decay in itertools.product(
+    for augment, unfreeze, lr, head_lr, decay in itertools.product(
             augments(ft), depths(ft), rates, values(ft["head_lr"]), values(ft["weight_decay"])):
-        if blocks != 0 or lr == rates[0]:
-            grid.append(dict(zip(GRID, (augment, blocks, lr, head_lr, decay))))
+        if unfreeze != 0 or lr == rates[0]:
+            grid.append(dict(zip(GRID, (augment, unfreeze, lr, head_lr, decay))))
     return grid
 
 
@@ -54,9 +54,7 @@ def setting(ft: dict[str, Any], candidate: dict[str, Any]) -> dict[str, Any]:
 
 def label(candidate: dict[str, Any]) -> str:
     """A candidate as one short phrase: "none, 2 blocks, lr 1e-05, head 0.001, wd 0.0001"."""
-    blocks = "all blocks" if candidate["unfreeze"] == "all" else (
-        f"{candidate['unfreeze']} block" + ("s" if candidate["unfreeze"] != 1 else ""))
-    return (f"{candidate['augment']}, {blocks}, lr {candidate['lr']:g}, head {candidate['head_lr']:g}, "
+    return (f"{candidate['augment']}, {blocks(candidate['unfreeze'])}, lr {candidate['lr']:g}, head {candidate['head_lr']:g}, "
             f"wd {candidate['weight_decay']:g}")
 
 
