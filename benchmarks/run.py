@@ -754,8 +754,11 @@ def main() -> None:
                 row("13", f"{what.removesuffix(': wall')} / 1 job", costs[what] / costs["1 job: wall"], "ratio")
     if 14 in args.rows:
         cost = fine_tune_search_costs(work)
+        one = (f"augmentation {ONE_SETTING['augment']}, {ONE_SETTING['unfreeze']} blocks, lr {ONE_SETTING['lr']:g}, "
+               "no interpolation")
         for name in ("one setting", "shipped search"):
             row("14", f"frozen_cache + finetune, {name}", cost[name], "s",
+                (f"{one}; " if name == "one setting" else "") +
                 f"frozen blocks {cost[f'{name}: frozen_cache']:.0f} s; shipped params, scripts with start-up")
         row("14", "shipped search / one setting", cost["shipped search"] / cost["one setting"], "ratio",
             f"{cost['candidates']} candidates, {cost['pruned']} stopped by the pruner; chose {cost['augment']}, "

@@ -218,9 +218,10 @@ def search_cost(bench: dict[str, Any]) -> str:
     rows = {r["what"]: r for r in bench["rows"] if r["row"] == "14"}
     one, search = (rows[f"frozen_cache + finetune, {name}"] for name in ("one setting", "shipped search"))
     ratio = rows["shipped search / one setting"]
+    setting = one["note"].split("; ")[0]
     return (f"The shipped search costs {ratio['value']:.2f}× one setting's fine-tune on the Pets photos: "
-            f"`frozen_cache` + `finetune` {search['value']:.0f} s against {one['value']:.0f} s (augmentation strong, "
-            f"2 blocks, lr 1e-4), {ratio['note'].removesuffix('; goal <= 3')} (`python benchmarks/run.py --rows 14`, "
+            f"`frozen_cache` + `finetune` {search['value']:.0f} s against {one['value']:.0f} s ({setting}), "
+            f"{ratio['note'].removesuffix('; goal <= 3')} (`python benchmarks/run.py --rows 14`, "
             f"{bench['threads']}-core {bench['cpu']}, `benchmarks/search.json`).")
 
 
