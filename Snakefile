@@ -5,12 +5,14 @@
 # `snakemake --lint` leaves two lints per rule, each on purpose (tests/test_engines.py allows these only):
 # - "conda environment or container": every rule runs in the project's one environment (pip install -e .).
 # - "uses variable PY from outside": PY is the interpreter Snakemake runs under; as a param it would re-run every rule.
+import json
+import os
 import sys
 
 from snakemake.exceptions import WorkflowError
 
 from transferlab import params as P
-from transferlab import shards, sources
+from transferlab import run_lock, shards, sources
 from transferlab import stages as S
 
 try:
@@ -30,6 +32,9 @@ except P.ParamsError as exc:
 
 if workflow.is_main_process:  # the dataset's and checkpoint's manifests, rewritten only when their content changed
     sources.refresh(config, S.layout.files("inputs"))
+    # the params this run is planned with: its jobs compute with these, the values Snakemake records, whatever
+    # happens to params.yaml while it runs (src/transferlab/cli.py)
+    os.environ[P.PLANNED] = json.dumps(config)
 
 PY = sys.executable
 SHARDS = S.shard_count(config, "extract")  # features.shards: extraction and the frozen blocks over this many jobs
@@ -63,9 +68,20 @@ def targets(*names):
     return [path for name in names if S.enabled(config, name) for path in S.layout.FILES[name].values()]
 
 
+HELD = {}  # the project's run lock, held from onstart to the end of this process
+
+
+onstart:  # one run at a time over the project, DVC's included (src/transferlab/run_lock.py)
+    try:
+        HELD["run"] = run_lock.for_snakemake()
+    except run_lock.RunInProgress as exc:
+        raise WorkflowError(str(exc))
+
+
 onsuccess:
-    if not workflow.dryrun:  # the records of stages switched off, which DVC needs to find (dvc commit)
+    if not workflow.dryrun:  # the records of stages switched off, then DVC told of the outputs (dvc commit)
         S.mark_disabled(config)
+        S.commit_for_dvc()
 
 
 wildcard_constraints:

@@ -210,6 +210,15 @@ def git_dvc_init(project: Path) -> None:
         run(cmd, project)
 
 
+def flip_bit(path: Path, offset: int) -> None:
+    """Flip the lowest bit of the byte at `offset` (negative: from the end), the file's modification time kept."""
+    times = path.stat()
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 1
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(times.st_atime_ns, times.st_mtime_ns))
+
+
 def stage_io(stage: str, data_dir: Path, out: Path | None = None, wildcards: dict | None = None, **given):
     """A stage's files for a direct library call: inputs beside data_dir (the project's data/), outputs in `out`
     (default: where the stage writes them in that project)."""

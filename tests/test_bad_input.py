@@ -2,6 +2,7 @@
 nothing silently wrong, no leftovers (the numbered cases of the bad-input issue)."""
 from __future__ import annotations
 
+import json
 import math
 import re
 import subprocess
@@ -13,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import ROOT, make_tree, split_into, stage_io
+from conftest import ROOT, flip_bit, make_tree, split_into, stage_io
 from PIL import Image
 from test_features_head import tiny_params
 
@@ -75,6 +76,16 @@ def test_empty_or_partial_params_file_is_refused(tmp_path, text, message):
     (tmp_path / "params.yaml").write_text(text)
     with pytest.raises(ParamsError, match=message):
         params.load(tmp_path / "params.yaml")
+
+
+# A key that means nothing for the chosen dataset is refused in one line (it was accepted silently).
+@pytest.mark.parametrize("dataset", ["folder", "cats_vs_dogs"])
+def test_a_pets_label_with_another_dataset_is_refused(tmp_path, dataset):
+    raw = {"data": {"dataset": dataset, "source": ".", "label": "breed"}, "model": {"weights": "none"}}
+    with pytest.raises(ParamsError, match=f"^params: data.label: breed only applies to data.dataset: oxford_pets; "
+                                          f"{dataset} takes its classes from folder names: set data.label: null$"):
+        params.validate(raw, tmp_path)
+    assert params.validate({**raw, "data": {**raw["data"], "label": None}}, tmp_path)["data"]["label"] is None
 
 
 def test_a_stage_on_an_empty_params_file_exits_2_and_writes_nothing(tmp_path):
@@ -186,7 +197,7 @@ def test_unfreeze_beyond_the_backbone_is_refused_before_training(tmp_path):
 # 7. One class, or a class with no training image, is an error at split.
 def test_a_single_class_dataset_is_an_error_at_split(tmp_path):
     make_tree(tmp_path / "src", {"ant": 12})
-    index.build({"dataset": "folder", "source": str(tmp_path / "src"), "label": "breed"}, files_in("download", tmp_path / "data"))
+    index.build({"dataset": "folder", "source": str(tmp_path / "src"), "label": None}, files_in("download", tmp_path / "data"))
     with pytest.raises(split.SplitError, match=r"data.source: the dataset holds 1 class \(ant\)"):
         split_into({"split": "random", "val_fraction": 0.25, "test_fraction": 0.25, "train_fraction": 1.0,
                     "seed": 0}, tmp_path / "data")
@@ -210,11 +221,38 @@ def test_symlinks_leaving_the_dataset_are_left_out_with_the_reason(tmp_path):
     Image.new("RGB", (20, 20)).save(secret)
     (src / "ant" / "escape.jpg").symlink_to(secret)
     (src / "bee" / "inside.jpg").symlink_to(src / "bee" / "bee_0.jpg")
-    index.build({"dataset": "folder", "source": str(src), "label": "breed"}, files_in("download", tmp_path / "data"))
+    index.build({"dataset": "folder", "source": str(src), "label": None}, files_in("download", tmp_path / "data"))
     indexed = pd.read_csv(tmp_path / "data" / "index.csv")["path"].tolist()
     rejected = pd.read_csv(tmp_path / "data" / "rejected.csv")
     assert "ant/escape.jpg" not in indexed and "bee/inside.jpg" in indexed
     assert rejected.set_index("path").loc["ant/escape.jpg", "reason"] == "a link leaving the dataset folder"
+
+
+# 7. Link loops, cycles and folder links go to rejected.csv with their reason; nothing behind them is read or hashed.
+def test_link_loops_cycles_and_folder_links_are_rejected_and_never_hashed(tmp_path):
+    from types import SimpleNamespace
+
+    from transferlab import sources
+
+    src = make_tree(tmp_path / "src", {"ant": 3, "bee": 3})
+    outside = make_tree(tmp_path / "outside", {"wasp": 2})
+    (src / "ant" / "loop.jpg").symlink_to("loop.jpg")
+    (src / "ant" / "up").symlink_to("..")
+    (src / "bee" / "more").symlink_to(outside / "wasp")
+    (src / "bee" / "again").symlink_to(src / "ant")
+    (src / "bee" / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    index.build({"dataset": "folder", "source": str(src), "label": None}, files_in("download", tmp_path / "data"))
+    reasons = pd.read_csv(tmp_path / "data" / "rejected.csv").set_index("path")["reason"].to_dict()
+    assert reasons == {"ant/loop.jpg": "a link loop", "ant/up": "a link cycle (leads back to .)",
+                       "bee/again": "a link to another folder of the dataset (its files are read there, once)",
+                       "bee/gone.jpg": "a broken link (its target is missing)",
+                       "bee/more": "a link leaving the dataset folder"}
+    assert len(pd.read_csv(tmp_path / "data" / "index.csv")) == 6
+    out = SimpleNamespace(**{name: tmp_path / "inputs" / f"{name}.json" for name in
+                             ("dataset", "checkpoint", "sweep_checkpoints")})
+    sources.refresh({"data": {"source": str(src)}, "model": {"checkpoint": None}, "sweep": {"checkpoints": {}}}, out)
+    hashed = json.loads(out.dataset.read_text())["files"]
+    assert sorted(hashed) == [f"{c}/{c}_{i}.jpg" for c in ("ant", "bee") for i in range(3)]
 
 
 # 11. What a killed stage left is removed by the next run.
@@ -339,6 +377,71 @@ def test_damaged_files_are_one_line_naming_the_file_and_its_stage(trained, in_pr
         path.write_bytes(original)
     line = one_error_line(result, script)
     assert f"{target}: " in line and expected in line
+
+
+# 1, 9. Every gather checks its shards against the checksums each shard recorded when it wrote: an edited array or
+# a flipped bit (its time kept) is one line naming the file and the shard's job, never gathered into the outputs.
+@pytest.mark.parametrize("damage", ["edited", "bit flipped"])
+def test_a_damaged_shard_is_refused_by_its_gather(tmp_path, damage):
+    from test_features_head import prepare
+
+    from transferlab import features, stages
+    from transferlab.atomic import write_arrays
+    from transferlab.cli import one_line
+    from transferlab.errors import DamagedFile
+
+    data_dir = prepare(tmp_path)
+    sharded = tiny_params(train_views=1, shards=2)
+    for shard in range(2):
+        stages.execute("extract", features.run, sharded, stage_io("extract", data_dir, shard=shard))
+    target = data_dir.parent / "results/shards/extract/1/train.npz"
+    if damage == "edited":
+        arrays = read_arrays(target)
+        write_arrays(target, {**arrays, "features": arrays["features"] * 1.5})
+    else:
+        flip_bit(target, 200)
+    with pytest.raises(DamagedFile) as caught:
+        stages.execute("extract", features.run, sharded, stage_io("extract", data_dir, gathering=True))
+    assert str(caught.value).startswith(f"{target}: damaged or edited")
+    assert one_line(caught.value, "snakemake").endswith("make the shard results/shards/extract/1 again: snakemake "
+                                                        "--cores all -R results/shards/extract/1")
+    assert not (data_dir.parent / "results/features/train.npz").exists()
+
+
+def test_a_bit_flipped_array_archive_is_one_line(tmp_path):
+    from transferlab.atomic import write_arrays
+    from transferlab.errors import DamagedFile
+
+    path = tmp_path / "train.npz"
+    write_arrays(path, {"features": np.arange(4000, dtype=np.float32)})
+    flip_bit(path, 300)
+    with pytest.raises(DamagedFile, match=f"^{path}: not a readable array archive .*CRC"):
+        read_arrays(path)
+
+
+# 11. A damaged file's line gives the command that makes it again in the engine running the stage.
+@pytest.mark.parametrize("environment, command", [
+    ({}, "re-run the train_head stage that writes it: snakemake --cores all -R train_head (or dvc repro -f -s "
+         "train_head && dvc repro)"),
+    ({"DVC_STAGE": "evaluate_probe"}, "re-run the train_head stage that writes it: dvc repro -f -s train_head && "
+                                      "dvc repro"),
+    ({"TRANSFERLAB_PARAMS": "planned"}, "re-run the train_head stage that writes it: snakemake --cores all -R "
+                                        "train_head"),
+])
+def test_a_damaged_file_names_the_re_run_command_of_the_engine(trained, in_process, monkeypatch, environment,
+                                                                command):
+    import json
+
+    for name, value in environment.items():
+        monkeypatch.setenv(name, json.dumps(params.load(trained / "params.yaml")) if value == "planned" else value)
+    path = trained / "results/head/model.npz"
+    original = path.read_bytes()
+    try:
+        path.write_bytes(flip_a_bit(original))
+        line = one_error_line(in_process(trained, "evaluate_probe.py"), "evaluate_probe.py")
+    finally:
+        path.write_bytes(original)
+    assert line.endswith(command), line
 
 
 def test_a_checkpoint_file_is_checked_at_extract(trained, in_process, tmp_path):
@@ -523,7 +626,7 @@ def test_switching_or_replacing_an_archive_never_mixes_datasets(tmp_path):
         return str(path)
 
     def classes_indexed(source: str) -> list[str]:
-        found = index.build({"dataset": "folder", "source": source, "label": "breed"}, files_in("download", tmp_path / "data"))
+        found = index.build({"dataset": "folder", "source": source, "label": None}, files_in("download", tmp_path / "data"))
         return found["classes"]
 
     assert classes_indexed(archive(tmp_path / "one.zip", {"ant": 3, "bee": 3})) == ["ant", "bee"]
@@ -556,7 +659,8 @@ def test_train_views_that_cannot_fit_are_refused_with_the_estimate(tmp_path, mon
     monkeypatch.setattr(features.shutil, "disk_usage", lambda folder: usage._replace(free=10 * 2**20))
     p = tiny_params(train_views=1000)
     with pytest.raises(ParamsError, match=r"features.train_views: 1000 extra views make 12,012 training rows × 512 "
-                                          r"features = 0.02 GiB; that needs 0.05 GiB of free disk"):
+                                          r"features = 23.5 MiB; that needs 46.9 MiB of free disk at .*, and there "
+                                          r"is 10.0 MiB"):
         features.run(p, stage_io("extract", data_dir, tmp_path / "feat"))
     assert not (tmp_path / "feat" / "train.npz").exists()
     features.check_room(12, 512, tmp_path, 0)  # a few rows fit

@@ -17,7 +17,7 @@ from transferlab.images import BadImage, inspect, load_rgb
 from transferlab.layout import files_in
 
 
-def data_params(dataset="folder", source=None, label="breed"):
+def data_params(dataset="folder", source=None, label=None):
     return {"dataset": dataset, "source": str(source) if source else None, "label": label}
 
 
@@ -253,8 +253,8 @@ def test_cats_vs_dogs_zip_with_broken_files(tmp_path):
 
 def test_shared_pets_subset():
     root = need(PETS)
-    files, stray = datasets.candidates("oxford_pets", root, "breed")
-    assert len(files) == 1459 and not stray
+    files, left_out = datasets.candidates("oxford_pets", root, "breed")
+    assert len(files) == 1459 and not left_out
     assert len({label for _, label in files}) == 37
     for name in ("Abyssinian_34.jpg", "Abyssinian_5.jpg"):  # a GIF and an RGBA PNG named .jpg
         assert load_rgb(root / "images" / name).mode == "RGB"
@@ -262,6 +262,6 @@ def test_shared_pets_subset():
 
 def test_shared_cats_vs_dogs_subset(tmp_path):
     root = need(CATS_DOGS)
-    files, stray = datasets.candidates("cats_vs_dogs", root)
-    assert len(files) == 3000 and not stray
+    files, left_out = datasets.candidates("cats_vs_dogs", root)
+    assert len(files) == 3000 and not left_out
     assert {label for _, label in files} == {"cat", "dog"}

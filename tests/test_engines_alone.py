@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import (
     ROOT,
     TIMM_CONVNEXT,
@@ -225,3 +226,52 @@ def test_queued_experiments_run_with_data_outside_the_project(handed_to_dvc):
             lr = data["params"]["params.yaml"]["data"]["finetune"]["lr"]
             found[lr] = data["metrics"]["results/metrics/finetune.json"]["data"]["accuracy"]
     assert {0.002, 0.003} <= set(found) and all(isinstance(found[lr], float) for lr in (0.002, 0.003)), found
+
+
+def _wait_for(path: Path, process: subprocess.Popen, seconds: float = 180) -> None:
+    end = time.monotonic() + seconds
+    while not path.exists():
+        assert process.poll() is None and time.monotonic() < end, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def test_params_edited_during_a_run_are_never_recorded_over_results_made_with_others(tmp_path):
+    """Case 2 of the bad-input issue, in both engines. Snakemake: params.yaml edited while download runs; split,
+    which starts after, computes with the values Snakemake planned (and records), says so, and once the file is
+    set back nothing is to be done. DVC: the inputs stage is held inside its work (a dataset file that is a
+    pipe) while model.checkpoint is edited; it refuses in one line and DVC records nothing for it."""
+    from conftest import engine_env
+
+    from transferlab import layout
+
+    project = copy_project(tmp_path)
+    targets = list(layout.FILES["split"].values())
+    snakemake = subprocess.Popen(["snakemake", "--cores", "1", *targets], cwd=project, env=engine_env(),
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_for(project / "logs/download.log", snakemake)
+    set_param(project, "data", "seed", 7)
+    output, _ = snakemake.communicate(timeout=300)
+    assert snakemake.returncode == 0, output[-3000:]
+    assert "data.seed changed since snakemake planned this run; this stage computes with the planned values" in \
+        (project / "logs/split.log").read_text()
+    assert "split" in snakemake_jobs(run(["snakemake", "-n", *targets], project).stdout)  # it recorded seed 1
+    set_param(project, "data", "seed", 1)
+    assert not snakemake_jobs(run(["snakemake", "-n", *targets], project).stdout)  # made with seed 1, as recorded
+
+    git_dvc_init(project)
+    pipe = tmp_path / "images" / "ant" / "zz_pipe.jpg"
+    os.mkfifo(pipe)
+    try:
+        dvc = subprocess.Popen(["dvc", "repro", "-s", "inputs"], cwd=project, env=engine_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        with open(pipe, "wb") as writer:  # opens once the inputs stage reads the file: it has loaded params.yaml
+            set_param(project, "model", "checkpoint", "../weights/../weights/resnet18.pth")
+            writer.write((tmp_path / "images" / "ant").glob("*.jpg").__next__().read_bytes())
+        output, _ = dvc.communicate(timeout=300)
+    finally:
+        pipe.unlink()
+    assert dvc.returncode != 0
+    assert ("transferlab inputs: error: params.yaml: model.checkpoint changed while the inputs stage ran; DVC would "
+            "record the new values over results made with the old: run dvc repro again") in output, output[-3000:]
+    lock = project / "dvc.lock"
+    assert not lock.exists() or "inputs" not in (yaml.safe_load(lock.read_text()) or {}).get("stages", {})

@@ -19,7 +19,7 @@ from transferlab.params import validate
 def prepare(tmp_path: Path, classes=None) -> Path:
     src = make_tree(tmp_path / "src", classes or {"ant": 8, "bee": 8, "cat": 8})
     data_dir = tmp_path / "data"
-    index.build({"dataset": "folder", "source": str(src), "label": "breed"}, files_in("download", data_dir))
+    index.build({"dataset": "folder", "source": str(src), "label": None}, files_in("download", data_dir))
     split_into({"split": "random", "val_fraction": 0.25, "test_fraction": 0.25, "train_fraction": 1.0, "seed": 0},
                data_dir)
     return data_dir

@@ -1,17 +1,19 @@
 """The frozen-prefix cache: the network cut at a block boundary, and training from the cache equal to training on
 the fly (tiny synthetic images, random-init models)."""
 import json
+import re
+import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import mirror_image, stage_io
+from conftest import flip_bit, mirror_image, stage_io
 from test_finetune import net, probe_setup  # noqa: F401  (fixture)
 
 from transferlab import finetune, frozen, stages, tuning
 from transferlab.atomic import read_splits
-from transferlab.errors import UserError
+from transferlab.errors import DamagedFile, UserError
 from transferlab.evaluation import run_finetune
 
 # Training from cached activations vs on the fly: the same operations in a different batch composition for the
@@ -154,6 +156,15 @@ def test_shards_gather_to_the_unsharded_cache(probe_setup, engine):  # noqa: F81
     assert frozen.Cache.open(tmp_path / "gathered", params["model"], params["finetune"],
                              read_splits(stage_io("frozen_cache", data_dir).input.splits), ["ant", "bee", "cat"])
 
+    # A bit flipped in a shard's array, its time kept: the gathering checks the shard's own checksum record.
+    shard_array = data_dir.parent / "results/shards/frozen_cache/1/val.npy"
+    flip_bit(shard_array, -7)
+    with pytest.raises(DamagedFile, match="^.*results/shards/frozen_cache/1/val.npy: damaged or edited.*make the "
+                                          "shard results/shards/frozen_cache/1 again"):
+        stages.execute("frozen_cache", frozen.run, params,
+                       stage_io("frozen_cache", data_dir, tmp_path / "gathered", gathering=True))
+    flip_bit(shard_array, -7)
+
     mirror_image(data_dir, "val", 0, copy_as="new.jpg")
     with pytest.raises(UserError, match="^results/shards/frozen_cache/2: computed from other images"):
         frozen.run(params, stage_io("frozen_cache", data_dir, tmp_path / "gathered", gathering=True))
@@ -188,3 +199,36 @@ def test_a_cache_made_for_other_params_is_refused(probe_setup):  # noqa: F811
     params["finetune"]["enabled"] = False
     skipped, _ = cache_into(tmp_path, data_dir, params)
     assert json.loads(meta.read_text()) == skipped and not list(meta.parent.glob("*.npy"))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB tmpfs (mounting needs root, as CI has; skipped without)."""
+    import subprocess
+
+    folder = tmp_path / "small"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_full_disk_at_frozen_cache_is_one_line_and_leaves_no_scratch_file(probe_setup, small_disk, monkeypatch):  # noqa: F811
+    """Case 6 of the bad-input issue. The free-space check counts the ONNX scratch file: arrays that fit beside
+    the prefix's graph only run on the fly, saying why. Where the disk fills after the check (another writer), the
+    arrays' blocks are reserved before they are memory-mapped: ENOSPC naming the folder, no Bus error, and no
+    scratch or half-written file is left."""
+    from transferlab import cli
+
+    tmp_path, data_dir, params, _ = probe_setup
+    record, _ = cache_into(small_disk, data_dir, params, ".")
+    assert not record["cached"] and "MiB free at" in record["reason"] and "ONNX scratch file" in record["reason"]
+    roomy = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(frozen.shutil, "disk_usage", lambda folder: roomy)
+    params["features"]["engine"] = "torch"
+    with pytest.raises(OSError) as full:
+        cache_into(small_disk, data_dir, params, ".")
+    line = cli.one_line(full.value)
+    assert re.match(f"^{small_disk}: no space left on the device \\([0-9.]+ MiB needed\\); free some", line), line
+    assert [p.name for p in small_disk.iterdir()] == ["checksums.frozen_cache.json"]  # the first run's record

@@ -90,7 +90,7 @@ def test_shipped_params_yaml_is_complete_and_valid():
 def test_stage_params_select_exact_keys():
     p = params.validate(valid())
     sub = params_for(p, "download")
-    assert sub == {"data": {"dataset": "folder", "source": ".", "label": "breed"}}
+    assert sub == {"data": {"dataset": "folder", "source": ".", "label": None}}
     assert set(params_for(p, "extract")) == {"model", "features"}
     assert set(STAGE_PARAMS) >= {"download", "split", "extract", "train_head"}
 

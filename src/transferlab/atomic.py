@@ -62,6 +62,26 @@ def scratch_file(folder: Path | str, suffix: str, name: str) -> Iterator[Path]:
         Path(tmp).unlink(missing_ok=True)
 
 
+def open_array(path: Path, shape: tuple[int, ...]) -> np.memmap:
+    """A float32 .npy of `shape` memory-mapped for writing, its blocks reserved on disk first: a full disk is then
+    an ENOSPC error naming the folder here, not a Bus error (SIGBUS) at whichever page is written first."""
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as exc:
+        del array
+        raise OSError(exc.errno, f"{exc.strerror}: {size_text(path.stat().st_size)} needed", str(path.parent)) from None
+    finally:
+        os.close(fd)
+    return array
+
+
+def size_text(count: float) -> str:
+    """A number of bytes as people read it: GiB from 1 GiB up, MiB below (a small disk is never '0.00 GiB')."""
+    return f"{count / 2**30:.2f} GiB" if count >= 2**30 else f"{count / 2**20:.1f} MiB"
+
+
 def write_json(path: Path | str, data: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_jsonable) + "\n")
@@ -76,9 +96,13 @@ def read_json(path: Path | str) -> Any:
 
 
 def read_arrays(path: Path | str) -> dict[str, np.ndarray]:
-    """A saved .npz (one split's cached features, say) as arrays; no pickles."""
-    with np.load(path, allow_pickle=False) as npz:
-        return {key: npz[key] for key in npz.files}
+    """A saved .npz (one split's cached features, say) as arrays; no pickles. A damaged one (a failed CRC, a cut
+    archive) is an error naming it."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {key: npz[key] for key in npz.files}
+    except (zipfile.BadZipFile, EOFError, ValueError) as exc:
+        raise DamagedFile(f"{path}: not a readable array archive ({exc}); re-run the stage that writes it") from None
 
 
 def write_arrays(path: Path | str, arrays: dict[str, np.ndarray]) -> None:

@@ -21,6 +21,8 @@ from .fetch import file_digest
 if TYPE_CHECKING:
     from .stages import StageIO
 
+SHARD_RECORD = "checksums.json"
+
 
 def _written(io: StageIO, record: Path) -> list[Path]:
     """The files a stage wrote: its outputs and everything in the folders it owns (hidden leftovers aside)."""
@@ -39,14 +41,18 @@ def record(io: StageIO) -> None:
                                 for p in _written(io, path)}})
 
 
-def verify(path: Path, stage: str) -> None:
-    """Check the files a checksum record lists; raise DamagedFile naming the first that differs."""
+def verify(path: Path, stage: str, target: str | None = None, required: bool = False) -> None:
+    """Check the files a checksum record lists; raise DamagedFile naming the first that differs (`target`: the
+    shard's folder that makes it again; `required`: a missing record is damage too)."""
     try:
         entries = json.loads(path.read_text())
     except OSError:
+        if required:
+            raise DamagedFile(f"{path}: missing (every shard records its files' checksums); make the shard again",
+                              stage, target) from None
         return
     except ValueError:
-        raise DamagedFile(f"{path}: not valid JSON; re-run the {stage} stage that writes it") from None
+        raise DamagedFile(f"{path}: not valid JSON; re-run the {stage} stage that writes it", stage) from None
     if not isinstance(entries, dict) or entries.get("skipped"):
         return
     for name, want in entries.get("files", {}).items():
@@ -59,7 +65,24 @@ def verify(path: Path, stage: str) -> None:
             problem = "damaged or edited: its sha256 is not the one recorded when it was written"
         else:
             continue
-        raise DamagedFile(f"{file}: {problem}; re-run the {stage} stage that writes it")
+        what = f"make the shard {target} again" if target else f"re-run the {stage} stage that writes it"
+        raise DamagedFile(f"{file}: {problem}; {what}", stage, target)
+
+
+def record_shard(stage: str, shard: int, root: Path) -> None:
+    """A shard's checksum record, in its folder: every file the shard wrote, checked when they are gathered."""
+    folder = root / layout.SHARD_FOLDERS[stage].format(shard=shard)
+    path = folder / SHARD_RECORD
+    write_json(path, {"files": {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": file_digest(p)}
+                                for p in sorted(folder.rglob("*")) if p.is_file() and p != path
+                                and not p.name.startswith(".")}})
+
+
+def verify_shards(stage: str, count: int, root: Path) -> None:
+    """Check every shard's files against the record the shard wrote, before they are gathered."""
+    for shard in range(count):
+        folder = layout.SHARD_FOLDERS[stage].format(shard=shard)
+        verify(root / folder / SHARD_RECORD, stage, target=folder, required=True)
 
 
 def records_read(stage: str, io: StageIO) -> list[tuple[Path, str]]:

@@ -2,24 +2,57 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
 import os
 import sys
 import time
+from pathlib import Path
 
 from . import params as params_mod
-from . import progress, stages
-from .errors import UserError
+from . import progress, run_lock, stages
+from .errors import DamagedFile, UserError, rerun_command
 
 log = logging.getLogger("transferlab")
 
 
-def _disk_full(exc: BaseException) -> str | None:
+def _disk_full(exc: BaseException, folder: str | None = None) -> str | None:
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        where = exc.filename or "the output folder"
-        return f"{where}: no space left on the device; free some and re-run (nothing half-written was kept)"
+        where = exc.filename or folder or "the output folder"
+        needed = (exc.strerror or "").partition(": ")[2]  # what atomic.open_array could not reserve
+        return (f"{where}: no space left on the device{f' ({needed})' if needed else ''}; free some and re-run "
+                f"(nothing half-written was kept)")
     return None
+
+
+def engine() -> str | None:
+    """The workflow engine running this stage: 'snakemake' (its planned params are in the environment), 'dvc'
+    (DVC names the stage it runs in DVC_STAGE), None for a script run by hand."""
+    if params_mod.PLANNED in os.environ:
+        return "snakemake"
+    return "dvc" if "DVC_STAGE" in os.environ else None
+
+
+def stage_params(path: str, name: str) -> dict:
+    """The params the stage computes with: those Snakemake planned the run with (what it records for the stage),
+    with a warning where params.yaml has changed since; else the file's."""
+    planned = params_mod.planned(path)
+    if planned is None:
+        return params_mod.load(path)
+    moved = params_mod.changed_since(planned, stages.TABLE[name].params, path)
+    if moved:
+        log.warning("%s: %s changed since snakemake planned this run; this stage computes with the planned values "
+                    "(the ones snakemake records); run snakemake again for the file's", path, ", ".join(moved))
+    return planned
+
+
+def held(name: str) -> contextlib.AbstractContextManager:
+    """The project's run lock for this stage (run_lock.py), but under Snakemake, which holds it for the run."""
+    if engine() == "snakemake":
+        return contextlib.nullcontext()
+    who = f"dvc ({os.environ['DVC_STAGE']})" if engine() == "dvc" else f"python {stages.script(name)}"
+    return run_lock.held(".", who)
 
 
 def set_threads(threads: int) -> None:
@@ -69,7 +102,7 @@ def run_stage(name: str) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [" + label + "] %(message)s")
     show_progress(label)
     try:
-        params = params_mod.load(args.params)
+        params = stage_params(args.params, name)
         count = stages.shard_count(params, name)
         if (shard is not None and not 0 <= shard < count) or (gathering and count == 1):
             what = f"--shard {shard}" if shard is not None else "--gather"
@@ -80,23 +113,42 @@ def run_stage(name: str) -> None:
                        shard=shard, gathering=gathering)
         set_threads(threads)
         start = time.perf_counter()
-        stages.execute(name, lambda params, files: stages.runner(name)(params, files), params, io)
+        with held(name):
+            stages.execute(name, lambda params, files: stages.runner(name)(params, files), params, io)
+            if engine() == "dvc":  # DVC records the file's values once the stage has run
+                refuse_changed(args.params, params, name)
         log.info("done in %.1f s", time.perf_counter() - start)
     except Exception as exc:
-        message = one_line(exc)
+        message = one_line(exc, engine(), output_folder(name))
         if message is None:
             raise
         fail(name, message)
 
 
-def one_line(exc: BaseException) -> str | None:
-    """The one-line message of a failure the user can fix (a UserError, a full disk), None for a bug."""
+def refuse_changed(path: str, params: dict, name: str) -> None:
+    """Under DVC: refuse to hand DVC results made with other values than params.yaml holds now."""
+    moved = params_mod.changed_since(params, stages.TABLE[name].params, path)
+    if moved:
+        raise params_mod.ParamsError(f"{path}: {', '.join(moved)} changed while the {name} stage ran; DVC would record "
+                                     f"the new values over results made with the old: run dvc repro again")
+
+
+def output_folder(name: str) -> str:
+    """The folder holding the stage's outputs (their common folder), for messages."""
+    return os.path.commonpath([str(Path(path).parent) for path in stages.layout.FILES[name].values()])
+
+
+def one_line(exc: BaseException, running: str | None = None, folder: str | None = None) -> str | None:
+    """The one-line message of a failure the user can fix (a UserError, a full disk), None for a bug; a damaged
+    file's ends with the command that makes it again in the engine `running` (`engine()`)."""
     if isinstance(exc, UserError):
         message = str(exc)
         if "Original Traceback" in message:  # raised in a DataLoader worker: torch prepends the worker's traceback
             message = message.strip().splitlines()[-1].split(": ", 1)[-1]
+        if isinstance(exc, DamagedFile) and exc.stage:
+            message += f": {rerun_command(exc.stage, exc.target, running)}"
         return message
-    return _disk_full(exc)
+    return _disk_full(exc, folder)
 
 
 def fail(name: str, message: str) -> None:

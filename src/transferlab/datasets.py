@@ -6,6 +6,7 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import folders
 from .errors import UserError
 from .fetch import download, extract, file_digest, is_archive
 from .layout import resolve
@@ -70,10 +71,6 @@ def find_dir(base: Path, name: str, depth: int = 3) -> Path | None:
     return None
 
 
-def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
-
-
 def pet_label(stem: str, label: str) -> str:
     """Oxford-IIIT Pet: the breed is the name before the last '_'; capitalised breeds are cats."""
     breed = stem.rsplit("_", 1)[0]
@@ -82,24 +79,34 @@ def pet_label(stem: str, label: str) -> str:
     return "cat" if breed[:1].isupper() else "dog"
 
 
-def candidates(dataset: str, root: Path, label: str = "breed") -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """Every file that should be an image, as (path relative to root, label), and files outside any class."""
+def candidates(dataset: str, root: Path, label: str = "breed") -> tuple[list[tuple[str, str]], list[tuple[str, str, str]]]:
+    """Every file that should be an image, as (path relative to root, label), and what is left out unread, as
+    (path, label, reason): files outside any class, links that leave the folder, loop or lead back
+    (folders.walk)."""
     found: list[tuple[str, str]] = []
-    stray: list[tuple[str, str]] = []
+    left_out: list[tuple[str, str, str]] = []
     if dataset == "oxford_pets":
         images = find_dir(root, "images")
         if images is None:
             raise UserError(f"data.source: no 'images' folder under {root} (Oxford-IIIT Pet layout expected)")
-        found = [(p.relative_to(root).as_posix(), pet_label(p.stem, label)) for p in _files(images)]
-    elif dataset == "cats_vs_dogs":
-        for path in _files(root):
-            cls = _PET_CLASS_DIRS.get(path.parent.name.lower())
-            (found if cls else stray).append((path.relative_to(root).as_posix(), cls or ""))
-    else:
-        for path in _files(root):
-            rel = path.relative_to(root)
-            (found if len(rel.parts) > 1 else stray).append((rel.as_posix(), rel.parts[0] if len(rel.parts) > 1 else ""))
-    return found, stray
+        files, refused = folders.walk(images)
+        found = [(p.relative_to(root).as_posix(), pet_label(p.stem, label)) for p in files]
+        return found, [(p.relative_to(root).as_posix(), pet_label(p.stem, label), why) for p, why in refused]
+    files, refused = folders.walk(root)
+    for path in files:
+        rel = path.relative_to(root)
+        if dataset == "cats_vs_dogs":
+            cls = _PET_CLASS_DIRS.get(path.parent.name.lower(), "")
+        else:
+            cls = rel.parts[0] if len(rel.parts) > 1 else ""
+        if cls:
+            found.append((rel.as_posix(), cls))
+        else:
+            left_out.append((rel.as_posix(), "", "not inside a class folder"))
+    for path, why in refused:
+        rel = path.relative_to(root)
+        left_out.append((rel.as_posix(), rel.parts[0] if len(rel.parts) > 1 and dataset == "folder" else "", why))
+    return found, left_out
 
 
 def official_split(root: Path) -> dict[str, str]:

@@ -67,6 +67,11 @@ def export_onnx(model: nn.Module, image_size: int, path: Path, output_name: str 
     return path
 
 
+def export_bytes(model: nn.Module) -> int:
+    """About what `export_onnx` writes for the module: its weights and buffers as float32."""
+    return 4 * sum(t.numel() for t in [*model.parameters(), *model.buffers()])
+
+
 def onnx_forward(path: Path, threads: int = 1) -> tuple[Forward, str]:
     """An ONNX Runtime session over the graph (CUDA provider where installed); returns (forward, provider).
 

@@ -12,4 +12,19 @@ class UserError(ValueError):
 
 class DamagedFile(UserError):
     """A file one stage wrote and another reads is not what was written (truncated, altered, unreadable); the
-    message names it and the stage to re-run."""
+    message names it and the stage to re-run (`stage`), or the shard's folder to make again (`target`); the stage
+    runner adds the command that re-runs it in the engine in use (`rerun_command`)."""
+
+    def __init__(self, message: str, stage: str | None = None, target: str | None = None) -> None:
+        super().__init__(message)
+        self.stage, self.target = stage, target
+
+
+def rerun_command(stage: str, target: str | None, engine: str | None) -> str:
+    """The command that makes a damaged file again: Snakemake forces the rule (or the shard's folder) and what
+    follows it; DVC the stage alone, then `dvc repro` the rest; outside both engines, the stage's script."""
+    forced = target or stage
+    commands = {"snakemake": f"snakemake --cores all -R {forced}", "dvc": f"dvc repro -f -s {stage} && dvc repro"}
+    if engine in commands:
+        return commands[engine]
+    return f"{commands['snakemake']} (or {commands['dvc']})"

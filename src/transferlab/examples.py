@@ -1,7 +1,7 @@
 """A dataset far from ImageNet, built offline for the docs' second record: scikit-learn's handwritten digits
 (1,797 grey 8 × 8 scans, 16 grey levels, shipped with the package) written as an image folder.
 
-    python -m transferlab.examples digits ../digits    # then data.dataset: folder, data.source: ../digits
+    python -m transferlab.examples digits ../digits    # then data.dataset: folder, data.source: ../digits, data.label: null
 
 The class folders are the digits' names ("zero" … "nine"); each image is upscaled to 64 × 64 px (bilinear), so the
 network sees blurred white strokes on black, nothing like a photo.

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from . import backbones, engines, layout, shards
-from .atomic import read_arrays, read_json, read_splits, scratch_file, write_arrays, write_json
+from .atomic import open_array, read_arrays, read_json, read_splits, scratch_file, size_text, write_arrays, write_json
 from .batches import ImageList, compute, device, torch_threads
 from .layout import SPLITS, data_root
 from .params import ParamsError
@@ -88,8 +88,7 @@ def gather(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
         dim = parts[0]["features"].shape[1]
         path = getattr(io.output, split)
         with scratch_file(path.parent, ".npy", path.stem) as buf:  # view-major: each view's rows, shard by shard
-            features = np.lib.format.open_memmap(buf, mode="w+", dtype=np.float32,
-                                                 shape=(n_views, sum(len(p["ids"]) // n_views for p in parts), dim))
+            features = open_array(buf, (n_views, sum(len(p["ids"]) // n_views for p in parts), dim))
             np.concatenate([p["features"].reshape(n_views, -1, dim) for p in parts], axis=1, out=features)
             first = [{key: p[key][:len(p[key]) // n_views] for key in ("labels", "ids")} for p in parts]
             _save(path, features.reshape(-1, dim), np.concatenate([f["labels"] for f in first]),
@@ -114,8 +113,8 @@ def check_room(rows: int, dim: int, folder: Path, views: int) -> None:
     for need, have, where in ((2 * size, free, f"free disk at {folder}"), (4 * size, memory, "memory")):
         if need > have:
             raise ParamsError(f"params: features.train_views: {views} extra views make {rows:,} training rows × "
-                              f"{dim} features = {size / 2**30:.2f} GiB; that needs {need / 2**30:.2f} GiB of "
-                              f"{where}, and there is {have / 2**30:.2f} GiB. Use fewer views")
+                              f"{dim} features = {size_text(size)}; that needs {size_text(need)} of {where}, and "
+                              f"there is {size_text(have)}. Use fewer views")
 
 
 def _extract_split(forward: engines.Forward, views: list[ImageList], dim: int, feat: dict[str, Any], path: Path,
@@ -124,7 +123,7 @@ def _extract_split(forward: engines.Forward, views: list[ImageList], dim: int, f
     n, split = len(ids), path.stem
     start = time.perf_counter()
     with scratch_file(path.parent, ".npy", path.stem) as buf:
-        features = np.lib.format.open_memmap(buf, mode="w+", dtype=np.float32, shape=(n * len(views), dim))
+        features = open_array(buf, (n * len(views), dim))
         for v, ds in enumerate(views):
             if n:
                 compute(forward, ds, features[v * n:(v + 1) * n], f"extract {split}" + (f" view {v}" if v else ""),

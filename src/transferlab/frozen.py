@@ -26,7 +26,7 @@ from torch import fx, nn
 from torch.utils.data import Dataset
 
 from . import backbones, engines, grid, layout, shards
-from .atomic import atomic_path, copy_file, read_json, read_splits, scratch_file, write_json
+from .atomic import atomic_path, copy_file, open_array, read_json, read_splits, scratch_file, size_text, write_json
 from .batches import ImageList, compute, device, torch_threads
 from .errors import UserError
 from .layout import data_root, frozen_array
@@ -178,11 +178,12 @@ def build(params: dict[str, Any], ft: dict[str, Any], dataset: dict[str, Any], f
         need = size(shape, ft, {s: len(f) for s, f in frames.items()}, parts)
         budget = ft["cache_max_gb"] * 2**30
         free = shutil.disk_usage(folder).free
-        if need > min(budget, free):
+        scratch = engines.export_bytes(prefix)  # the ONNX graph it runs from, beside the arrays while they fill
+        if need > budget or need + scratch > free:
             which = (f"finetune.cache_max_gb: {ft['cache_max_gb']:g}" if need > budget
-                     else f"the {free / 2**30:.1f} GiB free at {folder}")
+                     else f"the {size_text(free)} free at {folder} (with its {size_text(scratch)} ONNX scratch file)")
             raise Uncachable(f"the frozen-prefix cache ({boundary} output {'×'.join(map(str, shape))} per view) "
-                             f"would take {need / 2**30:.2f} GiB, more than {which}; the fine-tune runs on the fly")
+                             f"would take {size_text(need)}, more than {which}; the fine-tune runs on the fly")
     except Uncachable as exc:
         record["reason"] = str(exc)
         write_json(meta_path, record)
@@ -192,12 +193,16 @@ def build(params: dict[str, Any], ft: dict[str, Any], dataset: dict[str, Any], f
     record.update(boundary=boundary, shape=shape, bytes=need, prefix_sha256=fingerprint(prefix),
                   seeds=[epoch_seed(ft["seed"], e) for e in range(1, ft["epochs"] + 1)], parts={})
     rows = rows or {split: range(len(frame)) for split, frame in frames.items()}
-    record["engine"] = _fill(prefix, plain, feat, dataset, frames, rows, folder, parts, shape, model_params, ft,
-                             record["parts"])
+    try:
+        record["engine"] = _fill(prefix, plain, feat, dataset, frames, rows, folder, parts, shape, model_params, ft,
+                                 record["parts"])
+    except OSError:  # a full disk, say: the parts already written go too, freeing their room
+        clear(folder)
+        raise
     record.update(cached=True, seconds=round(time.perf_counter() - start, 3))
     write_json(meta_path, record)
-    log.info("frozen prefix up to %s (%s per view, %.2f GiB) computed once in %.1f s", boundary,
-             "×".join(map(str, shape)), need / 2**30, record["seconds"])
+    log.info("frozen prefix up to %s (%s per view, %s) computed once in %.1f s", boundary,
+             "×".join(map(str, shape)), size_text(need), record["seconds"])
     return record
 
 
@@ -222,7 +227,7 @@ def _fill(prefix: nn.Module, plain: Any, feat: dict[str, Any], dataset: dict[str
             inner = [len(TTA_VIEWS)] if part == "test_tta" else []
             run = _flat(forward, len(inner) > 0)
             with atomic_path(frozen_array(folder, part)) as tmp:
-                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=tuple(lead + inner + shape))
+                out = open_array(tmp, tuple(lead + inner + shape))
                 for e, images in enumerate(views if len(rows[split]) else []):
                     compute(run, images, out[e] if epochs_part(part) else out,
                             f"frozen {part}" + (f" epoch {e + 1}" if epochs_part(part) else ""),
@@ -306,7 +311,7 @@ def gather(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
             shape = list(arrays[0].shape)
             shape[axis] = sum(a.shape[axis] for a in arrays)
             with atomic_path(frozen_array(folder, part)) as tmp:
-                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=tuple(shape))
+                out = open_array(tmp, tuple(shape))
                 np.concatenate(arrays, axis=axis, out=out)
                 out.flush()
                 del out

@@ -53,15 +53,6 @@ def scan(root: Path, files: list[tuple[str, str]], workers: int = 1) -> tuple[pd
     return index, rejected
 
 
-def inside(root: Path, files: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """Split files into those really inside root and links that lead out of it (never read)."""
-    real_root = root.resolve()
-    kept, escaping = [], []
-    for rel, label in files:
-        (kept if (root / rel).resolve().is_relative_to(real_root) else escaping).append((rel, label))
-    return kept, escaping
-
-
 def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
     """The download stage."""
     summary = build(params["data"], io.output, io.threads)
@@ -76,15 +67,12 @@ def build(data: dict[str, Any], out: SimpleNamespace, workers: int = 1) -> dict[
     raw_dir.mkdir(parents=True, exist_ok=True)
     given = datasets.materialise(data["dataset"], data["source"], raw_dir)
     root = resolve(given)
-    files, stray = datasets.candidates(data["dataset"], root, data["label"])
-    files, escaping = inside(root, files)
+    files, left_out = datasets.candidates(data["dataset"], root, data["label"] or "breed")
     if not files:
         raise UserError(f"data.source: no image files found under {root} for dataset {data['dataset']!r}")
     index, rejected = scan(root, files, workers)
-    stray_rows = pd.DataFrame([{"path": p, "label": "", "reason": "not inside a class folder"} for p, _ in stray]
-                              + [{"path": p, "label": label, "reason": "a link leaving the dataset folder"}
-                                 for p, label in escaping], columns=rejected.columns)
-    rejected = pd.concat([rejected, stray_rows], ignore_index=True) if len(stray_rows) else rejected
+    unread = pd.DataFrame(left_out, columns=rejected.columns)
+    rejected = pd.concat([rejected, unread], ignore_index=True) if len(unread) else rejected
     if index.empty:
         raise UserError(f"data.source: none of the {len(files)} files under {root} is a readable image")
     classes = sorted(index["label"].unique())
@@ -92,7 +80,7 @@ def build(data: dict[str, Any], out: SimpleNamespace, workers: int = 1) -> dict[
         "dataset": data["dataset"],
         "source": data["source"],
         "root": given.as_posix(),
-        "label": data["label"] if data["dataset"] == "oxford_pets" else "folder",
+        "label": (data["label"] or "breed") if data["dataset"] == "oxford_pets" else "folder",
         "images": len(index),
         "classes": classes,
         "counts": {c: int(n) for c, n in index["label"].value_counts().sort_index().items()},

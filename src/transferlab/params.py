@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import re
 from importlib import resources
 from pathlib import Path
@@ -17,6 +18,10 @@ from .errors import UserError
 from .layout import resolve
 
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.I)
+
+# The environment variable holding the params Snakemake planned its run with (set by the Snakefile, as JSON): its
+# jobs compute with these, the values it records, whatever happens to params.yaml while the run goes on.
+PLANNED = "TRANSFERLAB_PARAMS"
 
 
 class ParamsError(UserError):
@@ -114,6 +119,9 @@ def _check_semantics(params: dict[str, Any], base_dir: Path) -> None:
     bad = _not_finite(params)
     if bad:
         raise ParamsError(f"params: {bad}: NaN and infinity are not allowed; give a finite number")
+    if data["label"] is not None and data["dataset"] != "oxford_pets":
+        raise ParamsError(f"params: data.label: {data['label']} only applies to data.dataset: oxford_pets; "
+                          f"{data['dataset']} takes its classes from folder names: set data.label: null")
     ft = params["finetune"]
     if ft["lr"] == "auto" and grid.depths(ft) == [0]:
         raise ParamsError("params: finetune.lr: auto tests the backbone's rate, but finetune.unfreeze: 0 trains the "
@@ -242,6 +250,23 @@ def load(path: Path | str = "params.yaml") -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise ParamsError(f"params: {path} is not valid YAML: {exc}") from None
     return validate(complete(raw, str(path)), path.parent)
+
+
+def planned(path: Path | str = "params.yaml") -> dict[str, Any] | None:
+    """The params the engine planned this run with (PLANNED), None outside a Snakemake run."""
+    text = os.environ.get(PLANNED)
+    return None if text is None else validate(json.loads(text), Path(path).parent)
+
+
+def changed_since(used: dict[str, Any], keys: list[str], path: Path | str = "params.yaml") -> list[str]:
+    """The keys among `keys` (dotted) whose values in the file now differ from `used`; all of them where the
+    file no longer loads."""
+    try:
+        now = load(path)
+    except ParamsError:
+        return list(keys)
+    before, after = select(used, keys), select(now, keys)
+    return sorted(set(differences(before, after)) | set(differences(after, before)))
 
 
 def select(params: dict[str, Any], keys: list[str]) -> dict[str, Any]:

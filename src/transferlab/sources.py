@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import folders
 from .atomic import atomic_path
 from .fetch import file_digest
 from .layout import resolve
@@ -35,19 +35,10 @@ log = logging.getLogger("transferlab")
 _SEEN = ".seen.json"
 
 
-def _files(folder: Path) -> list[Path]:
-    """Every file under a folder, hidden ones (a `.DS_Store`, an extraction marker) left out as the index does."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found += [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")]
-    return found
-
-
 def content(path: Path, seen: dict[str, list[Any]]) -> dict[str, str]:
     """sha256 of a file, or of every file in a folder by its path inside it; `seen` (path → [size, mtime_ns,
     sha256]) spares hashing a file whose size and time are unchanged, and is updated."""
-    files = _files(path) if path.is_dir() else [path]
+    files = folders.walk(path)[0] if path.is_dir() else [path]
     out = {}
     for file in files:
         stat = file.stat()

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import re
+import shutil
 import string
+import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,16 +49,16 @@ class Stage:
 
 # Every module a stage's script may load, lazily imported ones included (tests/test_stages.py walks the imports).
 # params loads backbones only to check class names against ImageNet's, so every stage lists it and the families.
-_CORE = ["__init__", "cli", "params", "grid", "atomic", "stages", "layout", "errors", "checks", "fetch", "progress",
+_CORE = ["__init__", "cli", "params", "grid", "atomic", "stages", "layout", "errors", "checks", "fetch", "progress", "run_lock",
          "backbones", "families", "family_torchvision", "family_timm", "preprocessing"]
-_DATASETS = _CORE + ["datasets"]
+_DATASETS = _CORE + ["folders", "datasets"]
 _INFERENCE = _CORE + ["images", "transforms", "engines", "batches"]
 _FEATURES = _INFERENCE + ["shards", "features"]
 _FROZEN = _INFERENCE + ["shards", "frozen"]
 _HEAD = _CORE + ["selection", "head"]
 _FINETUNE = _INFERENCE + ["selection", "head", "shards", "frozen", "tuning", "tracking", "distributed", "finetune"]
 _EVALUATE = _FINETUNE + ["stats", "evaluation"]
-_SWEEP = _EVALUATE + ["datasets", "split", "features", "sweep"]
+_SWEEP = _EVALUATE + ["folders", "datasets", "split", "features", "sweep"]
 _DATA = {"dataset": "download.dataset", "splits": "split"}
 _WEIGHTS = {"checkpoint": "inputs.checkpoint"}  # the checkpoint's content: replaced under the same name, it re-runs
 _SWEEP_WEIGHTS = {**_WEIGHTS, "sweep_checkpoints": "inputs.sweep_checkpoints"}  # and the sweep's other backbones'
@@ -73,7 +76,7 @@ _MAIN_RESULTS = {"main_head": "train_head.summary", "main_probe": "evaluate_prob
                  "main_finetune": "finetune.summary", "main_evaluation": "evaluate_finetune.metrics"}
 
 TABLE: dict[str, Stage] = {
-    "inputs": Stage("sources.run", {}, ["data.source", "model.checkpoint", "sweep.checkpoints"], _CORE + ["sources"]),
+    "inputs": Stage("sources.run", {}, ["data.source", "model.checkpoint", "sweep.checkpoints"], _CORE + ["folders", "sources"]),
     "download": Stage("index.run", {"source": "inputs.dataset"}, ["data.dataset", "data.source", "data.label"],
                       _DATASETS + ["images", "index"]),
     "split": Stage("split.run", {"index": "download.index", "dataset": "download.dataset"},
@@ -96,7 +99,7 @@ TABLE: dict[str, Stage] = {
                     {"template": "workflow/report/model_card.md.j2", **_DATA, "meta": "extract.meta",
                      "probe": "train_head.model", "finetune": "finetune.model",
                      "probe_metrics": "evaluate_probe.metrics", "finetune_metrics": "evaluate_finetune.metrics"},
-                    ["finetune.enabled", "export"], _FINETUNE + ["datasets", "index", "predict", "export"]),
+                    ["finetune.enabled", "export"], _FINETUNE + ["folders", "datasets", "index", "predict", "export"]),
     "visualize": Stage("visualize.run",
                        {**_DATA, **_WEIGHTS, "probe": "train_head.model", "finetune": "finetune.model"},
                        ["model", "finetune.enabled", "visualize"], _FINETUNE + ["visualize"], "visualize.enabled"),
@@ -264,10 +267,14 @@ def execute(stage: str, run: Callable[[dict[str, Any], StageIO], object], params
         log.info("not run (%s): outputs marked skipped", record["reason"])
         return record
     checks.verify_inputs(stage, files)
+    if files.gathering:
+        checks.verify_shards(stage, shard_count(params, stage), files.root)
     clear_skipped(stage, files)
     result = run(params, files)
-    if files.shard is None:  # a shard's files are the gathering job's to check, and Snakemake's to remove
+    if files.shard is None:
         checks.record(files)
+    else:  # in the shard's folder, checked by the job gathering it
+        checks.record_shard(stage, files.shard, files.root)
     return result
 
 
@@ -286,6 +293,25 @@ def mark_disabled(params: dict[str, Any], root: Path | str = ".") -> list[str]:
         for filled in fillings(params, stage):
             skip(stage, io(stage, root, wildcards=filled), f"{TABLE[stage].enabled_by}: false")
     return marked
+
+
+def commit_for_dvc(root: Path | str = ".") -> bool:
+    """After a Snakemake run in a DVC project (`.dvc/` exists): record its outputs in DVC's cache and dvc.lock, as
+    `dvc commit -f` does, so that `dvc repro`/`dvc exp run` next re-run only what a change reaches, never deleting
+    outputs DVC has no record of. Quiet; a warning where DVC cannot (it is not installed, say). Whether it did."""
+    root = Path(root)
+    dvc = shutil.which("dvc", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    if not (root / ".dvc").is_dir():
+        return False
+    if dvc is None:
+        log.warning("DVC is not installed: the outputs are not recorded for it (dvc commit -f does that)")
+        return False
+    log.info("recording the outputs for DVC (dvc commit -f)")
+    done = subprocess.run([dvc, "commit", "-f", "-q"], cwd=root, capture_output=True, text=True)
+    if done.returncode != 0:
+        log.warning("dvc commit -f failed, so DVC has no record of these outputs (run it before dvc repro): %s",
+                    (done.stderr.strip().splitlines() or ["no message"])[-1])
+    return done.returncode == 0
 
 
 def skip(stage: str, io_: StageIO, reason: str) -> dict[str, Any]:
