@@ -24,13 +24,13 @@ def dvc_stages():
 
 
 def run_engine(engine: str, dest) -> tuple:
-    """The project run by `engine`, again (nothing to do), then by the other engine, as the README says (after
-    Snakemake, `dvc commit -f` records its outputs; after DVC, Snakemake just runs)."""
+    """The project (a clone: a git repository with the shipped .dvc/) run by `engine`, again (nothing to do), then
+    by the other engine, as the README says: nothing in between (a Snakemake run records its outputs for DVC
+    itself)."""
     if engine == "snakemake":
+        git_dvc_init(dest)
         first = run(["snakemake", "--cores", "2"], dest)
         again = run(["snakemake", "--cores", "2"], dest)
-        git_dvc_init(dest)
-        run(["dvc", "commit", "-f"], dest)
         other = run(["dvc", "repro"], dest)
     else:
         git_dvc_init(dest)
@@ -335,6 +335,26 @@ def test_one_more_fraction_computes_only_the_new_point(both_engines):
     assert sm_out.count("rule sweep_point:") == 1 and "fraction=0.75" in sm_out
     assert dvc_stages_ran(dv_out) == ["inputs", "sweep_point@resnet18-0.75-0", "sweep_aggregate", "report"]
     assert sorted(pd.read_csv(dvc_dir / "results/curve/curve.csv")["fraction"].unique()) == [0.5, 0.75, 1.0]
+
+
+def test_readme_order_snakemake_then_dvc_exp_run_keeps_every_output(both_engines):
+    """README's order as a new user follows it: command 1 (snakemake), then `dvc exp run -S finetune.lr=…`. DVC
+    knows Snakemake's outputs (its run recorded them): it re-runs what the change reaches, deletes nothing it has
+    no record of, and extracts nothing again. The baseline is restored afterwards (git, then dvc checkout)."""
+    project = both_engines["snakemake"][0]
+    run(["git", "add", "-A"], project)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"], project)
+    report = project / "results/report.html"
+    exp = run(["dvc", "exp", "run", "-S", "finetune.lr=3e-5"], project)
+    output = exp.stdout + exp.stderr
+    assert "No file hash info found" not in output
+    assert dvc_ran(output) == {"inputs", "finetune", "evaluate_finetune", "export", "visualize", "sweep_point",
+                               "sweep_aggregate", "report"}, output[-3000:]
+    for unchanged in ("extract", "train_head", "frozen_cache", "sweep_extract@resnet18"):
+        assert f"Stage '{unchanged}' didn't change" in output
+    assert report.exists() and (project / "results/features/train.npz").exists()
+    run(["git", "checkout", "--", "params.yaml", "dvc.lock"], project)
+    run(["dvc", "checkout", "--force"], project)
 
 
 def change_input(parent, what: str) -> Callable[[], None]:

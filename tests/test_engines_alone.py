@@ -275,3 +275,26 @@ def test_params_edited_during_a_run_are_never_recorded_over_results_made_with_ot
             "record the new values over results made with the old: run dvc repro again") in output, output[-3000:]
     lock = project / "dvc.lock"
     assert not lock.exists() or "inputs" not in (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+
+
+def test_the_engines_refuse_to_run_over_a_project_the_other_is_running(tmp_path):
+    """Case 10 of the bad-input issue: one lock both engines honour (src/transferlab/run_lock.py). Snakemake
+    refuses while a DVC stage holds it (a dry run still plans); DVC's first stage refuses while Snakemake holds
+    it; each names the other in one line, and nothing is run."""
+    from transferlab import run_lock
+
+    project = copy_project(tmp_path)
+    git_dvc_init(project)
+    with run_lock.held(project, "dvc (finetune)"):
+        refused = run(["snakemake", "--cores", "1"], project, check=False)
+        planned = run(["snakemake", "-n", "--cores", "1"], project)
+    output = refused.stdout + refused.stderr
+    assert refused.returncode != 0 and "logs/transferlab.lock: dvc (finetune) (pid " in output, output[-3000:]
+    assert "is running over this project; wait for it to finish, or stop it" in output
+    assert "download" in snakemake_jobs(planned.stdout) and not (project / "data/index.csv").exists()
+    with run_lock.held(project, "snakemake --cores 2"):
+        refused = run(["dvc", "repro"], project, check=False)
+    output = refused.stdout + refused.stderr
+    assert refused.returncode != 0 and ("transferlab inputs: error: logs/transferlab.lock: snakemake --cores 2 "
+                                        "(pid ") in output, output[-3000:]
+    assert dvc_ran(output) == {"inputs"} and not (project / "data/index.csv").exists()

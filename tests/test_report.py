@@ -221,8 +221,10 @@ def test_verdict_says_how_each_arm_was_tuned(full):
 def test_class_names_that_look_like_numbers_or_missing_values_survive_every_file(tmp_path):
     """Folders named 0, 007, NA and True (as many datasets name theirs): every list, table and page written and read
     again keeps the names exactly; pandas' type inference would read 0 and 007 as integers and NA as missing."""
+    from transferlab import export, predict
+
     names = ("0", "007", "NA", "True")
-    params, data_dir, results = pipeline(tmp_path, False, classes=names)
+    params, data_dir, results = pipeline(tmp_path, True, classes=names)
     html = page(params, data_dir).read_text()
     assert json.loads((data_dir / "dataset.json").read_text())["classes"] == sorted(names)
     predictions = (results / "eval" / "probe" / "predictions.csv").read_text().splitlines()
@@ -231,3 +233,17 @@ def test_class_names_that_look_like_numbers_or_missing_values_survive_every_file
     assert confusion[0] == "actual," + ",".join(sorted(names))
     for name in names:  # the per-class table of the page, a row per class under its own name
         assert f"<td>{name}</td>" in html or f">{name}<" in html, name
+    # the fine-tune's predictions, the exported model (labels.json, model card) and `transferlab predict`
+    tuned = (results / "eval" / "finetune" / "predictions.csv").read_text().splitlines()
+    assert {line.split(",")[1] for line in tuned[1:]} <= set(names)
+    model_dir = tmp_path / "model"
+    stages.execute("export", export.run, params, stages.io("export", data_dir.parent, model_dir,
+                                                           template=ROOT / "workflow/report/model_card.md.j2"))
+    assert json.loads((model_dir / "labels.json").read_text()) == sorted(names)
+    assert "into 4 classes" in (model_dir / "model_card.md").read_text()  # the names are labels.json's
+    photos = sorted((data_dir.parent / "src").rglob("*.jpg"))[:4]
+    for classifier, _ in (predict.from_model_dir(model_dir), predict.from_project(data_dir.parent, "finetune"),
+                          predict.from_project(data_dir.parent, "probe")):
+        assert classifier.labels == sorted(names)
+        readable, proba, _ = predict.classify(classifier, photos)
+        assert set(predict.table(readable["path"], proba, classifier.labels)["label"]) <= set(names)

@@ -59,6 +59,25 @@ def test_manifests_follow_content_and_keep_their_time_when_it_does_not_change(tm
     assert '"other.pth"' in out.sweep_checkpoints.read_text() and sources.refresh(p, out, project) == []
 
 
+def test_a_same_size_same_time_replacement_is_seen_once_the_record_is_removed(tmp_path):
+    """Case 4 of the bad-input issue, as docs/reproducibility.md says it: the quick check (size and time) misses
+    an image replaced by one of the same size with the old time put back; removing data/inputs/.seen.json, the
+    documented cure, hashes every file again and sees it."""
+    project = tmp_path / "project"
+    project.mkdir()
+    make_tree(tmp_path / "images", {"ant": 3, "bee": 3})
+    p, out = params_for("../images", None), manifest_files(project)
+    sources.refresh(p, out, project)
+    photo, other = tmp_path / "images/ant/ant_0.jpg", tmp_path / "images/bee/bee_2.jpg"
+    before = photo.stat()
+    replacement = bytearray(other.read_bytes()[: before.st_size].ljust(before.st_size, b"\0"))
+    photo.write_bytes(bytes(replacement))
+    os.utime(photo, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert sources.refresh(p, out, project) == []  # not seen: the rule DVC and rsync follow too
+    (out.dataset.parent / ".seen.json").unlink()
+    assert sources.refresh(p, out, project) == ["dataset"]
+
+
 def test_a_path_leaving_the_project_resolves_from_a_dvc_experiment_copy(tmp_path):
     project = tmp_path / "project"
     temp = project / ".dvc" / "tmp" / "exps" / "tmpab12cd"

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 import yaml
 
-from . import backbones, checks, engines, finetune, head, index, layout, transforms
+from . import backbones, checks, engines, finetune, head, index, layout, run_lock, transforms
 from .atomic import read_json
 from .batches import device, predict_images, torch_threads
 from .errors import DamagedFile, UserError
@@ -98,11 +98,17 @@ def resolve(project: Path, method: str) -> tuple[str, str]:
 
 
 def from_project(project: Path, method: str = "best") -> tuple[Classifier, str]:
-    """A project's trained classifier, and why it was chosen.
+    """A project's trained classifier, and why it was chosen; read under the project's run lock, shared (no run
+    writes the files while they are read: run_lock.py).
 
     The probe runs as the pipeline ran it: the extract stage's engine for the features, then the scikit-learn
     head; so its predictions on the test split equal the evaluate stage's.
     """
+    with run_lock.held(project, "transferlab predict", shared=True):
+        return _load(project, method)
+
+
+def _load(project: Path, method: str) -> tuple[Classifier, str]:
     method, why = resolve(project, method)
     for stage in ("extract", "train_head", "finetune") if method == "finetune" else ("extract", "train_head"):
         checks.verify(layout.files(stage, project).checksums, stage)

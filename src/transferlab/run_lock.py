@@ -46,10 +46,16 @@ def _held_by(handle: IO[str]) -> str:
     return "transferlab predict (reading results)"
 
 
-def acquire(root: Path | str, who: str, shared: bool = False) -> IO[str]:
+def acquire(root: Path | str, who: str, shared: bool = False) -> IO[str] | None:
     """Take the project's lock (`who` names this run to a second comer); keep the returned file open for as long
-    as it is held. Refuses at once, naming the holder, where another run has it."""
-    handle = _open(root)
+    as it is held. Refuses at once, naming the holder, where another run has it. Shared, in a project this user
+    cannot write (where no run of theirs can write either), there is nothing to take: None."""
+    try:
+        handle = _open(root)
+    except OSError:
+        if shared:
+            return None
+        raise
     try:
         fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -71,7 +77,8 @@ def held(root: Path | str, who: str, shared: bool = False) -> Iterator[None]:
     try:
         yield
     finally:
-        handle.close()
+        if handle is not None:
+            handle.close()
 
 
 def _alive(pid: int) -> bool:
