@@ -30,11 +30,13 @@ try:
 except P.ParamsError as exc:
     raise WorkflowError(str(exc))
 
-if workflow.is_main_process:  # the dataset's and checkpoint's manifests, rewritten only when their content changed
+# The params this run is planned with: its jobs compute with these, the values Snakemake records, whatever happens
+# to params.yaml while it runs (src/transferlab/cli.py); a cluster job's own Snakemake keeps what it was handed.
+if workflow.is_main_process:  # and the dataset's and checkpoint's manifests, rewritten only where content changed
     sources.refresh(config, S.layout.files("inputs"))
-    # the params this run is planned with: its jobs compute with these, the values Snakemake records, whatever
-    # happens to params.yaml while it runs (src/transferlab/cli.py)
     os.environ[P.PLANNED] = json.dumps(config)
+else:
+    os.environ.setdefault(P.PLANNED, json.dumps(config))
 
 PY = sys.executable
 SHARDS = S.shard_count(config, "extract")  # features.shards: extraction and the frozen blocks over this many jobs

@@ -298,3 +298,25 @@ def test_the_engines_refuse_to_run_over_a_project_the_other_is_running(tmp_path)
     assert refused.returncode != 0 and ("transferlab inputs: error: logs/transferlab.lock: snakemake --cores 2 "
                                         "(pid ") in output, output[-3000:]
     assert dvc_ran(output) == {"inputs"} and not (project / "data/index.csv").exists()
+
+
+def test_dvc_after_a_snakemake_run_it_has_no_record_of_refuses_before_deleting_anything(tmp_path):
+    """Snakemake → DVC without loss. A Snakemake run records its outputs for DVC when it ends (dvc commit, quietly);
+    where it could not (here: not yet a git repository, so DVC cannot run), it says so, and DVC's first stage then
+    refuses, before DVC deletes anything, naming the command that records them."""
+    from transferlab import layout
+
+    project = copy_project(tmp_path)
+    targets = list(layout.FILES["split"].values())
+    ran = run(["snakemake", "--cores", "1", *targets], project)
+    assert "dvc commit -f failed, so DVC has no record of these outputs" in ran.stdout + ran.stderr
+    git_dvc_init(project)
+    index = (project / "data/index.csv").read_bytes()
+    refused = run(["dvc", "repro"], project, check=False)
+    output = refused.stdout + refused.stderr
+    assert refused.returncode != 0 and ("transferlab inputs: error: dvc.lock: no record of the outputs Snakemake made "
+                                        "for download, split, so DVC would delete them and run those stages again; "
+                                        "record them first: dvc commit -f download split") in output, output[-3000:]
+    assert (project / "data/index.csv").read_bytes() == index
+    run(["dvc", "commit", "-f", "download", "split"], project)
+    assert dvc_changed(project) >= {"extract"} and not dvc_changed(project) & {"download", "split"}

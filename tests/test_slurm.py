@@ -144,7 +144,7 @@ def test_a_changed_image_re_runs_its_shard_alone(cluster_run):
     ran = re.findall(r"^local(?:rule|checkpoint) (\w+):\n(?:    .*\n)*?    wildcards: shard=(\d)", output, re.M)
     assert ran == [("extract_shard", "1")], output[-3000:]
     assert snakemake_jobs(output) == {"download", "split", "shard_rows", "extract_shard", "extract"}
-    assert {path: path.stat().st_mtime_ns for path in shard_zero} == before and len(before) == 4
+    assert {path: path.stat().st_mtime_ns for path in shard_zero} == before and len(before) == 5  # and its record
     for shard in (0, 1):
         assert (json.loads((cluster / f"results/shards/extract/{shard}/meta.json").read_text())["shard"]
                 == json.loads((cluster / f"results/shards/rows/{shard}.json").read_text()))

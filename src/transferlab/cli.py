@@ -114,6 +114,8 @@ def run_stage(name: str) -> None:
         set_threads(threads)
         start = time.perf_counter()
         with held(name):
+            if engine() == "dvc" and name == "inputs":  # the first stage DVC runs, before it deletes anything
+                stages.refuse_unrecorded()
             stages.execute(name, lambda params, files: stages.runner(name)(params, files), params, io)
             if engine() == "dvc":  # DVC records the file's values once the stage has run
                 refuse_changed(args.params, params, name)

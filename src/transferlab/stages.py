@@ -7,6 +7,7 @@ output is cached by DVC. Imports no torch.
 """
 from __future__ import annotations
 
+import base64
 import importlib
 import logging
 import os
@@ -25,6 +26,7 @@ import yaml
 
 from . import checks, layout
 from .atomic import write_json
+from .errors import UserError
 from .params import select
 
 log = logging.getLogger("transferlab")
@@ -312,6 +314,34 @@ def commit_for_dvc(root: Path | str = ".") -> bool:
         log.warning("dvc commit -f failed, so DVC has no record of these outputs (run it before dvc repro): %s",
                     (done.stderr.strip().splitlines() or ["no message"])[-1])
     return done.returncode == 0
+
+
+def unrecorded_by_dvc(root: Path | str = ".") -> list[str]:
+    """The stages whose outputs a Snakemake run made (its metadata records them) but dvc.lock has no entry for:
+    DVC would delete those outputs and run the stages again."""
+    root = Path(root)
+    try:
+        lock = yaml.safe_load((root / "dvc.lock").read_text()) or {}
+    except OSError:
+        lock = {}
+    recorded = {name.split("@")[0] for name in lock.get("stages") or {}}
+    metadata = root / ".snakemake" / "metadata"  # one file per output, named by its path in urlsafe base64
+    found = []
+    for stage in TABLE:
+        paths = [path for template in layout.FILES[stage].values() for path in root.glob(re.sub(r"\{\w+\}", "*", template))]
+        if stage not in recorded and any(
+                (metadata / base64.urlsafe_b64encode(path.relative_to(root).as_posix().encode()).decode()).exists()
+                for path in paths):
+            found.append(stage)
+    return found
+
+
+def refuse_unrecorded(root: Path | str = ".") -> None:
+    """DVC's first stage: refuse where DVC would delete outputs Snakemake made that it has no record of."""
+    found = unrecorded_by_dvc(root)
+    if found:
+        raise UserError(f"dvc.lock: no record of the outputs Snakemake made for {', '.join(found)}, so DVC would "
+                        f"delete them and run those stages again; record them first: dvc commit -f {' '.join(found)}")
 
 
 def skip(stage: str, io_: StageIO, reason: str) -> dict[str, Any]:
