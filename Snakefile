@@ -12,7 +12,7 @@ import sys
 from snakemake.exceptions import WorkflowError
 
 from transferlab import params as P
-from transferlab import run_lock, shards, sources
+from transferlab import handover, run_lock, shards, sources
 from transferlab import stages as S
 
 try:
@@ -83,7 +83,7 @@ onstart:  # one run at a time over the project, DVC's included (src/transferlab/
 onsuccess:
     if not workflow.dryrun:  # the records of stages switched off, then DVC told of the outputs (dvc commit)
         S.mark_disabled(config)
-        S.commit_for_dvc()
+        handover.commit_for_dvc()
 
 
 wildcard_constraints:

@@ -228,6 +228,21 @@ def test_queued_experiments_run_with_data_outside_the_project(handed_to_dvc):
     assert {0.002, 0.003} <= set(found) and all(isinstance(found[lr], float) for lr in (0.002, 0.003)), found
 
 
+HOLD_STAGES = """import os, time
+from pathlib import Path
+gate = os.environ.get("TRANSFERLAB_TEST_GATE")
+if gate:
+    from transferlab import stages
+    run = stages.execute
+    def held(*args, **kwargs):
+        Path(gate, "reached").touch()
+        while not Path(gate, "open").exists():
+            time.sleep(0.02)
+        return run(*args, **kwargs)
+    stages.execute = held
+"""
+
+
 def _wait_for(path: Path, process: subprocess.Popen, seconds: float = 180) -> None:
     end = time.monotonic() + seconds
     while not path.exists():
@@ -238,13 +253,15 @@ def _wait_for(path: Path, process: subprocess.Popen, seconds: float = 180) -> No
 def test_params_edited_during_a_run_are_never_recorded_over_results_made_with_others(tmp_path):
     """Case 2 of the bad-input issue, in both engines. Snakemake: params.yaml edited while download runs; split,
     which starts after, computes with the values Snakemake planned (and records), says so, and once the file is
-    set back nothing is to be done. DVC: the inputs stage is held inside its work (a dataset file that is a
-    pipe) while model.checkpoint is edited; it refuses in one line and DVC records nothing for it."""
+    set back nothing is to be done. DVC: the inputs stage is held once it has started (a sitecustomize on
+    PYTHONPATH, the test's own) while model.checkpoint is edited; it refuses in one line and DVC records nothing
+    for it (its record is still the one Snakemake's run handed over)."""
     from conftest import engine_env
 
     from transferlab import layout
 
     project = copy_project(tmp_path)
+    git_dvc_init(project)
     targets = list(layout.FILES["split"].values())
     snakemake = subprocess.Popen(["snakemake", "--cores", "1", *targets], cwd=project, env=engine_env(),
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -258,23 +275,21 @@ def test_params_edited_during_a_run_are_never_recorded_over_results_made_with_ot
     set_param(project, "data", "seed", 1)
     assert not snakemake_jobs(run(["snakemake", "-n", *targets], project).stdout)  # made with seed 1, as recorded
 
-    git_dvc_init(project)
-    pipe = tmp_path / "images" / "ant" / "zz_pipe.jpg"
-    os.mkfifo(pipe)
-    try:
-        dvc = subprocess.Popen(["dvc", "repro", "-s", "inputs"], cwd=project, env=engine_env(),
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        with open(pipe, "wb") as writer:  # opens once the inputs stage reads the file: it has loaded params.yaml
-            set_param(project, "model", "checkpoint", "../weights/../weights/resnet18.pth")
-            writer.write((tmp_path / "images" / "ant").glob("*.jpg").__next__().read_bytes())
-        output, _ = dvc.communicate(timeout=300)
-    finally:
-        pipe.unlink()
+    gate = tmp_path / "gate"  # a sitecustomize holding each stage, once started, until the gate opens
+    gate.mkdir()
+    (gate / "sitecustomize.py").write_text(HOLD_STAGES)
+    dvc = subprocess.Popen(["dvc", "repro", "-s", "inputs"], cwd=project, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True,
+                           env={**engine_env(), "PYTHONPATH": str(gate), "TRANSFERLAB_TEST_GATE": str(gate)})
+    _wait_for(gate / "reached", dvc)  # the inputs stage has loaded params.yaml
+    set_param(project, "model", "checkpoint", "../weights/../weights/resnet18.pth")
+    (gate / "open").touch()
+    output, _ = dvc.communicate(timeout=300)
     assert dvc.returncode != 0
     assert ("transferlab inputs: error: params.yaml: model.checkpoint changed while the inputs stage ran; DVC would "
             "record the new values over results made with the old: run dvc repro again") in output, output[-3000:]
-    lock = project / "dvc.lock"
-    assert not lock.exists() or "inputs" not in (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    recorded = yaml.safe_load((project / "dvc.lock").read_text())["stages"]["inputs"]["params"]["params.yaml"]
+    assert recorded["model.checkpoint"] == "../weights/resnet18.pth"  # Snakemake's hand-over, not the edit
 
 
 def test_the_engines_refuse_to_run_over_a_project_the_other_is_running(tmp_path):

@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from . import handover, progress, run_lock, stages
 from . import params as params_mod
-from . import progress, run_lock, stages
 from .errors import DamagedFile, UserError, rerun_command
 
 log = logging.getLogger("transferlab")
@@ -115,7 +115,7 @@ def run_stage(name: str) -> None:
         start = time.perf_counter()
         with held(name):
             if engine() == "dvc" and name == "inputs":  # the first stage DVC runs, before it deletes anything
-                stages.refuse_unrecorded()
+                handover.refuse_unrecorded()
             stages.execute(name, lambda params, files: stages.runner(name)(params, files), params, io)
             if engine() == "dvc":  # DVC records the file's values once the stage has run
                 refuse_changed(args.params, params, name)

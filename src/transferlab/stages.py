@@ -7,14 +7,10 @@ output is cached by DVC. Imports no torch.
 """
 from __future__ import annotations
 
-import base64
 import importlib
 import logging
-import os
 import re
-import shutil
 import string
-import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +22,6 @@ import yaml
 
 from . import checks, layout
 from .atomic import write_json
-from .errors import UserError
 from .params import select
 
 log = logging.getLogger("transferlab")
@@ -51,8 +46,8 @@ class Stage:
 
 # Every module a stage's script may load, lazily imported ones included (tests/test_stages.py walks the imports).
 # params loads backbones only to check class names against ImageNet's, so every stage lists it and the families.
-_CORE = ["__init__", "cli", "params", "grid", "atomic", "stages", "layout", "errors", "checks", "fetch", "progress", "run_lock",
-         "backbones", "families", "family_torchvision", "family_timm", "preprocessing"]
+_CORE = ["__init__", "cli", "params", "grid", "atomic", "stages", "layout", "errors", "checks", "fetch", "progress",
+         "run_lock", "handover", "backbones", "families", "family_torchvision", "family_timm", "preprocessing"]
 _DATASETS = _CORE + ["folders", "datasets"]
 _INFERENCE = _CORE + ["images", "transforms", "engines", "batches"]
 _FEATURES = _INFERENCE + ["shards", "features"]
@@ -295,53 +290,6 @@ def mark_disabled(params: dict[str, Any], root: Path | str = ".") -> list[str]:
         for filled in fillings(params, stage):
             skip(stage, io(stage, root, wildcards=filled), f"{TABLE[stage].enabled_by}: false")
     return marked
-
-
-def commit_for_dvc(root: Path | str = ".") -> bool:
-    """After a Snakemake run in a DVC project (`.dvc/` exists): record its outputs in DVC's cache and dvc.lock, as
-    `dvc commit -f` does, so that `dvc repro`/`dvc exp run` next re-run only what a change reaches, never deleting
-    outputs DVC has no record of. Quiet; a warning where DVC cannot (it is not installed, say). Whether it did."""
-    root = Path(root)
-    dvc = shutil.which("dvc", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
-    if not (root / ".dvc").is_dir():
-        return False
-    if dvc is None:
-        log.warning("DVC is not installed: the outputs are not recorded for it (dvc commit -f does that)")
-        return False
-    log.info("recording the outputs for DVC (dvc commit -f)")
-    done = subprocess.run([dvc, "commit", "-f", "-q"], cwd=root, capture_output=True, text=True)
-    if done.returncode != 0:
-        log.warning("dvc commit -f failed, so DVC has no record of these outputs (run it before dvc repro): %s",
-                    (done.stderr.strip().splitlines() or ["no message"])[-1])
-    return done.returncode == 0
-
-
-def unrecorded_by_dvc(root: Path | str = ".") -> list[str]:
-    """The stages whose outputs a Snakemake run made (its metadata records them) but dvc.lock has no entry for:
-    DVC would delete those outputs and run the stages again."""
-    root = Path(root)
-    try:
-        lock = yaml.safe_load((root / "dvc.lock").read_text()) or {}
-    except OSError:
-        lock = {}
-    recorded = {name.split("@")[0] for name in lock.get("stages") or {}}
-    metadata = root / ".snakemake" / "metadata"  # one file per output, named by its path in urlsafe base64
-    found = []
-    for stage in TABLE:
-        paths = [path for template in layout.FILES[stage].values() for path in root.glob(re.sub(r"\{\w+\}", "*", template))]
-        if stage not in recorded and any(
-                (metadata / base64.urlsafe_b64encode(path.relative_to(root).as_posix().encode()).decode()).exists()
-                for path in paths):
-            found.append(stage)
-    return found
-
-
-def refuse_unrecorded(root: Path | str = ".") -> None:
-    """DVC's first stage: refuse where DVC would delete outputs Snakemake made that it has no record of."""
-    found = unrecorded_by_dvc(root)
-    if found:
-        raise UserError(f"dvc.lock: no record of the outputs Snakemake made for {', '.join(found)}, so DVC would "
-                        f"delete them and run those stages again; record them first: dvc commit -f {' '.join(found)}")
 
 
 def skip(stage: str, io_: StageIO, reason: str) -> dict[str, Any]:
