@@ -210,6 +210,12 @@ def git_dvc_init(project: Path) -> None:
         run(cmd, project)
 
 
+def is_share(accuracy: float, images: int) -> bool:
+    """Whether `accuracy` is a share of `images`: some number of them right, out of all."""
+    right = accuracy * images
+    return 0 <= right <= images and abs(right - round(right)) < 1e-9
+
+
 def flip_bit(path: Path, offset: int) -> None:
     """Flip the lowest bit of the byte at `offset` (negative: from the end), the file's modification time kept."""
     times = path.stat()

@@ -110,9 +110,11 @@ def test_class_names_of_the_pretraining_classifier():
 
 
 def test_params_ask_the_registry_for_names(tmp_path):
-    assert params.validate({"model": {"backbone": "timm/convnext_atto", "weights": "DEFAULT"}})
-    assert params.validate({"model": {"backbone": "timm/vit_small_patch14_dinov2.lvd142m", "weights": "DEFAULT"}, "sweep": {
-        "backbones": ["mobilenet_v2", "timm/convnext_atto"]}})
+    assert params.validate({"model": {"backbone": "timm/convnext_atto", "weights": "DEFAULT"}})["model"]["backbone"] \
+        == "timm/convnext_atto"
+    valid = params.validate({"model": {"backbone": "timm/vit_small_patch14_dinov2.lvd142m", "weights": "DEFAULT"},
+                             "sweep": {"backbones": ["mobilenet_v2", "timm/convnext_atto"]}})
+    assert valid["sweep"]["backbones"] == ["mobilenet_v2", "timm/convnext_atto"]
     with pytest.raises(ParamsError, match=r"model.backbone: unknown timm model 'convnext_nope' \(choose from "
                                           r"timm.list_models\(\)"):
         params.validate({"model": {"backbone": "timm/convnext_nope"}})

@@ -70,7 +70,9 @@ def test_full_runs_then_noop(both_engines):
     for engine_dir in (sm_dir, dvc_dir):
         for method in ("probe", "finetune"):
             metrics = json.loads((engine_dir / f"results/metrics/{method}.json").read_text())
-            assert metrics["method"] == method and 0 <= metrics["accuracy"] <= 1
+            predictions = pd.read_csv(engine_dir / f"results/eval/{method}/predictions.csv", dtype=str)
+            right = (predictions["actual"] == predictions["predicted"]).mean()
+            assert metrics["method"] == method and metrics["accuracy"] == pytest.approx(right, abs=1e-12)
         page = (engine_dir / "results/report.html").read_text()
         assert "Feature extraction vs fine-tuning" in page and "Ideal" in page
         assert json.loads((engine_dir / "results/visualize/summary.json").read_text())["model"] == "fine-tuned model"

@@ -31,7 +31,7 @@ def pipeline(tmp_path: Path, with_finetune: bool, classes=("ant", EVIL, "cat")) 
     trained = stage_io("train_head", data_dir).output
     head.save(model, trained.model, list(cached["train"]["classes"]))
     write_csv(trained.search, search)
-    write_json(trained.summary, {"C": 1.0, "seconds": 0.5, "train_rows": 12,
+    write_json(trained.summary, {"C": float(search.loc[search["chosen"], "C"].iloc[0]), "seconds": 0.5, "train_rows": 12,
                                  "trainable_parameters": head.parameter_count(model)})
     for stage, run in (("evaluate_probe", evaluation.run_probe), ("frozen_cache", frozen.run), ("finetune", finetune.run),
                        ("evaluate_finetune", evaluation.run_finetune), ("visualize", visualize.run)):
@@ -198,7 +198,8 @@ def test_verdict_says_how_each_arm_was_tuned(full):
     verdict = unescape(re.search(r'id="verdict-text"[^>]*>([^<]*)<', html).group(1))
     summary = json.loads((results / "finetune" / "summary.json").read_text())
     search = pd.read_csv(results / "finetune" / "search.csv")
-    assert summary["candidates"] == 6 and "C = 1 (of 4 candidates)" in verdict  # 3 augmentations × 2 depths
+    chosen = pd.read_csv(results / "head" / "search.csv").query("chosen")["C"].iloc[0]  # the head's own choice
+    assert summary["candidates"] == 6 and f"C = {chosen:g} (of 4 candidates)" in verdict  # 3 augmentations × 2 depths
     blocks = f"{summary['unfreeze']} block{'s' if summary['unfreeze'] != 1 else ''}"
     assert (f"the fine-tune's augmentation {summary['augment']}, {blocks}, lr {summary['lr']:g}" in verdict
             and f"α {summary['alpha']:g} (of 6 candidates" in verdict)

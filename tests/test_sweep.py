@@ -3,7 +3,7 @@ import json
 
 import pandas as pd
 import pytest
-from conftest import stage_io
+from conftest import is_share, stage_io
 from test_features_head import prepare
 
 from transferlab import evaluation, features, finetune, frozen, head, layout, sweep
@@ -84,7 +84,7 @@ def test_points_reuse_the_cached_features_and_subsample_per_class(tmp_path, monk
     assert set(small[0].index) <= set(full["path"]) and set(small[0].index) != set(small[1].index)
     assert small[0].value_counts().tolist() == [2, 2, 2]
     for result in results.values():
-        assert result["test_images"] == 12 and 0 <= result["probe"]["accuracy"] <= 1
+        assert result["test_images"] == 12 and is_share(result["probe"]["accuracy"], 12)
         assert result["finetune"]["epochs_run"] == 1 and result["finetune"]["from_cache"]
 
     files = sweep.metric_files(params, tmp_path / "results" / "sweep")
@@ -178,13 +178,15 @@ def test_sweep_params_are_validated():
 
 
 def test_other_backbones_use_their_default_weights():
+    import copy
+
     params = sweep_params()
     params["model"].update(checkpoint="x.pth")
+    original = copy.deepcopy(params)
     assert sweep.with_backbone(params, "resnet18")["model"]["checkpoint"] == "x.pth"
     other = sweep.with_backbone(params, "mobilenet_v3_small")["model"]
     assert other == {**params["model"], "backbone": "mobilenet_v3_small", "weights": "DEFAULT", "checkpoint": None}
-    assert json.dumps(params)  # the original is untouched and serialisable
-    assert params["model"]["backbone"] == "resnet18"
+    assert params == original  # the original is untouched
 
 
 def test_a_subsample_trains_on_the_same_views_from_the_cache_as_on_the_fly(tmp_path):
