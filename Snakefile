@@ -14,10 +14,11 @@ from snakemake.exceptions import WorkflowError
 from transferlab import params as P
 from transferlab import handover, run_lock, shards, sources
 from transferlab import stages as S
+from transferlab.errors import ParamsError
 
 try:
     P.load("params.yaml")  # our one line for an empty, duplicated or invalid file, before Snakemake reads it
-except P.ParamsError as exc:
+except ParamsError as exc:
     raise WorkflowError(str(exc))
 
 
@@ -27,7 +28,7 @@ configfile: "params.yaml"
 try:
     config.update(P.validate(P.complete(config)))
     P.same_as_file(config)
-except P.ParamsError as exc:
+except ParamsError as exc:
     raise WorkflowError(str(exc))
 
 # The params this run is planned with: its jobs compute with these, the values Snakemake records, whatever happens

@@ -15,8 +15,8 @@ from torch import nn
 
 from transferlab import backbones, features, finetune, frozen, head, params
 from transferlab.atomic import read_arrays
+from transferlab.errors import ParamsError
 from transferlab.families import FAMILIES, load
-from transferlab.params import ParamsError
 from transferlab.preprocessing import Preprocessing
 
 SMALL = {"resnet18": (512, 5), "timm/resnet18": (512, 5), "timm/vit_tiny_patch16_224": (192, 13),

@@ -21,9 +21,9 @@ from test_features_head import tiny_params
 from transferlab import finetune, index, params, split
 from transferlab.atomic import atomic_path, read_arrays, scratch_file
 from transferlab.batches import ImageList
+from transferlab.errors import ParamsError
 from transferlab.images import load_encoded, load_tensor
 from transferlab.layout import files_in
-from transferlab.params import ParamsError
 
 
 # 1. High bit depth is scaled, not clipped.
@@ -686,10 +686,10 @@ def test_without_the_finetune_the_visualized_classes_are_imagenet_ones():
     p["model"].update({"backbone": "resnet18", "weights": "none"})
     p["visualize"].update({"enabled": True, "target_class": "tabby", "adversarial_from": "ant"})
     p["finetune"]["enabled"] = False
-    params.check_class_names(p, ["ant", "bee"])
+    split.check_class_names(p, ["ant", "bee"])
     p["visualize"]["adversarial_to"] = "Bengal"  # a pet breed, not an ImageNet class
     with pytest.raises(ParamsError, match="visualize.adversarial_to: 'Bengal' is not a class of the ImageNet"):
-        params.check_class_names(p, ["ant", "bee"])
+        split.check_class_names(p, ["ant", "bee"])
 
 
 def test_every_param_naming_a_class_is_checked_in_one_message():
@@ -697,7 +697,7 @@ def test_every_param_naming_a_class_is_checked_in_one_message():
     p["visualize"].update({"enabled": True, "target_class": "Bengal", "adversarial_from": "beagle",
                            "adversarial_to": "Persian"})
     with pytest.raises(ParamsError) as refused:
-        params.check_class_names(p, ["cats", "dogs"])
+        split.check_class_names(p, ["cats", "dogs"])
     message = str(refused.value)
     for key, name in (("target_class", "Bengal"), ("adversarial_from", "beagle"), ("adversarial_to", "Persian")):
         assert f"visualize.{key}: '{name}' is not a class of this dataset (cats, dogs)" in message

@@ -14,6 +14,7 @@ from transferlab.atomic import read_arrays, read_splits
 from transferlab.errors import UserError
 from transferlab.layout import files_in
 from transferlab.params import validate
+from transferlab.weights import WeightsUnavailable
 
 
 def prepare(tmp_path: Path, classes=None) -> Path:
@@ -157,7 +158,7 @@ def test_missing_weights_say_where_to_put_them(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     p = validate({"data": {"dataset": "folder", "source": "."}, "model": {"backbone": "resnet18"}})
-    with pytest.raises(backbones.WeightsUnavailable) as err:
+    with pytest.raises(WeightsUnavailable) as err:
         backbones.load_classifier(p["model"])
     message = str(err.value)
     assert "resnet18-f37072fd.pth" in message and str(tmp_path / "torch" / "hub" / "checkpoints") in message

@@ -290,7 +290,7 @@ def test_two_processes_train_as_one(probe_setup, cache):
 
 
 def test_two_processes_refuse_batchnorm_statistics_per_process():
-    from transferlab.params import ParamsError
+    from transferlab.errors import ParamsError
 
     with pytest.raises(ParamsError, match="finetune.devices: 2 with finetune.train_bn: true would keep BatchNorm"):
         validate({"finetune": {"devices": 2, "train_bn": True}})

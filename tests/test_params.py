@@ -9,7 +9,7 @@ import yaml
 from torchvision import models
 
 from transferlab import params
-from transferlab.params import ParamsError
+from transferlab.errors import ParamsError
 from transferlab.stages import STAGE_PARAMS, params_for
 
 

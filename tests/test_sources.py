@@ -100,21 +100,21 @@ def test_records_catch_truncated_edited_and_missing_files_naming_the_stage(tmp_p
         path.write_bytes(os.urandom(100))
     checks.record(written)
     reader = stage_files(tmp_path, "evaluate_probe")
-    checks.verify_inputs("evaluate_probe", reader)  # as written: nothing to say
+    stages.verify_inputs("evaluate_probe", reader)  # as written: nothing to say
     model = written.output.model
     original = model.read_bytes()
     for damage, problem in ((original[:50], "50 bytes, but 100 were written"),
                             (bytes([original[0] ^ 1]) + original[1:], "damaged or edited")):
         model.write_bytes(damage)
         with pytest.raises(DamagedFile, match=f"{model}: {problem}.*re-run the train_head stage that writes it"):
-            checks.verify_inputs("evaluate_probe", reader)
+            stages.verify_inputs("evaluate_probe", reader)
     model.unlink()
     with pytest.raises(DamagedFile, match="missing"):
-        checks.verify_inputs("evaluate_probe", reader)
+        stages.verify_inputs("evaluate_probe", reader)
 
 
 def test_a_skipped_stage_and_a_stage_run_outside_the_engines_check_nothing(tmp_path):
     finetune = stage_files(tmp_path, "finetune")
     stages.skip("finetune", finetune, "finetune.enabled: false")
-    checks.verify_inputs("evaluate_finetune", stage_files(tmp_path, "evaluate_finetune"))
-    assert {p for p, _ in checks.records_read("sweep_aggregate", stage_files(tmp_path, "sweep_aggregate"))} == set()
+    stages.verify_inputs("evaluate_finetune", stage_files(tmp_path, "evaluate_finetune"))
+    assert {p for p, _ in stages.records_read("sweep_aggregate", stage_files(tmp_path, "sweep_aggregate"))} == set()

@@ -1,75 +1,50 @@
 """The stage table against the code: dvc.yaml is its rendering, and each stage's module list is what its script
 imports (Snakemake re-runs a rule when its script changes, not when an imported module does)."""
-import ast
-from pathlib import Path
-
 import pytest
 from conftest import ROOT, write_params
 
-from transferlab.families import FAMILIES
-from transferlab.stages import TABLE, dvc_yaml, runner, script
-
-PACKAGE = ROOT / "src" / "transferlab"
+from transferlab import imports
+from transferlab.stages import TABLE, dvc_yaml, modules, runner, script
 
 
 def test_dvc_yaml_is_generated_from_the_stage_table():
     assert (ROOT / "dvc.yaml").read_text() == dvc_yaml(), "dvc.yaml is stale: python -m transferlab.stages > dvc.yaml"
 
 
-def _imports(tree: ast.AST, lazy: bool):
-    """The import statements of a module: with `lazy`, those inside functions too (a stage runs what it imports
-    late as well); never those under `if TYPE_CHECKING:` (annotations only)."""
-    for node in ast.iter_child_nodes(tree):
-        if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
-            yield from (n for child in node.orelse for n in _imports(ast.Module([child], []), lazy))
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            yield node
-        elif lazy or not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            yield from _imports(node, lazy)
-
-
-def _imported(path: Path, lazy: bool) -> set[str]:
-    """The package's modules a file imports (with `lazy`, inside functions too), as names within transferlab."""
-    found: set[str] = set()
-    for node in _imports(ast.parse(path.read_text()), lazy):
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        else:
-            base = "transferlab" if node.level == 1 else (node.module or "")
-            module = f"{base}.{node.module}" if node.level == 1 and node.module else base
-            names = [module] + [f"{module}.{a.name}" for a in node.names]
-        found |= {n.split(".")[1] for n in names
-                  if n.startswith("transferlab.") and (PACKAGE / f"{n.split('.')[1]}.py").exists()}
-        if any(n == "transferlab" or n.startswith("transferlab.") for n in names):
-            found.add("__init__")
-    return found
-
-
-def modules_loaded(path: Path, lazy: bool = True) -> set[str]:
-    """Every module of the package that running `path` may load (without `lazy`: that loading it loads),
-    following imports through the package."""
-    seen: set[str] = set()
-    todo = list(_imported(path, lazy))
-    while todo:
-        name = todo.pop()
-        if name not in seen:
-            seen.add(name)
-            todo += _imported(PACKAGE / f"{name}.py", lazy)
-            if name == "families" and lazy:  # it loads each family's module by name, when a backbone is used
-                todo += [family.module for family in FAMILIES.values()]
-    return seen
+def loaded_by_script(stage: str, lazy: bool = True) -> set[str]:
+    """The package's modules running the stage's script may load (without `lazy`: that starting it loads)."""
+    return set(imports.closure(sorted(imports.imported(ROOT / script(stage), lazy)), lazy))
 
 
 @pytest.mark.parametrize("stage", list(TABLE))
 def test_stage_modules_are_what_the_script_and_its_run_import(stage):
-    """The script's imports, and those of the module of the stage's run function (`stages.runner` loads it by
-    name once the stage's switch is on)."""
+    """A stage's modules (its dependencies in both engines) are read from the imports: the script's (the stage
+    runner, nothing else), and those of the module of its run function (`stages.runner` loads it by name once the
+    stage's switch is on)."""
     run = runner(stage)
-    assert callable(run)
+    assert callable(run) and imports.imported(ROOT / script(stage)) == {"__init__", "cli"}
     module = run.__module__.removeprefix("transferlab.")
-    loaded = modules_loaded(ROOT / script(stage)) | {module} | modules_loaded(PACKAGE / f"{module}.py")
-    assert loaded == set(TABLE[stage].modules)
-    assert len(TABLE[stage].modules) == len(set(TABLE[stage].modules))
+    assert set(modules(stage)) == loaded_by_script(stage) | set(imports.closure([module]))
+    assert len(modules(stage)) == len(set(modules(stage)))
+
+
+def test_each_stage_lists_only_the_code_it_loads():
+    """Editing the report's code re-runs the report alone; download and split load no network code."""
+    assert [stage for stage in TABLE if "report" in modules(stage)] == ["report"]
+    assert [stage for stage in TABLE if "visualize" in modules(stage)] == ["visualize"]
+    for stage in ("inputs", "download", "split"):
+        assert not {"finetune", "frozen", "features", "head", "report", "engines"} & set(modules(stage)), stage
+
+
+def test_the_package_imports_run_one_way():
+    """No import circle among the package's modules, also none through the families loaded by name (graphlib
+    raises CycleError on one, naming it)."""
+    import graphlib
+
+    graph = {path.stem: set(imports.imported(path)) - {"__init__"} for path in imports.PACKAGE.glob("*.py")}
+    graph["families"] |= set(imports.closure(["families"])) - {"families"}
+    order = list(graphlib.TopologicalSorter(graph).static_order())
+    assert order.index("errors") < order.index("params") < order.index("stages") < order.index("cli")
 
 
 def test_the_import_walk_finds_what_python_loads():
@@ -81,8 +56,8 @@ def test_the_import_walk_finds_what_python_loads():
             "print(' '.join(sorted(m.split('.')[1] if '.' in m else '__init__' for m in sys.modules "
             "if m == 'transferlab' or m.startswith('transferlab.'))))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert set(out.stdout.split()) == modules_loaded(ROOT / script("report"), lazy=False)
-    assert modules_loaded(ROOT / script("report"), lazy=False) < modules_loaded(ROOT / script("report"))
+    assert set(out.stdout.split()) == loaded_by_script("report", lazy=False)
+    assert loaded_by_script("report", lazy=False) < loaded_by_script("report")
 
 
 LOADS = """import runpy, sys

@@ -8,8 +8,8 @@ from test_features_head import prepare
 
 from transferlab import evaluation, features, finetune, frozen, head, layout, sweep
 from transferlab.atomic import read_json, read_splits
-from transferlab.errors import UserError
-from transferlab.params import ParamsError, validate
+from transferlab.errors import ParamsError, UserError
+from transferlab.params import validate
 
 
 def sweep_params(**over):

@@ -85,29 +85,6 @@ def verify_shards(stage: str, count: int, root: Path) -> None:
         verify(root / folder / SHARD_RECORD, stage, target=folder, required=True)
 
 
-def records_read(stage: str, io: StageIO) -> list[tuple[Path, str]]:
-    """(checksum record, stage that wrote it) of every stage whose files `stage` reads."""
-    from .stages import TABLE, source_of, spans_points
-
-    out: list[tuple[Path, str]] = []
-    for value in TABLE[stage].inputs.values():
-        source = source_of(value)
-        if source is None or "checksums" not in layout.FILES[source]:
-            continue
-        template = layout.FILES[source]["checksums"]
-        if spans_points(stage, source):
-            out += [(p, source) for p in sorted(io.root.glob(template.format(backbone="*", fraction="*", seed="*")))]
-        else:
-            wanted = {w: v for w, v in io.wildcards.items() if "{" + w + "}" in template}
-            out.append((io.root / template.format(**wanted), source))
-    return list(dict.fromkeys(out))
-
-
-def verify_inputs(stage: str, io: StageIO) -> None:
-    for path, source in records_read(stage, io):
-        verify(path, source)
-
-
 def verify_folder(folder: Path, stage: str) -> None:
     """Check a stage's files moved together elsewhere (an exported model folder) against the record in it."""
     verify(folder / Path(layout.FILES[stage]["checksums"]).name, stage)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import handover, progress, run_lock, stages
 from . import params as params_mod
-from .errors import DamagedFile, UserError, rerun_command
+from .errors import DamagedFile, ParamsError, UserError, rerun_command
 
 log = logging.getLogger("transferlab")
 
@@ -106,7 +106,7 @@ def run_stage(name: str) -> None:
         count = stages.shard_count(params, name)
         if (shard is not None and not 0 <= shard < count) or (gathering and count == 1):
             what = f"--shard {shard}" if shard is not None else "--gather"
-            raise params_mod.ParamsError(f"{what}: {stages.TABLE[name].shards} is {count} "
+            raise ParamsError(f"{what}: {stages.TABLE[name].shards} is {count} "
                                          f"({f'shards 0 to {count - 1}' if count > 1 else 'one job, nothing to gather'})")
         threads = max(1, args.threads)
         io = stages.io(name, threads=threads, wildcards={w: getattr(args, w) for w in stages.stage_wildcards(name)},
@@ -131,7 +131,7 @@ def refuse_changed(path: str, params: dict, name: str) -> None:
     """Under DVC: refuse to hand DVC results made with other values than params.yaml holds now."""
     moved = params_mod.changed_since(params, stages.TABLE[name].params, path)
     if moved:
-        raise params_mod.ParamsError(f"{path}: {', '.join(moved)} changed while the {name} stage ran; DVC would record "
+        raise ParamsError(f"{path}: {', '.join(moved)} changed while the {name} stage ran; DVC would record "
                                      f"the new values over results made with the old: run dvc repro again")
 
 

@@ -1,4 +1,4 @@
-"""The two failures that are the user's to fix, raised where the problem is found; anything else is a bug.
+"""The failures that are the user's to fix, raised where the problem is found; anything else is a bug.
 
 The stage runner and `transferlab predict` print a `UserError` as one line naming the key or file and exit 2;
 every other exception (ValueError included) keeps its traceback.
@@ -8,6 +8,10 @@ from __future__ import annotations
 
 class UserError(ValueError):
     """Bad input: a parameter, a data file, a command-line argument. The message names the key or the file."""
+
+
+class ParamsError(UserError):
+    """A parameter is missing, of the wrong type or out of range; the message names the key."""
 
 
 class DamagedFile(UserError):

@@ -34,7 +34,7 @@ def _config(name: str) -> dict:
 
 def build(name: str, weights: str, checkpoint: Path | None, image_size: int | None) -> nn.Module:
     """The full model in eval mode: random init ('none'), a local checkpoint, or the Hub's pretrained weights."""
-    from .backbones import WeightsUnavailable, load_state
+    from .weights import WeightsUnavailable, load_state
 
     pretrained = weights.lower() != "none" and checkpoint is None
     try:

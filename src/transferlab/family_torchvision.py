@@ -90,7 +90,7 @@ def _download_hint(member: models.WeightsEnum) -> str:
 
 def build(name: str, weights: str, checkpoint: Path | None, image_size: int | None) -> nn.Module:
     """The full classifier in eval mode: random init ('none'), a local state_dict, or the enum's weights."""
-    from .backbones import WeightsUnavailable, load_state
+    from .weights import WeightsUnavailable, load_state
 
     member = None if checkpoint else _member(name, weights)
     if member is None:

@@ -14,8 +14,8 @@ import torch
 from . import backbones, engines, layout, shards
 from .atomic import open_array, read_arrays, read_json, read_splits, scratch_file, size_text, write_arrays, write_json
 from .batches import ImageList, compute, device, torch_threads
+from .errors import ParamsError
 from .layout import SPLITS, data_root
-from .params import ParamsError
 from .stages import StageIO
 from .transforms import augmentation, evaluation
 

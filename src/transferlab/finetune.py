@@ -17,7 +17,7 @@ from scipy.special import softmax
 from torch import nn
 from torch.utils.data import Dataset
 
-from . import backbones, distributed, engines, frozen, grid, head, tracking, tuning
+from . import backbones, distributed, engines, frozen, grid, head, tracking, tuning, weights
 from .atomic import atomic_path, read_json, read_splits, write_csv, write_json
 from .batches import ImageList, device, loader, predict_images
 from .layout import data_root
@@ -89,7 +89,7 @@ def load(model_params: dict[str, Any], weights_path: Path | str, n_classes: int)
     """Rebuild the fine-tuned network from its saved state_dict (weights_only: no code is executed)."""
     body, dim = backbones.architecture(model_params)
     model = FineTuneNet(body, nn.Linear(dim, n_classes))
-    backbones.load_state(model, Path(weights_path), str(weights_path), "re-run the finetune stage that writes it")
+    weights.load_state(model, Path(weights_path), str(weights_path), "re-run the finetune stage that writes it")
     return model.eval()
 
 

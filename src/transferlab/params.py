@@ -14,7 +14,7 @@ import jsonschema
 import yaml
 
 from . import families, grid
-from .errors import UserError
+from .errors import ParamsError
 from .layout import resolve
 
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.I)
@@ -22,10 +22,6 @@ _URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.I)
 # The environment variable holding the params Snakemake planned its run with (set by the Snakefile, as JSON): its
 # jobs compute with these, the values it records, whatever happens to params.yaml while the run goes on.
 PLANNED = "TRANSFERLAB_PARAMS"
-
-
-class ParamsError(UserError):
-    """A parameter is missing, of the wrong type or out of range; the message names the key."""
 
 
 def schema() -> dict[str, Any]:
@@ -183,38 +179,6 @@ def complete(raw: Any, name: str = "params.yaml") -> dict[str, Any]:
             raise ParamsError(f"params: {name} has no section {', '.join(missing)} (a whole section missing; "
                               f"copy it from the shipped params.yaml)")
     return raw
-
-
-def _first_names(names: list[str], shown: int = 6) -> str:
-    return ", ".join(names[:shown]) + (", …" if len(names) > shown else "")
-
-
-def check_class_names(params: dict[str, Any], classes: list[str]) -> None:
-    """The visualize params that name classes, checked against the classes of the model they will address
-    (the dataset's with the fine-tune, else the ImageNet classifier's) right after download, before any
-    training: otherwise the visualize stage would fail only after the fine-tune."""
-    vis = params["visualize"]
-    if not vis["enabled"]:
-        return
-    wrong = []
-    if vis["adversarial_from"] is not None and vis["adversarial_from"] not in classes:
-        wrong.append(f"visualize.adversarial_from: {vis['adversarial_from']!r} is not a class of this dataset "
-                     f"({_first_names(classes)})")
-    if params["finetune"]["enabled"]:
-        names, whose = classes, "this dataset"
-    else:
-        from .backbones import class_names  # imported late: torch is slow to import and only needed here
-
-        names = class_names(params["model"])
-        if names is None:
-            raise ParamsError(f"params: visualize.enabled: {params['model']['backbone']} was pretrained without a "
-                              f"classifier, so without the fine-tune there is no class to visualise; set "
-                              f"finetune.enabled: true, or visualize.enabled: false")
-        whose = "the ImageNet classifier (finetune.enabled: false)"
-    wrong += [f"visualize.{key}: {vis[key]!r} is not a class of {whose} ({_first_names(names)})"
-              for key in ("target_class", "adversarial_to") if vis[key] is not None and vis[key] not in names]
-    if wrong:  # every key at once: a user switching datasets fixes them in one round
-        raise ParamsError("params: " + "; ".join(wrong) + "; name one, or null")
 
 
 def same_as_file(config: dict[str, Any], path: Path | str = "params.yaml") -> None:

@@ -11,9 +11,8 @@ import pandas as pd
 
 from . import datasets
 from .atomic import read_json, read_table, write_csv, write_json
-from .errors import UserError
+from .errors import ParamsError, UserError
 from .layout import SPLITS, data_root
-from .params import check_class_names
 from .stages import StageIO
 
 log = logging.getLogger("transferlab")
@@ -21,6 +20,38 @@ log = logging.getLogger("transferlab")
 
 class SplitError(UserError):
     """The index cannot be split as asked (a class is too small, official lists missing...)."""
+
+
+def _first_names(names: list[str], shown: int = 6) -> str:
+    return ", ".join(names[:shown]) + (", …" if len(names) > shown else "")
+
+
+def check_class_names(params: dict[str, Any], classes: list[str]) -> None:
+    """The visualize params that name classes, checked against the classes of the model they will address
+    (the dataset's with the fine-tune, else the ImageNet classifier's) right after download, before any
+    training: otherwise the visualize stage would fail only after the fine-tune."""
+    vis = params["visualize"]
+    if not vis["enabled"]:
+        return
+    wrong = []
+    if vis["adversarial_from"] is not None and vis["adversarial_from"] not in classes:
+        wrong.append(f"visualize.adversarial_from: {vis['adversarial_from']!r} is not a class of this dataset "
+                     f"({_first_names(classes)})")
+    if params["finetune"]["enabled"]:
+        names, whose = classes, "this dataset"
+    else:
+        from .backbones import class_names  # imported late: torch is slow to import and only needed here
+
+        names = class_names(params["model"])
+        if names is None:
+            raise ParamsError(f"params: visualize.enabled: {params['model']['backbone']} was pretrained without a "
+                              f"classifier, so without the fine-tune there is no class to visualise; set "
+                              f"finetune.enabled: true, or visualize.enabled: false")
+        whose = "the ImageNet classifier (finetune.enabled: false)"
+    wrong += [f"visualize.{key}: {vis[key]!r} is not a class of {whose} ({_first_names(names)})"
+              for key in ("target_class", "adversarial_to") if vis[key] is not None and vis[key] not in names]
+    if wrong:  # every key at once: a user switching datasets fixes them in one round
+        raise ParamsError("params: " + "; ".join(wrong) + "; name one, or null")
 
 
 def stratified(index: pd.DataFrame, fractions: dict[str, float], seed: int) -> dict[str, pd.DataFrame]:

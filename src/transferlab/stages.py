@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from . import checks, layout
+from . import checks, imports, layout
 from .atomic import write_json
 from .params import select
 
@@ -32,30 +32,16 @@ class Stage:
     """run: the function that does its work, module.function in the package (`runner`: loaded once the stage's
     switch is found on, so a stage switched off leaves its record without loading torch);
     inputs: name → another stage ("split": all its files; "extract.meta": one) or a project file;
-    modules: the library modules its script and its run's module import (the engines re-run the stage when one changes);
     enabled_by: the params switch that turns it off (then it leaves a 'skipped' record, see `skip`);
     shards: the params count of jobs Snakemake spreads its work over (layout.SHARD_FOLDERS; DVC runs it whole)."""
 
     run: str
     inputs: dict[str, str]
     params: list[str]
-    modules: list[str]
     enabled_by: str | None = None
     shards: str | None = None
 
 
-# Every module a stage's script may load, lazily imported ones included (tests/test_stages.py walks the imports).
-# params loads backbones only to check class names against ImageNet's, so every stage lists it and the families.
-_CORE = ["__init__", "cli", "params", "grid", "atomic", "stages", "layout", "errors", "checks", "fetch", "progress",
-         "run_lock", "handover", "backbones", "families", "family_torchvision", "family_timm", "preprocessing"]
-_DATASETS = _CORE + ["folders", "datasets"]
-_INFERENCE = _CORE + ["images", "transforms", "engines", "batches"]
-_FEATURES = _INFERENCE + ["shards", "features"]
-_FROZEN = _INFERENCE + ["shards", "frozen"]
-_HEAD = _CORE + ["selection", "head"]
-_FINETUNE = _INFERENCE + ["selection", "head", "shards", "frozen", "tuning", "tracking", "distributed", "finetune"]
-_EVALUATE = _FINETUNE + ["stats", "evaluation"]
-_SWEEP = _EVALUATE + ["folders", "datasets", "split", "features", "sweep"]
 _DATA = {"dataset": "download.dataset", "splits": "split"}
 _WEIGHTS = {"checkpoint": "inputs.checkpoint"}  # the checkpoint's content: replaced under the same name, it re-runs
 _SWEEP_WEIGHTS = {**_WEIGHTS, "sweep_checkpoints": "inputs.sweep_checkpoints"}  # and the sweep's other backbones'
@@ -73,50 +59,47 @@ _MAIN_RESULTS = {"main_head": "train_head.summary", "main_probe": "evaluate_prob
                  "main_finetune": "finetune.summary", "main_evaluation": "evaluate_finetune.metrics"}
 
 TABLE: dict[str, Stage] = {
-    "inputs": Stage("sources.run", {}, ["data.source", "model.checkpoint", "sweep.checkpoints"], _CORE + ["folders", "sources"]),
-    "download": Stage("index.run", {"source": "inputs.dataset"}, ["data.dataset", "data.source", "data.label"],
-                      _DATASETS + ["images", "index"]),
+    "inputs": Stage("sources.run", {}, ["data.source", "model.checkpoint", "sweep.checkpoints"]),
+    "download": Stage("index.run", {"source": "inputs.dataset"}, ["data.dataset", "data.source", "data.label"]),
     "split": Stage("split.run", {"index": "download.index", "dataset": "download.dataset"},
-                   ["data.split", "data.val_fraction", "data.test_fraction", "data.train_fraction", "data.seed"],
-                   _DATASETS + ["split"]),
-    "extract": Stage("features.run", {**_DATA, **_WEIGHTS}, _FEATURE_PARAMS, _FEATURES, shards="features.shards"),
-    "train_head": Stage("head.run", {"train": "extract.train", "val": "extract.val"}, ["head"], _HEAD),
+                   ["data.split", "data.val_fraction", "data.test_fraction", "data.train_fraction", "data.seed"]),
+    "extract": Stage("features.run", {**_DATA, **_WEIGHTS}, _FEATURE_PARAMS, shards="features.shards"),
+    "train_head": Stage("head.run", {"train": "extract.train", "val": "extract.val"}, ["head"]),
     "evaluate_probe": Stage("evaluation.run_probe", {"model": "train_head.model", "features": "extract"},
-                            ["evaluate"], _EVALUATE),
-    "frozen_cache": Stage("frozen.run", {**_DATA, **_WEIGHTS}, _FROZEN_PARAMS, _FROZEN, "finetune.enabled",
+                            ["evaluate"]),
+    "frozen_cache": Stage("frozen.run", {**_DATA, **_WEIGHTS}, _FROZEN_PARAMS, "finetune.enabled",
                           "features.shards"),
     "finetune": Stage("finetune.run",
                       {**_DATA, **_WEIGHTS, "probe": "train_head.model", "frozen": "frozen_cache.meta"},
-                      ["model", "finetune"], _FINETUNE, "finetune.enabled"),
+                      ["model", "finetune"], "finetune.enabled"),
     "evaluate_finetune": Stage("evaluation.run_finetune",
                                {**_DATA, "model": "finetune.model", "probe": "evaluate_probe.predictions",
                                 "frozen": "frozen_cache.meta"},
-                               ["model", "finetune", "evaluate"], _EVALUATE, "finetune.enabled"),
+                               ["model", "finetune", "evaluate"], "finetune.enabled"),
     "export": Stage("export.run",
                     {"template": "workflow/report/model_card.md.j2", **_DATA, "meta": "extract.meta",
                      "probe": "train_head.model", "finetune": "finetune.model",
                      "probe_metrics": "evaluate_probe.metrics", "finetune_metrics": "evaluate_finetune.metrics"},
-                    ["finetune.enabled", "export"], _FINETUNE + ["folders", "datasets", "index", "predict", "export"]),
+                    ["finetune.enabled", "export"]),
     "visualize": Stage("visualize.run",
                        {**_DATA, **_WEIGHTS, "probe": "train_head.model", "finetune": "finetune.model"},
-                       ["model", "finetune.enabled", "visualize"], _FINETUNE + ["visualize"], "visualize.enabled"),
+                       ["model", "finetune.enabled", "visualize"], "visualize.enabled"),
     "sweep_extract": Stage("sweep.extract", {**_DATA, **_SWEEP_WEIGHTS, "main": "extract"},
-                           _FEATURE_PARAMS + _SWEEP_PARAMS, _SWEEP, "sweep.enabled"),
+                           _FEATURE_PARAMS + _SWEEP_PARAMS, "sweep.enabled"),
     "sweep_frozen": Stage("sweep.frozen_cache", {**_DATA, **_SWEEP_WEIGHTS, "main": "frozen_cache.meta"},
-                          _FROZEN_PARAMS + _SWEEP_PARAMS, _SWEEP, "sweep.enabled"),
+                          _FROZEN_PARAMS + _SWEEP_PARAMS, "sweep.enabled"),
     "sweep_point": Stage("sweep.run",
                          {**_DATA, **_SWEEP_WEIGHTS, "features": "sweep_extract", "frozen": "sweep_frozen.meta",
-                          **_MAIN_RESULTS}, ["model", "head", "finetune", "evaluate", *_SWEEP_PARAMS], _SWEEP,
+                          **_MAIN_RESULTS}, ["model", "head", "finetune", "evaluate", *_SWEEP_PARAMS],
                          "sweep.enabled"),
-    "sweep_aggregate": Stage("sweep.aggregate", {"points": "sweep_point.metrics"}, ["sweep"], _SWEEP, "sweep.enabled"),
+    "sweep_aggregate": Stage("sweep.aggregate", {"points": "sweep_point.metrics"}, ["sweep"], "sweep.enabled"),
     "report": Stage("report.render", {"template": "workflow/report/report.html.j2", "lock": "requirements.lock",
                      "dataset": "download.dataset",
                      "rejected": "download.rejected", "splits": "split.summary", "meta": "extract.meta",
                      "head": "train_head.summary", "head_search": "train_head.search", "probe": "evaluate_probe",
                      "finetune": "finetune",
                      "finetune_eval": "evaluate_finetune", "visualize": "visualize", "curve": "sweep_aggregate"},
-                    ["data", "model", "features", "head", "finetune", "evaluate", "visualize", "sweep"],
-                    _CORE + ["images", "stats", "lock", "selection", "tuning", "diagnosis", "report"]),
+                    ["data", "model", "features", "head", "finetune", "evaluate", "visualize", "sweep"]),
 }
 STAGE_PARAMS: dict[str, list[str]] = {name: stage.params for name, stage in TABLE.items()}
 
@@ -147,7 +130,14 @@ def runner(stage: str) -> Callable[[dict[str, Any], StageIO], object]:
 
 def deps(stage: str) -> list[str]:
     """The stage's script and library files, relative to the project root."""
-    return [script(stage)] + [f"src/transferlab/{m}.py" for m in TABLE[stage].modules]
+    return [script(stage)] + [f"src/transferlab/{m}.py" for m in modules(stage)]
+
+
+def modules(stage: str) -> list[str]:
+    """The library modules the stage's code is made of, read from the imports (imports.py): its script loads the
+    stage runner (`cli`), which loads the module of its run function; editing one re-runs exactly the stages that
+    load it."""
+    return imports.closure(["cli", TABLE[stage].run.split(".")[0]])
 
 
 def stage_wildcards(stage: str) -> list[str]:
@@ -263,7 +253,7 @@ def execute(stage: str, run: Callable[[dict[str, Any], StageIO], object], params
         record = skip(stage, files, f"{TABLE[stage].enabled_by}: false")
         log.info("not run (%s): outputs marked skipped", record["reason"])
         return record
-    checks.verify_inputs(stage, files)
+    verify_inputs(stage, files)
     if files.gathering:
         checks.verify_shards(stage, shard_count(params, stage), files.root)
     clear_skipped(stage, files)
@@ -273,6 +263,27 @@ def execute(stage: str, run: Callable[[dict[str, Any], StageIO], object], params
     else:  # in the shard's folder, checked by the job gathering it
         checks.record_shard(stage, files.shard, files.root)
     return result
+
+
+def records_read(stage: str, io: StageIO) -> list[tuple[Path, str]]:
+    """(checksum record, stage that wrote it) of every stage whose files `stage` reads."""
+    out: list[tuple[Path, str]] = []
+    for value in TABLE[stage].inputs.values():
+        source = source_of(value)
+        if source is None or "checksums" not in layout.FILES[source]:
+            continue
+        template = layout.FILES[source]["checksums"]
+        if spans_points(stage, source):
+            out += [(p, source) for p in sorted(io.root.glob(template.format(backbone="*", fraction="*", seed="*")))]
+        else:
+            wanted = {w: v for w, v in io.wildcards.items() if "{" + w + "}" in template}
+            out.append((io.root / template.format(**wanted), source))
+    return list(dict.fromkeys(out))
+
+
+def verify_inputs(stage: str, io: StageIO) -> None:
+    for path, source in records_read(stage, io):
+        checks.verify(path, source)
 
 
 def fillings(params: dict[str, Any], stage: str) -> list[dict[str, str]]:
