@@ -1,5 +1,5 @@
-# transferlab pipeline for Snakemake. Every rule reads the stage table (src/transferlab/stages.py), the same
-# table dvc.yaml is generated from: inputs, outputs (src/transferlab/layout.py), params, library modules, and
+# transferlab pipeline for Snakemake. Every rule reads the stage table (src/transferlab/pipeline/stages.py), the same
+# table dvc.yaml is generated from: inputs, outputs (src/transferlab/pipeline/layout.py), params, library modules, and
 # the switch that leaves a stage out. What is Snakemake's own is written here: threads, logs, the report.
 # Run from the project root:  snakemake --cores 2
 # `snakemake --lint` leaves two lints per rule, each on purpose (tests/test_engines.py allows these only):
@@ -11,10 +11,13 @@ import sys
 
 from snakemake.exceptions import WorkflowError
 
-from transferlab import params as P
-from transferlab import handover, run_lock, shards, sources
-from transferlab import stages as S
-from transferlab.errors import ParamsError
+from transferlab.settings import params as P
+from transferlab.pipeline import handover
+from transferlab.pipeline import run_lock
+from transferlab.pipeline import shards
+from transferlab.pipeline import sources
+from transferlab.pipeline import stages as S
+from transferlab.core.errors import ParamsError
 
 try:
     P.load("params.yaml")  # our one line for an empty, duplicated or invalid file, before Snakemake reads it
@@ -32,7 +35,7 @@ except ParamsError as exc:
     raise WorkflowError(str(exc))
 
 # The params this run is planned with: its jobs compute with these, the values Snakemake records, whatever happens
-# to params.yaml while it runs (src/transferlab/cli.py); a cluster job's own Snakemake keeps what it was handed.
+# to params.yaml while it runs (src/transferlab/pipeline/runner.py); a cluster job's own Snakemake keeps what it was handed.
 if workflow.is_main_process:  # and the dataset's and checkpoint's manifests, rewritten only where content changed
     sources.refresh(config, S.layout.files("inputs"))
     os.environ[P.PLANNED] = json.dumps(config)
@@ -74,7 +77,7 @@ def targets(*names):
 HELD = {}  # the project's run lock, held from onstart to the end of this process
 
 
-onstart:  # one run at a time over the project, DVC's included (src/transferlab/run_lock.py)
+onstart:  # one run at a time over the project, DVC's included (src/transferlab/pipeline/run_lock.py)
     try:
         HELD["run"] = run_lock.for_snakemake()
     except run_lock.RunInProgress as exc:
@@ -163,13 +166,14 @@ if SHARDS > 1:
 
 
     checkpoint shard_rows:
-        """Each shard's record of its images (src/transferlab/shards.py). A checkpoint: Snakemake reads the shards'
+        """Each shard's record of its images (src/transferlab/pipeline/shards.py). A checkpoint: Snakemake reads the shards'
         jobs again once it has run, and a shard whose record has the checksum it had when the shard last ran (same
         rows, same image content) is not run again."""
         input:
             splits=S.layout.FILES["split"].values(),
             dataset=S.layout.FILES["download"]["dataset"],
-            lib=[f"src/transferlab/{module}.py" for module in ("shards", "layout", "atomic", "errors")],
+            lib=[f"src/transferlab/{module}.py" for module in ("pipeline/shards", "pipeline/layout", "core/atomic",
+                                                                "core/errors")],
         output:
             shards.records(config),
         params:

@@ -39,13 +39,18 @@ PETS = SHARED / "data" / "oxford-iiit-pet"
 MOBILENET = SHARED / "weights" / "mobilenet_v2-imagenet-int8-dequantized.pth"
 sys.path.insert(0, str(ROOT / "src"))
 
-from transferlab import backbones, batches, engines, features, head, index, layout, results, split, stages  # noqa: E402
-from transferlab.atomic import read_arrays  # noqa: E402
-from transferlab.cli import set_threads  # noqa: E402
-from transferlab.images import load_tensor  # noqa: E402
-from transferlab.layout import SPLITS  # noqa: E402
-from transferlab.params import validate  # noqa: E402
-from transferlab.transforms import evaluation  # noqa: E402
+from transferlab.core.atomic import read_arrays  # noqa: E402
+from transferlab.data import index, split  # noqa: E402
+from transferlab.data.images import load_tensor  # noqa: E402
+from transferlab.inference import backends, batches  # noqa: E402
+from transferlab.inference.transforms import evaluation  # noqa: E402
+from transferlab.models import backbones  # noqa: E402
+from transferlab.pipeline import layout, stages  # noqa: E402
+from transferlab.pipeline.layout import SPLITS  # noqa: E402
+from transferlab.pipeline.runner import set_threads  # noqa: E402
+from transferlab.probe import features, head  # noqa: E402
+from transferlab.reporting import results  # noqa: E402
+from transferlab.settings.params import validate  # noqa: E402
 
 warnings.filterwarnings("ignore")
 THREADS = os.cpu_count() or 1
@@ -121,18 +126,18 @@ def forward_rates(name: str, batch: int = 32, repeat: int = 2) -> dict[str, floa
     n = 2 if name == "resnet50" else 6
     with tempfile.TemporaryDirectory() as tmp:
         for engine, precision in (("torch", "float32"), ("torch", "bfloat16"), ("onnxruntime", "float32")):
-            if precision == "bfloat16" and not engines.bf16_supported(torch.device("cpu")):
+            if precision == "bfloat16" and not backends.bf16_supported(torch.device("cpu")):
                 continue
             for streams in (1, THREADS):
                 with batches.torch_threads(THREADS // streams):
-                    forward, _ = engines.build(model, engine, precision, torch.device("cpu"), 224,
+                    forward, _ = backends.build(model, engine, precision, torch.device("cpu"), 224,
                                                Path(tmp) / "m.onnx", threads=THREADS // streams)
                     out[f"{engine} {precision}, {streams} stream(s) x {THREADS // streams} thread(s)"] = rate(
                         lambda forward=forward, streams=streams: _parallel(forward, x, streams, n), batch * n, repeat)
     return out
 
 
-def _parallel(forward: engines.Forward, x: torch.Tensor, streams: int, batches: int) -> None:
+def _parallel(forward: backends.Forward, x: torch.Tensor, streams: int, batches: int) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(streams) as pool:
@@ -416,7 +421,7 @@ def cache_costs(work: Path) -> dict[str, float]:
 def vit_finetune_rates(data_dir: Path, work: Path) -> dict[str, float]:
     """Fine-tune img/s of timm ViT-S (random weights, the last 2 of 12 blocks) from the frozen-prefix cache (the
     first 10 blocks' token sequences, computed once) and on the fly; and the cache's own img/s."""
-    from transferlab import finetune, frozen
+    from transferlab.finetuning import finetune, frozen
 
     base = {"data": {"dataset": "oxford_pets", "source": str(PETS)}, "model": VIT,
             "finetune": {"epochs": 1, "unfreeze": 2, "lr": 1e-5, "batch_size": 32, "range_test_steps": 0}}

@@ -65,7 +65,7 @@ def make_tree(root: Path, classes: dict[str, int], size: int = 40) -> Path:
 
 def write_params(path: Path, **sections: dict) -> Path:
     """A complete params.yaml (DVC needs every tracked key present): defaults overridden by `sections`."""
-    from transferlab.params import defaults
+    from transferlab.settings.params import defaults
 
     full = defaults()
     for name, values in sections.items():
@@ -94,7 +94,7 @@ def random_checkpoint(path: Path, backbone: str = "resnet18", seed: int = 0) -> 
     import torch
     from safetensors.torch import save_file
 
-    from transferlab.backbones import load_classifier
+    from transferlab.models.backbones import load_classifier
 
     model, _ = load_classifier({"backbone": backbone, "weights": "none", "checkpoint": None, "image_size": None}, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -132,8 +132,8 @@ def run_stages(project: Path, threads: int = 2, only: tuple[str, ...] = ()) -> N
     record): a trained project in seconds where a test is about what the stages made, not about the engines."""
     import runpy
 
-    from transferlab import params as params_mod
-    from transferlab.stages import TABLE, fillings, script
+    from transferlab.pipeline.stages import TABLE, fillings, script
+    from transferlab.settings import params as params_mod
 
     params = params_mod.load(project / "params.yaml")
     here, argv = Path.cwd(), sys.argv
@@ -228,7 +228,7 @@ def flip_bit(path: Path, offset: int) -> None:
 def stage_io(stage: str, data_dir: Path, out: Path | None = None, wildcards: dict | None = None, **given):
     """A stage's files for a direct library call: inputs beside data_dir (the project's data/), outputs in `out`
     (default: where the stage writes them in that project)."""
-    from transferlab.stages import io
+    from transferlab.pipeline.stages import io
 
     return io(stage, data_dir.parent, out, wildcards=wildcards, **given)
 
@@ -240,8 +240,8 @@ def mirror_image(data_dir: Path, split: str, row: int, copy_as: str | None = Non
 
     import pandas as pd
 
-    from transferlab.atomic import read_json
-    from transferlab.layout import data_root
+    from transferlab.core.atomic import read_json
+    from transferlab.pipeline.layout import data_root
 
     listed = data_dir / "splits" / f"{split}.csv"
     frame, root = pd.read_csv(listed), data_root(read_json(data_dir / "dataset.json"))
@@ -260,8 +260,8 @@ def mirror_image(data_dir: Path, split: str, row: int, copy_as: str | None = Non
 
 def split_into(data: dict, data_dir: Path) -> dict:
     """The split stage's lists (and summary) of an indexed data_dir, with split params `data`."""
-    from transferlab import split
-    from transferlab.atomic import read_json
+    from transferlab.core.atomic import read_json
+    from transferlab.data import split
 
     files = stage_io("split", data_dir)
     return split.write(data, files.input.index, Path(read_json(files.input.dataset)["root"]), files.output)

@@ -13,11 +13,14 @@ from test_features_head import prepare, tiny_params
 from test_frozen import ABSOLUTE, TOLERANCE, cache_into, finetune_and_evaluate
 from torch import nn
 
-from transferlab import backbones, features, finetune, frozen, head, params
-from transferlab.atomic import read_arrays
-from transferlab.errors import ParamsError
-from transferlab.families import FAMILIES, load
-from transferlab.preprocessing import Preprocessing
+from transferlab.core.atomic import read_arrays
+from transferlab.core.errors import ParamsError
+from transferlab.finetuning import finetune, frozen
+from transferlab.models import backbones
+from transferlab.models.families import FAMILIES, load
+from transferlab.models.preprocessing import Preprocessing
+from transferlab.probe import features, head
+from transferlab.settings import params
 
 SMALL = {"resnet18": (512, 5), "timm/resnet18": (512, 5), "timm/vit_tiny_patch16_224": (192, 13),
          "timm/convnext_atto": (320, 5)}  # feature size, unfreeze groups

@@ -18,12 +18,14 @@ from conftest import ROOT, flip_bit, make_tree, split_into, stage_io
 from PIL import Image
 from test_features_head import tiny_params
 
-from transferlab import finetune, index, params, split
-from transferlab.atomic import atomic_path, read_arrays, scratch_file
-from transferlab.batches import ImageList
-from transferlab.errors import ParamsError
-from transferlab.images import load_encoded, load_tensor
-from transferlab.layout import files_in
+from transferlab.core.atomic import atomic_path, read_arrays, scratch_file
+from transferlab.core.errors import ParamsError
+from transferlab.data import index, split
+from transferlab.data.images import load_encoded, load_tensor
+from transferlab.finetuning import finetune
+from transferlab.inference.batches import ImageList
+from transferlab.pipeline.layout import files_in
+from transferlab.settings import params
 
 
 # 1. High bit depth is scaled, not clipped.
@@ -47,8 +49,8 @@ def test_animated_gif_is_its_first_frame_and_stacks_with_other_images(tmp_path):
     first = load_tensor(tmp_path / "a.gif")
     assert first.shape == (3, 30, 40) and first[0].float().mean() > 150 and first[1].float().mean() < 50
     plain = tiny_params()
-    from transferlab.backbones import preprocessing
-    from transferlab.transforms import evaluation
+    from transferlab.inference.transforms import evaluation
+    from transferlab.models.backbones import preprocessing
 
     images = ImageList(tmp_path, pd.DataFrame({"path": ["a.gif", "b.png"]}), [],
                        evaluation(preprocessing(plain["model"]), normalize=False), 36)
@@ -172,9 +174,10 @@ def test_a_grid_written_by_dvc_exp_run_is_read_as_numbers(tmp_path):
 def test_unfreeze_beyond_the_backbone_is_refused_before_training(tmp_path):
     from test_features_head import prepare
 
-    from transferlab import features, frozen, head
-    from transferlab.atomic import write_json
-    from transferlab.layout import SPLITS
+    from transferlab.core.atomic import write_json
+    from transferlab.finetuning import frozen
+    from transferlab.pipeline.layout import SPLITS
+    from transferlab.probe import features, head
 
     data_dir = prepare(tmp_path)
     p = tiny_params()
@@ -232,7 +235,7 @@ def test_symlinks_leaving_the_dataset_are_left_out_with_the_reason(tmp_path):
 def test_link_loops_cycles_and_folder_links_are_rejected_and_never_hashed(tmp_path):
     from types import SimpleNamespace
 
-    from transferlab import sources
+    from transferlab.pipeline import sources
 
     src = make_tree(tmp_path / "src", {"ant": 3, "bee": 3})
     outside = make_tree(tmp_path / "outside", {"wasp": 2})
@@ -271,7 +274,7 @@ def test_leftovers_of_a_killed_write_are_removed_by_the_next(tmp_path):
 @pytest.mark.parametrize("kind, bf16, expected", [("cpu", False, "float32"), ("cuda", True, "bfloat16"),
                                                   ("cuda", False, "float16")])
 def test_finetune_precision_is_what_the_device_supports(monkeypatch, kind, bf16, expected):
-    monkeypatch.setattr(finetune.engines, "bf16_supported", lambda dev: bf16)
+    monkeypatch.setattr(finetune.backends, "bf16_supported", lambda dev: bf16)
     assert finetune.precision(torch.device(kind)) == expected
 
 
@@ -295,7 +298,7 @@ def trained(tmp_path_factory):
     import yaml
     from test_report import pipeline
 
-    from transferlab import checks, stages
+    from transferlab.pipeline import checks, stages
 
     root = tmp_path_factory.mktemp("trained")
     p, _, _ = pipeline(root, True, classes=("ant", "bee", "cat"))
@@ -385,10 +388,11 @@ def test_damaged_files_are_one_line_naming_the_file_and_its_stage(trained, in_pr
 def test_a_damaged_shard_is_refused_by_its_gather(tmp_path, damage):
     from test_features_head import prepare
 
-    from transferlab import features, stages
-    from transferlab.atomic import write_arrays
-    from transferlab.cli import one_line
-    from transferlab.errors import DamagedFile
+    from transferlab.core.atomic import write_arrays
+    from transferlab.core.errors import DamagedFile
+    from transferlab.pipeline import stages
+    from transferlab.pipeline.runner import one_line
+    from transferlab.probe import features
 
     data_dir = prepare(tmp_path)
     sharded = tiny_params(train_views=1, shards=2)
@@ -409,8 +413,8 @@ def test_a_damaged_shard_is_refused_by_its_gather(tmp_path, damage):
 
 
 def test_a_bit_flipped_array_archive_is_one_line(tmp_path):
-    from transferlab.atomic import write_arrays
-    from transferlab.errors import DamagedFile
+    from transferlab.core.atomic import write_arrays
+    from transferlab.core.errors import DamagedFile
 
     path = tmp_path / "train.npz"
     write_arrays(path, {"features": np.arange(4000, dtype=np.float32)})
@@ -519,15 +523,15 @@ def test_an_image_changed_after_indexing_is_named(trained, in_process):
 def test_only_user_errors_are_one_line_and_bugs_keep_their_traceback():
     import errno
 
-    from transferlab.cli import one_line
-    from transferlab.errors import UserError
+    from transferlab.core.errors import UserError
+    from transferlab.pipeline.runner import one_line
 
     assert one_line(AttributeError("'NoneType' object has no attribute 'shape'")) is None
     assert one_line(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
     assert one_line(ValueError("a library's own ValueError")) is None
     assert one_line(UserError("data.source: no images")) == "data.source: no images"
     assert one_line(UserError("Caught UserError in DataLoader worker process 0.\nOriginal Traceback (most recent "
-                              "call last):\n  File x\ntransferlab.errors.UserError: a.jpg: changed")) == "a.jpg: changed"
+                              "call last):\n  File x\ntransferlab.core.errors.UserError: a.jpg: changed")) == "a.jpg: changed"
     full = one_line(OSError(errno.ENOSPC, "No space left on device", "results/frozen/train.npy"))
     assert full.startswith("results/frozen/train.npy: no space left on the device")
 
@@ -535,14 +539,15 @@ def test_only_user_errors_are_one_line_and_bugs_keep_their_traceback():
 def test_a_full_disk_is_one_line_and_leaves_no_output(trained, tmp_path):
     """The stage runner reports ENOSPC as one line; the atomic write leaves no file that looks complete."""
     code = ("import errno, sys\n"
-            "from transferlab import atomic, cli, stages\n"
+            "from transferlab.core import atomic\n"
+            "from transferlab.pipeline import runner, stages\n"
             "def run(params, io):\n"
             "    with atomic.atomic_path(io.output.summary) as tmp:\n"
             "        tmp.write_text('half')\n"
             "        raise OSError(errno.ENOSPC, 'No space left on device', str(tmp))\n"
             "stages.runner = lambda stage: run\n"
             "sys.argv = ['train_head.py']\n"
-            "cli.run_stage('train_head')\n")
+            "runner.run_stage('train_head')\n")
     summary = trained / "results/head/summary.json"
     before = summary.read_bytes()
     result = subprocess.run([sys.executable, "-c", code], cwd=trained, capture_output=True, text=True)
@@ -555,13 +560,14 @@ def test_predict_names_a_damaged_exported_model(trained, tmp_path, capsys):
     import json
     import shutil
 
-    from transferlab import export, stages
+    from transferlab.pipeline import stages
+    from transferlab.serve import export
 
     model_dir = tmp_path / "model"
     p = params.load(trained / "params.yaml")
     files = stages.io("export", trained, model_dir, template=ROOT / "workflow/report/model_card.md.j2")
     stages.execute("export", export.run, p, files)
-    from transferlab.commands import main
+    from transferlab.serve.cli import main
 
     photo = next((trained / "src").rglob("*.jpg"))
     command = ["predict", "--model-dir", str(model_dir), str(photo)]
@@ -589,7 +595,7 @@ def test_predict_names_a_damaged_exported_model(trained, tmp_path, capsys):
 
 
 def test_class_names_are_escaped_in_the_model_card(tmp_path):
-    from transferlab.export import model_card
+    from transferlab.serve.export import model_card
 
     template = tmp_path / "card.md.j2"
     template.write_text("{{ dataset.classes | join(', ') }} from {{ dataset.source }}\n")
@@ -652,7 +658,7 @@ def test_train_views_that_cannot_fit_are_refused_with_the_estimate(tmp_path, mon
 
     from test_features_head import prepare
 
-    from transferlab import features
+    from transferlab.probe import features
 
     data_dir = prepare(tmp_path)
     usage = shutil.disk_usage(tmp_path)
@@ -717,7 +723,7 @@ def test_sweep_fractions_the_engines_cannot_spell_are_refused():
     p["sweep"]["fractions"] = [0.00001, 1.0]
     with pytest.raises(ParamsError, match=r"sweep.fractions.0: 1e-05 is less than the minimum of 0.0001"):
         params.validate(p)
-    from transferlab.layout import label
+    from transferlab.pipeline.layout import label
 
     assert label(0.0001) == "0.0001" and label(0.0001).replace(".", "", 1).isdigit()
 

@@ -1,7 +1,8 @@
 """The report's findings on constructed search tables and summaries, and the advice the verdict derives."""
 import pandas as pd
 
-from transferlab import diagnosis, report
+from transferlab.evaluate import diagnosis
+from transferlab.reporting import report
 
 
 def search(rows):

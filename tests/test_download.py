@@ -12,9 +12,10 @@ import pytest
 from conftest import CATS_DOGS, PETS, make_tree, need
 from PIL import Image
 
-from transferlab import datasets, fetch, index
-from transferlab.images import BadImage, inspect, load_rgb
-from transferlab.layout import files_in
+from transferlab.core import fetch
+from transferlab.data import datasets, index
+from transferlab.data.images import BadImage, inspect, load_rgb
+from transferlab.pipeline.layout import files_in
 
 
 def data_params(dataset="folder", source=None, label=None):

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from conftest import ROOT, copy_project, dvc_changed, dvc_ran, dvc_stages_ran, git_dvc_init, run, set_param, snakemake_jobs
 
-from transferlab import tuning
+from transferlab.finetuning import tuning
 
 # pytest-xdist runs this file's tests in one worker, in order (--dist loadfile): they change the two projects in
 # turn. Engine tests with a project of their own are in tests/test_slurm.py and tests/test_engines_alone.py, which
@@ -211,7 +211,7 @@ def test_finetune_param_change_reruns_only_finetune(both_engines):
                        "report"}
 
 
-DROP_HASHES = "^(data|src|workflow|results)/[^:]*$"  # README's `dvc exp show`: no dependency hash columns
+DROP_HASHES = "^(data|src|workflow|results)/[^:]*$"  # no dependency hash columns in `dvc exp show`
 
 
 def _values(tree, key):
@@ -279,7 +279,7 @@ def test_dvc_artifacts_get_delivers_the_exported_model(both_engines, tmp_path):
     run(["dvc", "artifacts", "get", str(project), "classifier", "-o", str(tmp_path / "model")], tmp_path)
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == [
         "checksums.export.json", "labels.json", "model.onnx", "model_card.md", "preprocessing.json", "summary.json"]
-    predicted = run([sys.executable, "-m", "transferlab.commands", "predict", "--model-dir", str(tmp_path / "model"),
+    predicted = run([sys.executable, "-m", "transferlab.serve.cli", "predict", "--model-dir", str(tmp_path / "model"),
                      str(project.parent / "images" / "ant")], tmp_path)
     assert len(predicted.stdout.splitlines()) == 1 + 8
 
@@ -337,6 +337,21 @@ def test_one_more_fraction_computes_only_the_new_point(both_engines):
     assert sm_out.count("rule sweep_point:") == 1 and "fraction=0.75" in sm_out
     assert dvc_stages_ran(dv_out) == ["inputs", "sweep_point@resnet18-0.75-0", "sweep_aggregate", "report"]
     assert sorted(pd.read_csv(dvc_dir / "results/curve/curve.csv")["fraction"].unique()) == [0.5, 0.75, 1.0]
+
+
+def test_editing_one_module_plans_only_the_stages_that_load_it(both_engines):
+    """Each stage depends on the modules its code loads, read from the imports: an edit to the report's module
+    plans the report alone in both engines (it re-ran all 16 stages when every stage listed a common core)."""
+    def plans(project):
+        path = project / "src/transferlab/reporting/report.py"
+        before = path.read_text()
+        path.write_text(before + "\n# an edit\n")
+        try:
+            return snakemake_jobs(run(["snakemake", "-n", "--cores", "2"], project).stdout), dvc_changed(project)
+        finally:
+            path.write_text(before)
+
+    assert on_both(plans, [both_engines["snakemake"][0], both_engines["dvc"][0]]) == [({"report"}, {"report"})] * 2
 
 
 def test_readme_order_snakemake_then_dvc_exp_run_keeps_every_output(both_engines):

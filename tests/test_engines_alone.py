@@ -84,7 +84,7 @@ def test_stages_switched_off_are_left_out_by_snakemake_marked_skipped_by_both_an
     """Snakemake plans no switched-off stage and leaves their 'skipped' records, so `dvc commit` finds every
     output and DVC then runs nothing; DVC, made to run the switched-off stages with their outputs gone, runs
     them, and they write the same records."""
-    from transferlab.stages import TABLE, dvc_outs
+    from transferlab.pipeline.stages import TABLE, dvc_outs
 
     project = copy_project(tmp_path)
     for section in ("finetune", "visualize", "sweep"):
@@ -118,7 +118,7 @@ def test_stages_switched_off_are_left_out_by_snakemake_marked_skipped_by_both_an
 @pytest.fixture(scope="module")
 def handed_to_dvc(tmp_path_factory):
     """A project of its own (a timm backbone; visualize and the sweep off) trained in this process by its stage
-    scripts, then handed to DVC as after Snakemake (README: `dvc commit -f`) and committed."""
+    scripts, then handed to DVC as a Snakemake run hands it over (`dvc commit -f`) and committed."""
     project = copy_project(tmp_path_factory.mktemp("handed"))
     for section in ("visualize", "sweep"):
         set_param(project, section, "enabled", False)
@@ -230,7 +230,7 @@ HOLD_STAGES = """import os, time
 from pathlib import Path
 gate = os.environ.get("TRANSFERLAB_TEST_GATE")
 if gate:
-    from transferlab import stages
+    from transferlab.pipeline import stages
     run = stages.execute
     def held(*args, **kwargs):
         Path(gate, "reached").touch()
@@ -256,7 +256,7 @@ def test_params_edited_during_a_run_are_never_recorded_over_results_made_with_ot
     for it (its record is still the one Snakemake's run handed over)."""
     from conftest import engine_env
 
-    from transferlab import layout
+    from transferlab.pipeline import layout
 
     project = copy_project(tmp_path)
     git_dvc_init(project)
@@ -291,10 +291,10 @@ def test_params_edited_during_a_run_are_never_recorded_over_results_made_with_ot
 
 
 def test_the_engines_refuse_to_run_over_a_project_the_other_is_running(tmp_path):
-    """Case 10 of the bad-input issue: one lock both engines honour (src/transferlab/run_lock.py). Snakemake
+    """Case 10 of the bad-input issue: one lock both engines honour (src/transferlab/pipeline/run_lock.py). Snakemake
     refuses while a DVC stage holds it (a dry run still plans); DVC's first stage refuses while Snakemake holds
     it; each names the other in one line, and nothing is run."""
-    from transferlab import run_lock
+    from transferlab.pipeline import run_lock
 
     project = copy_project(tmp_path)
     git_dvc_init(project)
@@ -302,13 +302,13 @@ def test_the_engines_refuse_to_run_over_a_project_the_other_is_running(tmp_path)
         refused = run(["snakemake", "--cores", "1"], project, check=False)
         planned = run(["snakemake", "-n", "--cores", "1"], project)
     output = refused.stdout + refused.stderr
-    assert refused.returncode != 0 and "logs/transferlab.lock: dvc (finetune) (pid " in output, output[-3000:]
+    assert refused.returncode != 0 and "logs/transferlab.core.lock: dvc (finetune) (pid " in output, output[-3000:]
     assert "is running over this project; wait for it to finish, or stop it" in output
     assert "download" in snakemake_jobs(planned.stdout) and not (project / "data/index.csv").exists()
     with run_lock.held(project, "snakemake --cores 2"):
         refused = run(["dvc", "repro"], project, check=False)
     output = refused.stdout + refused.stderr
-    assert refused.returncode != 0 and ("transferlab inputs: error: logs/transferlab.lock: snakemake --cores 2 "
+    assert refused.returncode != 0 and ("transferlab inputs: error: logs/transferlab.core.lock: snakemake --cores 2 "
                                         "(pid ") in output, output[-3000:]
     assert dvc_ran(output) == {"inputs"} and not (project / "data/index.csv").exists()
 
@@ -317,7 +317,7 @@ def test_dvc_after_a_snakemake_run_it_has_no_record_of_refuses_before_deleting_a
     """Snakemake → DVC without loss. A Snakemake run records its outputs for DVC when it ends (dvc commit, quietly);
     where it could not (here: not yet a git repository, so DVC cannot run), it says so, and DVC's first stage then
     refuses, before DVC deletes anything, naming the command that records them."""
-    from transferlab import layout
+    from transferlab.pipeline import layout
 
     project = copy_project(tmp_path)
     targets = list(layout.FILES["split"].values())

@@ -9,12 +9,16 @@ import torch
 from conftest import MOBILENET, make_tree, mirror_image, need, split_into, stage_io
 from torchvision import models
 
-from transferlab import backbones, evaluation, features, head, index, shards
-from transferlab.atomic import read_arrays, read_splits
-from transferlab.errors import UserError
-from transferlab.layout import files_in
-from transferlab.params import validate
-from transferlab.weights import WeightsUnavailable
+from transferlab.core.atomic import read_arrays, read_splits
+from transferlab.core.errors import UserError
+from transferlab.data import index
+from transferlab.evaluate import evaluation
+from transferlab.models import backbones
+from transferlab.models.weights import WeightsUnavailable
+from transferlab.pipeline import shards
+from transferlab.pipeline.layout import files_in
+from transferlab.probe import features, head
+from transferlab.settings.params import validate
 
 
 def prepare(tmp_path: Path, classes=None) -> Path:
@@ -61,8 +65,8 @@ def test_features_equal_model_penultimate_and_train_views(tmp_path):
     model, _ = backbones.load_classifier(p["model"])
     model.fc = torch.nn.Identity()
     first = pd.read_csv(data_dir / "splits" / "train.csv").iloc[0]
-    from transferlab.images import load_tensor
-    from transferlab.transforms import evaluation
+    from transferlab.data.images import load_tensor
+    from transferlab.inference.transforms import evaluation
 
     x = evaluation(backbones.preprocessing(p["model"]))(load_tensor(tmp_path / "src" / first["path"]))
     with torch.inference_mode():
@@ -129,7 +133,7 @@ def test_killed_extraction_leaves_no_complete_looking_file(tmp_path, monkeypatch
 
 
 def test_atomic_path_removes_partial(tmp_path):
-    from transferlab.atomic import atomic_path
+    from transferlab.core.atomic import atomic_path
 
     with pytest.raises(RuntimeError):
         with atomic_path(tmp_path / "x.json") as tmp:
@@ -166,7 +170,7 @@ def test_missing_weights_say_where_to_put_them(tmp_path, monkeypatch):
 
 
 def test_split_classifier_keeps_penultimate():
-    from transferlab import family_torchvision
+    from transferlab.models import family_torchvision
 
     model = models.vgg11(num_classes=10)
     _, dim = family_torchvision.split(model)
@@ -212,7 +216,7 @@ def test_folded_linear_matches_pipeline(classes, tmp_path):
     logits = data["features"].astype(np.float64) @ W.T + b
     soft = np.exp(logits - logits.max(1, keepdims=True))
     np.testing.assert_allclose(soft / soft.sum(1, keepdims=True), model.predict_proba(data["features"]), atol=1e-8)
-    code = f"import sys; from transferlab import head; head.linear({str(tmp_path / 'model.npz')!r}); " \
+    code = f"import sys; from transferlab.probe import head; head.linear({str(tmp_path / 'model.npz')!r}); " \
            "print('sklearn' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
 

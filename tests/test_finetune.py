@@ -9,12 +9,15 @@ from conftest import stage_io
 from test_features_head import prepare, tiny_params
 from torch import nn
 
-from transferlab import backbones, features, finetune, frozen, head, selection, stages, tuning
-from transferlab.atomic import read_arrays
-from transferlab.evaluation import run_finetune
-from transferlab.images import load_tensor
-from transferlab.params import validate
-from transferlab.transforms import evaluation
+from transferlab.core.atomic import read_arrays
+from transferlab.data.images import load_tensor
+from transferlab.evaluate.evaluation import run_finetune
+from transferlab.finetuning import finetune, frozen, tuning
+from transferlab.inference.transforms import evaluation
+from transferlab.models import backbones
+from transferlab.pipeline import stages
+from transferlab.probe import features, head, selection
+from transferlab.settings.params import validate
 
 
 def net(name: str) -> finetune.FineTuneNet:
@@ -290,7 +293,7 @@ def test_two_processes_train_as_one(probe_setup, cache):
 
 
 def test_two_processes_refuse_batchnorm_statistics_per_process():
-    from transferlab.errors import ParamsError
+    from transferlab.core.errors import ParamsError
 
     with pytest.raises(ParamsError, match="finetune.devices: 2 with finetune.train_bn: true would keep BatchNorm"):
         validate({"finetune": {"devices": 2, "train_bn": True}})

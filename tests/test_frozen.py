@@ -11,10 +11,11 @@ import torch
 from conftest import flip_bit, mirror_image, stage_io
 from test_finetune import net, probe_setup  # noqa: F401  (fixture)
 
-from transferlab import finetune, frozen, stages, tuning
-from transferlab.atomic import read_splits
-from transferlab.errors import DamagedFile, UserError
-from transferlab.evaluation import run_finetune
+from transferlab.core.atomic import read_splits
+from transferlab.core.errors import DamagedFile, UserError
+from transferlab.evaluate.evaluation import run_finetune
+from transferlab.finetuning import finetune, frozen, tuning
+from transferlab.pipeline import stages
 
 # Training from cached activations vs on the fly: the same operations in a different batch composition for the
 # frozen blocks, so float32 rounding differs; per-epoch losses, weights and final probabilities agree to
@@ -219,7 +220,7 @@ def test_a_full_disk_at_frozen_cache_is_one_line_and_leaves_no_scratch_file(prob
     the prefix's graph only run on the fly, saying why. Where the disk fills after the check (another writer), the
     arrays' blocks are reserved before they are memory-mapped: ENOSPC naming the folder, no Bus error, and no
     scratch or half-written file is left."""
-    from transferlab import cli
+    from transferlab.pipeline import runner
 
     tmp_path, data_dir, params, _ = probe_setup
     record, _ = cache_into(small_disk, data_dir, params, ".")
@@ -229,6 +230,6 @@ def test_a_full_disk_at_frozen_cache_is_one_line_and_leaves_no_scratch_file(prob
     params["features"]["engine"] = "torch"
     with pytest.raises(OSError) as full:
         cache_into(small_disk, data_dir, params, ".")
-    line = cli.one_line(full.value)
+    line = runner.one_line(full.value)
     assert re.match(f"^{small_disk}: no space left on the device \\([0-9.]+ MiB needed\\); free some", line), line
     assert [p.name for p in small_disk.iterdir()] == ["checksums.frozen_cache.json"]  # the first run's record

@@ -8,10 +8,11 @@ from PIL import Image
 from test_features_head import prepare, tiny_params
 from torchvision import models
 
-from transferlab import backbones, batches, engines
-from transferlab.images import load_encoded, load_rgb, load_tensor
-from transferlab.preprocessing import Preprocessing
-from transferlab.transforms import evaluation
+from transferlab.data.images import load_encoded, load_rgb, load_tensor
+from transferlab.inference import backends, batches
+from transferlab.inference.transforms import evaluation
+from transferlab.models import backbones
+from transferlab.models.preprocessing import Preprocessing
 
 
 def photo(path, size, mode="RGB", fmt=None):
@@ -55,26 +56,26 @@ def uint8_model(net):
 
 def test_onnx_engine_matches_torch_and_auto_falls_back(tmp_path):
     model = uint8_model(models.resnet18(num_classes=10))
-    forward, info = engines.build(model, "onnxruntime", "float32", torch.device("cpu"), 64, tmp_path / "m.onnx")
-    assert info["engine"] == "onnxruntime" and info["onnx_max_relative_difference"] <= engines.ONNX_TOLERANCE
+    forward, info = backends.build(model, "onnxruntime", "float32", torch.device("cpu"), 64, tmp_path / "m.onnx")
+    assert info["engine"] == "onnxruntime" and info["onnx_max_relative_difference"] <= backends.ONNX_TOLERANCE
     x = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
     with torch.inference_mode():
         reference = model(x).numpy()
-    assert engines.difference(reference, forward(x)) <= engines.ONNX_TOLERANCE
+    assert backends.difference(reference, forward(x)) <= backends.ONNX_TOLERANCE
     # VGG's adaptive pooling at 32 px cannot be exported: auto runs torch, an explicit choice is a clear error
     vgg = uint8_model(models.vgg11())
-    _, info = engines.build(vgg, "auto", "float32", torch.device("cpu"), 32, tmp_path / "v.onnx")
+    _, info = backends.build(vgg, "auto", "float32", torch.device("cpu"), 32, tmp_path / "v.onnx")
     assert info["engine"] == "torch"
-    with pytest.raises(engines.EngineUnavailable, match="engine: onnxruntime cannot run"):
-        engines.build(vgg, "onnxruntime", "float32", torch.device("cpu"), 32, tmp_path / "v.onnx")
-    with pytest.raises(engines.EngineUnavailable, match="only available with engine: torch"):
-        engines.build(model, "onnxruntime", "bfloat16", torch.device("cpu"), 64, tmp_path / "m.onnx")
+    with pytest.raises(backends.EngineUnavailable, match="engine: onnxruntime cannot run"):
+        backends.build(vgg, "onnxruntime", "float32", torch.device("cpu"), 32, tmp_path / "v.onnx")
+    with pytest.raises(backends.EngineUnavailable, match="only available with engine: torch"):
+        backends.build(model, "onnxruntime", "bfloat16", torch.device("cpu"), 64, tmp_path / "m.onnx")
 
 
 def test_export_check_refuses_a_graph_that_disagrees():
     model = uint8_model(models.resnet18(num_classes=10))
     with pytest.raises(RuntimeError, match="differs from torch"):
-        engines.check_export(model, lambda x: model(x).detach().numpy() * 1.001, 64)
+        backends.check_export(model, lambda x: model(x).detach().numpy() * 1.001, 64)
 
 
 def test_bfloat16_runs_where_supported_else_says_why(monkeypatch):
@@ -82,12 +83,12 @@ def test_bfloat16_runs_where_supported_else_says_why(monkeypatch):
     x = torch.randn(4, 3, 64, 64)
     with torch.inference_mode():
         reference = model(x).numpy()
-    if engines.bf16_supported(torch.device("cpu")):
-        out = engines.torch_forward(model, torch.device("cpu"), "bfloat16")(x)
-        assert out.dtype == np.float32 and 0 < engines.difference(reference, out) < 0.1
-    monkeypatch.setattr(engines, "bf16_supported", lambda dev: False)
-    with pytest.raises(engines.EngineUnavailable, match="bfloat16 needs"):
-        engines.torch_forward(model, torch.device("cpu"), "bfloat16")
+    if backends.bf16_supported(torch.device("cpu")):
+        out = backends.torch_forward(model, torch.device("cpu"), "bfloat16")(x)
+        assert out.dtype == np.float32 and 0 < backends.difference(reference, out) < 0.1
+    monkeypatch.setattr(backends, "bf16_supported", lambda dev: False)
+    with pytest.raises(backends.EngineUnavailable, match="bfloat16 needs"):
+        backends.torch_forward(model, torch.device("cpu"), "bfloat16")
 
 
 def test_device_decoding_path_gives_the_same_batches(tmp_path):
@@ -116,7 +117,7 @@ def test_real_weights_onnx_features_match_torch_on_photos(tmp_path):
     model = backbones.Normalized(extractor, plain.mean, plain.std, scale=255)
     x = torch.stack([evaluation(plain, normalize=False)(load_tensor(p))
                      for p in sorted((PETS / "images").glob("*.jpg"))[:8]])
-    forward, info = engines.build(model, "onnxruntime", "float32", torch.device("cpu"), 224, tmp_path / "m.onnx")
+    forward, info = backends.build(model, "onnxruntime", "float32", torch.device("cpu"), 224, tmp_path / "m.onnx")
     with torch.inference_mode():
         reference = model(x).numpy()
-    assert engines.difference(reference, forward(x)) <= engines.ONNX_TOLERANCE
+    assert backends.difference(reference, forward(x)) <= backends.ONNX_TOLERANCE

@@ -6,7 +6,7 @@ import pytest
 from conftest import ROOT
 from packaging.requirements import Requirement
 
-from transferlab import lock
+from transferlab.core import lock
 
 
 def requirements() -> list[Requirement]:

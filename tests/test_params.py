@@ -8,9 +8,9 @@ import pytest
 import yaml
 from torchvision import models
 
-from transferlab import params
-from transferlab.errors import ParamsError
-from transferlab.stages import STAGE_PARAMS, params_for
+from transferlab.core.errors import ParamsError
+from transferlab.pipeline.stages import STAGE_PARAMS, params_for
+from transferlab.settings import params
 
 
 def valid(**over):
@@ -104,7 +104,9 @@ def test_differences_from_defaults():
 
 SNAKEFILE_PARSE = """
 import json, sys
-from transferlab import layout, params, stages
+from transferlab.pipeline import layout
+from transferlab.settings import params
+from transferlab.pipeline import stages
 from conftest import ROOT
 import yaml
 config = params.validate(params.complete(yaml.safe_load((ROOT / "params.yaml").read_text())), ROOT)
@@ -138,10 +140,10 @@ def test_params_validation_as_the_snakefile_parses_imports_no_torch_once_names_a
 def test_parameter_reference_is_generated_from_the_schema():
     from conftest import ROOT
 
-    from transferlab.params import load, reference
+    from transferlab.settings.params import load, reference
 
     expected = reference(load(ROOT / "params.yaml"))
     assert (ROOT / "docs" / "parameters.md").read_text() == expected, \
-        "docs/parameters.md is stale: python -m transferlab.params > docs/parameters.md"
+        "docs/parameters.md is stale: python -m transferlab.settings.params > docs/parameters.md"
     for key in ("data.source", "finetune.lr", "sweep.fractions"):
         assert f"| `{key}` |" in expected

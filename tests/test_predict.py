@@ -18,14 +18,15 @@ import yaml
 from conftest import ROOT, is_share, run
 from PIL import Image
 
-from transferlab import export, predict, transforms
-from transferlab.backbones import preprocessing
+from transferlab.inference import transforms
+from transferlab.models.backbones import preprocessing
+from transferlab.serve import export, predict
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """`transferlab predict ARGS` run in this process from `cwd`: `transferlab.commands.main`, what the console
+    """`transferlab predict ARGS` run in this process from `cwd`: `transferlab.serve.cli.main`, what the console
     command calls (the command itself runs in test_the_install_puts_the_transferlab_command_beside_python)."""
-    from transferlab.commands import main
+    from transferlab.serve.cli import main
 
     out, err, here = io.StringIO(), io.StringIO(), Path.cwd()
     os.chdir(cwd)
@@ -89,7 +90,7 @@ def test_export_check_refuses_a_graph_that_disagrees(project):
     params = predict.model_params(project)
     module = export.probabilities_module(predict.network(project, "probe", params), params)
     frame = pd.read_csv(project / "data/splits/test.csv")
-    from transferlab.batches import ImageList
+    from transferlab.inference.batches import ImageList
     plain = preprocessing(params)
     images = ImageList(project.parent / "images", frame, params["classes"], transforms.evaluation(plain, normalize=False),
                        plain.resize)
@@ -142,9 +143,9 @@ def test_unreadable_files_are_skipped_with_their_reason(project, tmp_path):
     (["data/index.csv"], "no readable image among the 1 files"),
 ])
 def test_bad_arguments_are_one_line_and_exit_2(project, args, message, monkeypatch, capsys):
-    """In this process (`transferlab.commands.main`, what the console command calls; the command itself runs in
+    """In this process (`transferlab.serve.cli.main`, what the console command calls; the command itself runs in
     the tests above)."""
-    from transferlab.commands import main
+    from transferlab.serve.cli import main
 
     monkeypatch.chdir(project)
     capsys.readouterr()

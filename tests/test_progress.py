@@ -6,7 +6,7 @@ import sys
 
 import tqdm.std
 
-from transferlab.progress import CONSOLE_EVERY, Progress
+from transferlab.core.progress import CONSOLE_EVERY, Progress
 
 
 def test_status_lines_start_then_every_ten_seconds_then_end(monkeypatch, caplog):
@@ -27,7 +27,7 @@ def test_status_lines_start_then_every_ten_seconds_then_end(monkeypatch, caplog)
 
 
 def test_bytes_read_as_sizes_and_a_bar_without_total_counts():
-    from transferlab.progress import status
+    from transferlab.core.progress import status
 
     with Progress(total=3_000_000, initial=1_500_000, unit="B", unit_scale=True, desc="download x.tar",
                   file=io.StringIO()) as bar:
@@ -39,10 +39,10 @@ def test_bytes_read_as_sizes_and_a_bar_without_total_counts():
 
 STAGE = """
 import logging, sys
-from transferlab import cli
-from transferlab.progress import Progress
+from transferlab.pipeline import runner
+from transferlab.core.progress import Progress
 logging.basicConfig(level=logging.INFO)
-cli.show_progress("extract")
+runner.show_progress("extract")
 for _ in Progress(range(3), desc="extract train", unit="img"):
     pass
 """

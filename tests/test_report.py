@@ -11,9 +11,13 @@ import pytest
 from conftest import ROOT, stage_io
 from test_features_head import prepare, tiny_params
 
-from transferlab import evaluation, features, finetune, frozen, head, report, stages, tuning, visualize
-from transferlab.atomic import read_arrays, write_csv, write_json
-from transferlab.params import validate
+from transferlab.core.atomic import read_arrays, write_csv, write_json
+from transferlab.evaluate import evaluation
+from transferlab.finetuning import finetune, frozen, tuning
+from transferlab.pipeline import stages
+from transferlab.probe import features, head
+from transferlab.reporting import report, visualize
+from transferlab.settings.params import validate
 
 EVIL = "<script>alert(1)"
 
@@ -222,7 +226,7 @@ def test_verdict_says_how_each_arm_was_tuned(full):
 def test_class_names_that_look_like_numbers_or_missing_values_survive_every_file(tmp_path):
     """Folders named 0, 007, NA and True (as many datasets name theirs): every list, table and page written and read
     again keeps the names exactly; pandas' type inference would read 0 and 007 as integers and NA as missing."""
-    from transferlab import export, predict
+    from transferlab.serve import export, predict
 
     names = ("0", "007", "NA", "True")
     params, data_dir, results = pipeline(tmp_path, True, classes=names)

@@ -4,21 +4,22 @@ import json
 import pytest
 from conftest import ROOT
 
-from transferlab import results, tuning
+from transferlab.finetuning import tuning
+from transferlab.reporting import results
 
 
 def test_readme_and_the_learning_curve_are_what_the_record_writes(monkeypatch):
     monkeypatch.chdir(ROOT)
     for path in dict.fromkeys(document for document, *_ in results.SECTIONS):
         assert path.read_text() == results.generated(path), (
-            f"{path} does not match its records: python -m transferlab.results readme")
+            f"{path} does not match its records: python -m transferlab.reporting.results readme")
 
 
 @pytest.mark.parametrize("path", [results.RECORD, results.FAR_RECORD])
 def test_the_records_are_of_the_shipped_params(monkeypatch, path):
     """Both quoted runs used params.yaml as shipped (the far one on another folder, sweep and visualize off): its
     split, C grid and the fine-tune's whole search; the chosen candidate has the search's lowest loss."""
-    from transferlab.params import load
+    from transferlab.settings.params import load
 
     monkeypatch.chdir(ROOT)
     record, shipped = json.loads(path.read_text()), load("params.yaml")
@@ -68,3 +69,9 @@ def test_the_method_name_says_what_the_search_chose_among():
     assert results._chosen(ft) == ("LP-FT, augmentation none, last 2 blocks, lr 1e-05, α 0.75; chosen on validation "
                                     "among 18 candidates (augment none, light, strong; unfreeze 1, 2; lr 1e-05, 3e-05)")
     assert results._chosen({**ft, "improved": False}).startswith("LP-FT: no candidate beat its start, which is kept;")
+
+
+def test_readme_stays_a_readme():
+    """What it is, the two commands, the generated results, using it, how it is built, the docs index: within 6 KiB
+    (measurements and their history live in docs/)."""
+    assert len((ROOT / "README.md").read_bytes()) <= 6 * 1024

@@ -15,7 +15,7 @@ import pytest
 from conftest import copy_project, engine_env, free_port, run, run_stages, set_param, snakemake_jobs
 from PIL import Image
 
-from transferlab.stages import TABLE
+from transferlab.pipeline.stages import TABLE
 
 pytestmark = pytest.mark.engine
 

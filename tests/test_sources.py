@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import pytest
 from conftest import make_tree, random_checkpoint
 
-from transferlab import checks, layout, sources, stages
-from transferlab.errors import DamagedFile
-from transferlab.params import defaults
+from transferlab.core.errors import DamagedFile
+from transferlab.pipeline import checks, layout, sources, stages
+from transferlab.settings.params import defaults
 
 
 def manifest_files(project: Path) -> SimpleNamespace:

@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from transferlab.split import SplitError, make_splits, stratified, subsample
+from transferlab.data.split import SplitError, make_splits, stratified, subsample
 
 
 def frame(counts):

@@ -3,12 +3,13 @@ imports (Snakemake re-runs a rule when its script changes, not when an imported 
 import pytest
 from conftest import ROOT, write_params
 
-from transferlab import imports
-from transferlab.stages import TABLE, dvc_yaml, modules, runner, script
+from transferlab.pipeline import imports
+from transferlab.pipeline.stages import TABLE, dvc_yaml, modules, runner, script
 
 
 def test_dvc_yaml_is_generated_from_the_stage_table():
-    assert (ROOT / "dvc.yaml").read_text() == dvc_yaml(), "dvc.yaml is stale: python -m transferlab.stages > dvc.yaml"
+    assert (ROOT / "dvc.yaml").read_text() == dvc_yaml(), \
+        "dvc.yaml is stale: python -m transferlab.pipeline.stages > dvc.yaml"
 
 
 def loaded_by_script(stage: str, lazy: bool = True) -> set[str]:
@@ -22,18 +23,21 @@ def test_stage_modules_are_what_the_script_and_its_run_import(stage):
     runner, nothing else), and those of the module of its run function (`stages.runner` loads it by name once the
     stage's switch is on)."""
     run = runner(stage)
-    assert callable(run) and imports.imported(ROOT / script(stage)) == {"__init__", "cli"}
+    assert callable(run) and imports.imported(ROOT / script(stage)) == {"__init__", "pipeline", "pipeline.runner"}
     module = run.__module__.removeprefix("transferlab.")
     assert set(modules(stage)) == loaded_by_script(stage) | set(imports.closure([module]))
     assert len(modules(stage)) == len(set(modules(stage)))
 
 
 def test_each_stage_lists_only_the_code_it_loads():
-    """Editing the report's code re-runs the report alone; download and split load no network code."""
-    assert [stage for stage in TABLE if "report" in modules(stage)] == ["report"]
-    assert [stage for stage in TABLE if "visualize" in modules(stage)] == ["visualize"]
+    """Editing the report's code re-runs the report alone; download and split load no network code; no stage but
+    those that build a network loads the backbones' module."""
+    assert [stage for stage in TABLE if "reporting.report" in modules(stage)] == ["report"]
+    assert [stage for stage in TABLE if "reporting.visualize" in modules(stage)] == ["visualize"]
     for stage in ("inputs", "download", "split"):
-        assert not {"finetune", "frozen", "features", "head", "report", "engines"} & set(modules(stage)), stage
+        assert not {"finetuning.finetune", "finetuning.frozen", "probe.features", "probe.head", "reporting.report",
+                    "inference.backends"} & set(modules(stage)), stage
+    assert not {"inputs", "download", "train_head", "report"} & {s for s in TABLE if "models.backbones" in modules(s)}
 
 
 def test_the_package_imports_run_one_way():
@@ -41,10 +45,11 @@ def test_the_package_imports_run_one_way():
     raises CycleError on one, naming it)."""
     import graphlib
 
-    graph = {path.stem: set(imports.imported(path)) - {"__init__"} for path in imports.PACKAGE.glob("*.py")}
-    graph["families"] |= set(imports.closure(["families"])) - {"families"}
+    graph = {name: set(imports.imported(imports.file(name))) - {"__init__", name} for name in imports.modules()}
+    graph[imports.FAMILIES] |= set(imports.closure([imports.FAMILIES])) - {imports.FAMILIES}
     order = list(graphlib.TopologicalSorter(graph).static_order())
-    assert order.index("errors") < order.index("params") < order.index("stages") < order.index("cli")
+    assert order.index("core.errors") < order.index("settings.params") < order.index("pipeline.stages") \
+        < order.index("pipeline.runner")
 
 
 def test_the_import_walk_finds_what_python_loads():
@@ -53,7 +58,7 @@ def test_the_import_walk_finds_what_python_loads():
     import sys
 
     code = (f"import runpy, sys; sys.argv = ['x', '--help']\nrunpy.run_path({script('report')!r}, run_name='x')\n"
-            "print(' '.join(sorted(m.split('.')[1] if '.' in m else '__init__' for m in sys.modules "
+            "print(' '.join(sorted(m.removeprefix('transferlab.') if '.' in m else '__init__' for m in sys.modules "
             "if m == 'transferlab' or m.startswith('transferlab.'))))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert set(out.stdout.split()) == loaded_by_script("report", lazy=False)

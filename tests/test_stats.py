@@ -6,7 +6,7 @@ import pytest
 from scipy import stats as sps
 from sklearn import metrics as skm
 
-from transferlab import stats
+from transferlab.evaluate import stats
 
 SETTINGS = {"draws": 20000, "confidence": 0.95, "seed": 0}
 

@@ -6,10 +6,13 @@ import pytest
 from conftest import is_share, stage_io
 from test_features_head import prepare
 
-from transferlab import evaluation, features, finetune, frozen, head, layout, sweep
-from transferlab.atomic import read_json, read_splits
-from transferlab.errors import ParamsError, UserError
-from transferlab.params import validate
+from transferlab.core.atomic import read_json, read_splits
+from transferlab.core.errors import ParamsError, UserError
+from transferlab.evaluate import evaluation, sweep
+from transferlab.finetuning import finetune, frozen
+from transferlab.pipeline import layout
+from transferlab.probe import features, head
+from transferlab.settings.params import validate
 
 
 def sweep_params(**over):

@@ -3,7 +3,8 @@ import pytest
 import torch
 from torchvision import models
 
-from transferlab import backbones, visualize
+from transferlab.models import backbones
+from transferlab.reporting import visualize
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 

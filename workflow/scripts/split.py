@@ -1,5 +1,5 @@
 """Stage split: stratified, seeded train/val/test lists."""
-from transferlab.cli import run_stage
+from transferlab.pipeline.runner import run_stage
 
 if __name__ == "__main__":
     run_stage("split")

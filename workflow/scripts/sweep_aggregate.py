@@ -1,5 +1,5 @@
 """Stage sweep_aggregate: the learning curve from every sweep point."""
-from transferlab.cli import run_stage
+from transferlab.pipeline.runner import run_stage
 
 if __name__ == "__main__":
     run_stage("sweep_aggregate")

@@ -1,5 +1,5 @@
 """Stage sweep_point: probe and fine-tune on one seeded training-set fraction."""
-from transferlab.cli import run_stage
+from transferlab.pipeline.runner import run_stage
 
 if __name__ == "__main__":
     run_stage("sweep_point")

@@ -1,5 +1,5 @@
 """Stage visualize: ideal class image, adversarial examples and feature maps."""
-from transferlab.cli import run_stage
+from transferlab.pipeline.runner import run_stage
 
 if __name__ == "__main__":
     run_stage("visualize")

@@ -1,0 +1,139 @@
+"""The split stage: deterministic, stratified train/val/test lists, and training-set subsampling."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from transferlab.core.atomic import read_json, read_table, write_csv, write_json
+from transferlab.core.errors import ParamsError, UserError
+from transferlab.data import datasets
+from transferlab.pipeline.layout import SPLITS, data_root
+from transferlab.pipeline.stages import StageIO
+
+log = logging.getLogger("transferlab")
+
+
+class SplitError(UserError):
+    """The index cannot be split as asked (a class is too small, official lists missing...)."""
+
+
+def _first_names(names: list[str], shown: int = 6) -> str:
+    return ", ".join(names[:shown]) + (", …" if len(names) > shown else "")
+
+
+def check_class_names(params: dict[str, Any], classes: list[str]) -> None:
+    """The visualize params that name classes, checked against the classes of the model they will address
+    (the dataset's with the fine-tune, else the ImageNet classifier's) right after download, before any
+    training: otherwise the visualize stage would fail only after the fine-tune."""
+    vis = params["visualize"]
+    if not vis["enabled"]:
+        return
+    wrong = []
+    if vis["adversarial_from"] is not None and vis["adversarial_from"] not in classes:
+        wrong.append(f"visualize.adversarial_from: {vis['adversarial_from']!r} is not a class of this dataset "
+                     f"({_first_names(classes)})")
+    if params["finetune"]["enabled"]:
+        names, whose = classes, "this dataset"
+    else:
+        from transferlab.models.backbones import class_names  # imported late: torch is slow to import and only needed here
+
+        names = class_names(params["model"])
+        if names is None:
+            raise ParamsError(f"params: visualize.enabled: {params['model']['backbone']} was pretrained without a "
+                              f"classifier, so without the fine-tune there is no class to visualise; set "
+                              f"finetune.enabled: true, or visualize.enabled: false")
+        whose = "the ImageNet classifier (finetune.enabled: false)"
+    wrong += [f"visualize.{key}: {vis[key]!r} is not a class of {whose} ({_first_names(names)})"
+              for key in ("target_class", "adversarial_to") if vis[key] is not None and vis[key] not in names]
+    if wrong:  # every key at once: a user switching datasets fixes them in one round
+        raise ParamsError("params: " + "; ".join(wrong) + "; name one, or null")
+
+
+def stratified(index: pd.DataFrame, fractions: dict[str, float], seed: int) -> dict[str, pd.DataFrame]:
+    """Split each class separately: the named parts get their fraction (≥ 1 image), the rest goes to train."""
+    rng = np.random.default_rng(seed)
+    names = list(fractions)
+    parts: dict[str, list[pd.DataFrame]] = {"train": [], **{name: [] for name in names}}
+    for label, group in index.groupby("label", sort=True):
+        group = group.sort_values("path")
+        order = rng.permutation(len(group))
+        sizes = [max(1, round(len(group) * fractions[n])) for n in names]
+        if len(group) - sum(sizes) < 1:
+            need = sum(sizes) + 1
+            raise SplitError(
+                f"class {label!r} has {len(group)} image(s); splitting it into train + {' + '.join(names)} "
+                f"needs at least {need}. Add images, merge or drop the class, or lower the fractions."
+            )
+        start = 0
+        for name, size in zip(names, sizes):
+            parts[name].append(group.iloc[order[start:start + size]])
+            start += size
+        parts["train"].append(group.iloc[order[start:]])
+    return {name: pd.concat(frames).sort_values("path", ignore_index=True) for name, frames in parts.items()}
+
+
+def subsample(train: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
+    """Keep `fraction` of each class (≥ 1 image); smaller fractions give subsets of larger ones."""
+    if fraction >= 1:
+        return train
+    rng = np.random.default_rng(seed)
+    kept = []
+    for _, group in train.groupby("label", sort=True):
+        group = group.sort_values("path")
+        keep = max(1, round(len(group) * fraction))
+        kept.append(group.iloc[np.sort(rng.permutation(len(group))[:keep])])
+    return pd.concat(kept).sort_values("path", ignore_index=True)
+
+
+def make_splits(index: pd.DataFrame, data: dict[str, Any], root: Path | None = None) -> dict[str, pd.DataFrame]:
+    """train/val/test frames from the index as params `data` asks."""
+    seed = data["seed"]
+    classes = sorted(index["label"].unique())
+    if len(classes) < 2:
+        raise SplitError(f"data.source: the dataset holds {len(classes)} class ({', '.join(map(str, classes))}); a "
+                         f"classifier needs at least two (one folder of images per class)")
+    if data["split"] == "official":
+        lists = datasets.official_split(root)
+        stems = index["path"].map(lambda p: Path(p).stem).map(lists)
+        test = index[stems == "test"].reset_index(drop=True)
+        trainval = index[stems == "trainval"].reset_index(drop=True)
+        if test.empty or trainval.empty:
+            raise SplitError("data.split: official: the trainval/test lists match none of the indexed images")
+        parts = stratified(trainval, {"val": data["val_fraction"]}, seed)
+        parts["test"] = test
+    else:
+        parts = stratified(index, {"val": data["val_fraction"], "test": data["test_fraction"]}, seed)
+    missing = set(parts["train"]["label"]) - set(parts["test"]["label"])
+    if missing:
+        raise SplitError(f"classes with no test image under the official split: {sorted(missing)}")
+    untrained = sorted(set(classes) - set(parts["train"]["label"]))
+    if untrained:
+        raise SplitError(f"data.split: classes with no training image after the split: {untrained}")
+    parts["train"] = subsample(parts["train"], data["train_fraction"], seed)
+    kept = [c for c in ("path", "label", "sha256") if c in index]  # sha256: each image is checked when read
+    return {name: parts[name][kept] for name in SPLITS}
+
+
+def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
+    """The split stage; first, the params that name classes are checked against the dataset."""
+    info = read_json(io.input.dataset)
+    check_class_names(params, info["classes"])
+    summary = write(params["data"], io.input.index, data_root(info), io.output)
+    log.info("split: %s", {name: part["images"] for name, part in summary.items()})
+    return summary
+
+
+def write(data: dict[str, Any], index_csv: Path, root: Path, out: SimpleNamespace) -> dict[str, Any]:
+    """Split the index into the stage's train, val and test lists and write them with a summary."""
+    parts = make_splits(read_table(index_csv), data, root)
+    summary = {name: {"images": len(frame), "per_class": frame["label"].value_counts().sort_index().to_dict()}
+               for name, frame in parts.items()}
+    write_json(out.summary, summary)
+    for name, frame in parts.items():
+        write_csv(getattr(out, name), frame)
+    return summary

@@ -1,0 +1,1 @@
+"""Scores on the test split, their intervals, the learning-curve sweep, the report's findings."""

@@ -1,0 +1,545 @@
+"""The finetune stage: the probe's backbone + its trained head as one network, the last blocks unfrozen,
+trained with a tiny backbone learning rate (linear probe, then fine-tune: LP-FT)."""
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.special import softmax
+from torch import nn
+from torch.utils.data import Dataset
+
+from transferlab.core.atomic import atomic_path, read_json, read_splits, write_csv, write_json
+from transferlab.core.progress import Progress
+from transferlab.finetuning import distributed, frozen, tracking, tuning
+from transferlab.inference import backends
+from transferlab.inference.batches import ImageList, device, loader, predict_images
+from transferlab.inference.transforms import augmented, evaluation
+from transferlab.models import backbones, weights
+from transferlab.pipeline.layout import data_root
+from transferlab.pipeline.stages import StageIO
+from transferlab.probe import head
+from transferlab.settings import grid
+
+if TYPE_CHECKING:
+    from dvclive import Live
+
+log = logging.getLogger("transferlab")
+
+
+class FineTuneNet(nn.Module):
+    """Feature extractor followed by a linear classification head."""
+
+    def __init__(self, backbone: nn.Module, head_layer: nn.Linear):
+        super().__init__()
+        self.backbone, self.head = backbone, head_layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def unfrozen_blocks(model: FineTuneNet, unfreeze: int | str) -> list[nn.Module]:
+    """The blocks `finetune.unfreeze` trains: all (the whole backbone: as many blocks as it has, or 'all'; a ViT's
+    class token and position embedding too), or the last n (0 = none)."""
+    all_blocks = backbones.blocks(model.backbone)
+    if unfreeze == "all" or unfreeze >= len(all_blocks):
+        return [model.backbone]
+    return all_blocks[len(all_blocks) - unfreeze:] if unfreeze else []
+
+
+def freeze(model: FineTuneNet, unfreeze: int | str) -> list[nn.Parameter]:
+    """Make only the head and the unfrozen blocks trainable; return the trainable backbone parameters."""
+    model.requires_grad_(False)
+    model.head.requires_grad_(True)
+    for block in unfrozen_blocks(model, unfreeze):
+        block.requires_grad_(True)
+    return [p for p in model.backbone.parameters() if p.requires_grad]
+
+
+def train_mode(model: FineTuneNet, unfreeze: int | str, train_bn: bool) -> None:
+    """Frozen blocks stay in eval mode (their BatchNorm keeps its running statistics); unfrozen blocks train,
+    with BatchNorm in eval mode unless train_bn."""
+    model.eval()
+    model.head.train()
+    for block in unfrozen_blocks(model, unfreeze):
+        block.train()
+        if not train_bn:
+            for m in block.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+
+
+def build(model_params: dict[str, Any], probe: tuple[np.ndarray, np.ndarray]) -> FineTuneNet:
+    """Backbone as in extraction + a Linear head holding the probe's weights and bias, its scaler folded in
+    (`head.linear`, `head.as_linear`)."""
+    backbone, dim, _ = backbones.load_feature_extractor(model_params)
+    weight, bias = probe
+    layer = nn.Linear(dim, len(weight))
+    with torch.no_grad():
+        layer.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
+        layer.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+    return FineTuneNet(backbone, layer)
+
+
+def load(model_params: dict[str, Any], weights_path: Path | str, n_classes: int) -> FineTuneNet:
+    """Rebuild the fine-tuned network from its saved state_dict (weights_only: no code is executed)."""
+    body, dim = backbones.architecture(model_params)
+    model = FineTuneNet(body, nn.Linear(dim, n_classes))
+    weights.load_state(model, Path(weights_path), str(weights_path), "re-run the finetune stage that writes it")
+    return model.eval()
+
+
+def lr_factor(step: int, steps_per_epoch: int, ft: dict[str, Any]) -> float:
+    """Learning-rate multiplier at an optimiser step: linear warm-up, then cosine, step or constant."""
+    warmup = ft["warmup_epochs"] * steps_per_epoch
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    if ft["schedule"] == "cosine":
+        total = max(1.0, ft["epochs"] * steps_per_epoch - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / total)))
+    if ft["schedule"] == "step":
+        return ft["gamma"] ** (step // (ft["step_size"] * steps_per_epoch))
+    return 1.0
+
+
+def count_trainable(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def precision(dev: torch.device) -> str:
+    """What the fine-tune trains in: bfloat16 on GPUs with bf16, float16 with a gradient scaler on older GPUs
+    (T4, V100), float32 on the CPU."""
+    if dev.type != "cuda":
+        return "float32"
+    return "bfloat16" if backends.bf16_supported(dev) else "float16"
+
+
+def _autocast(dev: torch.device):
+    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(precision(dev))
+    return torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None)
+
+
+def step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, dev: torch.device,
+         optimizer: torch.optim.Optimizer | None = None, scaler: torch.amp.GradScaler | None = None,
+         weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One batch: its loss, logits and labels on `dev`; one optimiser step where an optimizer is given (float16
+    losses scaled by `scaler`; the mean loss weighted by `weight` for the gradient: a process's slice of a global
+    batch, distributed.Shard)."""
+    images = images.to(dev, non_blocking=True)
+    if images.ndim == 4:  # images, or a cut's feature maps (a cut after a classifier layer gives vectors)
+        images = images.contiguous(memory_format=torch.channels_last)
+    labels = labels.to(dev)
+    with _autocast(dev):
+        logits = model(images)
+    # a process's slice of a small last batch may be empty: a zero loss, so that it still joins the gradient sync
+    loss = nn.functional.cross_entropy(logits.float(), labels) if len(labels) else logits.float().sum()
+    if optimizer is not None:
+        scaler = scaler or torch.amp.GradScaler(dev.type, enabled=False)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss * weight).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    return loss, logits, labels
+
+
+def run_epoch(model: nn.Module, data, dev: torch.device, optimizer=None, scheduler=None,
+              desc: str = "", scaler: torch.amp.GradScaler | None = None,
+              shard: distributed.Shard | None = None) -> tuple[float, float]:
+    """One pass; trains when an optimizer is given (float16 losses scaled by `scaler`; with `shard`, on this
+    process's slice of each batch, the figures summed over the processes). Returns (mean loss, accuracy)."""
+    loss_sum, correct, seen = 0.0, 0, 0
+    with torch.set_grad_enabled(optimizer is not None):
+        # tqdm.auto would call iter() on the DataLoader once more for async use: a throwaway iterator that draws
+        # from the shuffle generator (and starts workers), so the order would depend on num_workers
+        for images, labels, _ in Progress(iter(data), total=len(data), desc=desc, unit="batch", leave=False):
+            weight = 1.0
+            if shard is not None:
+                images, labels, weight = shard.take(images, labels)
+            loss, logits, labels = step(model, images, labels, dev, optimizer, scaler, weight)
+            if scheduler is not None:
+                scheduler.step()
+            loss_sum += loss.item() * len(labels)
+            correct += (logits.argmax(1) == labels).sum().item()
+            seen += len(labels)
+    if shard is not None:
+        loss_sum, correct, seen = shard.total(loss_sum, correct, seen)
+    return loss_sum / seen, correct / seen
+
+
+def optimizer_for(net: FineTuneNet, ft: dict[str, Any], lr: float, head_lr: float,
+                  weight_decay: float) -> torch.optim.AdamW:
+    """AdamW over the unfrozen blocks (at `lr`, the first group where any) and the head (at `head_lr`, last)."""
+    backbone_params = freeze(net, ft["unfreeze"])
+    groups = [{"params": list(net.head.parameters()), "lr": head_lr}]
+    if backbone_params:
+        groups.insert(0, {"params": backbone_params, "lr": lr})
+    return torch.optim.AdamW(groups, weight_decay=weight_decay)
+
+
+def range_test(net: FineTuneNet, train: Dataset, ft: dict[str, Any], dev: torch.device,
+               model: nn.Module | None = None) -> pd.DataFrame:
+    """The LR range test (fastai's lr_find, Smith 2017): from `net`'s current weights, up to
+    `ft["range_test_steps"]` optimiser steps over the epochs' training views with the backbone rate rising
+    exponentially through tuning.RANGE (`ft`: one candidate's settings, its head rate and weight decay), stopped
+    where the smoothed loss diverges. One row per step: lr, loss, smoothed. Changes `net`: the caller restores it."""
+    torch.manual_seed(ft["seed"])
+    model = net if model is None else model
+    optimizer = optimizer_for(net, ft, tuning.RANGE[0], ft["head_lr"], ft["weight_decay"])
+    rates = np.geomspace(*tuning.RANGE, ft["range_test_steps"])
+    workers = ft["num_workers"] if isinstance(train, ImageList) else 0
+    generator = torch.Generator().manual_seed(ft["seed"])
+    scaler = torch.amp.GradScaler(dev.type, enabled=precision(dev) == "float16")
+    losses: list[float] = []
+    train_mode(net, ft["unfreeze"], ft["train_bn"])
+    with Progress(total=len(rates), desc="LR range test", unit="step", leave=False) as bar:
+        for epoch in itertools.cycle(range(1, ft["epochs"] + 1)):  # the views the cache holds, in turn
+            train.seed = frozen.epoch_seed(ft["seed"], epoch)
+            for images, labels, _ in iter(loader(train, ft["batch_size"], workers, True, generator)):
+                optimizer.param_groups[0]["lr"] = rates[len(losses)]
+                losses.append(step(model, images, labels, dev, optimizer, scaler)[0].item())
+                bar.update()
+                smooth = tuning.smoothed(losses)
+                if len(losses) == len(rates) or tuning.diverged(smooth):
+                    net.eval()
+                    return pd.DataFrame({"lr": rates[:len(losses)], "loss": losses, "smoothed": smooth})
+    raise AssertionError("unreachable: itertools.cycle never ends")
+
+
+def snapshot(net: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of a network's state on the CPU."""
+    return {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+
+
+def start_row(model: nn.Module, val, ft: dict[str, Any], dev: torch.device) -> dict[str, Any]:
+    """Epoch 0 of every candidate's history: the start (the probe's head on the frozen backbone) scored on the
+    validation split; it trains nothing, so its training columns are empty."""
+    tick = time.perf_counter()
+    workers = ft["num_workers"] if isinstance(val, ImageList) else 0
+    model.eval()
+    val_loss, val_acc = run_epoch(model, loader(val, ft["batch_size"], workers), dev, desc="start val")
+    return {"epoch": 0, "train_loss": math.nan, "train_accuracy": math.nan, "val_loss": val_loss,
+            "val_accuracy": val_acc, "lr": 0.0, "head_lr": 0.0, "seconds": round(time.perf_counter() - tick, 3)}
+
+
+def fit(net: FineTuneNet, train: Dataset, val: Dataset, ft: dict[str, Any], dev: torch.device,
+        model: nn.Module | None = None, desc: str = "fine-tune",
+        on_epoch: Callable[[dict[str, Any]], None] | None = None,
+        shard: distributed.Shard | None = None, start: dict[str, Any] | None = None,
+        prune: Callable[[int, float], bool] | None = None) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """Fine-tune `net` (on `dev`) from its current weights at one candidate's settings (`ft`: its augmentation's
+    views are `train`, its `unfreeze`, `lr`, `head_lr` and `weight_decay` numbers): the last `ft["unfreeze"]`
+    blocks and the head, early stopping on validation loss. The start is epoch 0 (`start`, its `start_row`,
+    scored here where not given): an epoch replaces the kept weights only where its validation loss is lower
+    and its validation accuracy no lower than the start's (tuning.eligible), so where none is, the start's
+    weights are returned. `prune(epoch, val_loss)` returning True stops the candidate (the search's pruner).
+    Returns the kept epoch's state_dict (on the CPU) and one history row per epoch, from epoch 0.
+
+    `train` and `val` are images (an ImageList; `train` holds the augmenting transform) or the frozen prefix's
+    cached activations of the same views (frozen.Activations), and `model` then the network after the prefix
+    (`frozen.Cache.tail`). Either way `train.seed` is set per epoch, so the views are reproducible. `on_epoch`
+    gets each trained epoch's row as it ends (DVCLive). With `finetune.devices` > 1 it runs in that many
+    processes (distributed.fit), each training on its `shard` of every batch, without pruning.
+    """
+    model = net if model is None else model
+    start = start or start_row(model, val, ft, dev)
+    if ft["devices"] > 1 and shard is None:
+        freeze(net, ft["unfreeze"])  # before DistributedDataParallel: it syncs the gradients of what trains then
+        best, history = distributed.fit(
+            lambda wrapped, part: fit(net, train, val, ft, dev, wrapped, desc, None, part, start), ft["devices"], model)
+        for row in history[1:] if on_epoch is not None else []:  # DVCLive's run lives in this process: its epochs
+            on_epoch(row)                                          # are logged here, as the processes end
+        return best, history
+    torch.manual_seed(ft["seed"])
+    optimizer = optimizer_for(net, ft, ft["lr"], ft["head_lr"], ft["weight_decay"])
+    workers = ft["num_workers"] if isinstance(train, ImageList) else 0  # cached activations need no decoding
+    val_data = loader(val, ft["batch_size"], workers)
+    generator = torch.Generator().manual_seed(ft["seed"])
+    steps_per_epoch = math.ceil(len(train) / ft["batch_size"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps_per_epoch, ft))
+    scaler = torch.amp.GradScaler(dev.type, enabled=precision(dev) == "float16")
+    history, best, best_loss, waited = [dict(start)], snapshot(net), start["val_loss"], 0
+    for epoch in Progress(range(1, ft["epochs"] + 1), desc=desc, unit="epoch"):
+        tick = time.perf_counter()
+        train.seed = frozen.epoch_seed(ft["seed"], epoch)
+        train_mode(net, ft["unfreeze"], ft["train_bn"])
+        lrs = [g["lr"] for g in optimizer.param_groups]
+        train_loss, train_acc = run_epoch(model, loader(train, ft["batch_size"], workers, True, generator),
+                                          dev, optimizer, scheduler, f"epoch {epoch} train", scaler, shard)
+        net.eval()
+        val_loss, val_acc = run_epoch(model, val_data, dev, desc=f"epoch {epoch} val")
+        history.append({"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val_loss,
+                        "val_accuracy": val_acc, "lr": lrs[0], "head_lr": lrs[-1],
+                        "seconds": round(time.perf_counter() - tick, 3)})
+        if on_epoch is not None:
+            on_epoch(history[-1])
+        if val_loss < best_loss and tuning.eligible(val_acc, start["val_accuracy"]):
+            best_loss, best, waited = val_loss, snapshot(net), 0
+        else:
+            waited += 1
+            if waited >= ft["patience"]:
+                break
+        if prune is not None and prune(epoch, val_loss):
+            break
+    return best, history
+
+
+def training_images(model_params: dict[str, Any], ft: dict[str, Any], root: Path, frame: pd.DataFrame,
+                    classes: list[str], keys: list[int] | None = None) -> ImageList:
+    """The fine-tune's training images under one augmentation setting (`ft["augment"]`), seeded by epoch and
+    `keys` (default their rows)."""
+    plain = backbones.preprocessing(model_params)
+    return ImageList(root, frame, classes, augmented(plain, ft["augment"]), plain.resize, seed=ft["seed"], keys=keys)
+
+
+def validation_images(model_params: dict[str, Any], root: Path, frame: pd.DataFrame, classes: list[str]) -> ImageList:
+    plain = backbones.preprocessing(model_params)
+    return ImageList(root, frame, classes, evaluation(plain), plain.resize)
+
+
+def search(net: FineTuneNet, begin: dict[str, torch.Tensor], candidates: list[dict[str, Any]],
+           views: Callable[[str], Dataset], val: Dataset, ft: dict[str, Any], dev: torch.device,
+           model: nn.Module | None = None, live: Live | None = None,
+           start: dict[str, Any] | None = None) -> tuple[pd.DataFrame, dict[str, torch.Tensor], pd.DataFrame]:
+    """Fit the `candidates` from the state `begin` (restored into `net` first, its fingerprint recorded),
+    each on its augmentation's training `views`, in the order Optuna's grid sampler draws them (seeded by
+    finetune.seed), a successive-halving pruner stopping a candidate after an epoch where its validation loss
+    trails the others' at that epoch (finetune.prune; not with finetune.devices > 1). Returns the search table
+    (`tuning.table`: every trial, pruned ones too), and the chosen candidate's kept weights (only the best so far
+    is kept) and per-epoch history. Each epoch goes to `live` (DVCLive) as it ends, under the candidate's
+    settings where there are several."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    indices = list(range(len(candidates)))
+    pruning = ft["prune"] and ft["devices"] == 1 and len(candidates) > 2
+    study = optuna.create_study(
+        sampler=optuna.samplers.GridSampler({"candidate": indices}, seed=ft["seed"]),
+        pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3) if pruning
+        else optuna.pruners.NopPruner())
+    order = list(grid.augments(ft))
+    rows: list[dict[str, Any]] = []
+    histories: list[pd.DataFrame] = []
+    kept: dict[str, Any] = {"state": {}, "index": 0}
+
+    def objective(trial: optuna.Trial) -> float:
+        candidate = candidates[trial.suggest_categorical("candidate", indices)]
+        net.load_state_dict(begin)
+        fingerprint = frozen.fingerprint(net)[:16]
+        pruned = []
+
+        def prune(epoch: int, val_loss: float) -> bool:  # every epoch counts for later trials' rungs; the
+            trial.report(val_loss, epoch)                    # last one has nothing left to stop
+            pruned.append(epoch < ft["epochs"] and trial.should_prune())
+            return pruned[-1]
+
+        logger = tracking.epoch_logger(live, tracking.prefix(candidate, candidates)) if live else None
+        label = tuning.label(candidate) if len(candidates) > 1 else "fine-tune"
+        state, history = fit(net, views(candidate["augment"]), val, tuning.setting(ft, candidate), dev, model,
+                             label, logger, start=start, prune=prune)
+        rows.append({**candidate, "start_sha256": fingerprint, "state": "pruned" if any(pruned) else "complete"})
+        histories.append(pd.DataFrame(history))
+        if tuning.chosen(tuning.table(rows, histories, order)) == len(rows) - 1:
+            kept.update(state=state, index=len(rows) - 1)
+        if any(pruned):
+            raise optuna.TrialPruned()
+        return float(np.nanmin(histories[-1]["val_loss"]))
+
+    study.optimize(objective, n_trials=len(candidates))
+    return tuning.table(rows, histories, order), kept["state"], histories[kept["index"]]
+
+
+def mixed(begin: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+    """WiSE-FT's weights: (1 − α)·start + α·fine-tuned for every floating tensor the fine-tune changed (α = 0 is
+    the start, 1 the fine-tune); the others (frozen blocks, counters) exactly as they are, so a frozen prefix keeps
+    its fingerprint."""
+    out = {}
+    for name, value in tuned.items():
+        same = not value.is_floating_point() or torch.equal(value, begin[name])
+        out[name] = value.clone() if same else torch.lerp(begin[name], value, alpha)
+    return out
+
+
+def interpolate(net: FineTuneNet, begin: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor],
+                alphas: list[float], score: Callable[[str], tuple[float, float] | None],
+                start_accuracy: float) -> tuple[float, pd.DataFrame]:
+    """Score the weights `mixed` at each α (`score(split)`: log-loss and accuracy, None where the split is not
+    scored) and keep the α with the lowest validation log-loss among those no worse than the start in
+    validation accuracy (tuning.eligible; α = 1 where equal). Leaves `net` at the chosen α's weights. Returns that
+    α and one row per α: val_log_loss, val_accuracy, test_accuracy (for the report's figure: never chosen on)."""
+    rows = []
+    for alpha in alphas:
+        net.load_state_dict(mixed(begin, tuned, alpha))
+        val_loss, val_accuracy = score("val")
+        test = score("test")
+        rows.append({"alpha": alpha, "val_log_loss": val_loss, "val_accuracy": val_accuracy,
+                     "test_accuracy": test[1] if test else math.nan})
+    table = pd.DataFrame(rows)
+    allowed = table[[tuning.eligible(a, start_accuracy) for a in table["val_accuracy"]]]
+    chosen = float(allowed.sort_values(["val_log_loss", "alpha"], ascending=[True, False]).iloc[0]["alpha"])
+    net.load_state_dict(mixed(begin, tuned, chosen))
+    return chosen, table
+
+
+class Tuned(NamedTuple):
+    """What `tune` returns: the chosen network, its summary and per-epoch history (from epoch 0, the start), the
+    search table (every candidate's epochs) and the LR range test (empty where it did not run)."""
+    net: FineTuneNet
+    summary: dict[str, Any]
+    history: pd.DataFrame
+    search: pd.DataFrame
+    range_test: pd.DataFrame
+
+
+def scorer(net: FineTuneNet, model_params: dict[str, Any], root: Path, frames: dict[str, pd.DataFrame],
+           classes: list[str], batch_size: int, cache: frozen.Cache | None) -> Callable[[str], tuple[float, float] | None]:
+    """score(split): the network's validation or test log-loss and accuracy as its weights are now (from the
+    cache's activations where it holds the split's plain views), None for a split the frames do not hold."""
+    of = predictor(net, model_params, root, classes, batch_size, cache)
+
+    def score(split: str) -> tuple[float, float] | None:
+        if split not in frames or not len(frames[split]):
+            return None
+        proba, labels = of(split, frames[split])
+        picked = np.clip(proba[np.arange(len(labels)), labels], 1e-15, 1)
+        return float(-np.log(picked).mean()), float((proba.argmax(1) == labels).mean())
+
+    return score
+
+
+def tune(model_params: dict[str, Any], ft: dict[str, Any], probe: tuple[np.ndarray, np.ndarray], root: Path,
+         frames: dict[str, pd.DataFrame], classes: list[str], cache: frozen.Cache | None = None,
+         keys: list[int] | None = None, for_report: bool = False, live: Live | None = None) -> Tuned:
+    """Warm-start from the probe and score that start on validation (epoch 0); run the LR range test where
+    `tuning.needs_range_test` says (`for_report`: the main fine-tune, whose report shows it), with the first
+    augmentation and the deepest depth; search the grid from that same start (`search`; from the frozen-prefix
+    `cache` where given, else on the fly, the training views seeded by `keys`); where the chosen candidate
+    improved on the start, mix its weights with the start at each finetune.interpolate α (`interpolate`). Returns
+    the network with the chosen weights, a summary (`seconds`: range test, every candidate and the
+    interpolation), its per-epoch history, the search table and the range test. Epochs and the choice are logged
+    to `live` where given."""
+    dev = device()
+    net = build(model_params, probe).to(dev).to(memory_format=torch.channels_last)
+    for blocks in grid.depths(ft):
+        backbones.check_unfreeze(net.backbone, blocks, model_params["backbone"])
+    tail = cache.tail(net) if cache else None
+    if tail is None:
+        val = validation_images(model_params, root, frames["val"], classes)
+
+        def views(augment: str) -> Dataset:
+            settings = {**ft, "augment": grid.augments(ft)[augment]}
+            return training_images(model_params, settings, root, frames["train"], classes, keys)
+    else:
+        val = cache.activations("val", frames["val"])
+
+        def views(augment: str) -> Dataset:
+            return cache.activations(frozen.train_part(ft, augment), frames["train"], training=True)
+    begin = snapshot(net)
+    clock = time.perf_counter()
+    start = start_row(net if tail is None else tail, val, ft, dev)
+    skipped = tuning.needs_range_test(ft, tail is not None, for_report)
+    curve = pd.DataFrame(columns=["lr", "loss", "smoothed"])
+    if skipped is None:
+        first = {**tuning.candidates({**ft, "lr": 1.0})[0], "unfreeze": grid.deepest(ft)}
+        curve = range_test(net, views(first["augment"]), tuning.setting(ft, first), dev, tail)
+        net.load_state_dict(begin)
+    suggested = tuning.suggest(curve) if len(curve) else None
+    candidates = tuning.candidates(ft, suggested)
+    table, best, frame = search(net, begin, candidates, views, val, ft, dev, tail, live, start)
+    chosen = tuning.chosen_row(table)
+    net.load_state_dict(best)
+    improved = chosen["best_epoch"] > 0
+    alpha, mixing = 1.0, pd.DataFrame()
+    if improved and len(ft["interpolate"]) > 1:
+        score = scorer(net, model_params, root, frames, classes, ft["batch_size"], cache)
+        alpha, mixing = interpolate(net, begin, best, ft["interpolate"], score, start["val_accuracy"])
+    seconds = time.perf_counter() - clock
+    diverged = [tuning.label(row) for row in
+                (table[table["candidate"] == c].iloc[0] for c in tuning.diverged_candidates(table, len(classes)))]
+    if diverged:
+        log.warning("fine-tune: %d of %d candidates diverged on validation (loss not finite, or over %g× the start's "
+                    "and a uniform guess's): %s%s", len(diverged), len(candidates), tuning.DIVERGED_VAL,
+                    "; ".join(diverged), "" if improved else "; the start is handed on")
+    freeze(net, chosen["unfreeze"])
+    epochs = int((table["epoch"] > 0).sum())
+    summary = {
+        "enabled": True, "skipped": False, "improved": improved,
+        "start": {"val_loss": round(start["val_loss"], 6), "val_accuracy": round(start["val_accuracy"], 6)},
+        "epochs_run": len(frame) - 1, "best_epoch": chosen["best_epoch"],
+        "stopped_early": len(frame) - 1 < ft["epochs"], "best_val_loss": round(chosen["val_log_loss"], 6),
+        "best_val_accuracy": round(chosen["val_accuracy"], 6),
+        "trainable_parameters": count_trainable(net), "total_parameters": sum(p.numel() for p in net.parameters()),
+        "augment": chosen["augment"], "augment_setting": grid.augments(ft)[chosen["augment"]],
+        "unfreeze": chosen["unfreeze"], "lr": chosen["lr"], "head_lr": chosen["head_lr"],
+        "weight_decay": chosen["weight_decay"], "candidates": len(candidates),
+        "pruned": int(table.groupby("candidate")["state"].first().eq("pruned").sum()),
+        "searched": {k: list(dict.fromkeys(c[k] for c in candidates)) for k in tuning.GRID},
+        "diverged": diverged, "lr_auto": ft["lr"] == "auto", "alpha": alpha,
+        "interpolation": [{k: round(v, 6) for k, v in row.items()} for row in mixing.to_dict("records")],
+        "range_test": {"ran": skipped is None, "steps": len(curve), "suggested_lr": suggested, "reason": skipped},
+        "seconds": round(seconds, 3), "train_images_per_s": round(len(frames["train"]) * epochs / seconds, 2),
+        "device": str(dev), "precision": precision(dev), "from_cache": tail is not None,
+        "frozen_cache_seconds": cache.meta["seconds"] if tail is not None else 0.0,  # its compute, done once
+    }
+    if live is not None:
+        tracking.log_choice(live, summary)
+    return Tuned(net.eval(), summary, frame, table, curve)
+
+
+def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
+    """The finetune stage: the chosen candidate's best-epoch weights and per-epoch history, the search table, the
+    LR range test, a summary, and every epoch through DVCLive as it ends (results/finetune/live)."""
+    dataset = read_json(io.input.dataset)
+    frames, classes = read_splits(io.input.splits), dataset["classes"]
+    probe = head.linear(io.input.probe)
+    cache = frozen.Cache.open(io.input.frozen.parent, params["model"], params["finetune"], frames, classes)
+    with tracking.open_live(io.output.live.parent) as live:
+        tuned = tune(params["model"], params["finetune"], probe, data_root(dataset), frames, classes, cache,
+                     for_report=True, live=live)
+    with atomic_path(io.output.model) as tmp:
+        torch.save({k: v.cpu() for k, v in tuned.net.state_dict().items()}, tmp)
+    write_csv(io.output.history, tuned.history)
+    write_csv(io.output.search, tuned.search)
+    write_csv(io.output.range_test, tuned.range_test)
+    write_json(io.output.summary, tuned.summary)
+    if tuned.summary["candidates"] > 1:
+        columns = [*tuning.GRID, "best_epoch", "val_log_loss", "val_accuracy", "state"]
+        log.info("search on validation:\n%s", tuning.scores(tuned.search)[columns].to_string(index=False))
+    log.info("fine-tune: %s", tuned.summary)
+    return tuned.summary
+
+
+def probabilities(model: nn.Module, model_params: dict[str, Any]) -> backends.Forward:
+    """The network as a forward from uint8 batches to class probabilities (float64 softmax of its logits)."""
+    plain = backbones.preprocessing(model_params)
+    logits = backends.torch_forward(backbones.Normalized(model, plain.mean, plain.std, scale=255), device())
+    return lambda images: softmax(logits(images).astype(np.float64), axis=1)
+
+
+def predict(model: FineTuneNet, frame: pd.DataFrame, root: Path, classes: list[str], model_params: dict[str, Any],
+            batch_size: int, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities and labels of one split, plain preprocessing (with `tta`: averaged over TTA_VIEWS)."""
+    return predict_images(probabilities(model, model_params), backbones.preprocessing(model_params), root, frame,
+                          classes, batch_size, tta)
+
+
+def predictor(model: FineTuneNet, model_params: dict[str, Any], root: Path, classes: list[str], batch_size: int,
+              cache: frozen.Cache | None = None) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
+    """predict(split, frame, tta=False): class probabilities and labels of some of a split's images, from the
+    frozen-prefix cache's activations where it holds that view of them, else from the images."""
+    tail = cache.tail(model) if cache else None
+
+    def of(split: str, frame: pd.DataFrame, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        part = "test_tta" if tta else {"train": "train_plain"}.get(split, split)
+        if tail is not None and part in cache.meta["parts"]:
+            return cache.probabilities(tail, part, frame, batch_size)
+        return predict(model, frame, root, classes, model_params, batch_size, tta)
+
+    return of

@@ -1,0 +1,1 @@
+"""Pretrained backbones of every family, their preprocessing, and checkpoints read as weights."""

@@ -1,0 +1,1 @@
+"""Frozen features and the scikit-learn head trained on them."""

@@ -1,0 +1,1 @@
+"""The HTML report, what the network knows, and README's generated results."""

@@ -1,0 +1,1 @@
+"""Using a trained model: predict, export to ONNX, the transferlab command line."""

@@ -1,0 +1,84 @@
+"""The `transferlab` console command: `transferlab predict` classifies images with a trained model."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from transferlab.core.atomic import write_csv
+from transferlab.core.errors import UserError
+from transferlab.pipeline.layout import METHODS
+from transferlab.pipeline.runner import one_line, set_threads
+
+log = logging.getLogger("transferlab")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="transferlab", description="Use a model trained by the transferlab pipeline.")
+    verbs = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = verbs.add_parser("predict", help="classify image files or folders (recursive)",
+                         description="Classify image files or folders (recursive) with a trained model. Files that "
+                                     "are not readable images are listed as skipped, with the reason.")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders")
+    p.add_argument("--project", type=Path, default=Path("."),
+                   help="the project whose pipeline trained the model (default: the current folder)")
+    p.add_argument("--model", choices=["best", *METHODS], default=None,
+                   help="best (default: the higher validation accuracy), probe or finetune")
+    p.add_argument("--model-dir", type=Path, default=None,
+                   help="an exported model folder (results/model): needs no project, runs on ONNX Runtime")
+    p.add_argument("--top-k", type=int, default=1, help="labels per image, most probable first (default: 1)")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: average over the centre crop, its mirror and the four corners")
+    p.add_argument("--out", type=Path, default=None, help="write a CSV here instead of a table on stdout")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads (default: all cores)")
+    return top
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    if args.model_dir and args.model:
+        raise UserError("--model and --model-dir: give one (an exported folder holds one model)")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size: {args.batch_size} must be at least 1")
+    from transferlab.inference.transforms import TTA_VIEWS
+    from transferlab.serve import predict  # torch and the models load once the arguments are checked: --help is instant
+
+    set_threads(max(1, args.threads))
+    files = predict.find_images(args.paths)
+    if args.model_dir:
+        clf, why = predict.from_model_dir(args.model_dir)
+    else:
+        clf, why = predict.from_project(args.project, args.model or "best")
+    predict.check_top_k(args.top_k, len(clf.labels))
+    log.info("model: %s (%s)%s", clf.method, why, "; TTA over " + ", ".join(TTA_VIEWS) if args.tta else "")
+    readable, proba, skipped = predict.classify(clf, files, args.batch_size, args.tta, max(1, args.threads))
+    for row in skipped.itertuples():
+        print(f"skipped {row.path}: {row.reason}", file=sys.stderr)
+    if readable.empty:
+        raise UserError(f"no readable image among the {len(files)} files given")
+    result = predict.table(readable["path"], proba, clf.labels, args.top_k)
+    if args.out:
+        write_csv(args.out, result)
+        print(f"{len(result)} predictions written to {args.out}; {len(skipped)} files skipped", file=sys.stderr)
+    else:
+        print(result.to_string(index=False))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        return run_predict(args)
+    except Exception as exc:
+        message = one_line(exc)
+        if message is None:
+            raise
+        print(f"transferlab {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
