@@ -11,13 +11,11 @@ import sys
 
 from snakemake.exceptions import WorkflowError
 
-from transferlab.settings import params as P
-from transferlab.pipeline import handover
-from transferlab.pipeline import run_lock
-from transferlab.pipeline import shards
-from transferlab.pipeline import sources
-from transferlab.pipeline import stages as S
 from transferlab.core.errors import ParamsError
+from transferlab.models import families
+from transferlab.pipeline import handover, run_lock, shards, sources
+from transferlab.pipeline import stages as S
+from transferlab.settings import params as P
 
 try:
     P.load("params.yaml")  # our one line for an empty, duplicated or invalid file, before Snakemake reads it
@@ -31,6 +29,7 @@ configfile: "params.yaml"
 try:
     config.update(P.validate(P.complete(config)))
     P.same_as_file(config)
+    families.check_names(config)
 except ParamsError as exc:
     raise WorkflowError(str(exc))
 

@@ -113,19 +113,25 @@ def test_class_names_of_the_pretraining_classifier():
 
 
 def test_params_ask_the_registry_for_names(tmp_path):
-    assert params.validate({"model": {"backbone": "timm/convnext_atto", "weights": "DEFAULT"}})["model"]["backbone"] \
-        == "timm/convnext_atto"
-    valid = params.validate({"model": {"backbone": "timm/vit_small_patch14_dinov2.lvd142m", "weights": "DEFAULT"},
-                             "sweep": {"backbones": ["mobilenet_v2", "timm/convnext_atto"]}})
-    assert valid["sweep"]["backbones"] == ["mobilenet_v2", "timm/convnext_atto"]
+    """The backbones params name are checked against their families' lists where the engines check params before
+    any work (the Snakefile, the inputs stage) and where a network is built, not by params validation: a stage
+    depends on a family's code only where it builds a network."""
+    from transferlab.models import families
+
+    families.check_names(params.validate({"model": {"backbone": "timm/convnext_atto", "weights": "DEFAULT"}}))
+    families.check_names(params.validate({"model": {"backbone": "timm/vit_small_patch14_dinov2.lvd142m",
+                                                    "weights": "DEFAULT"},
+                                          "sweep": {"backbones": ["mobilenet_v2", "timm/convnext_atto"]}}))
     with pytest.raises(ParamsError, match=r"model.backbone: unknown timm model 'convnext_nope' \(choose from "
                                           r"timm.list_models\(\)"):
-        params.validate({"model": {"backbone": "timm/convnext_nope"}})
+        families.check_names(params.validate({"model": {"backbone": "timm/convnext_nope"}}))
     with pytest.raises(ParamsError, match=r"sweep.backbones: unknown torchvision classification model 'resnet7'"):
-        params.validate({"sweep": {"backbones": ["resnet7"]}})
+        families.check_names(params.validate({"sweep": {"backbones": ["resnet7"]}}))
     with pytest.raises(ParamsError, match=r"model.weights: 'IMAGENET1K_V1' is not one of timm/convnext_atto's "
                                           r"weights \(DEFAULT, none\)"):
-        params.validate({"model": {"backbone": "timm/convnext_atto", "weights": "IMAGENET1K_V1"}})
+        families.check_names(params.validate({"model": {"backbone": "timm/convnext_atto", "weights": "IMAGENET1K_V1"}}))
+    with pytest.raises(ParamsError, match=r"model.backbone: unknown torchvision classification model 'resnet7'"):
+        backbones.preprocessing({"backbone": "resnet7", "weights": "none", "image_size": 32})
     with pytest.raises(ParamsError, match="sweep.checkpoints: timm/resnet18 is not in sweep.backbones"):
         params.validate({"sweep": {"checkpoints": {"timm/resnet18": "x.pth"}}})
     with pytest.raises(ParamsError, match="sweep.checkpoints: resnet18: no such file: missing.pth"):

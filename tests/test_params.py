@@ -57,8 +57,11 @@ def test_number_lists_and_integers_are_cast():
     ({"model__checkpoint": "missing.pth"}, "model.checkpoint"),
 ])
 def test_errors_name_the_key(over, key):
+    """As the Snakefile and the inputs stage check params: validated, then the backbones' names."""
+    from transferlab.models import families
+
     with pytest.raises(ParamsError) as err:
-        params.validate(valid(**over))
+        families.check_names(params.validate(valid(**over)))
     assert key in str(err.value)
 
 
@@ -109,7 +112,9 @@ from transferlab.settings import params
 from transferlab.pipeline import stages
 from conftest import ROOT
 import yaml
+from transferlab.models import families
 config = params.validate(params.complete(yaml.safe_load((ROOT / "params.yaml").read_text())), ROOT)
+families.check_names(config)
 print(json.dumps({"torch": "torch" in sys.modules, "timm": "timm" in sys.modules, "points": len(layout.points(config))}))
 """
 

@@ -173,8 +173,10 @@ def test_a_lead_counts_only_where_every_seed_shows_it():
 
 
 def test_sweep_params_are_validated():
+    from transferlab.models import families
+
     with pytest.raises(ParamsError, match="sweep.backbones"):
-        sweep_params(backbones=["resnet7"])
+        families.check_names(sweep_params(backbones=["resnet7"]))
     with pytest.raises(ParamsError, match="sweep.fractions"):
         sweep_params(fractions=[0.0, 0.5])
     assert sweep_params(fractions=["0.5"])["sweep"]["fractions"] == [0.5]  # cast like dvc exp run -S writes

@@ -15,6 +15,7 @@ from transferlab.pipeline.layout import resolve
 
 
 def _family(model_params: dict[str, Any]) -> tuple[Any, str]:
+    families.check_backbone("model.backbone", model_params["backbone"])
     prefix, name = families.owner(model_params["backbone"])
     return families.load(prefix), name
 

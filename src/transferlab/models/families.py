@@ -21,6 +21,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, NamedTuple
 
+from transferlab.core.errors import ParamsError
+
 
 class Family(NamedTuple):
     module: str  # family_<name>, beside this one
@@ -77,3 +79,23 @@ def names(prefix: str) -> dict[str, list[str]]:
     except OSError:
         pass  # a read-only home: the names are computed again next time
     return found
+
+
+def check_backbone(key: str, name: str, weights: str | None = None) -> None:
+    """A backbone name, and its weights where given, against its family's own list (ParamsError naming `key`)."""
+    prefix, own = owner(name)
+    known = names(prefix)
+    if own not in known:
+        raise ParamsError(f"params: {key}: unknown {FAMILIES[prefix].what} {own!r} (choose from {FAMILIES[prefix].choose})")
+    if weights is not None and weights.lower() != "none" and weights != "DEFAULT" and weights not in known[own]:
+        raise ParamsError(f"params: model.weights: {weights!r} is not one of {name}'s weights "
+                          f"({', '.join([*known[own], 'DEFAULT', 'none'])})")
+
+
+def check_names(params: dict[str, Any]) -> None:
+    """model.backbone, model.weights and sweep.backbones against the families' lists: what the Snakefile and the
+    inputs stage (DVC's first) check before any work, apart from validating params, so that a stage depends on a
+    family's code only where it builds a network."""
+    check_backbone("model.backbone", params["model"]["backbone"], params["model"]["weights"])
+    for name in params["sweep"]["backbones"]:
+        check_backbone("sweep.backbones", name)

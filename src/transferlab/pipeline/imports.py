@@ -81,12 +81,12 @@ def imported(path: Path, lazy: bool = True) -> frozenset[str]:
 
 
 def _by_name() -> list[str]:
-    """The modules the families module loads by name (importlib): one per backbone family, beside it."""
-    families = file(FAMILIES)
+    """The modules the families module loads by name (importlib): one per backbone family, beside it, each the
+    first argument of a `Family(...)` row."""
     package = FAMILIES.rsplit(".", 1)[0]
-    return sorted(f"{package}.{node.value}" for node in ast.walk(ast.parse(families.read_text()))
-                  if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.isidentifier()
-                  and (families.parent / f"{node.value}.py").is_file())
+    return sorted(f"{package}.{node.args[0].value}" for node in ast.walk(ast.parse(file(FAMILIES).read_text()))
+                  if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "Family"
+                  and node.args and isinstance(node.args[0], ast.Constant))
 
 
 def closure(names: list[str], lazy: bool = True) -> list[str]:

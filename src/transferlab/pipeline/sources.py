@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from transferlab.core.atomic import atomic_path
 from transferlab.core.fetch import file_digest
 from transferlab.data import folders
+from transferlab.models import families
 from transferlab.pipeline.layout import resolve
 from transferlab.settings.params import is_url
 
@@ -89,7 +90,8 @@ def refresh(params: dict[str, Any], out: Any, root: Path | str = ".") -> list[st
 
 
 def run(params: dict[str, Any], io: StageIO) -> list[str]:
-    """The inputs stage."""
+    """The inputs stage (DVC's first: the backbones named in params are checked here, before any work)."""
+    families.check_names(params)
     changed = refresh(params, io.output, io.root)
     log.info("inputs: %s", ", ".join(changed) + " changed" if changed else "unchanged")
     return changed

@@ -14,7 +14,6 @@ import jsonschema
 import yaml
 
 from transferlab.core.errors import ParamsError
-from transferlab.models import families
 from transferlab.pipeline.layout import resolve
 from transferlab.settings import grid
 
@@ -149,18 +148,6 @@ def _check_semantics(params: dict[str, Any], base_dir: Path) -> None:
     checkpoint = model["checkpoint"]
     if checkpoint and not resolve(checkpoint, base_dir).is_file():
         raise ParamsError(f"params: model.checkpoint: no such file: {checkpoint}")
-    named = [("model.backbone", model["backbone"])] + [("sweep.backbones", b) for b in params["sweep"]["backbones"]]
-    known = {prefix: families.names(prefix) for prefix in {families.owner(name)[0] for _, name in named}}
-    for key, name in named:
-        prefix, own = families.owner(name)
-        if own not in known[prefix]:
-            raise ParamsError(f"params: {key}: unknown {families.FAMILIES[prefix].what} {own!r} "
-                              f"(choose from {families.FAMILIES[prefix].choose})")
-    prefix, own = families.owner(model["backbone"])
-    members = known[prefix][own]
-    if model["weights"].lower() != "none" and model["weights"] != "DEFAULT" and model["weights"] not in members:
-        raise ParamsError(f"params: model.weights: {model['weights']!r} is not one of {model['backbone']}'s weights "
-                          f"({', '.join([*members, 'DEFAULT', 'none'])})")
     unknown = sorted(set(params["sweep"]["checkpoints"]) - set(params["sweep"]["backbones"]))
     if unknown:
         raise ParamsError(f"params: sweep.checkpoints: {', '.join(unknown)} is not in sweep.backbones")
