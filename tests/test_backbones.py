@@ -15,7 +15,7 @@ from torch import nn
 
 from transferlab.core.atomic import read_arrays
 from transferlab.core.errors import ParamsError
-from transferlab.finetuning import finetune, frozen
+from transferlab.finetuning import frozen, network
 from transferlab.models import backbones
 from transferlab.models.families import FAMILIES, load
 from transferlab.models.preprocessing import Preprocessing
@@ -64,17 +64,17 @@ def test_each_family_loads_a_local_checkpoint_splits_groups_and_cuts(tmp_path, b
 
 def test_unfreeze_2_on_a_timm_vit_trains_its_last_two_blocks_the_final_norm_and_the_head():
     body, dim = backbones.architecture(model_params("timm/vit_tiny_patch16_224"))
-    net = finetune.FineTuneNet(body, nn.Linear(dim, 3))
-    finetune.freeze(net, 2)
+    net = network.FineTuneNet(body, nn.Linear(dim, 3))
+    network.freeze(net, 2)
     trainable = sorted(n for n, p in net.named_parameters() if p.requires_grad)
     block = ["norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias",
              "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias"]
     assert trainable == sorted([f"backbone.blocks.{i}.{p}" for i in (10, 11) for p in block]
                                + ["backbone.norm.weight", "backbone.norm.bias", "head.weight", "head.bias"])
-    finetune.freeze(net, 12)  # as many as its transformer blocks: still not the patch embedding nor the tokens
+    network.freeze(net, 12)  # as many as its transformer blocks: still not the patch embedding nor the tokens
     assert not net.backbone.cls_token.requires_grad and not net.backbone.patch_embed.proj.weight.requires_grad
     for unfreeze in (13, "all"):  # every group: the embeddings and the class and position tokens train too
-        finetune.freeze(net, unfreeze)
+        network.freeze(net, unfreeze)
         assert all(p.requires_grad for p in net.parameters())
 
 

@@ -22,7 +22,7 @@ from transferlab.core.atomic import atomic_path, read_arrays, scratch_file
 from transferlab.core.errors import ParamsError
 from transferlab.data import index, split
 from transferlab.data.images import load_encoded, load_tensor
-from transferlab.finetuning import finetune
+from transferlab.finetuning import finetune, network, training
 from transferlab.inference.batches import ImageList
 from transferlab.pipeline.layout import files_in
 from transferlab.settings import params
@@ -275,7 +275,7 @@ def test_leftovers_of_a_killed_write_are_removed_by_the_next(tmp_path):
                                                   ("cuda", False, "float16")])
 def test_finetune_precision_is_what_the_device_supports(monkeypatch, kind, bf16, expected):
     monkeypatch.setattr(finetune.backends, "bf16_supported", lambda dev: bf16)
-    assert finetune.precision(torch.device(kind)) == expected
+    assert training.precision(torch.device(kind)) == expected
 
 
 def test_float16_training_scales_its_loss(monkeypatch):
@@ -286,8 +286,8 @@ def test_float16_training_scales_its_loss(monkeypatch):
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
     data = [(torch.randn(8, 4, 1, 1), torch.randint(0, 2, (8,)), None)]
-    model = finetune.FineTuneNet(torch.nn.Flatten(), net)
-    loss, _ = finetune.run_epoch(model, data, torch.device("cpu"), optimizer, scheduler, scaler=scaler)
+    model = network.FineTuneNet(torch.nn.Flatten(), net)
+    loss, _ = training.run_epoch(model, data, torch.device("cpu"), optimizer, scheduler, scaler=scaler)
     assert math.isfinite(loss) and not torch.equal(before, net.weight) and scaler.get_scale() == 1024.0
 
 

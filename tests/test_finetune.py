@@ -12,7 +12,7 @@ from torch import nn
 from transferlab.core.atomic import read_arrays
 from transferlab.data.images import load_tensor
 from transferlab.evaluate.evaluation import run_finetune
-from transferlab.finetuning import finetune, frozen, tuning
+from transferlab.finetuning import finetune, frozen, network, training, tuning
 from transferlab.inference.transforms import evaluation
 from transferlab.models import backbones
 from transferlab.pipeline import stages
@@ -20,9 +20,9 @@ from transferlab.probe import features, head, selection
 from transferlab.settings.params import validate
 
 
-def net(name: str) -> finetune.FineTuneNet:
+def net(name: str) -> network.FineTuneNet:
     body, dim = backbones.architecture({"backbone": name, "weights": "none", "checkpoint": None, "image_size": None})
-    return finetune.FineTuneNet(body, nn.Linear(dim, 3))
+    return network.FineTuneNet(body, nn.Linear(dim, 3))
 
 
 def trainable(model: nn.Module) -> set[str]:
@@ -46,13 +46,13 @@ def prefixes(model: nn.Module, *names: str) -> set[str]:
 def test_unfreeze_policy_per_family(name, last, second):
     model = net(name)
     head_params = prefixes(model, "head.")
-    finetune.freeze(model, 0)
+    network.freeze(model, 0)
     assert trainable(model) == head_params
-    finetune.freeze(model, 1)
+    network.freeze(model, 1)
     assert trainable(model) == head_params | prefixes(model, *last)
-    finetune.freeze(model, 2)
+    network.freeze(model, 2)
     assert trainable(model) == head_params | prefixes(model, *last) | prefixes(model, *second)
-    finetune.freeze(model, "all")
+    network.freeze(model, "all")
     assert trainable(model) == {n for n, _ in model.named_parameters()}
 
 
@@ -60,8 +60,8 @@ def test_unfreeze_policy_per_family(name, last, second):
 def test_frozen_blocks_keep_batchnorm_statistics(train_bn):
     torch.manual_seed(0)
     model = net("resnet18")
-    finetune.freeze(model, 1)
-    finetune.train_mode(model, 1, train_bn)
+    network.freeze(model, 1)
+    network.train_mode(model, 1, train_bn)
     before = {k: v.clone() for k, v in model.state_dict().items() if "running_mean" in k}
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     loss = nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 0]))
@@ -96,7 +96,7 @@ def probe_setup(tmp_path):
 
 def test_warm_start_reproduces_the_probe(probe_setup):
     tmp_path, data_dir, params, probe = probe_setup
-    model = finetune.build(params["model"], head.linear(tmp_path / "probe.npz"))
+    model = network.build(params["model"], head.linear(tmp_path / "probe.npz"))
     test = read_arrays(tmp_path / "feat" / "test.npz")
     frame = pd.read_csv(data_dir / "splits" / "test.csv")
     classes = json.loads((data_dir / "dataset.json").read_text())["classes"]
@@ -123,7 +123,7 @@ def test_seeded_runs_are_identical_and_outputs_complete(probe_setup):
                                 "seconds"]
     assert one["epochs_run"] == two["epochs_run"] == 2 and one["trainable_parameters"] > 0
     state = torch.load(tmp_path / "ft1" / "model.pt", weights_only=True)
-    loaded = finetune.load(params["model"], tmp_path / "ft1" / "model.pt", 3)
+    loaded = network.load(params["model"], tmp_path / "ft1" / "model.pt", 3)
     assert torch.equal(loaded.head.weight, state["head.weight"])
 
 
@@ -144,12 +144,12 @@ def test_disabled_finetune_is_marked_skipped(probe_setup, tmp_path):
 
 def test_learning_rate_schedule():
     ft = {"warmup_epochs": 1, "epochs": 3, "schedule": "cosine", "step_size": 1, "gamma": 0.5}
-    factors = [finetune.lr_factor(s, 10, ft) for s in range(30)]
+    factors = [training.lr_factor(s, 10, ft) for s in range(30)]
     assert factors[0] < factors[5] < factors[9] < 1 and factors[10] == pytest.approx(1.0)
     assert factors[29] < 0.01 and all(a >= b for a, b in zip(factors[10:], factors[11:]))
     step = {**ft, "schedule": "step", "warmup_epochs": 0}
-    assert [finetune.lr_factor(s, 10, step) for s in (0, 9, 10, 25)] == [1.0, 1.0, 0.5, 0.25]
-    assert finetune.lr_factor(15, 10, {**ft, "schedule": "constant"}) == 1.0
+    assert [training.lr_factor(s, 10, step) for s in (0, 9, 10, 25)] == [1.0, 1.0, 0.5, 0.25]
+    assert training.lr_factor(15, 10, {**ft, "schedule": "constant"}) == 1.0
 
 
 def test_search_trains_every_candidate_from_the_same_start_and_keeps_the_rule_s_choice(probe_setup):
@@ -159,7 +159,7 @@ def test_search_trains_every_candidate_from_the_same_start_and_keeps_the_rule_s_
     summary = finetune.run(params, files)
     search = pd.read_csv(files.output.search)
     assert summary["candidates"] == 4 and search["candidate"].nunique() == 4
-    start = finetune.build(params["model"], head.linear(tmp_path / "probe.npz")).to(memory_format=torch.channels_last)
+    start = network.build(params["model"], head.linear(tmp_path / "probe.npz")).to(memory_format=torch.channels_last)
     assert set(search["start_sha256"]) == {frozen.fingerprint(start)[:16]}  # each candidate from the warm start
     assert set(search["state"]) <= {"complete", "pruned"} and (search["epoch"] == 0).sum() == 4
     start = search[search["epoch"] == 0]  # epoch 0: the same start, scored once, in every candidate's history
@@ -185,7 +185,7 @@ def test_search_trains_every_candidate_from_the_same_start_and_keeps_the_rule_s_
         assert logged["step"].tolist() == list(range(len(rows)))
         np.testing.assert_allclose(logged["loss"], rows["val_loss"], rtol=1e-6)
     classes = json.loads((data_dir / "dataset.json").read_text())["classes"]
-    saved = finetune.load(params["model"], files.output.model, len(classes))  # the stage's model is the chosen one
+    saved = network.load(params["model"], files.output.model, len(classes))  # the stage's model is the chosen one
     val = pd.read_csv(data_dir / "splits" / "val.csv")
     proba, labels = finetune.predict(saved, val, data_dir.parent / "src", classes, params["model"], 4)
     val_loss = -np.log(proba[np.arange(len(labels)), labels]).mean()
@@ -311,7 +311,7 @@ def test_the_start_is_handed_on_when_every_candidate_is_worse(probe_setup, caplo
     assert not summary["improved"] and summary["best_epoch"] == 0 and summary["interpolation"] == []
     assert summary["best_val_loss"] == summary["start"]["val_loss"] and len(summary["diverged"]) == 2
     assert "2 of 2 candidates diverged on validation" in caplog.text and "the start is handed on" in caplog.text
-    start = finetune.build(params["model"], head.linear(tmp_path / "probe.npz")).state_dict()
+    start = network.build(params["model"], head.linear(tmp_path / "probe.npz")).state_dict()
     saved = torch.load(files.output.model, weights_only=True)
     assert all(torch.equal(saved[k], v) for k, v in start.items())
     search = pd.read_csv(files.output.search)
@@ -320,7 +320,7 @@ def test_the_start_is_handed_on_when_every_candidate_is_worse(probe_setup, caplo
 
 def test_interpolation_ends_are_the_start_and_the_fine_tune(probe_setup):
     tmp_path, data_dir, params, probe = probe_setup
-    begin = finetune.snapshot(finetune.build(params["model"], head.linear(tmp_path / "probe.npz")))
+    begin = training.snapshot(network.build(params["model"], head.linear(tmp_path / "probe.npz")))
     tuned = {k: v.clone() for k, v in begin.items()}
     tuned["head.weight"] += 1.0
     tuned["backbone.layer4.0.conv1.weight"] *= 1.5
@@ -333,18 +333,18 @@ def test_interpolation_ends_are_the_start_and_the_fine_tune(probe_setup):
     assert torch.equal(half["backbone.conv1.weight"], begin["backbone.conv1.weight"])
     dataset = json.loads((data_dir / "dataset.json").read_text())
     frames = {s: pd.read_csv(data_dir / "splits" / f"{s}.csv") for s in ("train", "val", "test")}
-    network = finetune.build(params["model"], head.linear(tmp_path / "probe.npz"))
-    score = finetune.scorer(network, params["model"], data_dir.parent / "src", frames, dataset["classes"], 4, None)
+    net = network.build(params["model"], head.linear(tmp_path / "probe.npz"))
+    score = finetune.scorer(net, params["model"], data_dir.parent / "src", frames, dataset["classes"], 4, None)
     start_score = score("val")
-    network.load_state_dict(tuned)
+    net.load_state_dict(tuned)
     tuned_score = score("val")
-    alpha, rows = finetune.interpolate(network, begin, tuned, [0.0, 0.5, 1.0], score, start_score[1])
+    alpha, rows = finetune.interpolate(net, begin, tuned, [0.0, 0.5, 1.0], score, start_score[1])
     assert rows["alpha"].tolist() == [0.0, 0.5, 1.0] and rows["test_accuracy"].notna().all()
     assert (rows.loc[0, "val_log_loss"], rows.loc[0, "val_accuracy"]) == pytest.approx(start_score)
     assert (rows.loc[2, "val_log_loss"], rows.loc[2, "val_accuracy"]) == pytest.approx(tuned_score)
     kept = rows[rows["val_accuracy"] >= start_score[1] - 1e-9]
     assert alpha == kept.sort_values(["val_log_loss", "alpha"], ascending=[True, False]).iloc[0]["alpha"]
-    assert all(torch.equal(v, finetune.mixed(begin, tuned, alpha)[k]) for k, v in network.state_dict().items())
+    assert all(torch.equal(v, finetune.mixed(begin, tuned, alpha)[k]) for k, v in net.state_dict().items())
 
 
 def test_the_pruner_stops_trailing_candidates_and_every_trial_is_recorded(probe_setup):

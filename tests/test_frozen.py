@@ -14,7 +14,7 @@ from test_finetune import net, probe_setup  # noqa: F401  (fixture)
 from transferlab.core.atomic import read_splits
 from transferlab.core.errors import DamagedFile, UserError
 from transferlab.evaluate.evaluation import run_finetune
-from transferlab.finetuning import finetune, frozen, tuning
+from transferlab.finetuning import finetune, frozen, network, tuning
 from transferlab.pipeline import stages
 
 # Training from cached activations vs on the fly: the same operations in a different batch composition for the
@@ -31,7 +31,7 @@ def test_prefix_then_suffix_is_the_backbone_and_shares_its_weights(name, unfreez
     x = torch.randn(2, 3, 64, 64)
     with torch.inference_mode():
         assert torch.equal(suffix(prefix(x)), model.backbone(x))
-    finetune.freeze(model, unfreeze)
+    network.freeze(model, unfreeze)
     own = {id(p) for p in model.backbone.parameters()}
     assert {id(p) for p in suffix.parameters()} <= own and {id(p) for p in prefix.parameters()} <= own
     assert not any(p.requires_grad for p in prefix.parameters())  # the prefix is exactly the frozen part
@@ -102,7 +102,7 @@ def test_training_from_the_cache_equals_training_on_the_fly(probe_setup):  # noq
     np.testing.assert_allclose(cached[1][columns], fly[1][columns], rtol=TOLERANCE, atol=ABSOLUTE)
     images = torch.randn(4, 3, 32, 32)
     with torch.inference_mode():
-        a, b = (finetune.load(params["model"], tmp_path / d / "model.pt", 3)(images) for d in ("cached", "fly"))
+        a, b = (network.load(params["model"], tmp_path / d / "model.pt", 3)(images) for d in ("cached", "fly"))
     torch.testing.assert_close(a, b, rtol=TOLERANCE, atol=TOLERANCE * b.abs().max().item())
     for key in ("accuracy", "log_loss", "train_accuracy", "val_accuracy"):
         assert cached[2][key] == pytest.approx(fly[2][key], rel=TOLERANCE, abs=ABSOLUTE)

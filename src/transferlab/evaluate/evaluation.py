@@ -126,11 +126,11 @@ def run_probe(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
 def run_finetune(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
     """The evaluate_finetune stage: the fine-tuned network on each split (and the test split with TTA), from the
     frozen-prefix cache where it exists, compared with the probe's predictions on the same test images."""
-    from transferlab.finetuning import finetune, frozen
+    from transferlab.finetuning import finetune, frozen, network
 
     dataset = read_json(io.input.dataset)
     classes, root = dataset["classes"], data_root(dataset)
-    model = finetune.load(params["model"], io.input.model, len(classes))
+    model = network.load(params["model"], io.input.model, len(classes))
     frames = read_splits(io.input.splits)
     cache = frozen.Cache.open(io.input.frozen.parent, params["model"], params["finetune"], frames, classes)
     predict = finetune.predictor(model, params["model"], root, classes, params["finetune"]["batch_size"], cache)

@@ -21,7 +21,7 @@ from transferlab.core.atomic import atomic_path, read_json, read_table, write_js
 from transferlab.core.errors import UserError
 from transferlab.core.progress import Progress
 from transferlab.data.images import load_rgb, read_checked
-from transferlab.finetuning import finetune as finetune_mod
+from transferlab.finetuning import network
 from transferlab.models import backbones
 from transferlab.models.backbones import Normalized, blocks
 from transferlab.pipeline.layout import adversarial_png, data_root
@@ -270,7 +270,7 @@ def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
     ft_weights = io.input.finetune
     to_pixels, plain = _pixels_transform(params["model"])
     if params["finetune"]["enabled"] and ft_weights.exists():
-        net = finetune_mod.load(params["model"], ft_weights, len(dataset["classes"]))
+        net = network.load(params["model"], ft_weights, len(dataset["classes"]))
         names, source, backbone = dataset["classes"], "fine-tuned model", net.backbone
     else:
         names = backbones.class_names(params["model"])

@@ -16,6 +16,7 @@ from transferlab.core.atomic import read_json
 from transferlab.core.errors import DamagedFile, UserError
 from transferlab.data import index
 from transferlab.finetuning import finetune
+from transferlab.finetuning.network import FineTuneNet, build, load
 from transferlab.inference import backends, transforms
 from transferlab.inference.batches import device, predict_images, torch_threads
 from transferlab.models import backbones
@@ -81,15 +82,15 @@ def model_params(project: Path) -> dict[str, Any]:
             "classes": meta["classes"]}
 
 
-def network(project: Path, method: str, params: dict[str, Any]) -> finetune.FineTuneNet:
+def network(project: Path, method: str, params: dict[str, Any]) -> FineTuneNet:
     """The method's classifier as one torch network: backbone + the probe's head, or the fine-tuned network."""
     if method == "probe":
-        return finetune.build(params, head.linear(layout.files("train_head", project).model)).eval()
+        return build(params, head.linear(layout.files("train_head", project).model)).eval()
     path = layout.files("finetune", project).model
     if not path.exists():
         raise UserError(f"{path}: no fine-tuned model (finetune.enabled: false, or the finetune stage has "
                                 f"not run)")
-    return finetune.load(params, path, len(params["classes"]))
+    return load(params, path, len(params["classes"]))
 
 
 def resolve(project: Path, method: str) -> tuple[str, str]:
