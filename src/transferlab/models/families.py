@@ -13,6 +13,7 @@ when a name of it is first used.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import os
@@ -61,6 +62,7 @@ def of_model(model: Any) -> ModuleType:
                      f"({', '.join(f.distribution for f in FAMILIES.values())})")
 
 
+@functools.cache
 def names(prefix: str) -> dict[str, list[str]]:
     """The family's names, remembered per version of its distribution in the user's cache: validating params (the
     Snakefile does it at every parse) then imports no torch."""

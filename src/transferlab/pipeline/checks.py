@@ -32,13 +32,17 @@ def _written(io: StageIO, record: Path) -> list[Path]:
     return sorted({p for p in found if p != record and p.name != layout.SKIPPED})
 
 
+def _write(path: Path, files: list[Path]) -> None:
+    """A checksum record at `path`: each file's size and sha256, by its path relative to the record."""
+    write_json(path, {"files": {p.relative_to(path.parent).as_posix(): {"bytes": p.stat().st_size, "sha256": file_digest(p)}
+                                for p in files}})
+
+
 def record(io: StageIO) -> None:
     """Write the stage's checksum record, if it has one (call after the stage wrote everything)."""
     path = getattr(io.output, "checksums", None)
-    if path is None:
-        return
-    write_json(path, {"files": {p.relative_to(path.parent).as_posix(): {"bytes": p.stat().st_size, "sha256": file_digest(p)}
-                                for p in _written(io, path)}})
+    if path is not None:
+        _write(path, _written(io, path))
 
 
 def verify(path: Path, stage: str, target: str | None = None, required: bool = False) -> None:
@@ -73,9 +77,7 @@ def record_shard(stage: str, shard: int, root: Path) -> None:
     """A shard's checksum record, in its folder: every file the shard wrote, checked when they are gathered."""
     folder = root / layout.SHARD_FOLDERS[stage].format(shard=shard)
     path = folder / SHARD_RECORD
-    write_json(path, {"files": {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": file_digest(p)}
-                                for p in sorted(folder.rglob("*")) if p.is_file() and p != path
-                                and not p.name.startswith(".")}})
+    _write(path, [p for p in sorted(folder.rglob("*")) if p.is_file() and p != path and not p.name.startswith(".")])
 
 
 def verify_shards(stage: str, count: int, root: Path) -> None:

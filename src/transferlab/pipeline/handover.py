@@ -9,10 +9,8 @@ anything, naming the stages to commit (`refuse_unrecorded`). Imports no torch; D
 from __future__ import annotations
 
 import base64
+import importlib.util
 import logging
-import os
-import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -44,7 +42,7 @@ def commit_for_dvc(root: Path | str = ".") -> bool:
     root = Path(root)
     if not (root / ".dvc").is_dir():
         return False
-    if shutil.which("dvc", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])) is None:
+    if importlib.util.find_spec("dvc") is None:
         log.warning("DVC is not installed: the outputs are not recorded for it (dvc commit -f does that)")
         return False
     done = subprocess.run([sys.executable, "-m", "transferlab.pipeline.handover"], cwd=root, capture_output=True, text=True)
@@ -69,7 +67,7 @@ def unrecorded_by_dvc(root: Path | str = ".") -> list[str]:
     found = []
     for stage in TABLE:
         paths = [path for template in layout.FILES[stage].values()
-                 for path in root.glob(re.sub(r"\{\w+\}", "*", template))]
+                 for path in root.glob(layout.every_point(template))]
         if stage not in recorded and any(
                 (metadata / base64.urlsafe_b64encode(path.relative_to(root).as_posix().encode()).decode()).exists()
                 for path in paths):

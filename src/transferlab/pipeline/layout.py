@@ -137,6 +137,11 @@ def owned(stage: str, root: Path | str = ".", where: Path | str | None = None, *
     return [_place(stage, path, root, where, wildcards) for path in OWNED.get(stage, [])]
 
 
+def every_point(template: str) -> str:
+    """An output template as a glob pattern matching it at every sweep point (each wildcard a `*`)."""
+    return template.format(**dict.fromkeys(WILDCARDS, "*"))
+
+
 def shard_files(stage: str, shard: int, root: Path | str = ".") -> SimpleNamespace:
     """One shard's files by name (attribute access) under `root`: named as the stage's outputs (but its checksum
     record), in the shard's folder."""

@@ -108,7 +108,7 @@ def run_stage(name: str) -> None:
         if (shard is not None and not 0 <= shard < count) or (gathering and count == 1):
             what = f"--shard {shard}" if shard is not None else "--gather"
             raise ParamsError(f"{what}: {stages.TABLE[name].shards} is {count} "
-                                         f"({f'shards 0 to {count - 1}' if count > 1 else 'one job, nothing to gather'})")
+                              f"({f'shards 0 to {count - 1}' if count > 1 else 'one job, nothing to gather'})")
         threads = max(1, args.threads)
         io = stages.io(name, threads=threads, wildcards={w: getattr(args, w) for w in stages.stage_wildcards(name)},
                        shard=shard, gathering=gathering)
@@ -133,7 +133,7 @@ def refuse_changed(path: str, params: dict, name: str) -> None:
     moved = params_mod.changed_since(params, stages.TABLE[name].params, path)
     if moved:
         raise ParamsError(f"{path}: {', '.join(moved)} changed while the {name} stage ran; DVC would record "
-                                     f"the new values over results made with the old: run dvc repro again")
+                          f"the new values over results made with the old: run dvc repro again")
 
 
 def output_folder(name: str) -> str:

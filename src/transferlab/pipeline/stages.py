@@ -275,7 +275,7 @@ def records_read(stage: str, io: StageIO) -> list[tuple[Path, str]]:
             continue
         template = layout.FILES[source]["checksums"]
         if spans_points(stage, source):
-            out += [(p, source) for p in sorted(io.root.glob(template.format(backbone="*", fraction="*", seed="*")))]
+            out += [(p, source) for p in sorted(io.root.glob(layout.every_point(template)))]
         else:
             wanted = {w: v for w, v in io.wildcards.items() if "{" + w + "}" in template}
             out.append((io.root / template.format(**wanted), source))
