@@ -1,6 +1,7 @@
 # transferlab pipeline for Snakemake. Every rule reads the stage table (src/transferlab/pipeline/stages.py), the same
-# table dvc.yaml is generated from: inputs, outputs (src/transferlab/pipeline/layout.py), params, library modules, and
-# the switch that leaves a stage out. What is Snakemake's own is written here: threads, logs, the report.
+# table dvc.yaml is generated from: inputs, outputs (src/transferlab/pipeline/layout.py), params, the stage's code (one
+# record of its files' content, src/transferlab/pipeline/render.py), and the switch that leaves a stage out. What is
+# Snakemake's own is written here: threads, logs, the report.
 # Run from the project root:  snakemake --cores 2
 # `snakemake --lint` leaves two lints per rule, each on purpose (tests/test_engines.py allows these only):
 # - "conda environment or container": every rule runs in the project's one environment (pip install -e .).
@@ -13,7 +14,7 @@ from snakemake.exceptions import WorkflowError
 
 from transferlab.core.errors import ParamsError
 from transferlab.models import families
-from transferlab.pipeline import handover, run_lock, shards, sources
+from transferlab.pipeline import handover, render, run_lock, shards, sources
 from transferlab.pipeline import stages as S
 from transferlab.settings import params as P
 
@@ -35,8 +36,9 @@ except ParamsError as exc:
 
 # The params this run is planned with: its jobs compute with these, the values Snakemake records, whatever happens
 # to params.yaml while it runs (src/transferlab/pipeline/runner.py); a cluster job's own Snakemake keeps what it was handed.
-if workflow.is_main_process:  # and the dataset's and checkpoint's manifests, rewritten only where content changed
+if workflow.is_main_process:  # and the manifests of the inputs and of each stage's code, rewritten where content changed
     sources.refresh(config, S.layout.files("inputs"))
+    render.write_code_records()
     os.environ[P.PLANNED] = json.dumps(config)
 else:
     os.environ.setdefault(P.PLANNED, json.dumps(config))
@@ -58,8 +60,8 @@ localrules:
 
 
 def inputs(stage):
-    """Script, library modules (Snakemake re-runs on the script, not on its imports) and the stage's inputs."""
-    return S.snakemake_inputs(stage, config)
+    """The stage's code record (Snakemake re-runs on a script, not on its imports) and its inputs."""
+    return render.snakemake_inputs(stage, config)
 
 
 def outputs(stage, **shown):
@@ -120,7 +122,7 @@ rule download:
     benchmark:
         "logs/benchmarks/download.tsv"
     shell:
-        S.shell("download")
+        render.shell("download")
 
 
 rule split:
@@ -136,14 +138,14 @@ rule split:
     benchmark:
         "logs/benchmarks/split.tsv"
     shell:
-        S.shell("split")
+        render.shell("split")
 
 
 rule extract:
     """Every image's features; with features.shards > 1, gathered from the shards' jobs (extract_shard)."""
     input:
         **inputs("extract"),
-        shards=S.snakemake_shards("extract", config),
+        shards=render.snakemake_shards("extract", config),
     output:
         **outputs("extract"),
     params:
@@ -155,7 +157,7 @@ rule extract:
     benchmark:
         "logs/benchmarks/extract.tsv"
     shell:
-        S.shell("extract", "" if SHARDS == 1 else "gather")
+        render.shell("extract", "" if SHARDS == 1 else "gather")
 
 
 if SHARDS > 1:
@@ -171,8 +173,7 @@ if SHARDS > 1:
         input:
             splits=S.layout.FILES["split"].values(),
             dataset=S.layout.FILES["download"]["dataset"],
-            lib=[f"src/transferlab/{module}.py" for module in ("pipeline/shards", "pipeline/layout", "core/atomic",
-                                                                "core/errors")],
+            code=S.layout.CODE_RECORD.format(name="shard_rows"),
         output:
             shards.records(config),
         params:
@@ -190,7 +191,7 @@ if SHARDS > 1:
             name:
                 f"{sharded}_shard"
             input:
-                **S.snakemake_shard_inputs(sharded, config, ancient),
+                **render.snakemake_shard_inputs(sharded, config, ancient),
             output:
                 directory(S.layout.SHARD_FOLDERS[sharded]),
             params:
@@ -202,7 +203,7 @@ if SHARDS > 1:
             benchmark:
                 f"logs/benchmarks/{sharded}/shard{{shard}}.tsv"
             shell:
-                S.shell(sharded, "shard")
+                render.shell(sharded, "shard")
 
 
 rule train_head:
@@ -219,7 +220,7 @@ rule train_head:
     benchmark:
         "logs/benchmarks/train_head.tsv"
     shell:
-        S.shell("train_head")
+        render.shell("train_head")
 
 
 rule evaluate_probe:
@@ -236,7 +237,7 @@ rule evaluate_probe:
     benchmark:
         "logs/benchmarks/evaluate_probe.tsv"
     shell:
-        S.shell("evaluate_probe")
+        render.shell("evaluate_probe")
 
 
 rule frozen_cache:
@@ -244,7 +245,7 @@ rule frozen_cache:
     gathered from the shards' jobs (frozen_cache_shard)."""
     input:
         **inputs("frozen_cache"),
-        shards=S.snakemake_shards("frozen_cache", config),
+        shards=render.snakemake_shards("frozen_cache", config),
     output:
         **outputs("frozen_cache"),
     params:
@@ -256,7 +257,7 @@ rule frozen_cache:
     benchmark:
         "logs/benchmarks/frozen_cache.tsv"
     shell:
-        S.shell("frozen_cache", "" if SHARDS == 1 else "gather")
+        render.shell("frozen_cache", "" if SHARDS == 1 else "gather")
 
 
 rule finetune:
@@ -273,7 +274,7 @@ rule finetune:
     benchmark:
         "logs/benchmarks/finetune.tsv"
     shell:
-        S.shell("finetune")
+        render.shell("finetune")
 
 
 rule evaluate_finetune:
@@ -290,7 +291,7 @@ rule evaluate_finetune:
     benchmark:
         "logs/benchmarks/evaluate_finetune.tsv"
     shell:
-        S.shell("evaluate_finetune")
+        render.shell("evaluate_finetune")
 
 
 rule report:
@@ -314,7 +315,7 @@ rule report:
     benchmark:
         "logs/benchmarks/report.tsv"
     shell:
-        S.shell("report")
+        render.shell("report")
 
 
 rule export:
@@ -335,7 +336,7 @@ rule export:
     benchmark:
         "logs/benchmarks/export.tsv"
     shell:
-        S.shell("export")
+        render.shell("export")
 
 
 rule visualize:
@@ -356,7 +357,7 @@ rule visualize:
     benchmark:
         "logs/benchmarks/visualize.tsv"
     shell:
-        S.shell("visualize")
+        render.shell("visualize")
 
 
 rule sweep_extract:
@@ -374,7 +375,7 @@ rule sweep_extract:
     benchmark:
         "logs/benchmarks/sweep/{backbone}/extract.tsv"
     shell:
-        S.shell("sweep_extract")
+        render.shell("sweep_extract")
 
 
 rule sweep_frozen:
@@ -391,7 +392,7 @@ rule sweep_frozen:
     benchmark:
         "logs/benchmarks/sweep/{backbone}/frozen/{seed}.tsv"
     shell:
-        S.shell("sweep_frozen")
+        render.shell("sweep_frozen")
 
 
 rule sweep_point:
@@ -408,7 +409,7 @@ rule sweep_point:
     benchmark:
         "logs/benchmarks/sweep/{backbone}/{fraction}/{seed}.tsv"
     shell:
-        S.shell("sweep_point")
+        render.shell("sweep_point")
 
 
 rule sweep_aggregate:
@@ -427,4 +428,4 @@ rule sweep_aggregate:
     benchmark:
         "logs/benchmarks/sweep_aggregate.tsv"
     shell:
-        S.shell("sweep_aggregate")
+        render.shell("sweep_aggregate")

@@ -40,16 +40,15 @@ MOBILENET = SHARED / "weights" / "mobilenet_v2-imagenet-int8-dequantized.pth"
 sys.path.insert(0, str(ROOT / "src"))
 
 from transferlab.core.atomic import read_arrays  # noqa: E402
-from transferlab.data import index, split  # noqa: E402
+from transferlab.core.project import SPLITS  # noqa: E402
+from transferlab.data import index  # noqa: E402
 from transferlab.data.images import load_tensor  # noqa: E402
 from transferlab.inference import backends, batches  # noqa: E402
 from transferlab.inference.transforms import evaluation  # noqa: E402
 from transferlab.models import backbones  # noqa: E402
-from transferlab.pipeline import layout, stages  # noqa: E402
-from transferlab.pipeline.layout import SPLITS  # noqa: E402
+from transferlab.pipeline import layout, results, stages  # noqa: E402
 from transferlab.pipeline.runner import set_threads  # noqa: E402
-from transferlab.probe import features, head  # noqa: E402
-from transferlab.reporting import results  # noqa: E402
+from transferlab.probe import head  # noqa: E402
 from transferlab.settings.params import validate  # noqa: E402
 
 warnings.filterwarnings("ignore")
@@ -164,8 +163,8 @@ def dataset(work: Path, n_per_class: int | None) -> Path:
     files = stages.io("split", work / f"project-{n_per_class or 'all'}")
     if not files.input.dataset.exists():
         data = validate({"data": {"dataset": "oxford_pets", "source": str(PETS)}})["data"]
-        summary = index.build(data, layout.files_in("download", files.input.dataset.parent), workers=THREADS)
-        split.write(data, files.input.index, Path(summary["root"]), files.output)
+        index.build(data, layout.files_in("download", files.input.dataset.parent), workers=THREADS)
+        stages.runner("split")({**validate({"data": data}), "visualize": {"enabled": False}}, files)
         if n_per_class:
             for name in SPLITS:
                 frame = pd.read_csv(getattr(files.output, name))
@@ -175,10 +174,10 @@ def dataset(work: Path, n_per_class: int | None) -> Path:
 
 
 def extract_rate(name: str, data_dir: Path, work: Path, engine: str, precision: str, tag: str = "") -> float:
-    """img/s of features.run (all splits, decode included)."""
+    """img/s of the extract stage (all splits, decode included)."""
     params = validate({"data": {"dataset": "oxford_pets", "source": str(PETS)}, "model": MODELS.get(name, VIT),
                        "features": {"engine": engine, "precision": precision}})
-    meta = features.run(params, stages.io("extract", data_dir.parent,
+    meta = stages.runner("extract")(params, stages.io("extract", data_dir.parent,
                                           work / f"feat-{name}-{engine}-{precision}{tag}"))
     images = sum(s["images"] for s in meta["splits"].values())
     seconds = sum(s["seconds"] for s in meta["splits"].values())
@@ -421,12 +420,10 @@ def cache_costs(work: Path) -> dict[str, float]:
 def vit_finetune_rates(data_dir: Path, work: Path) -> dict[str, float]:
     """Fine-tune img/s of timm ViT-S (random weights, the last 2 of 12 blocks) from the frozen-prefix cache (the
     first 10 blocks' token sequences, computed once) and on the fly; and the cache's own img/s."""
-    from transferlab.finetuning import finetune, frozen
-
     base = {"data": {"dataset": "oxford_pets", "source": str(PETS)}, "model": VIT,
             "finetune": {"epochs": 1, "unfreeze": 2, "lr": 1e-5, "batch_size": 32, "range_test_steps": 0}}
     feat = work / "feat-vit"
-    features.run(validate(base), stages.io("extract", data_dir.parent, feat))
+    stages.runner("extract")(validate(base), stages.io("extract", data_dir.parent, feat))
     train, val = (read_arrays(feat / f"{s}.npz") for s in ("train", "val"))
     probe, _ = head.fit(train, val, {"C_grid": [1.0], "max_iter": 300, "refit_on": "train"})
     head.save(probe, work / "vit-probe.npz", [str(c) for c in train["classes"]])
@@ -434,10 +431,10 @@ def vit_finetune_rates(data_dir: Path, work: Path) -> dict[str, float]:
     for cache in ("auto", "never"):
         params = validate({**base, "finetune": {**base["finetune"], "cache": cache}})
         folder = work / f"vit-frozen-{cache}"
-        meta = frozen.run(params, stages.io("frozen_cache", data_dir.parent, folder))
+        meta = stages.runner("frozen_cache")(params, stages.io("frozen_cache", data_dir.parent, folder))
         if meta["cached"]:
             out["frozen-prefix cache (once): img/s"] = sum(meta["parts"][p]["views"] for p in meta["parts"]) / meta["seconds"]
-        summary = finetune.run(params, stages.io("finetune", data_dir.parent, work / f"vit-ft-{cache}",
+        summary = stages.runner("finetune")(params, stages.io("finetune", data_dir.parent, work / f"vit-ft-{cache}",
                                                  probe=work / "vit-probe.npz", frozen=folder / "meta.json"))
         out[f"fine-tune {'from the cache' if cache == 'auto' else 'on the fly'}: img/s"] = summary["train_images_per_s"]
     return out

@@ -241,7 +241,7 @@ def mirror_image(data_dir: Path, split: str, row: int, copy_as: str | None = Non
     import pandas as pd
 
     from transferlab.core.atomic import read_json
-    from transferlab.pipeline.layout import data_root
+    from transferlab.core.project import data_root
 
     listed = data_dir / "splits" / f"{split}.csv"
     frame, root = pd.read_csv(listed), data_root(read_json(data_dir / "dataset.json"))
@@ -259,9 +259,17 @@ def mirror_image(data_dir: Path, split: str, row: int, copy_as: str | None = Non
 
 
 def split_into(data: dict, data_dir: Path) -> dict:
-    """The split stage's lists (and summary) of an indexed data_dir, with split params `data`."""
-    from transferlab.core.atomic import read_json
-    from transferlab.data import split
+    """The split stage's lists (and summary) of an indexed data_dir, with split params `data` (visualize off)."""
+    from transferlab.settings.params import defaults
 
-    files = stage_io("split", data_dir)
-    return split.write(data, files.input.index, Path(read_json(files.input.dataset)["root"]), files.output)
+    params = defaults()
+    params["data"].update(data)
+    params["visualize"]["enabled"] = False
+    return run_stage("split", params, stage_io("split", data_dir))
+
+
+def run_stage(stage: str, params: dict, io) -> object:
+    """A stage's adapter called directly, as `stages.execute` calls it (no switch, no checksum records)."""
+    from transferlab.pipeline import stages
+
+    return stages.runner(stage)(params, io)

@@ -8,18 +8,19 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import copy_project, random_checkpoint, run_stages, stage_io
+from conftest import copy_project, random_checkpoint, run_stage, run_stages, stage_io
 from test_features_head import prepare, tiny_params
 from test_frozen import ABSOLUTE, TOLERANCE, cache_into, finetune_and_evaluate
 from torch import nn
 
 from transferlab.core.atomic import read_arrays
 from transferlab.core.errors import ParamsError
-from transferlab.finetuning import frozen, network
+from transferlab.finetuning import network
+from transferlab.finetuning.prefix import cut
 from transferlab.models import backbones
 from transferlab.models.families import FAMILIES, load
 from transferlab.models.preprocessing import Preprocessing
-from transferlab.probe import features, head
+from transferlab.probe import head
 from transferlab.settings import params
 
 SMALL = {"resnet18": (512, 5), "timm/resnet18": (512, 5), "timm/vit_tiny_patch16_224": (192, 13),
@@ -56,7 +57,7 @@ def test_each_family_loads_a_local_checkpoint_splits_groups_and_cuts(tmp_path, b
         out = extractor(x)
     assert (dim, len(backbones.blocks(extractor))) == SMALL[backbone] and out.shape == (2, dim)
     assert not any(p.requires_grad for p in extractor.parameters())
-    prefix, suffix_net, boundary = frozen.cut(extractor, 2)
+    prefix, suffix_net, boundary = cut(extractor, 2)
     with torch.inference_mode():
         torch.testing.assert_close(suffix_net(prefix(x)), out, rtol=0, atol=0)
     assert boundary in dict(extractor.named_modules())
@@ -145,7 +146,7 @@ def test_a_vit_fine_tunes_from_its_frozen_token_cache_as_on_the_fly(tmp_path):
     p = tiny_params("timm/vit_tiny_patch16_224", engine="torch")
     p["finetune"].update(epochs=2, batch_size=4, num_workers=0, unfreeze=1, lr=1e-4, patience=5,
                          augment={"scale": [0.5, 1.0], "flip": True, "rotation": 15, "jitter": 0.2})
-    features.run(p, stage_io("extract", data_dir, tmp_path / "feat"))
+    run_stage("extract", p, stage_io("extract", data_dir, tmp_path / "feat"))
     train, val = (read_arrays(tmp_path / "feat" / f"{s}.npz") for s in ("train", "val"))
     probe, _ = head.fit(train, val, {"C_grid": [1.0], "max_iter": 500, "refit_on": "train"})
     head.save(probe, tmp_path / "probe.npz", [str(c) for c in train["classes"]])

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import ROOT, flip_bit, make_tree, split_into, stage_io
+from conftest import ROOT, flip_bit, make_tree, run_stage, split_into, stage_io
 from PIL import Image
 from test_features_head import tiny_params
 
@@ -24,6 +24,8 @@ from transferlab.data import index, split
 from transferlab.data.images import load_encoded, load_tensor
 from transferlab.finetuning import finetune, network, training
 from transferlab.inference.batches import ImageList
+from transferlab.models import backbones
+from transferlab.pipeline import stages
 from transferlab.pipeline.layout import files_in
 from transferlab.settings import params
 
@@ -175,24 +177,23 @@ def test_unfreeze_beyond_the_backbone_is_refused_before_training(tmp_path):
     from test_features_head import prepare
 
     from transferlab.core.atomic import write_json
-    from transferlab.finetuning import frozen
-    from transferlab.pipeline.layout import SPLITS
-    from transferlab.probe import features, head
+    from transferlab.core.project import SPLITS
+    from transferlab.probe import head
 
     data_dir = prepare(tmp_path)
     p = tiny_params()
     p["finetune"].update({"unfreeze": 999, "epochs": 1, "batch_size": 8, "num_workers": 0})
-    features.run(p, stage_io("extract", data_dir, tmp_path / "feat"))
+    run_stage("extract", p, stage_io("extract", data_dir, tmp_path / "feat"))
     cached = {s: read_arrays(tmp_path / "feat" / f"{s}.npz") for s in SPLITS}
     model, _ = head.fit(cached["train"], cached["val"], p["head"])
     head.save(model, tmp_path / "head.npz", list(cached["train"]["classes"]))
     refused = r"finetune.unfreeze: 999 is more than the 5 blocks of resnet18; give 0 to 5, or all"
     with pytest.raises(ParamsError, match=refused):  # the frozen_cache stage, which runs first
-        frozen.run(p, stage_io("frozen_cache", data_dir, tmp_path / "frozen"))
+        run_stage("frozen_cache", p, stage_io("frozen_cache", data_dir, tmp_path / "frozen"))
     assert not (tmp_path / "frozen" / "meta.json").exists()
     write_json(tmp_path / "frozen" / "meta.json", {"cached": False})
     with pytest.raises(ParamsError, match=refused):
-        finetune.run(p, stage_io("finetune", data_dir, tmp_path / "ft", probe=tmp_path / "head.npz",
+        run_stage("finetune", p, stage_io("finetune", data_dir, tmp_path / "ft", probe=tmp_path / "head.npz",
                                  frozen=tmp_path / "frozen" / "meta.json"))
     assert not (tmp_path / "ft" / "model.pt").exists()
 
@@ -392,12 +393,11 @@ def test_a_damaged_shard_is_refused_by_its_gather(tmp_path, damage):
     from transferlab.core.errors import DamagedFile
     from transferlab.pipeline import stages
     from transferlab.pipeline.runner import one_line
-    from transferlab.probe import features
 
     data_dir = prepare(tmp_path)
     sharded = tiny_params(train_views=1, shards=2)
     for shard in range(2):
-        stages.execute("extract", features.run, sharded, stage_io("extract", data_dir, shard=shard))
+        stages.execute("extract", stages.runner("extract"), sharded, stage_io("extract", data_dir, shard=shard))
     target = data_dir.parent / "results/shards/extract/1/train.npz"
     if damage == "edited":
         arrays = read_arrays(target)
@@ -405,7 +405,7 @@ def test_a_damaged_shard_is_refused_by_its_gather(tmp_path, damage):
     else:
         flip_bit(target, 200)
     with pytest.raises(DamagedFile) as caught:
-        stages.execute("extract", features.run, sharded, stage_io("extract", data_dir, gathering=True))
+        stages.execute("extract", stages.runner("extract"), sharded, stage_io("extract", data_dir, gathering=True))
     assert str(caught.value).startswith(f"{target}: damaged or edited")
     assert one_line(caught.value, "snakemake").endswith("make the shard results/shards/extract/1 again: snakemake "
                                                         "--cores all -R results/shards/extract/1")
@@ -561,12 +561,11 @@ def test_predict_names_a_damaged_exported_model(trained, tmp_path, capsys):
     import shutil
 
     from transferlab.pipeline import stages
-    from transferlab.serve import export
 
     model_dir = tmp_path / "model"
     p = params.load(trained / "params.yaml")
     files = stages.io("export", trained, model_dir, template=ROOT / "workflow/report/model_card.md.j2")
-    stages.execute("export", export.run, p, files)
+    stages.execute("export", stages.runner("export"), p, files)
     from transferlab.serve.cli import main
 
     photo = next((trained / "src").rglob("*.jpg"))
@@ -667,7 +666,7 @@ def test_train_views_that_cannot_fit_are_refused_with_the_estimate(tmp_path, mon
     with pytest.raises(ParamsError, match=r"features.train_views: 1000 extra views make 12,012 training rows × 512 "
                                           r"features = 23.5 MiB; that needs 46.9 MiB of free disk at .*, and there "
                                           r"is 10.0 MiB"):
-        features.run(p, stage_io("extract", data_dir, tmp_path / "feat"))
+        run_stage("extract", p, stage_io("extract", data_dir, tmp_path / "feat"))
     assert not (tmp_path / "feat" / "train.npz").exists()
     features.check_room(12, 512, tmp_path, 0)  # a few rows fit
 
@@ -687,15 +686,19 @@ def test_visualize_classes_are_checked_at_split_before_any_training(tmp_path):
     assert not (tmp_path / "data" / "splits").exists()
 
 
-def test_without_the_finetune_the_visualized_classes_are_imagenet_ones():
+def test_without_the_finetune_the_visualized_classes_are_imagenet_ones(tmp_path):
+    """Checked at the inputs stage, before any work (the split checks only the dataset's classes)."""
     p = params.defaults()
     p["model"].update({"backbone": "resnet18", "weights": "none"})
     p["visualize"].update({"enabled": True, "target_class": "tabby", "adversarial_from": "ant"})
     p["finetune"]["enabled"] = False
     split.check_class_names(p, ["ant", "bee"])
+    backbones.check_visualized_classes(p)
     p["visualize"]["adversarial_to"] = "Bengal"  # a pet breed, not an ImageNet class
+    split.check_class_names(p, ["ant", "bee"])
     with pytest.raises(ParamsError, match="visualize.adversarial_to: 'Bengal' is not a class of the ImageNet"):
-        split.check_class_names(p, ["ant", "bee"])
+        stages.runner("inputs")(p, stages.io("inputs", tmp_path))
+    assert not (tmp_path / "data").exists()
 
 
 def test_every_param_naming_a_class_is_checked_in_one_message():

@@ -341,9 +341,11 @@ def test_one_more_fraction_computes_only_the_new_point(both_engines):
 
 def test_editing_one_module_plans_only_the_stages_that_load_it(both_engines):
     """Each stage depends on the modules its code loads, read from the imports: an edit to the report's module
-    plans the report alone in both engines (it re-ran all 16 stages when every stage listed a common core)."""
-    def plans(project):
-        path = project / "src/transferlab/reporting/report.py"
+    plans the report alone in both engines (it re-ran all 16 stages when every stage listed a common core). An
+    edit to a backbone family plans no download or split; DVC, which compares what the re-run stages write,
+    neither train_head nor the report (Snakemake plans what follows a stage it re-runs)."""
+    def plans(project, module):
+        path = project / "src/transferlab" / module
         before = path.read_text()
         path.write_text(before + "\n# an edit\n")
         try:
@@ -351,7 +353,11 @@ def test_editing_one_module_plans_only_the_stages_that_load_it(both_engines):
         finally:
             path.write_text(before)
 
-    assert on_both(plans, [both_engines["snakemake"][0], both_engines["dvc"][0]]) == [({"report"}, {"report"})] * 2
+    projects = [both_engines["snakemake"][0], both_engines["dvc"][0]]
+    assert on_both(lambda p: plans(p, "reporting/report.py"), projects) == [({"report"}, {"report"})] * 2
+    for planned, changed in on_both(lambda p: plans(p, "models/family_torchvision.py"), projects):
+        assert "extract" in planned and not {"download", "split"} & planned
+        assert "extract" in changed and not {"download", "split", "train_head", "report"} & changed
 
 
 def test_readme_order_snakemake_then_dvc_exp_run_keeps_every_output(both_engines):

@@ -84,7 +84,8 @@ def test_stages_switched_off_are_left_out_by_snakemake_marked_skipped_by_both_an
     """Snakemake plans no switched-off stage and leaves their 'skipped' records, so `dvc commit` finds every
     output and DVC then runs nothing; DVC, made to run the switched-off stages with their outputs gone, runs
     them, and they write the same records."""
-    from transferlab.pipeline.stages import TABLE, dvc_outs
+    from transferlab.pipeline.render import dvc_outs
+    from transferlab.pipeline.stages import TABLE
 
     project = copy_project(tmp_path)
     for section in ("finetune", "visualize", "sweep"):

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import MOBILENET, make_tree, mirror_image, need, split_into, stage_io
+from conftest import MOBILENET, make_tree, mirror_image, need, run_stage, split_into, stage_io
 from torchvision import models
 
 from transferlab.core.atomic import read_arrays, read_splits
@@ -16,6 +16,7 @@ from transferlab.evaluate import evaluation
 from transferlab.models import backbones
 from transferlab.models.weights import WeightsUnavailable
 from transferlab.pipeline import shards
+from transferlab.pipeline.adapters.evaluate_probe import write
 from transferlab.pipeline.layout import files_in
 from transferlab.probe import features, head
 from transferlab.settings.params import validate
@@ -41,7 +42,7 @@ def tiny_params(backbone="resnet18", **features_over):
                                            ("efficientnet_b0", 1280)])
 def test_feature_shapes_per_family(tmp_path, backbone, dim):
     data_dir = prepare(tmp_path)
-    meta = features.run(tiny_params(backbone), stage_io("extract", data_dir, tmp_path / "feat"))
+    meta = run_stage("extract", tiny_params(backbone), stage_io("extract", data_dir, tmp_path / "feat"))
     assert meta["feature_dim"] == dim and meta["backbone"] == backbone and meta["image_size"] == 32
     for name, n in (("train", 12), ("val", 6), ("test", 6)):
         cached = read_arrays(tmp_path / "feat" / f"{name}.npz")
@@ -55,7 +56,7 @@ def test_feature_shapes_per_family(tmp_path, backbone, dim):
 def test_features_equal_model_penultimate_and_train_views(tmp_path):
     data_dir = prepare(tmp_path)
     p = tiny_params(train_views=2)
-    features.run(p, stage_io("extract", data_dir, tmp_path / "feat"))
+    run_stage("extract", p, stage_io("extract", data_dir, tmp_path / "feat"))
     train = read_arrays(tmp_path / "feat" / "train.npz")
     assert train["features"].shape == (36, 512)
     assert (train["views"] == np.repeat([0, 1, 2], 12)).all()
@@ -73,7 +74,7 @@ def test_features_equal_model_penultimate_and_train_views(tmp_path):
         expected = model(x[None]).numpy()[0]
     np.testing.assert_allclose(train["features"][0], expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
     # seeded: a second run gives the same augmented features
-    features.run(p, stage_io("extract", data_dir, tmp_path / "feat2"))
+    run_stage("extract", p, stage_io("extract", data_dir, tmp_path / "feat2"))
     np.testing.assert_array_equal(read_arrays(tmp_path / "feat2" / "train.npz")["features"], train["features"])
 
 
@@ -85,17 +86,17 @@ def test_shards_gather_to_the_unsharded_bytes(tmp_path, engine):
     alone; the gathering refuses the stale shard, and once it alone runs again gathers one job's bytes."""
     data_dir = prepare(tmp_path)
     whole, gathered, in_one = (tmp_path / name for name in ("whole", "gathered", "in_one"))
-    features.run(tiny_params(engine=engine, train_views=1), stage_io("extract", data_dir, whole))
+    run_stage("extract", tiny_params(engine=engine, train_views=1), stage_io("extract", data_dir, whole))
     sharded = tiny_params(engine=engine, train_views=1, shards=3)
-    metas = [features.run(sharded, stage_io("extract", data_dir, gathered, shard=s)) for s in range(3)]
+    metas = [run_stage("extract", sharded, stage_io("extract", data_dir, gathered, shard=s)) for s in range(3)]
     assert [m["shard"]["splits"]["val"]["rows"] for m in metas] == [[0, 0], [0, 4], [4, 6]]
     assert [m["splits"]["train"]["images"] for m in metas] == [8, 8, 8]  # 4 images, 2 views each
     assert not gathered.exists()  # a shard writes only its own folder
     shard_one = read_arrays(data_dir.parent / "results/shards/extract/1/train.npz")
     everything = read_arrays(whole / "train.npz")
     assert (shard_one["features"][4:] == everything["features"][12 + 4:12 + 8]).all()  # its rows' augmented view
-    meta = features.run(sharded, stage_io("extract", data_dir, gathered, gathering=True))
-    features.run(sharded, stage_io("extract", data_dir, in_one))
+    meta = run_stage("extract", sharded, stage_io("extract", data_dir, gathered, gathering=True))
+    run_stage("extract", sharded, stage_io("extract", data_dir, in_one))
     for split in ("train", "val", "test"):
         assert (gathered / f"{split}.npz").read_bytes() == (whole / f"{split}.npz").read_bytes(), split
         assert (in_one / f"{split}.npz").read_bytes() == (whole / f"{split}.npz").read_bytes(), split
@@ -106,10 +107,10 @@ def test_shards_gather_to_the_unsharded_bytes(tmp_path, engine):
     now = [shards.record(frames, classes, sharded["features"], s) for s in range(3)]
     assert [now[s] == metas[s]["shard"] for s in range(3)] == [True, True, False]
     with pytest.raises(UserError, match="^results/shards/extract/2: computed from other images"):
-        features.run(sharded, stage_io("extract", data_dir, gathered, gathering=True))
-    features.run(sharded, stage_io("extract", data_dir, gathered, shard=2))
-    features.run(sharded, stage_io("extract", data_dir, gathered, gathering=True))
-    features.run(tiny_params(engine=engine, train_views=1), stage_io("extract", data_dir, whole))
+        run_stage("extract", sharded, stage_io("extract", data_dir, gathered, gathering=True))
+    run_stage("extract", sharded, stage_io("extract", data_dir, gathered, shard=2))
+    run_stage("extract", sharded, stage_io("extract", data_dir, gathered, gathering=True))
+    run_stage("extract", tiny_params(engine=engine, train_views=1), stage_io("extract", data_dir, whole))
     for split in ("train", "val", "test"):
         assert (gathered / f"{split}.npz").read_bytes() == (whole / f"{split}.npz").read_bytes(), split
 
@@ -127,7 +128,7 @@ def test_killed_extraction_leaves_no_complete_looking_file(tmp_path, monkeypatch
 
     monkeypatch.setattr(features, "compute", dies_on_second_split)
     with pytest.raises(KeyboardInterrupt):
-        features.run(tiny_params(), stage_io("extract", data_dir, tmp_path / "feat"))
+        run_stage("extract", tiny_params(), stage_io("extract", data_dir, tmp_path / "feat"))
     left = sorted(p.name for p in (tmp_path / "feat").iterdir())
     assert left == ["train.npz"]  # finished split only; no val.npz, no meta.json, no temporary files
 
@@ -234,8 +235,8 @@ def test_metrics_on_hand_made_example(tmp_path):
     probs = {"train": proba, "val": proba[:4], "test": proba}
     labels = {"train": y, "val": y[:4], "test": y}
     settings = {"draws": 500, "confidence": 0.95, "seed": 0}
-    result = evaluation.evaluate("probe", probs, labels, np.array([f"i{i}" for i in range(6)]), ["a", "b", "c"],
-                                 files_in("evaluate_probe", tmp_path), settings)
+    result = write(evaluation.evaluate("probe", probs, labels, np.array([f"i{i}" for i in range(6)]), ["a", "b", "c"],
+                                       settings), files_in("evaluate_probe", tmp_path))
     assert result["train_val_gap"] == pytest.approx(4 / 6 - 3 / 4, abs=1e-6)
     saved = json.loads((tmp_path / "metrics" / "probe.json").read_text())
     assert saved["accuracy"] == pytest.approx(4 / 6, abs=1e-6)
@@ -250,15 +251,14 @@ def test_metrics_on_hand_made_example(tmp_path):
     assert preds["predicted"].tolist() == ["a", "b", "b", "b", "c", "a"]
     worse = {**probs, "test": np.roll(proba, 1, axis=1)}  # a "fine-tune" that gets other images right
     pair = evaluation.evaluate("finetune", worse, labels, np.array([f"i{i}" for i in range(6)]), ["a", "b", "c"],
-                               files_in("evaluate_finetune", tmp_path), settings,
-                               baseline=preds.iloc[::-1])["vs_probe"]  # matched by id, not by row order
+                               settings, baseline=preds.iloc[::-1]).metrics["vs_probe"]  # matched by id, not row order
     right = np.roll(proba, 1, axis=1).argmax(1) == y
     assert pair["only_correct"] == {"probe": int((~right & (proba.argmax(1) == y)).sum()),
                                     "finetune": int((right & (proba.argmax(1) != y)).sum())}
     assert pair["difference"] == pytest.approx(right.mean() - 4 / 6, abs=1e-6)
     with pytest.raises(ValueError, match="same test images"):
         evaluation.evaluate("finetune", worse, labels, np.array([f"j{i}" for i in range(6)]), ["a", "b", "c"],
-                            files_in("evaluate_finetune", tmp_path), settings, baseline=preds)
+                            settings, baseline=preds)
 
 
 def test_top5_with_many_classes():

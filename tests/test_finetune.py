@@ -5,18 +5,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import stage_io
+from conftest import run_stage, stage_io
 from test_features_head import prepare, tiny_params
 from torch import nn
 
 from transferlab.core.atomic import read_arrays
 from transferlab.data.images import load_tensor
-from transferlab.evaluate.evaluation import run_finetune
 from transferlab.finetuning import finetune, frozen, network, training, tuning
+from transferlab.finetuning.prefix import fingerprint
 from transferlab.inference.transforms import evaluation
 from transferlab.models import backbones
 from transferlab.pipeline import stages
-from transferlab.probe import features, head, selection
+from transferlab.probe import head, selection
 from transferlab.settings.params import validate
 
 
@@ -86,11 +86,11 @@ def ft_params(**over):
 def probe_setup(tmp_path):
     data_dir = prepare(tmp_path)
     params = ft_params()
-    features.run(params, stage_io("extract", data_dir, tmp_path / "feat"))
+    run_stage("extract", params, stage_io("extract", data_dir, tmp_path / "feat"))
     train, val = (read_arrays(tmp_path / "feat" / f"{s}.npz") for s in ("train", "val"))
     model, _ = head.fit(train, val, {"C_grid": [1.0], "max_iter": 500, "refit_on": "train"})
     head.save(model, tmp_path / "probe.npz", [str(c) for c in train["classes"]])
-    frozen.run(params, stage_io("frozen_cache", data_dir))  # where the finetune stage reads it: results/frozen
+    run_stage("frozen_cache", params, stage_io("frozen_cache", data_dir))  # where the finetune stage reads it: results/frozen
     return tmp_path, data_dir, params, model
 
 
@@ -115,7 +115,7 @@ def test_warm_start_reproduces_the_probe(probe_setup):
 
 def test_seeded_runs_are_identical_and_outputs_complete(probe_setup):
     tmp_path, data_dir, params, _ = probe_setup
-    one, two = (finetune.run(params, stage_io("finetune", data_dir, tmp_path / d, probe=tmp_path / "probe.npz"))
+    one, two = (run_stage("finetune", params, stage_io("finetune", data_dir, tmp_path / d, probe=tmp_path / "probe.npz"))
                 for d in ("ft1", "ft2"))
     h1, h2 = (pd.read_csv(tmp_path / d / "history.csv") for d in ("ft1", "ft2"))
     pd.testing.assert_frame_equal(h1.drop(columns="seconds"), h2.drop(columns="seconds"))
@@ -133,10 +133,10 @@ def test_disabled_finetune_is_marked_skipped(probe_setup, tmp_path):
     files = stage_io("finetune", data_dir, tmp_path / "ft", probe=root / "probe.npz")
     files.output.model.parent.mkdir(parents=True)
     files.output.model.write_bytes(b"an earlier run's weights")
-    summary = stages.execute("finetune", finetune.run, params, files)
+    summary = stages.execute("finetune", stages.runner("finetune"), params, files)
     assert summary["skipped"] and not (tmp_path / "ft" / "model.pt").exists()
     evaluated = stage_io("evaluate_finetune", data_dir, tmp_path)
-    result = stages.execute("evaluate_finetune", run_finetune, params, evaluated)
+    result = stages.execute("evaluate_finetune", stages.runner("evaluate_finetune"), params, evaluated)
     assert json.loads((tmp_path / "metrics" / "finetune.json").read_text()) == result
     assert json.loads((tmp_path / "eval" / "finetune" / "skipped.json").read_text()) == result
     assert result["reason"] == "finetune.enabled: false"
@@ -156,11 +156,11 @@ def test_search_trains_every_candidate_from_the_same_start_and_keeps_the_rule_s_
     tmp_path, data_dir, params, _ = probe_setup
     params["finetune"].update(lr=[1e-5, 1e-3], head_lr=[1e-2, 1e-1])
     files = stage_io("finetune", data_dir, tmp_path / "grid", probe=tmp_path / "probe.npz")
-    summary = finetune.run(params, files)
+    summary = run_stage("finetune", params, files)
     search = pd.read_csv(files.output.search)
     assert summary["candidates"] == 4 and search["candidate"].nunique() == 4
     start = network.build(params["model"], head.linear(tmp_path / "probe.npz")).to(memory_format=torch.channels_last)
-    assert set(search["start_sha256"]) == {frozen.fingerprint(start)[:16]}  # each candidate from the warm start
+    assert set(search["start_sha256"]) == {fingerprint(start)[:16]}  # each candidate from the warm start
     assert set(search["state"]) <= {"complete", "pruned"} and (search["epoch"] == 0).sum() == 4
     start = search[search["epoch"] == 0]  # epoch 0: the same start, scored once, in every candidate's history
     assert start["val_loss"].nunique() == 1 and start["train_loss"].isna().all()
@@ -198,7 +198,7 @@ def test_a_one_value_list_is_the_scalar_run_and_the_range_test_changes_nothing(p
     tmp_path, data_dir, params, probe = probe_setup
     params["finetune"]["lr"] = 1e-4
     files = stage_io("finetune", data_dir, tmp_path / "scalar", probe=tmp_path / "probe.npz")
-    summary = finetune.run(params, files)
+    summary = run_stage("finetune", params, files)
     assert summary["range_test"]["ran"] and summary["candidates"] == 1
     logged = pd.read_csv(files.output.live.parent / "plots" / "metrics" / "train" / "loss.tsv", sep="\t")
     np.testing.assert_allclose(logged["loss"], pd.read_csv(files.output.history)["train_loss"][1:], rtol=1e-6)
@@ -259,7 +259,7 @@ def test_lr_auto_runs_the_range_test_and_searches_around_its_suggestion(probe_se
     tmp_path, data_dir, params, _ = probe_setup
     params["finetune"].update(lr="auto", range_test_steps=20)
     files = stage_io("finetune", data_dir, tmp_path / "auto", probe=tmp_path / "probe.npz")
-    summary = finetune.run(params, files)
+    summary = run_stage("finetune", params, files)
     curve = pd.read_csv(files.output.range_test)
     assert summary["range_test"]["ran"] and len(curve) == summary["range_test"]["steps"] > 0
     assert curve["lr"].is_monotonic_increasing and curve["lr"].iloc[0] == pytest.approx(tuning.RANGE[0])
@@ -276,11 +276,11 @@ def test_two_processes_train_as_one(probe_setup, cache):
     (12 training images in batches of 5: each batch splits 3 / 2, the last one 1 / 1)."""
     tmp_path, data_dir, params, _ = probe_setup
     params["finetune"].update(epochs=2, batch_size=5, cache=cache, range_test_steps=0)
-    frozen.run(params, stage_io("frozen_cache", data_dir, tmp_path / f"frozen-{cache}"))
+    run_stage("frozen_cache", params, stage_io("frozen_cache", data_dir, tmp_path / f"frozen-{cache}"))
     histories = []
     for devices in (1, 2):
         params["finetune"]["devices"] = devices
-        summary = finetune.run(params, stage_io("finetune", data_dir, tmp_path / f"ft-{cache}-{devices}",
+        summary = run_stage("finetune", params, stage_io("finetune", data_dir, tmp_path / f"ft-{cache}-{devices}",
                                                 probe=tmp_path / "probe.npz",
                                                 frozen=tmp_path / f"frozen-{cache}" / "meta.json"))
         assert summary["from_cache"] == (cache == "auto") and summary["epochs_run"] == 2
@@ -307,7 +307,7 @@ def test_the_start_is_handed_on_when_every_candidate_is_worse(probe_setup, caplo
     params["finetune"].update(lr=[0.5, 2.0], head_lr=5.0, weight_decay=0.0, range_test_steps=0, interpolate=[0.0, 1.0])
     files = stage_io("finetune", data_dir, tmp_path / "wrecked", probe=tmp_path / "probe.npz")
     with caplog.at_level("WARNING", logger="transferlab"):
-        summary = finetune.run(params, files)
+        summary = run_stage("finetune", params, files)
     assert not summary["improved"] and summary["best_epoch"] == 0 and summary["interpolation"] == []
     assert summary["best_val_loss"] == summary["start"]["val_loss"] and len(summary["diverged"]) == 2
     assert "2 of 2 candidates diverged on validation" in caplog.text and "the start is handed on" in caplog.text
@@ -355,7 +355,7 @@ def test_the_pruner_stops_trailing_candidates_and_every_trial_is_recorded(probe_
     tables = []
     for run in ("a", "b"):
         files = stage_io("finetune", data_dir, tmp_path / run, probe=tmp_path / "probe.npz")
-        summary = finetune.run(params, files)
+        summary = run_stage("finetune", params, files)
         tables.append(pd.read_csv(files.output.search))
     search = tables[0]
     states = search.groupby("candidate")["state"].first()
@@ -368,4 +368,4 @@ def test_the_pruner_stops_trailing_candidates_and_every_trial_is_recorded(probe_
                                   tables[1].drop(columns=["train_loss", "val_loss"]))
     params["finetune"]["prune"] = False
     files = stage_io("finetune", data_dir, tmp_path / "unpruned", probe=tmp_path / "probe.npz")
-    assert finetune.run(params, files)["pruned"] == 0
+    assert run_stage("finetune", params, files)["pruned"] == 0

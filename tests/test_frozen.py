@@ -8,13 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import flip_bit, mirror_image, stage_io
+from conftest import flip_bit, mirror_image, run_stage, stage_io
 from test_finetune import net, probe_setup  # noqa: F401  (fixture)
 
 from transferlab.core.atomic import read_splits
 from transferlab.core.errors import DamagedFile, UserError
-from transferlab.evaluate.evaluation import run_finetune
-from transferlab.finetuning import finetune, frozen, network, tuning
+from transferlab.finetuning import frozen, network, tuning
+from transferlab.finetuning.prefix import Uncachable, cut
 from transferlab.pipeline import stages
 
 # Training from cached activations vs on the fly: the same operations in a different batch composition for the
@@ -27,7 +27,7 @@ TOLERANCE, ABSOLUTE = 1e-5, 1e-7
                                             ("vgg11", 0), ("efficientnet_b0", 1)])
 def test_prefix_then_suffix_is_the_backbone_and_shares_its_weights(name, unfreeze):
     model = net(name).eval()
-    prefix, suffix, boundary = frozen.cut(model.backbone, unfreeze)
+    prefix, suffix, boundary = cut(model.backbone, unfreeze)
     x = torch.randn(2, 3, 64, 64)
     with torch.inference_mode():
         assert torch.equal(suffix(prefix(x)), model.backbone(x))
@@ -42,15 +42,15 @@ def test_prefix_then_suffix_is_the_backbone_and_shares_its_weights(name, unfreez
 
 def test_no_prefix_to_cache_when_every_block_trains():
     model = net("resnet18")
-    with pytest.raises(frozen.Uncachable, match="unfreeze: all trains every block"):
-        frozen.cut(model.backbone, "all")
-    with pytest.raises(frozen.Uncachable, match="trains all 5 blocks"):
-        frozen.cut(model.backbone, 5)
+    with pytest.raises(Uncachable, match="unfreeze: all trains every block"):
+        cut(model.backbone, "all")
+    with pytest.raises(Uncachable, match="trains all 5 blocks"):
+        cut(model.backbone, 5)
 
 
 def cache_into(tmp_path, data_dir, params, folder="frozen"):
     files = stage_io("frozen_cache", data_dir, tmp_path / folder)
-    return stages.execute("frozen_cache", frozen.run, params, files), files.output.meta
+    return stages.execute("frozen_cache", stages.runner("frozen_cache"), params, files), files.output.meta
 
 
 def finetune_and_evaluate(tmp_path, data_dir, params, meta, out):
@@ -60,9 +60,9 @@ def finetune_and_evaluate(tmp_path, data_dir, params, meta, out):
     if not probe_preds.exists():
         test = pd.read_csv(data_dir / "splits" / "test.csv")
         pd.DataFrame({"id": test["path"], "correct": True}).to_csv(probe_preds, index=False)
-    summary = finetune.run(params, stage_io("finetune", data_dir, tmp_path / out, probe=tmp_path / "probe.npz",
+    summary = run_stage("finetune", params, stage_io("finetune", data_dir, tmp_path / out, probe=tmp_path / "probe.npz",
                                             frozen=meta))
-    metrics = run_finetune(params, stage_io("evaluate_finetune", data_dir, tmp_path / out / "eval",
+    metrics = run_stage("evaluate_finetune", params, stage_io("evaluate_finetune", data_dir, tmp_path / out / "eval",
                                             model=tmp_path / out / "model.pt", probe=probe_preds, frozen=meta))
     history = pd.read_csv(tmp_path / out / "history.csv")
     return summary, history, metrics, pd.read_csv(tmp_path / out / "eval" / "eval" / "finetune" / "predictions.csv")
@@ -142,10 +142,10 @@ def test_shards_gather_to_the_unsharded_cache(probe_setup, engine):  # noqa: F81
     params["features"]["engine"] = engine
     whole_record, whole = cache_into(tmp_path, data_dir, params, "whole")
     params["features"]["shards"] = 3
-    shards = [stages.execute("frozen_cache", frozen.run, params,
+    shards = [stages.execute("frozen_cache", stages.runner("frozen_cache"), params,
                              stage_io("frozen_cache", data_dir, tmp_path / "gathered", shard=s)) for s in range(3)]
     assert [r["parts"]["val"]["views"] for r in shards] == [0, 4, 2] and not (tmp_path / "gathered").exists()
-    record = stages.execute("frozen_cache", frozen.run, params,
+    record = stages.execute("frozen_cache", stages.runner("frozen_cache"), params,
                             stage_io("frozen_cache", data_dir, tmp_path / "gathered", gathering=True))
     assert record["key"] == whole_record["key"] and record["prefix_sha256"] == whole_record["prefix_sha256"]
     key_before = record["key"]
@@ -162,15 +162,15 @@ def test_shards_gather_to_the_unsharded_cache(probe_setup, engine):  # noqa: F81
     flip_bit(shard_array, -7)
     with pytest.raises(DamagedFile, match="^.*results/shards/frozen_cache/1/val.npy: damaged or edited.*make the "
                                           "shard results/shards/frozen_cache/1 again"):
-        stages.execute("frozen_cache", frozen.run, params,
+        stages.execute("frozen_cache", stages.runner("frozen_cache"), params,
                        stage_io("frozen_cache", data_dir, tmp_path / "gathered", gathering=True))
     flip_bit(shard_array, -7)
 
     mirror_image(data_dir, "val", 0, copy_as="new.jpg")
     with pytest.raises(UserError, match="^results/shards/frozen_cache/2: computed from other images"):
-        frozen.run(params, stage_io("frozen_cache", data_dir, tmp_path / "gathered", gathering=True))
-    frozen.run(params, stage_io("frozen_cache", data_dir, tmp_path / "gathered", shard=2))
-    record = frozen.run(params, stage_io("frozen_cache", data_dir, tmp_path / "gathered", gathering=True))
+        run_stage("frozen_cache", params, stage_io("frozen_cache", data_dir, tmp_path / "gathered", gathering=True))
+    run_stage("frozen_cache", params, stage_io("frozen_cache", data_dir, tmp_path / "gathered", shard=2))
+    record = run_stage("frozen_cache", params, stage_io("frozen_cache", data_dir, tmp_path / "gathered", gathering=True))
     params["features"]["shards"] = 1
     whole_record, whole = cache_into(tmp_path, data_dir, params, "whole")
     assert record["key"] == whole_record["key"] != key_before and record["bytes"] == whole_record["bytes"]
@@ -183,7 +183,7 @@ def test_cache_over_budget_runs_on_the_fly_and_says_why(probe_setup):  # noqa: F
     params["finetune"]["cache_max_gb"] = 1e-6
     record, meta = cache_into(tmp_path, data_dir, params)
     assert not record["cached"] and "more than finetune.cache_max_gb: 1e-06" in record["reason"]
-    summary = finetune.run(params, stage_io("finetune", data_dir, tmp_path / "ft", probe=tmp_path / "probe.npz",
+    summary = run_stage("finetune", params, stage_io("finetune", data_dir, tmp_path / "ft", probe=tmp_path / "probe.npz",
                                             frozen=meta))
     assert not summary["from_cache"] and summary["epochs_run"] == 2
 
@@ -194,7 +194,7 @@ def test_a_cache_made_for_other_params_is_refused(probe_setup):  # noqa: F811
     assert record["cached"] and record["seeds"] == [frozen.epoch_seed(0, 1), frozen.epoch_seed(0, 2)]
     params["finetune"]["epochs"] = 3
     with pytest.raises(ValueError, match="made for other epochs; re-run"):
-        finetune.run(params, stage_io("finetune", data_dir, tmp_path / "ft", probe=tmp_path / "probe.npz",
+        run_stage("finetune", params, stage_io("finetune", data_dir, tmp_path / "ft", probe=tmp_path / "probe.npz",
                                       frozen=meta))
     params["finetune"]["epochs"] = 2
     params["finetune"]["enabled"] = False

@@ -87,8 +87,9 @@ def test_export_writes_a_checked_graph_and_a_card_from_the_run(project):
 
 
 def test_export_check_refuses_a_graph_that_disagrees(project):
-    params = predict.model_params(project)
-    module = export.probabilities_module(predict.network(project, "probe", params), params)
+    files = predict.project_files(project)
+    params = predict.model_params(files)
+    module = export.probabilities_module(predict.network(files, "probe", params), params)
     frame = pd.read_csv(project / "data/splits/test.csv")
     from transferlab.inference.batches import ImageList
     plain = preprocessing(params)
@@ -111,14 +112,14 @@ def write_metrics(project: Path, probe: float, finetune: float | None, finetune_
                                                   (0.90, 0.85, "probe"), (0.80, None, "probe")])
 def test_best_is_chosen_by_validation_accuracy_never_test(tmp_path, probe, tuned, chosen):
     write_metrics(tmp_path, probe, tuned)  # the probe always has the better test accuracy here
-    method, why = predict.choose(tmp_path)
+    method, why = predict.choose(predict.project_files(tmp_path))
     assert method == chosen and ("validation" in why or "did not run" in why)
 
 
 def test_a_disabled_finetune_is_not_chosen_from_its_earlier_outputs(tmp_path):
     write_metrics(tmp_path, 0.5, 0.9)
     (tmp_path / "params.yaml").write_text("finetune:\n  enabled: false\n")
-    assert predict.choose(tmp_path)[0] == "probe"
+    assert predict.choose(predict.project_files(tmp_path))[0] == "probe"
 
 
 def test_unreadable_files_are_skipped_with_their_reason(project, tmp_path):

@@ -8,15 +8,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import ROOT, stage_io
+from conftest import ROOT, run_stage, stage_io
 from test_features_head import prepare, tiny_params
 
 from transferlab.core.atomic import read_arrays, write_csv, write_json
-from transferlab.evaluate import evaluation
-from transferlab.finetuning import finetune, frozen, tuning
+from transferlab.finetuning import tuning
 from transferlab.pipeline import stages
-from transferlab.probe import features, head
-from transferlab.reporting import report, visualize
+from transferlab.probe import head
+from transferlab.reporting import report
 from transferlab.settings.params import validate
 
 EVIL = "<script>alert(1)"
@@ -29,7 +28,7 @@ def pipeline(tmp_path: Path, with_finetune: bool, classes=("ant", EVIL, "cat")) 
     params["finetune"].update({"enabled": with_finetune, "epochs": 1, "batch_size": 8, "num_workers": 0})
     params["visualize"].update({"enabled": with_finetune, "steps": 5, "image_size": 32, "adversarial_steps": 3})
     params = validate(params)
-    features.run(params, stage_io("extract", data_dir))
+    run_stage("extract", params, stage_io("extract", data_dir))
     cached = {s: read_arrays(path) for s, path in vars(stage_io("train_head", data_dir).input).items()}
     model, search = head.fit(cached["train"], cached["val"], params["head"])
     trained = stage_io("train_head", data_dir).output
@@ -37,14 +36,13 @@ def pipeline(tmp_path: Path, with_finetune: bool, classes=("ant", EVIL, "cat")) 
     write_csv(trained.search, search)
     write_json(trained.summary, {"C": float(search.loc[search["chosen"], "C"].iloc[0]), "seconds": 0.5, "train_rows": 12,
                                  "trainable_parameters": head.parameter_count(model)})
-    for stage, run in (("evaluate_probe", evaluation.run_probe), ("frozen_cache", frozen.run), ("finetune", finetune.run),
-                       ("evaluate_finetune", evaluation.run_finetune), ("visualize", visualize.run)):
-        stages.execute(stage, run, params, stage_io(stage, data_dir))
+    for stage in ("evaluate_probe", "frozen_cache", "finetune", "evaluate_finetune", "visualize"):
+        stages.execute(stage, stages.runner(stage), params, stage_io(stage, data_dir))
     return params, data_dir, tmp_path / "results"
 
 
 def page(params: dict, data_dir: Path) -> Path:
-    return report.render(params, stage_io("report", data_dir, template=ROOT / "workflow" / "report" / "report.html.j2"))
+    return run_stage("report", params, stage_io("report", data_dir, template=ROOT / "workflow" / "report" / "report.html.j2"))
 
 
 def render(tmp_path, with_finetune):
@@ -226,7 +224,7 @@ def test_verdict_says_how_each_arm_was_tuned(full):
 def test_class_names_that_look_like_numbers_or_missing_values_survive_every_file(tmp_path):
     """Folders named 0, 007, NA and True (as many datasets name theirs): every list, table and page written and read
     again keeps the names exactly; pandas' type inference would read 0 and 007 as integers and NA as missing."""
-    from transferlab.serve import export, predict
+    from transferlab.serve import predict
 
     names = ("0", "007", "NA", "True")
     params, data_dir, results = pipeline(tmp_path, True, classes=names)
@@ -242,7 +240,7 @@ def test_class_names_that_look_like_numbers_or_missing_values_survive_every_file
     tuned = (results / "eval" / "finetune" / "predictions.csv").read_text().splitlines()
     assert {line.split(",")[1] for line in tuned[1:]} <= set(names)
     model_dir = tmp_path / "model"
-    stages.execute("export", export.run, params, stages.io("export", data_dir.parent, model_dir,
+    stages.execute("export", stages.runner("export"), params, stages.io("export", data_dir.parent, model_dir,
                                                            template=ROOT / "workflow/report/model_card.md.j2"))
     assert json.loads((model_dir / "labels.json").read_text()) == sorted(names)
     assert "into 4 classes" in (model_dir / "model_card.md").read_text()  # the names are labels.json's

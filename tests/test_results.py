@@ -5,14 +5,14 @@ import pytest
 from conftest import ROOT
 
 from transferlab.finetuning import tuning
-from transferlab.reporting import results
+from transferlab.pipeline import results
 
 
 def test_readme_and_the_learning_curve_are_what_the_record_writes(monkeypatch):
     monkeypatch.chdir(ROOT)
     for path in dict.fromkeys(document for document, *_ in results.SECTIONS):
         assert path.read_text() == results.generated(path), (
-            f"{path} does not match its records: python -m transferlab.reporting.results readme")
+            f"{path} does not match its records: python -m transferlab.pipeline.results readme")
 
 
 @pytest.mark.parametrize("path", [results.RECORD, results.FAR_RECORD])

@@ -9,6 +9,7 @@ import pytest
 from conftest import make_tree, random_checkpoint
 
 from transferlab.core.errors import DamagedFile
+from transferlab.core.project import resolve, workspace
 from transferlab.pipeline import checks, layout, sources, stages
 from transferlab.settings.params import defaults
 
@@ -82,11 +83,11 @@ def test_a_path_leaving_the_project_resolves_from_a_dvc_experiment_copy(tmp_path
     project = tmp_path / "project"
     temp = project / ".dvc" / "tmp" / "exps" / "tmpab12cd"
     temp.mkdir(parents=True)
-    assert layout.workspace(temp) == project.resolve() and layout.workspace(project) == project
-    assert layout.resolve("../shared/x", temp) == project.resolve() / "../shared/x"
-    assert layout.resolve("images", temp) == temp / "images"  # inside the project: the copy's own
-    assert layout.resolve("../shared/x", project) == project / "../shared/x"
-    assert layout.resolve("/abs/x", temp) == Path("/abs/x")
+    assert workspace(temp) == project.resolve() and workspace(project) == project
+    assert resolve("../shared/x", temp) == project.resolve() / "../shared/x"
+    assert resolve("images", temp) == temp / "images"  # inside the project: the copy's own
+    assert resolve("../shared/x", project) == project / "../shared/x"
+    assert resolve("/abs/x", temp) == Path("/abs/x")
 
 
 def stage_files(project: Path, stage: str) -> stages.StageIO:

@@ -1,15 +1,19 @@
 """The stage table against the code: dvc.yaml is its rendering, and each stage's module list is what its script
 imports (Snakemake re-runs a rule when its script changes, not when an imported module does)."""
+import json
+
 import pytest
 from conftest import ROOT, write_params
 
 from transferlab.pipeline import imports
-from transferlab.pipeline.stages import TABLE, dvc_yaml, modules, runner, script
+from transferlab.pipeline.render import dvc_yaml
+from transferlab.pipeline.stages import TABLE, modules, runner, script
+from transferlab.settings.params import defaults
 
 
 def test_dvc_yaml_is_generated_from_the_stage_table():
     assert (ROOT / "dvc.yaml").read_text() == dvc_yaml(), \
-        "dvc.yaml is stale: python -m transferlab.pipeline.stages > dvc.yaml"
+        "dvc.yaml is stale: python -m transferlab.pipeline.render > dvc.yaml"
 
 
 def loaded_by_script(stage: str, lazy: bool = True) -> set[str]:
@@ -37,7 +41,10 @@ def test_each_stage_lists_only_the_code_it_loads():
     for stage in ("inputs", "download", "split"):
         assert not {"finetuning.finetune", "finetuning.frozen", "probe.features", "probe.head", "reporting.report",
                     "inference.backends"} & set(modules(stage)), stage
-    assert not {"inputs", "download", "train_head", "report"} & {s for s in TABLE if "models.backbones" in modules(s)}
+    # inputs loads them only where visualize names ImageNet classes: DVC runs it every time, Snakemake at parse time
+    assert not {"download", "split", "train_head", "report", "sweep_aggregate"} & {
+        s for s in TABLE if "models.backbones" in modules(s)}
+    assert not {"finetuning.finetune", "finetuning.frozen"} & set(modules("sweep_aggregate"))
     for family in ("models.family_torchvision", "models.family_timm"):  # params validation asks no family
         assert not {"download", "train_head", "report"} & {stage for stage in TABLE if family in modules(stage)}
 
@@ -64,7 +71,8 @@ def test_the_import_walk_finds_what_python_loads():
             "if m == 'transferlab' or m.startswith('transferlab.'))))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert set(out.stdout.split()) == loaded_by_script("report", lazy=False)
-    assert set(imports.closure(["data.split"], lazy=False)) < set(imports.closure(["data.split"]))  # late: backbones
+    inputs = "pipeline.adapters.inputs"  # loads the backbones late, where visualize names ImageNet classes
+    assert set(imports.closure([inputs], lazy=False)) < set(imports.closure([inputs]))
 
 
 LOADS = """import runpy, sys
@@ -103,3 +111,49 @@ def test_a_stage_switched_off_leaves_its_record_without_loading_torch(tmp_path, 
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split("\n")[-2] == ""
     assert json.loads((tmp_path / record).read_text())["skipped"] is True
+
+
+DOMAIN = ("core", "settings", "data", "models", "inference", "probe", "finetuning", "evaluate", "reporting",
+          "serve.export")
+
+
+def test_no_domain_module_knows_the_pipeline():
+    """The domain code takes and returns values: no module of it imports the pipeline layer (the stage table, the
+    runner, the layout of files), also not late; each stage's adapter (pipeline/adapters/<stage>.py) does the I/O."""
+    domain = [name for name in imports.modules() if name.split(".")[0] in DOMAIN or name in DOMAIN]
+    assert len(domain) > 40
+    knows = {name: sorted(m for m in imports.closure([name]) if m.startswith("pipeline")) for name in domain}
+    assert {name: found for name, found in knows.items() if found} == {}
+
+
+def test_every_stage_has_its_adapter_named_for_it():
+    """A newcomer finds any stage's work from the folder names: pipeline/adapters/<stage>.py, nothing else there."""
+    folder = imports.file("pipeline.adapters").parent
+    assert sorted(p.stem for p in folder.glob("*.py") if p.stem != "__init__") == sorted(TABLE)
+    assert all(callable(runner(stage)) for stage in TABLE)
+
+
+def test_a_stage_depends_on_its_code_through_one_record_rewritten_only_when_the_content_changes(tmp_path):
+    """Snakemake's job lists one code record instead of ~20 library files: written where missing, left alone (its
+    time too) where the files' content is as recorded, rewritten for exactly the stages whose code holds a file
+    whose content changed; a file touched without a change rewrites nothing."""
+    import os
+    import shutil
+
+    from transferlab.pipeline import layout, render
+
+    for name in ("src", "workflow"):
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    assert sorted(render.write_code_records(tmp_path)) == sorted([*TABLE, "shard_rows"][1:])  # not inputs
+    record = tmp_path / layout.CODE_RECORD.format(name="report")
+    assert set(json.loads(record.read_text())) == set(render.code_files()["report"])
+    edited = tmp_path / "src/transferlab/evaluate/curve.py"
+    os.utime(edited, (1, 1))  # a checkout that touches a file's time, not its content
+    assert render.write_code_records(tmp_path) == []
+    edited.write_text(edited.read_text() + "\n# an edit\n")
+    assert render.write_code_records(tmp_path) == ["sweep_aggregate"] == [
+        stage for stage in TABLE if "evaluate.curve" in modules(stage)]
+    inputs = render.snakemake_inputs("report", {**defaults(), "sweep": {**defaults()["sweep"], "enabled": False}})
+    assert inputs["code"] == layout.CODE_RECORD.format(name="report")
+    assert not [path for value in inputs.values() for path in ([value] if isinstance(value, str) else value)
+                if path.startswith("src/")]

@@ -3,16 +3,18 @@ import json
 
 import pandas as pd
 import pytest
-from conftest import is_share, stage_io
+from conftest import is_share, run_stage, stage_io
 from test_features_head import prepare
 
 from transferlab.core.atomic import read_json, read_splits
 from transferlab.core.errors import ParamsError, UserError
-from transferlab.evaluate import evaluation, sweep
-from transferlab.finetuning import finetune, frozen
+from transferlab.evaluate import curve as learning
+from transferlab.evaluate import sweep
+from transferlab.finetuning import frozen
 from transferlab.pipeline import layout
+from transferlab.pipeline.adapters.sweep_aggregate import metric_files
 from transferlab.probe import features, head
-from transferlab.settings.params import validate
+from transferlab.settings.params import sweep_point, validate
 
 
 def sweep_params(**over):
@@ -27,21 +29,21 @@ def sweep_params(**over):
 def test_points_reuse_the_cached_features_and_subsample_per_class(tmp_path, monkeypatch):
     data_dir = prepare(tmp_path, {"ant": 16, "bee": 16, "cat": 16})
     params = sweep_params()
-    features.run(params, stage_io("extract", data_dir))
-    frozen.run(params, stage_io("frozen_cache", data_dir))
+    run_stage("extract", params, stage_io("extract", data_dir))
+    run_stage("frozen_cache", params, stage_io("frozen_cache", data_dir))
 
     def no_extraction(*args, **kwargs):
         raise AssertionError("the sweep must not extract what the main pipeline extracted")
 
-    monkeypatch.setattr(features, "run", no_extraction)
+    monkeypatch.setattr(features, "extract", no_extraction)
     extracted = stage_io("sweep_extract", data_dir, wildcards={"backbone": "resnet18"})
-    sweep.extract(params, extracted)  # model.backbone: the extract stage's files, copied
+    run_stage("sweep_extract", params, extracted)  # model.backbone: the extract stage's files, copied
     main = tmp_path / "results" / "features" / "train.npz"
     assert extracted.output.train.read_bytes() == main.read_bytes() and not extracted.output.train.samefile(main)
     caches = {}
     for seed in (0, 1):  # seed 0 is finetune.seed: the main cache, copied; seed 1 has its own views
         files = stage_io("sweep_frozen", data_dir, wildcards={"backbone": "resnet18", "seed": str(seed)})
-        caches[seed] = sweep.frozen_cache(params, files)
+        caches[seed] = run_stage("sweep_frozen", params, files)
         assert caches[seed]["cached"] and sorted(caches[seed]["parts"]) == (
             sorted(frozen.parts(params["finetune"], frozen.EVALUATION_PARTS if seed == 0 else frozen.SWEEP_PARTS)))
         part = frozen.train_part(params["finetune"], "strong")
@@ -54,16 +56,15 @@ def test_points_reuse_the_cached_features_and_subsample_per_class(tmp_path, monk
         trained_on[len(trained_on)] = pd.Series(train["labels"], index=train["ids"])
         return fit(train, val, settings)
 
-    for stage, run in (("train_head", head.run), ("evaluate_probe", evaluation.run_probe),
-                       ("finetune", finetune.run), ("evaluate_finetune", evaluation.run_finetune)):
-        run(params, stage_io(stage, data_dir))
+    for stage in ("train_head", "evaluate_probe", "finetune", "evaluate_finetune"):
+        run_stage(stage, params, stage_io(stage, data_dir))
     monkeypatch.setattr(head, "fit", recording_fit)
     results, heads, points = {}, {}, {}
     for backbone, fraction, seed in layout.points(params):
         points[fraction, seed] = stage_io("sweep_point", data_dir, wildcards={
             "backbone": backbone, "fraction": layout.label(fraction), "seed": str(seed)})
         fits = len(trained_on)
-        results[fraction, seed] = sweep.run(params, points[fraction, seed])
+        results[fraction, seed] = run_stage("sweep_point", params, points[fraction, seed])
         if len(trained_on) > fits:
             heads[fraction, seed] = trained_on[fits]
     assert set(results) == {(0.25, 0), (0.25, 1), (1.0, 0), (1.0, 1)}
@@ -78,8 +79,8 @@ def test_points_reuse_the_cached_features_and_subsample_per_class(tmp_path, monk
             assert reused[key] == pytest.approx(computed[method][key], rel=1e-6), (method, key)
         assert reused["interval"] == computed[method]["interval"]
     assert results[1.0, 0]["vs_probe"] == computed["vs_probe"]
-    assert {k: v for k, v in results[1.0, 0].items() if k not in ("probe", "finetune")} == {
-        k: v for k, v in computed.items() if k not in ("probe", "finetune")}
+    assert {k: v for k, v in results[1.0, 0].items() if k not in ("probe", "finetune", "made_from")} == {
+        k: v for k, v in computed.items() if k not in ("probe", "finetune")}  # made_from: added by the stage
     full = pd.read_csv(data_dir / "splits" / "train.csv")  # 8 per class
     assert results[1.0, 0]["train_images"] == len(full) == 24
     assert results[0.25, 0]["train_images"] == 6 and results[0.25, 0]["images_per_class"] == 2
@@ -90,8 +91,8 @@ def test_points_reuse_the_cached_features_and_subsample_per_class(tmp_path, monk
         assert result["test_images"] == 12 and is_share(result["probe"]["accuracy"], 12)
         assert result["finetune"]["epochs_run"] == 1 and result["finetune"]["from_cache"]
 
-    files = sweep.metric_files(params, tmp_path / "results" / "sweep")
-    summary = sweep.aggregate(params, stage_io("sweep_aggregate", data_dir))
+    files = metric_files(params, tmp_path / "results" / "sweep")
+    summary = run_stage("sweep_aggregate", params, stage_io("sweep_aggregate", data_dir))
     curve = pd.read_csv(tmp_path / "results" / "curve" / "curve.csv")
     assert summary["points"] == 4 and len(curve) == 4 and (curve["seeds"] == 2).all()
     assert (curve["accuracy_min"] <= curve["accuracy"]).all() and (curve["accuracy"] <= curve["accuracy_max"]).all()
@@ -117,9 +118,9 @@ def test_metric_files_accept_any_spelling_and_name_missing_points(tmp_path):
         path = tmp_path / "sweep" / "resnet18" / folder / "0" / "metrics.json"
         path.parent.mkdir(parents=True)
         path.write_text("{}")
-    assert len(sweep.metric_files(params, tmp_path / "sweep")) == 2
+    assert len(metric_files(params, tmp_path / "sweep")) == 2
     with pytest.raises(UserError, match="0.5"):
-        sweep.metric_files(sweep_params(seeds=[0], fractions=[0.25, 0.5, 1.0]), tmp_path / "sweep")
+        metric_files(sweep_params(seeds=[0], fractions=[0.25, 0.5, 1.0]), tmp_path / "sweep")
 
 
 def curve_of(probe, finetune, verdicts, per_class=(2, 5, 10, 20), rates=("1e-05", "3e-05", "3e-05", "0.0001"),
@@ -140,7 +141,7 @@ def curve_of(probe, finetune, verdicts, per_class=(2, 5, 10, 20), rates=("1e-05"
 
 
 def test_reading_says_where_the_lead_is_larger_than_its_uncertainty():
-    text = sweep.reading(curve_of([0.5, 0.7, 0.8, 0.85], [0.45, 0.7, 0.83, 0.9],
+    text = learning.reading(curve_of([0.5, 0.7, 0.8, 0.85], [0.45, 0.7, 0.83, 0.9],
                                   ["probe", "within", "finetune", "finetune"]))
     assert "fine-tuning leads by more than its uncertainty at 10, 20 images per class (+3.0 points" in text
     assert "the frozen features lead by more than the uncertainty at 2 images per class (-5.0 points" in text
@@ -148,16 +149,16 @@ def test_reading_says_where_the_lead_is_larger_than_its_uncertainty():
     assert "Fine-tuning pays off from 10 training images per class on." in text
     assert ("setting chosen on validation (of 3 candidates) at each size: 1e-05 at 2, 3e-05 at 5, 3e-05 at 10, "
             "0.0001 at 20 images per class.") in text
-    one_rate = sweep.reading(curve_of([0.5] * 4, [0.5] * 4, ["within"] * 4, rates=["1e-05"] * 4, candidates=1))
+    one_rate = learning.reading(curve_of([0.5] * 4, [0.5] * 4, ["within"] * 4, rates=["1e-05"] * 4, candidates=1))
     assert "Every size fine-tunes at the one setting: 1e-05." in one_rate
-    text = sweep.reading(curve_of([0.5, 0.7, 0.8, 0.85], [0.52, 0.75, 0.8, 0.86], ["within"] * 4))
+    text = learning.reading(curve_of([0.5, 0.7, 0.8, 0.85], [0.52, 0.75, 0.8, 0.86], ["within"] * 4))
     assert "leads" not in text and "within the uncertainty of 230 test images" in text
     assert "Nowhere does fine-tuning beat the frozen features by more than the test set can tell" in text
-    text = sweep.reading(curve_of([0.5, 0.7, 0.8, 0.85], [0.52, 0.75, 0.8, 0.86],
+    text = learning.reading(curve_of([0.5, 0.7, 0.8, 0.85], [0.52, 0.75, 0.8, 0.86],
                                   ["within", "finetune", "within", "within"]))
     assert "at 5 images per class (+5.0 points" in text and "not consistent" in text
     only_probe = curve_of([0.5, 0.7, 0.8, 0.85], [0, 0, 0, 0], ["within"] * 4)
-    assert "only the frozen-features probe ran" in sweep.reading(only_probe[only_probe["method"] == "probe"])
+    assert "only the frozen-features probe ran" in learning.reading(only_probe[only_probe["method"] == "probe"])
 
 
 def test_a_lead_counts_only_where_every_seed_shows_it():
@@ -166,10 +167,10 @@ def test_a_lead_counts_only_where_every_seed_shows_it():
              "difference_low": d - 0.01, "difference_high": d + 0.01, "mcnemar_p": p, "verdict": v, "chosen": lr,
              "candidates": 3}
             for s, d, p, v, lr in ((0, 0.1, 0.01, "finetune", 3e-5), (1, 0.02, 0.4, "within", 1e-5))]
-    got = sweep.curve(pd.DataFrame(rows)).iloc[0]
+    got = learning.curve(pd.DataFrame(rows)).iloc[0]
     assert got["verdict"] == "within" and got["mcnemar_p"] == 0.4 and got["difference"] == pytest.approx(0.06)
     assert got["chosen"] == "1e-05 / 3e-05"  # each seed's search chose its own rate
-    assert sweep.curve(pd.DataFrame(rows[:1])).iloc[0]["verdict"] == "finetune"
+    assert learning.curve(pd.DataFrame(rows[:1])).iloc[0]["verdict"] == "finetune"
 
 
 def test_sweep_params_are_validated():
@@ -188,8 +189,8 @@ def test_other_backbones_use_their_default_weights():
     params = sweep_params()
     params["model"].update(checkpoint="x.pth")
     original = copy.deepcopy(params)
-    assert sweep.with_backbone(params, "resnet18")["model"]["checkpoint"] == "x.pth"
-    other = sweep.with_backbone(params, "mobilenet_v3_small")["model"]
+    assert sweep_point(params, "resnet18")["model"]["checkpoint"] == "x.pth"
+    other = sweep_point(params, "mobilenet_v3_small")["model"]
     assert other == {**params["model"], "backbone": "mobilenet_v3_small", "weights": "DEFAULT", "checkpoint": None}
     assert params == original  # the original is untouched
 
@@ -198,15 +199,15 @@ def test_a_subsample_trains_on_the_same_views_from_the_cache_as_on_the_fly(tmp_p
     data_dir = prepare(tmp_path, {"ant": 12, "bee": 12, "cat": 12})
     params = sweep_params(fractions=[0.5], seeds=[3])
     params["features"]["engine"] = "torch"
-    features.run(params, stage_io("extract", data_dir))
-    frozen.run(params, stage_io("frozen_cache", data_dir))
+    run_stage("extract", params, stage_io("extract", data_dir))
+    run_stage("frozen_cache", params, stage_io("frozen_cache", data_dir))
     wildcards = {"backbone": "resnet18", "fraction": "0.5", "seed": "3"}
-    sweep.extract(params, stage_io("sweep_extract", data_dir, wildcards=wildcards))
-    sweep.frozen_cache(params, stage_io("sweep_frozen", data_dir, wildcards=wildcards))
-    cached = sweep.run(params, stage_io("sweep_point", data_dir, wildcards=wildcards))
+    run_stage("sweep_extract", params, stage_io("sweep_extract", data_dir, wildcards=wildcards))
+    run_stage("sweep_frozen", params, stage_io("sweep_frozen", data_dir, wildcards=wildcards))
+    cached = run_stage("sweep_point", params, stage_io("sweep_point", data_dir, wildcards=wildcards))
     params["finetune"]["cache"] = "never"
-    never = sweep.frozen_cache(params, stage_io("sweep_frozen", data_dir, wildcards=wildcards))
-    fly = sweep.run(params, stage_io("sweep_point", data_dir, wildcards=wildcards))
+    never = run_stage("sweep_frozen", params, stage_io("sweep_frozen", data_dir, wildcards=wildcards))
+    fly = run_stage("sweep_point", params, stage_io("sweep_point", data_dir, wildcards=wildcards))
     assert not never["cached"] and cached["finetune"]["from_cache"] and not fly["finetune"]["from_cache"]
     assert cached["train_images"] == fly["train_images"] == 9
     for key in ("accuracy", "log_loss", "macro_f1"):

@@ -136,9 +136,23 @@ def read_table(path: Path | str, index_col: str | None = None) -> pd.DataFrame:
                        index_col=index_col)
 
 
+def write_json_if_changed(path: Path, data: Any) -> bool:
+    """Write `data` as JSON only where the file holds something else (an unchanged file keeps its time, so
+    Snakemake re-runs nothing on it); whether it was written."""
+    text = json.dumps(data, indent=1, sort_keys=True) + "\n"
+    try:
+        if path.read_text() == text:
+            return False
+    except OSError:
+        pass
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return True
+
+
 def read_splits(files: Any) -> dict[str, pd.DataFrame]:
-    """Every split's image list, from the split stage's files by name (`StageIO.input.splits`)."""
-    from transferlab.pipeline.layout import SPLITS
+    """Every split's image list, from the split stage's files by name (a namespace with train, val and test)."""
+    from transferlab.core.project import SPLITS
 
     return {split: read_table(getattr(files, split)) for split in SPLITS}
 

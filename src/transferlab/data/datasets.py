@@ -8,8 +8,8 @@ from pathlib import Path
 
 from transferlab.core.errors import UserError
 from transferlab.core.fetch import download, extract, file_digest, is_archive
+from transferlab.core.project import resolve
 from transferlab.data import folders
-from transferlab.pipeline.layout import resolve
 from transferlab.settings.params import is_url
 
 

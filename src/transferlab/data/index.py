@@ -1,7 +1,6 @@
 """The download stage: turn a dataset into a validated image index and a list of files left out."""
 from __future__ import annotations
 
-import logging
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,13 +11,9 @@ import pandas as pd
 from transferlab.core.atomic import write_csv, write_json
 from transferlab.core.errors import UserError
 from transferlab.core.progress import Progress
+from transferlab.core.project import resolve
 from transferlab.data import datasets
 from transferlab.data.images import BadImage, inspect
-from transferlab.pipeline.layout import raw_dir as raw_dir_of
-from transferlab.pipeline.layout import resolve
-from transferlab.pipeline.stages import StageIO
-
-log = logging.getLogger("transferlab")
 
 INDEX_COLUMNS = ["path", "label", "width", "height", "bytes", "sha256"]
 
@@ -53,17 +48,9 @@ def scan(root: Path, files: list[tuple[str, str]], workers: int = 1) -> tuple[pd
     return index, rejected
 
 
-def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
-    """The download stage."""
-    summary = build(params["data"], io.output, io.threads)
-    log.info("%d images in %d classes; %d files left out %s", summary["images"], len(summary["classes"]),
-             summary["left_out"], summary["left_out_reasons"])
-    return summary
-
-
 def build(data: dict[str, Any], out: SimpleNamespace, workers: int = 1) -> dict[str, Any]:
     """Materialise the dataset and write the download stage's index, rejected list and dataset summary."""
-    raw_dir = raw_dir_of(out.dataset)
+    raw_dir = out.dataset.parent / "raw"  # archives unpack beside data/dataset.json
     raw_dir.mkdir(parents=True, exist_ok=True)
     given = datasets.materialise(data["dataset"], data["source"], raw_dir)
     root = resolve(given)

@@ -1,57 +1,31 @@
 """The split stage: deterministic, stratified train/val/test lists, and training-set subsampling."""
 from __future__ import annotations
 
-import logging
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from transferlab.core.atomic import read_json, read_table, write_csv, write_json
-from transferlab.core.errors import ParamsError, UserError
+from transferlab.core.errors import UserError, check_classes
+from transferlab.core.project import SPLITS
 from transferlab.data import datasets
-from transferlab.pipeline.layout import SPLITS, data_root
-from transferlab.pipeline.stages import StageIO
-
-log = logging.getLogger("transferlab")
 
 
 class SplitError(UserError):
     """The index cannot be split as asked (a class is too small, official lists missing...)."""
 
 
-def _first_names(names: list[str], shown: int = 6) -> str:
-    return ", ".join(names[:shown]) + (", …" if len(names) > shown else "")
-
-
 def check_class_names(params: dict[str, Any], classes: list[str]) -> None:
-    """The visualize params that name classes, checked against the classes of the model they will address
-    (the dataset's with the fine-tune, else the ImageNet classifier's) right after download, before any
-    training: otherwise the visualize stage would fail only after the fine-tune."""
+    """The visualize params that name classes of this dataset, checked right after download, before any training
+    (otherwise the visualize stage would fail only after the fine-tune): adversarial_from, and with the fine-tune
+    target_class and adversarial_to (without it they name the ImageNet classifier's classes, checked at the inputs
+    stage: `backbones.check_visualized_classes`)."""
     vis = params["visualize"]
     if not vis["enabled"]:
         return
-    wrong = []
-    if vis["adversarial_from"] is not None and vis["adversarial_from"] not in classes:
-        wrong.append(f"visualize.adversarial_from: {vis['adversarial_from']!r} is not a class of this dataset "
-                     f"({_first_names(classes)})")
-    if params["finetune"]["enabled"]:
-        names, whose = classes, "this dataset"
-    else:
-        from transferlab.models.backbones import class_names  # imported late: torch is slow to import and only needed here
-
-        names = class_names(params["model"])
-        if names is None:
-            raise ParamsError(f"params: visualize.enabled: {params['model']['backbone']} was pretrained without a "
-                              f"classifier, so without the fine-tune there is no class to visualise; set "
-                              f"finetune.enabled: true, or visualize.enabled: false")
-        whose = "the ImageNet classifier (finetune.enabled: false)"
-    wrong += [f"visualize.{key}: {vis[key]!r} is not a class of {whose} ({_first_names(names)})"
-              for key in ("target_class", "adversarial_to") if vis[key] is not None and vis[key] not in names]
-    if wrong:  # every key at once: a user switching datasets fixes them in one round
-        raise ParamsError("params: " + "; ".join(wrong) + "; name one, or null")
+    keys = ["target_class", "adversarial_from", "adversarial_to"] if params["finetune"]["enabled"] else ["adversarial_from"]
+    check_classes(vis, keys, classes, "this dataset")  # every key at once: fixed in one round
 
 
 def stratified(index: pd.DataFrame, fractions: dict[str, float], seed: int) -> dict[str, pd.DataFrame]:
@@ -119,21 +93,7 @@ def make_splits(index: pd.DataFrame, data: dict[str, Any], root: Path | None = N
     return {name: parts[name][kept] for name in SPLITS}
 
 
-def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
-    """The split stage; first, the params that name classes are checked against the dataset."""
-    info = read_json(io.input.dataset)
-    check_class_names(params, info["classes"])
-    summary = write(params["data"], io.input.index, data_root(info), io.output)
-    log.info("split: %s", {name: part["images"] for name, part in summary.items()})
-    return summary
-
-
-def write(data: dict[str, Any], index_csv: Path, root: Path, out: SimpleNamespace) -> dict[str, Any]:
-    """Split the index into the stage's train, val and test lists and write them with a summary."""
-    parts = make_splits(read_table(index_csv), data, root)
-    summary = {name: {"images": len(frame), "per_class": frame["label"].value_counts().sort_index().to_dict()}
-               for name, frame in parts.items()}
-    write_json(out.summary, summary)
-    for name, frame in parts.items():
-        write_csv(getattr(out, name), frame)
-    return summary
+def summary(parts: dict[str, pd.DataFrame]) -> dict[str, Any]:
+    """Each split's image count and images per class."""
+    return {name: {"images": len(frame), "per_class": frame["label"].value_counts().sort_index().to_dict()}
+            for name, frame in parts.items()}

@@ -2,19 +2,15 @@
 from __future__ import annotations
 
 import logging
-from types import SimpleNamespace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-from transferlab.core.atomic import read_arrays, read_json, read_splits, read_table, write_csv, write_json
 from transferlab.core.errors import UserError
 from transferlab.evaluate import stats
-from transferlab.pipeline.layout import SPLITS, data_root
-from transferlab.pipeline.stages import StageIO
-from transferlab.probe import head
 
 log = logging.getLogger("transferlab")
 
@@ -65,11 +61,20 @@ def versus(baseline: pd.DataFrame, method: str, ids: np.ndarray, correct: np.nda
     return stats.paired({"probe": theirs.loc[mine.index].to_numpy(), method: mine.to_numpy()}, settings)
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """One method's metrics, and its test predictions, per-class scores and confusion matrix."""
+
+    metrics: dict[str, Any]
+    predictions: pd.DataFrame
+    per_class: pd.DataFrame
+    confusion: pd.DataFrame
+
+
 def evaluate(method: str, proba: dict[str, np.ndarray], labels: dict[str, np.ndarray], ids: np.ndarray,
-             class_names: list[str], out: SimpleNamespace, settings: dict[str, Any],
-             baseline: pd.DataFrame | None = None, tta_proba: np.ndarray | None = None) -> dict[str, Any]:
-    """Write the method's metrics JSON and its predictions, per-class and confusion-matrix tables (`out`: the
-    evaluate stage's files).
+             class_names: list[str], settings: dict[str, Any], baseline: pd.DataFrame | None = None,
+             tta_proba: np.ndarray | None = None) -> Evaluation:
+    """The method's metrics and tables.
 
     `proba` and `labels` hold the train, val and test splits; ids are the test images. `settings` are the
     `evaluate:` params (stats.intervals); with the probe's predictions as `baseline`, the metrics also
@@ -97,46 +102,8 @@ def evaluate(method: str, proba: dict[str, np.ndarray], labels: dict[str, np.nda
     if baseline is not None:
         result["vs_probe"] = versus(baseline, method, np.asarray(ids), predicted == y, settings)
     names = np.asarray(class_names)
-    write_csv(out.predictions, pd.DataFrame({
-        "id": ids, "actual": names[y], "predicted": names[predicted],
-        "confidence": test_proba.max(1).round(6), "correct": predicted == y}))
-    write_csv(out.per_class, per_class(y, predicted, class_names))
+    predictions = pd.DataFrame({"id": ids, "actual": names[y], "predicted": names[predicted],
+                                "confidence": test_proba.max(1).round(6), "correct": predicted == y})
     matrix = skm.confusion_matrix(y, predicted, labels=np.arange(len(class_names)))
-    write_csv(out.confusion, pd.DataFrame(matrix, columns=class_names).assign(actual=class_names)
-              .set_index("actual").reset_index())
-    write_json(out.metrics, result)
-    log.info("%s: %s", method, {k: v for k, v in result.items() if k not in ("method", "interval", "vs_probe")})
-    return result
-
-
-def run_probe(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
-    """The evaluate_probe stage: the linear probe on the cached (un-augmented) features of each split; no TTA
-    (the cached test features hold the centre view only)."""
-    model, class_names = head.load(io.input.model)
-    proba, labels = {}, {}
-    for split in SPLITS:
-        cached = read_arrays(getattr(io.input.features, split))
-        plain = cached["views"] == 0
-        proba[split] = head.predict_proba(model, cached["features"][plain], len(class_names))
-        labels[split] = cached["labels"][plain]
-        ids = cached["ids"][plain]
-    return evaluate("probe", proba, labels, ids, class_names, io.output, params["evaluate"])
-
-
-def run_finetune(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
-    """The evaluate_finetune stage: the fine-tuned network on each split (and the test split with TTA), from the
-    frozen-prefix cache where it exists, compared with the probe's predictions on the same test images."""
-    from transferlab.finetuning import finetune, frozen, network
-
-    dataset = read_json(io.input.dataset)
-    classes, root = dataset["classes"], data_root(dataset)
-    model = network.load(params["model"], io.input.model, len(classes))
-    frames = read_splits(io.input.splits)
-    cache = frozen.Cache.open(io.input.frozen.parent, params["model"], params["finetune"], frames, classes)
-    predict = finetune.predictor(model, params["model"], root, classes, params["finetune"]["batch_size"], cache)
-    proba, labels = {}, {}
-    for split in SPLITS:
-        proba[split], labels[split] = predict(split, frames[split])
-    tta = predict("test", frames["test"], tta=True)[0] if params["evaluate"]["tta"] else None
-    return evaluate("finetune", proba, labels, frames["test"]["path"].to_numpy(), classes, io.output,
-                    params["evaluate"], read_table(io.input.probe), tta)
+    confusion = pd.DataFrame(matrix, columns=class_names).assign(actual=class_names).set_index("actual").reset_index()
+    return Evaluation(result, predictions, per_class(y, predicted, class_names), confusion)

@@ -16,17 +16,13 @@ from scipy.special import softmax
 from torch import nn
 from torch.utils.data import Dataset
 
-from transferlab.core.atomic import atomic_path, read_json, read_splits, write_csv, write_json
-from transferlab.finetuning import frozen, tracking, tuning
+from transferlab.finetuning import frozen, prefix, tracking, tuning
 from transferlab.finetuning.network import FineTuneNet, build, count_trainable, freeze
 from transferlab.finetuning.training import fit, precision, range_test, snapshot, start_row
 from transferlab.inference import backends
 from transferlab.inference.batches import ImageList, device, predict_images
 from transferlab.inference.transforms import augmented, evaluation
 from transferlab.models import backbones
-from transferlab.pipeline.layout import data_root
-from transferlab.pipeline.stages import StageIO
-from transferlab.probe import head
 from transferlab.settings import grid
 
 if TYPE_CHECKING:
@@ -76,7 +72,7 @@ def search(net: FineTuneNet, begin: dict[str, torch.Tensor], candidates: list[di
     def objective(trial: optuna.Trial) -> float:
         candidate = candidates[trial.suggest_categorical("candidate", indices)]
         net.load_state_dict(begin)
-        fingerprint = frozen.fingerprint(net)[:16]
+        fingerprint = prefix.fingerprint(net)[:16]
         pruned = []
 
         def prune(epoch: int, val_loss: float) -> bool:  # every epoch counts for later trials' rungs; the
@@ -235,29 +231,6 @@ def tune(model_params: dict[str, Any], ft: dict[str, Any], probe: tuple[np.ndarr
     if live is not None:
         tracking.log_choice(live, summary)
     return Tuned(net.eval(), summary, frame, table, curve)
-
-
-def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
-    """The finetune stage: the chosen candidate's best-epoch weights and per-epoch history, the search table, the
-    LR range test, a summary, and every epoch through DVCLive as it ends (results/finetune/live)."""
-    dataset = read_json(io.input.dataset)
-    frames, classes = read_splits(io.input.splits), dataset["classes"]
-    probe = head.linear(io.input.probe)
-    cache = frozen.Cache.open(io.input.frozen.parent, params["model"], params["finetune"], frames, classes)
-    with tracking.open_live(io.output.live.parent) as live:
-        tuned = tune(params["model"], params["finetune"], probe, data_root(dataset), frames, classes, cache,
-                     for_report=True, live=live)
-    with atomic_path(io.output.model) as tmp:
-        torch.save({k: v.cpu() for k, v in tuned.net.state_dict().items()}, tmp)
-    write_csv(io.output.history, tuned.history)
-    write_csv(io.output.search, tuned.search)
-    write_csv(io.output.range_test, tuned.range_test)
-    write_json(io.output.summary, tuned.summary)
-    if tuned.summary["candidates"] > 1:
-        columns = [*tuning.GRID, "best_epoch", "val_log_loss", "val_accuracy", "state"]
-        log.info("search on validation:\n%s", tuning.scores(tuned.search)[columns].to_string(index=False))
-    log.info("fine-tune: %s", tuned.summary)
-    return tuned.summary
 
 
 def probabilities(model: nn.Module, model_params: dict[str, Any]) -> backends.Forward:

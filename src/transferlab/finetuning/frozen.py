@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy.special import softmax
-from torch import fx, nn
+from torch import nn
 from torch.utils.data import Dataset
 
 from transferlab.core.atomic import (
@@ -30,19 +30,17 @@ from transferlab.core.atomic import (
     copy_file,
     open_array,
     read_json,
-    read_splits,
     scratch_file,
     size_text,
     write_json,
 )
 from transferlab.core.errors import UserError
+from transferlab.core.project import data_root
+from transferlab.finetuning.prefix import Uncachable, cut, fingerprint
 from transferlab.inference import backends
 from transferlab.inference.batches import ImageList, compute, device, torch_threads
 from transferlab.inference.transforms import TTA_VIEWS, augmented, evaluation, test_time_views
 from transferlab.models import backbones
-from transferlab.pipeline import layout, shards
-from transferlab.pipeline.layout import data_root, frozen_array
-from transferlab.pipeline.stages import StageIO
 from transferlab.settings import grid
 
 log = logging.getLogger("transferlab")
@@ -54,8 +52,9 @@ EVALUATION_PARTS = ("train_plain", "val", "test", "test_tta")
 SWEEP_PARTS = ("val", "test")
 
 
-class Uncachable(ValueError):
-    """The fine-tune cannot run from a frozen-prefix cache (the message says why)."""
+def frozen_array(folder: Path, part: str) -> Path:
+    """One part of a frozen-prefix cache in its folder (`parts` names them)."""
+    return folder / f"{part}.npy"
 
 
 def train_part(ft: dict[str, Any], augment: str) -> str:
@@ -78,56 +77,6 @@ def epochs_part(part: str) -> bool:
 def epoch_seed(seed: int, epoch: int) -> int:
     """The augmentation seed of a fine-tune epoch (1-based): new views each epoch, reproducible."""
     return seed + 7919 * epoch
-
-
-def cut(backbone: nn.Module, unfreeze: int | str) -> tuple[fx.GraphModule, fx.GraphModule, str]:
-    """(prefix, suffix, name of the last frozen block): prefix(x) is the last frozen block's output and
-    suffix(prefix(x)) == backbone(x), both sharing the backbone's modules. Raises Uncachable where the network
-    has no frozen prefix or cannot be cut there."""
-    if unfreeze == "all":
-        raise Uncachable("finetune.unfreeze: all trains every block, so there is no frozen prefix to compute once "
-                         "(only JPEG decoding could be saved); the fine-tune runs on the fly")
-    found = backbones.blocks(backbone)
-    if unfreeze >= len(found):
-        raise Uncachable(f"finetune.unfreeze: {unfreeze} trains all {len(found)} blocks; the fine-tune runs on the fly")
-    last = found[len(found) - unfreeze - 1]
-    last = list(last)[-1] if isinstance(last, nn.ModuleList) else last
-    names = {m: n for n, m in backbone.named_modules()}
-    leaves = {names[m] for b in found for m in (b if isinstance(b, nn.ModuleList) else [b])}
-
-    class Blocks(fx.Tracer):
-        def is_leaf_module(self, m: nn.Module, qualified_name: str) -> bool:
-            return qualified_name in leaves or super().is_leaf_module(m, qualified_name)
-
-    try:
-        graph = Blocks().trace(backbone)
-        boundary = next(n for n in graph.nodes if n.op == "call_module" and n.target == names[last])
-        head_graph, tail_graph = fx.Graph(), fx.Graph()
-        env: dict[fx.Node, fx.Node] = {}
-        nodes = iter(graph.nodes)
-        for node in nodes:
-            env[node] = head_graph.node_copy(node, env.__getitem__)
-            if node is boundary:
-                break
-        head_graph.output(env[boundary])
-        env = {boundary: tail_graph.placeholder("frozen")}
-        for extra in [n for n in graph.nodes if n.op == "placeholder"][1:]:  # optional inputs (a ViT's attn_mask=None)
-            env[extra] = tail_graph.placeholder(extra.target, default_value=extra.args[0] if extra.args else None)
-        for node in nodes:
-            env[node] = tail_graph.node_copy(node, env.__getitem__)
-    except (KeyError, StopIteration, fx.proxy.TraceError, TypeError, NotImplementedError) as exc:
-        raise Uncachable(f"{type(backbone).__name__} cannot be cut after block {names[last]} "
-                         f"({type(exc).__name__}: {str(exc)[:120]}); the fine-tune runs on the fly") from None
-    return fx.GraphModule(backbone, head_graph), fx.GraphModule(backbone, tail_graph), names[last]
-
-
-def fingerprint(module: nn.Module) -> str:
-    """sha256 of a module's state (names, shapes and values): the prefix weights a cache was computed with."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def rows_of(full: pd.DataFrame, part: pd.DataFrame) -> list[int]:
@@ -286,35 +235,16 @@ def copy(source: Path, folder: Path) -> None:
     write_json(folder / "meta.json", meta)
 
 
-def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
-    """The frozen_cache stage: the main fine-tune's views (every part), or a meta.json saying why not; of one shard's
-    images into its own folder (io.shard), or gathered from the shards' folders (io.gathering)."""
-    if io.gathering:
-        return gather(params, io)
-    frames, dataset = read_splits(io.input.splits), read_json(io.input.dataset)
-    folder = io.output.meta.parent if io.shard is None else layout.shard_files("frozen_cache", io.shard, io.root).meta.parent
-    record = build(params, params["finetune"], dataset, frames, folder, parts(params["finetune"], EVALUATION_PARTS),
-                   shards.rows(frames, params["features"], io.shard))
-    if io.shard is not None:
-        record["shard"] = shards.record(frames, dataset["classes"], params["features"], io.shard)
-        write_json(folder / "meta.json", record)
-    return record
-
-
-def gather(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
-    """The cache from its shards' folders (Snakemake's gathering job): the same arrays, byte for byte, as one job's;
-    a shard computed from other images than the split lists hold now is refused (shards.check). What is of the
-    whole splits (the key, the size) is the current splits', also where a shard was computed before they changed."""
-    ft, frames = params["finetune"], read_splits(io.input.splits)
-    folders = [layout.shard_files("frozen_cache", s, io.root).meta.parent for s in range(params["features"]["shards"])]
-    metas = [read_json(folder / "meta.json") for folder in folders]
-    shards.check("frozen_cache", [m["shard"] for m in metas], frames, read_json(io.input.dataset)["classes"],
-                 params["features"])
-    folder = io.output.meta.parent
+def gather(folders: list[Path], folder: Path, model_params: dict[str, Any], ft: dict[str, Any],
+           frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
+    """The cache in `folder` from its shards' `folders`: the same arrays, byte for byte, as one job's. What is of
+    the whole splits (the key, the size) is the current splits', also where a shard was computed before they
+    changed."""
+    metas = [read_json(shard / "meta.json") for shard in folders]
     clear(folder)
     record = next((m for m in metas if not m["cached"]), metas[0])  # one shard without a cache: the stage has none
     record = {k: v for k, v in record.items() if k not in ("shard", "parts", "seconds")}
-    record["key"] = key(params["model"], ft, frames)
+    record["key"] = key(model_params, ft, frames)
     if record["cached"]:
         record["parts"] = {}
         for part in metas[0]["parts"]:

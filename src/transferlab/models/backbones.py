@@ -7,11 +7,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from transferlab.core.errors import ParamsError
+from transferlab.core.errors import ParamsError, check_classes
 from transferlab.core.fetch import file_digest
+from transferlab.core.project import resolve
 from transferlab.models import families
 from transferlab.models.preprocessing import Preprocessing
-from transferlab.pipeline.layout import resolve
 
 
 def _family(model_params: dict[str, Any]) -> tuple[Any, str]:
@@ -30,6 +30,18 @@ def class_names(model_params: dict[str, Any]) -> list[str] | None:
     """The pretraining classifier's class names (ImageNet's, mostly); None for a backbone trained without one."""
     family, name = _family(model_params)
     return family.class_names(name, model_params["weights"])
+
+
+def check_visualized_classes(params: dict[str, Any]) -> None:
+    """Without the fine-tune, visualize addresses the pretrained classifier: the classes its params name are
+    checked against that classifier's at the inputs stage, before any work (with it: `split.check_class_names`)."""
+    visualize = params["visualize"]
+    names = class_names(params["model"])
+    if names is None:
+        raise ParamsError(f"params: visualize.enabled: {params['model']['backbone']} was pretrained without a "
+                          f"classifier, so without the fine-tune there is no class to visualise; set "
+                          f"finetune.enabled: true, or visualize.enabled: false")
+    check_classes(visualize, ["target_class", "adversarial_to"], names, "the ImageNet classifier (finetune.enabled: false)")
 
 
 def load_classifier(model_params: dict[str, Any], seed: int = 0) -> tuple[nn.Module, dict[str, Any]]:

@@ -28,6 +28,11 @@ def file(module: str) -> Path:
     return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
 
 
+def paths(names: list[str]) -> list[str]:
+    """The source files of modules named by their dotted paths, relative to the project root."""
+    return [file(name).relative_to(PACKAGE.parent.parent).as_posix() for name in names]
+
+
 def modules() -> list[str]:
     """Every module of the package, by dotted path."""
     return sorted(_name(path) for path in PACKAGE.rglob("*.py") if "__pycache__" not in path.parts)

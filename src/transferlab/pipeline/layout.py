@@ -10,8 +10,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-SPLITS = ("train", "val", "test")
-METHODS = ("probe", "finetune")
+from transferlab.core.project import SPLITS
+
 # A wildcard of the sweep's stages and the params list it takes its values from (a DVC matrix).
 WILDCARDS = {"backbone": "sweep.backbones", "fraction": "sweep.fractions", "seed": "sweep.seeds"}
 SWEEP = "results/sweep"
@@ -66,6 +66,7 @@ FILES: dict[str, dict[str, str]] = {
 # as the stage's (outside the stage's folders, which DVC caches), and the stage's rule gathers them. DVC computes
 # every shard in the stage's one process.
 SHARD_FOLDERS = {"extract": "results/shards/extract/{shard}", "frozen_cache": "results/shards/frozen_cache/{shard}"}
+CODE_RECORD = "data/code/{name}.json"  # a stage's code, by content, for Snakemake (render.write_code_records)
 SHARD_ROWS = "results/shards/rows/{shard}.json"  # which images a shard computes, as of the last split (shards.py)
 
 
@@ -88,31 +89,6 @@ OWNED: dict[str, list[str]] = {
     "sweep_aggregate": ["results/curve"], "report": ["results/report"],
 }
 SKIPPED = "skipped.json"  # what a disabled stage leaves in a folder it owns
-_DVC_TEMP = (".dvc", "tmp", "exps")  # where DVC runs queued and --temp experiments, one copy of the project each
-
-
-def workspace(root: Path | str = ".") -> Path:
-    """The user's project: `root` itself, or the project holding it when `root` is a DVC experiment's temporary
-    copy (<project>/.dvc/tmp/exps/<name>)."""
-    real = Path(root).resolve()
-    parts = real.parts
-    if len(parts) > 4 and parts[-4:-1] == _DVC_TEMP:
-        return real.parents[3]
-    return Path(root)
-
-
-def resolve(path: str | Path, root: Path | str = ".") -> Path:
-    """A path from params.yaml: relative to the project root; one leaving the project, to the user's project."""
-    path = Path(path)
-    if path.is_absolute():
-        return path
-    inside = os.path.normpath(path) != ".." and not os.path.normpath(path).startswith(".." + os.sep)
-    return (Path(root) if inside else workspace(root)) / path
-
-
-def data_root(dataset: dict[str, Any], project: Path | str = ".") -> Path:
-    """Where the images of a dataset summary (data/dataset.json) are, `resolve`d."""
-    return resolve(dataset["root"], project)
 
 
 def _place(stage: str, template: str, root: Path | str, where: Path | str | None, wildcards: dict[str, Any]) -> Path:
@@ -148,21 +124,6 @@ def shard_files(stage: str, shard: int, root: Path | str = ".") -> SimpleNamespa
     folder = Path(root) / SHARD_FOLDERS[stage].format(shard=shard)
     return SimpleNamespace(**{name: folder / os.path.basename(path) for name, path in FILES[stage].items()
                               if name != "checksums"})
-
-
-def raw_dir(dataset_json: Path) -> Path:
-    """Where the download stage unpacks archives (beside data/dataset.json)."""
-    return dataset_json.parent / "raw"
-
-
-def adversarial_png(folder: Path, i: int, kind: str) -> Path:
-    """One of the visualize stage's adversarial images (original, perturbation, adversarial) in its folder."""
-    return folder / f"adversarial_{i}_{kind}.png"
-
-
-def frozen_array(folder: Path, part: str) -> Path:
-    """One part of a frozen-prefix cache in its folder (frozen.parts names them)."""
-    return folder / f"{part}.npy"
 
 
 def label(value: float) -> str:

@@ -17,21 +17,14 @@ lead into `.dvc/tmp/exps`. Imports no torch.
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from transferlab.core.atomic import atomic_path
+from transferlab.core.atomic import write_json_if_changed
 from transferlab.core.fetch import file_digest
+from transferlab.core.project import resolve
 from transferlab.data import folders
-from transferlab.models import families
-from transferlab.pipeline.layout import resolve
 from transferlab.settings.params import is_url
-
-if TYPE_CHECKING:
-    from transferlab.pipeline.stages import StageIO
-
-log = logging.getLogger("transferlab")
 
 _SEEN = ".seen.json"
 
@@ -63,18 +56,6 @@ def manifests(params: dict[str, Any], root: Path | str, seen: dict[str, list[Any
                                   for backbone, path in sorted(params["sweep"]["checkpoints"].items())}}
 
 
-def _write_if_changed(path: Path, data: Any) -> bool:
-    text = json.dumps(data, indent=1, sort_keys=True) + "\n"
-    try:
-        if path.read_text() == text:
-            return False
-    except OSError:
-        pass
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-    return True
-
-
 def refresh(params: dict[str, Any], out: Any, root: Path | str = ".") -> list[str]:
     """Write the manifests (`out.dataset`, `out.checkpoint`, `out.sweep_checkpoints`) where their content changed;
     the names changed."""
@@ -84,14 +65,6 @@ def refresh(params: dict[str, Any], out: Any, root: Path | str = ".") -> list[st
     except (OSError, ValueError):
         seen = {}
     found = manifests(params, root, seen)
-    changed = [name for name, data in found.items() if _write_if_changed(Path(getattr(out, name)), data)]
-    _write_if_changed(state, seen)
-    return changed
-
-
-def run(params: dict[str, Any], io: StageIO) -> list[str]:
-    """The inputs stage (DVC's first: the backbones named in params are checked here, before any work)."""
-    families.check_names(params)
-    changed = refresh(params, io.output, io.root)
-    log.info("inputs: %s", ", ".join(changed) + " changed" if changed else "unchanged")
+    changed = [name for name, data in found.items() if write_json_if_changed(Path(getattr(out, name)), data)]
+    write_json_if_changed(state, seen)
     return changed

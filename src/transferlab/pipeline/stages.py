@@ -1,24 +1,19 @@
 """The stage table: every stage's inputs, params, library modules and switch, read by both workflow engines.
 
-The Snakefile reads it at parse time; dvc.yaml is generated from it (`python -m transferlab.pipeline.stages > dvc.yaml`,
-tests/test_stages.py checks the file equals the rendering); `runner.run_stage` hands each stage script its files
-from it and decides, in one place, what a disabled stage leaves behind. Outputs are in `layout.FILES`; every
-output is cached by DVC. Imports no torch.
+The Snakefile reads it at parse time and dvc.yaml is generated from it (render.py); `runner.run_stage` hands each
+stage's adapter its files from it (`io`) and decides, in one place, what a disabled stage leaves behind
+(`execute`, `skip`). Outputs are in `layout.FILES`; every output is cached by DVC. Imports no torch.
 """
 from __future__ import annotations
 
 import importlib
 import logging
-import re
 import string
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
-
-import yaml
 
 from transferlab.core.atomic import write_json
 from transferlab.pipeline import checks, imports, layout
@@ -27,22 +22,26 @@ from transferlab.settings.params import select
 log = logging.getLogger("transferlab")
 
 
+ADAPTERS = "pipeline.adapters"  # the stages' adapters, one module per stage, named for it
+
+
 @dataclass(frozen=True)
 class Stage:
-    """run: the function that does its work, module.function in the package (`runner`: loaded once the stage's
-    switch is found on, so a stage switched off leaves its record without loading torch);
+    """What a stage reads and depends on; its work is `run(params, io)` in its adapter, pipeline/adapters/<stage>.py
+    (`runner`: loaded once the stage's switch is found on, so a stage switched off leaves its record without
+    loading torch).
+
     inputs: name → another stage ("split": all its files; "extract.meta": one) or a project file;
     enabled_by: the params switch that turns it off (then it leaves a 'skipped' record, see `skip`);
     shards: the params count of jobs Snakemake spreads its work over (layout.SHARD_FOLDERS; DVC runs it whole)."""
 
-    run: str
     inputs: dict[str, str]
     params: list[str]
     enabled_by: str | None = None
     shards: str | None = None
 
 
-_DATA = {"dataset": "download.dataset", "splits": "split"}
+DATA = {"dataset": "download.dataset", "splits": "split"}
 _WEIGHTS = {"checkpoint": "inputs.checkpoint"}  # the checkpoint's content: replaced under the same name, it re-runs
 _SWEEP_WEIGHTS = {**_WEIGHTS, "sweep_checkpoints": "inputs.sweep_checkpoints"}  # and the sweep's other backbones'
 _SWEEP_PARAMS = ["sweep.enabled", "sweep.checkpoints"]
@@ -59,46 +58,36 @@ _MAIN_RESULTS = {"main_head": "train_head.summary", "main_probe": "evaluate_prob
                  "main_finetune": "finetune.summary", "main_evaluation": "evaluate_finetune.metrics"}
 
 TABLE: dict[str, Stage] = {
-    "inputs": Stage("pipeline.sources.run", {}, ["data.source", "model.checkpoint", "sweep.checkpoints"]),
-    "download": Stage("data.index.run", {"source": "inputs.dataset"}, ["data.dataset", "data.source", "data.label"]),
-    "split": Stage("data.split.run", {"index": "download.index", "dataset": "download.dataset"},
+    "inputs": Stage({}, ["data.source", "model.checkpoint", "sweep.checkpoints"]),
+    "download": Stage({"source": "inputs.dataset"}, ["data.dataset", "data.source", "data.label"]),
+    "split": Stage({"index": "download.index", "dataset": "download.dataset"},
                    ["data.split", "data.val_fraction", "data.test_fraction", "data.train_fraction", "data.seed"]),
-    "extract": Stage("probe.features.run", {**_DATA, **_WEIGHTS}, _FEATURE_PARAMS, shards="features.shards"),
-    "train_head": Stage("probe.head.run", {"train": "extract.train", "val": "extract.val"}, ["head"]),
-    "evaluate_probe": Stage("evaluate.evaluation.run_probe", {"model": "train_head.model", "features": "extract"},
-                            ["evaluate"]),
-    "frozen_cache": Stage("finetuning.frozen.run", {**_DATA, **_WEIGHTS}, _FROZEN_PARAMS, "finetune.enabled",
-                          "features.shards"),
-    "finetune": Stage("finetuning.finetune.run",
-                      {**_DATA, **_WEIGHTS, "probe": "train_head.model", "frozen": "frozen_cache.meta"},
+    "extract": Stage({**DATA, **_WEIGHTS}, _FEATURE_PARAMS, shards="features.shards"),
+    "train_head": Stage({"train": "extract.train", "val": "extract.val"}, ["head"]),
+    "evaluate_probe": Stage({"model": "train_head.model", "features": "extract"}, ["evaluate"]),
+    "frozen_cache": Stage({**DATA, **_WEIGHTS}, _FROZEN_PARAMS, "finetune.enabled", "features.shards"),
+    "finetune": Stage({**DATA, **_WEIGHTS, "probe": "train_head.model", "frozen": "frozen_cache.meta"},
                       ["model", "finetune"], "finetune.enabled"),
-    "evaluate_finetune": Stage("evaluate.evaluation.run_finetune",
-                               {**_DATA, "model": "finetune.model", "probe": "evaluate_probe.predictions",
-                                "frozen": "frozen_cache.meta"},
-                               ["model", "finetune", "evaluate"], "finetune.enabled"),
-    "export": Stage("serve.export.run",
-                    {"template": "workflow/report/model_card.md.j2", **_DATA, "meta": "extract.meta",
+    "evaluate_finetune": Stage({**DATA, "model": "finetune.model", "probe": "evaluate_probe.predictions",
+                                "frozen": "frozen_cache.meta"}, ["model", "finetune", "evaluate"], "finetune.enabled"),
+    "export": Stage({"template": "workflow/report/model_card.md.j2", **DATA, "meta": "extract.meta",
                      "probe": "train_head.model", "finetune": "finetune.model",
                      "probe_metrics": "evaluate_probe.metrics", "finetune_metrics": "evaluate_finetune.metrics"},
                     ["finetune.enabled", "export"]),
-    "visualize": Stage("reporting.visualize.run",
-                       {**_DATA, **_WEIGHTS, "probe": "train_head.model", "finetune": "finetune.model"},
+    "visualize": Stage({**DATA, **_WEIGHTS, "probe": "train_head.model", "finetune": "finetune.model"},
                        ["model", "finetune.enabled", "visualize"], "visualize.enabled"),
-    "sweep_extract": Stage("evaluate.sweep.extract", {**_DATA, **_SWEEP_WEIGHTS, "main": "extract"},
-                           _FEATURE_PARAMS + _SWEEP_PARAMS, "sweep.enabled"),
-    "sweep_frozen": Stage("evaluate.sweep.frozen_cache", {**_DATA, **_SWEEP_WEIGHTS, "main": "frozen_cache.meta"},
-                          _FROZEN_PARAMS + _SWEEP_PARAMS, "sweep.enabled"),
-    "sweep_point": Stage("evaluate.sweep.run",
-                         {**_DATA, **_SWEEP_WEIGHTS, "features": "sweep_extract", "frozen": "sweep_frozen.meta",
-                          **_MAIN_RESULTS}, ["model", "head", "finetune", "evaluate", *_SWEEP_PARAMS],
-                         "sweep.enabled"),
-    "sweep_aggregate": Stage("evaluate.sweep.aggregate", {"points": "sweep_point.metrics"}, ["sweep"], "sweep.enabled"),
-    "report": Stage("reporting.report.render", {"template": "workflow/report/report.html.j2", "lock": "requirements.lock",
-                     "dataset": "download.dataset",
-                     "rejected": "download.rejected", "splits": "split.summary", "meta": "extract.meta",
-                     "head": "train_head.summary", "head_search": "train_head.search", "probe": "evaluate_probe",
-                     "finetune": "finetune",
-                     "finetune_eval": "evaluate_finetune", "visualize": "visualize", "curve": "sweep_aggregate"},
+    "sweep_extract": Stage({**DATA, **_SWEEP_WEIGHTS, "main": "extract"}, _FEATURE_PARAMS + _SWEEP_PARAMS,
+                           "sweep.enabled"),
+    "sweep_frozen": Stage({**DATA, **_SWEEP_WEIGHTS, "main": "frozen_cache.meta"}, _FROZEN_PARAMS + _SWEEP_PARAMS,
+                          "sweep.enabled"),
+    "sweep_point": Stage({**DATA, **_SWEEP_WEIGHTS, "features": "sweep_extract", "frozen": "sweep_frozen.meta",
+                          **_MAIN_RESULTS}, ["model", "head", "finetune", "evaluate", *_SWEEP_PARAMS], "sweep.enabled"),
+    "sweep_aggregate": Stage({"points": "sweep_point.metrics"}, ["sweep"], "sweep.enabled"),
+    "report": Stage({"template": "workflow/report/report.html.j2", "lock": "requirements.lock",
+                     "dataset": "download.dataset", "rejected": "download.rejected", "splits": "split.summary",
+                     "meta": "extract.meta", "head": "train_head.summary", "head_search": "train_head.search",
+                     "probe": "evaluate_probe", "finetune": "finetune", "finetune_eval": "evaluate_finetune",
+                     "visualize": "visualize", "curve": "sweep_aggregate"},
                     ["data", "model", "features", "head", "finetune", "evaluate", "visualize", "sweep"]),
 }
 STAGE_PARAMS: dict[str, list[str]] = {name: stage.params for name, stage in TABLE.items()}
@@ -123,22 +112,20 @@ def script(stage: str) -> str:
 
 
 def runner(stage: str) -> Callable[[dict[str, Any], StageIO], object]:
-    """The stage's run function (`Stage.run`), its module imported now."""
-    module, function = TABLE[stage].run.rsplit(".", 1)
-    return getattr(importlib.import_module(f"transferlab.{module}"), function)
+    """The stage's run function (in its adapter), its module imported now."""
+    return importlib.import_module(f"transferlab.{ADAPTERS}.{stage}").run
 
 
 def deps(stage: str) -> list[str]:
     """The stage's script and library files, relative to the project root."""
-    return [script(stage)] + [imports.file(module).relative_to(imports.PACKAGE.parent.parent).as_posix()
-                              for module in modules(stage)]
+    return [script(stage)] + imports.paths(modules(stage))
 
 
 def modules(stage: str) -> list[str]:
     """The library modules the stage's code is made of, read from the imports (imports.py): its script loads the
     stage runner, which loads the module of its run function; editing one re-runs exactly the stages that load
     it."""
-    return imports.closure(["pipeline.runner", TABLE[stage].run.rsplit(".", 1)[0]])
+    return imports.closure(["pipeline.runner", f"{ADAPTERS}.{stage}"])
 
 
 def stage_wildcards(stage: str) -> list[str]:
@@ -164,7 +151,7 @@ def shard_count(params: dict[str, Any], stage: str) -> int:
     return int(params[section][name])
 
 
-def _ref(value: str) -> tuple[str, str | None] | None:
+def reference(value: str) -> tuple[str, str | None] | None:
     """(stage, file or None) when an input names another stage's output, None for a project file."""
     stage, _, name = value.partition(".")
     return (stage, name or None) if stage in TABLE and (not name or name in layout.FILES[stage]) else None
@@ -172,7 +159,7 @@ def _ref(value: str) -> tuple[str, str | None] | None:
 
 def source_of(value: str) -> str | None:
     """The stage an input comes from, None for a project file."""
-    ref = _ref(value)
+    ref = reference(value)
     return ref[0] if ref else None
 
 
@@ -181,29 +168,9 @@ def spans_points(stage: str, source: str) -> bool:
     return not set(stage_wildcards(source)) <= set(stage_wildcards(stage))
 
 
-def _unfilled_prefix(template: str) -> str:
+def unfilled_prefix(template: str) -> str:
     """The folder above a template's first wildcard: what a stage without that wildcard depends on."""
     return template.split("{")[0].rstrip("/")
-
-
-def dvc_outs(stage: str) -> list[str]:
-    """What DVC caches for a stage: the folders it owns as a whole, and its files outside them."""
-    owned = layout.OWNED.get(stage, [])
-    outs = [next((f for f in owned if path.startswith(f + "/")), path) for path in layout.FILES[stage].values()]
-    return list(dict.fromkeys(outs))
-
-
-def _input_templates(stage: str, value: str) -> list[str]:
-    """An input as path templates; another stage's files keep only the wildcards this stage has."""
-    ref = _ref(value)
-    if ref is None:
-        return [value]
-    source, name = ref
-    paths = dvc_outs(source)
-    if name:  # DVC tracks the output holding the file: a disabled stage's folder exists, its files may not
-        file = layout.FILES[source][name]
-        paths = [next(out for out in paths if file == out or file.startswith(out + "/"))]
-    return [_unfilled_prefix(p) for p in paths] if spans_points(stage, source) else paths
 
 
 @dataclass(frozen=True)
@@ -232,13 +199,13 @@ def io(stage: str, root: Path | str = ".", out: Path | str | None = None, thread
     root, filled = Path(root), dict(wildcards or {})
     inputs: dict[str, Any] = {}
     for name, value in TABLE[stage].inputs.items():
-        ref = _ref(value)
+        ref = reference(value)
         if name in given:
             inputs[name] = given[name]
         elif ref is None:
             inputs[name] = root / value
         elif spans_points(stage, ref[0]):
-            inputs[name] = root / _unfilled_prefix(next(iter(layout.FILES[ref[0]].values())))
+            inputs[name] = root / unfilled_prefix(next(iter(layout.FILES[ref[0]].values())))
         else:
             files = layout.files(ref[0], root, **filled)
             inputs[name] = getattr(files, ref[1]) if ref[1] else files
@@ -328,114 +295,3 @@ def clear_skipped(stage: str, io_: StageIO) -> None:
     """Remove what `skip` left in the stage's folders before the stage runs."""
     for folder in io_.owned:
         (folder / layout.SKIPPED).unlink(missing_ok=True)
-
-
-def snakemake_inputs(stage: str, params: dict[str, Any]) -> dict[str, Any]:
-    """The rule's input: script, library modules, and the inputs of stages that are enabled (Snakemake leaves a
-    disabled stage out), sweep points expanded over the grid where the rule has no wildcard for them."""
-    out: dict[str, Any] = {"script": script(stage), "lib": deps(stage)[1:]}
-    for name, value in TABLE[stage].inputs.items():
-        ref = _ref(value)
-        if ref is None:
-            out[name] = value
-            continue
-        source, file = ref
-        if not enabled(params, source):
-            continue
-        paths = [layout.FILES[source][file]] if file else list(layout.FILES[source].values())
-        if spans_points(stage, source):
-            paths = [p.format(backbone=b, fraction=layout.label(f), seed=s) for p in paths
-                     for b, f, s in layout.points(params)]
-        out[name] = paths[0] if file and len(paths) == 1 else paths
-    return out
-
-
-def snakemake_shards(stage: str, params: dict[str, Any]) -> list[str]:
-    """Every shard's folder: the input of the rule that gathers them (none where the stage is one job)."""
-    count = shard_count(params, stage)
-    return [layout.SHARD_FOLDERS[stage].format(shard=s) for s in range(count)] if count > 1 else []
-
-
-def snakemake_shard_inputs(stage: str, params: dict[str, Any], ancient: Callable[[Any], Any]) -> dict[str, Any]:
-    """A shard job's input: the stage's, with its record (layout.SHARD_ROWS), and the dataset's and split's files
-    flagged by Snakemake's `ancient`: what the shard reads of them is in the record, which Snakemake compares by
-    checksum once the checkpoint writing it has run, so a split that re-runs re-runs only the shards it changed."""
-    out = snakemake_inputs(stage, params)
-    return {**out, **{name: ancient(out[name]) for name in _DATA}, "rows": layout.SHARD_ROWS}
-
-
-def shell(stage: str, part: str = "") -> str:
-    """The rule's shell command: the stage script with its wildcards (`part`: "shard", one shard's job, or
-    "gather", the job gathering them); its standard error (log lines, progress bars) to the rule's log, its
-    standard output (a status line per long step, `progress.py`) to the console."""
-    extra = "".join(f" --{w} {{wildcards.{w}}}" for w in stage_wildcards(stage))
-    extra += {"": "", "shard": " --shard {wildcards.shard}", "gather": " --gather"}[part]
-    return "{PY} {input.script}" + extra + " --threads {threads} 2> {log}"
-
-
-def _dvc(template: str) -> str:
-    return re.sub(r"\{(\w+)\}", r"${item.\1}", template)
-
-
-def dvc_stage(stage: str) -> dict[str, Any]:
-    """One stage of dvc.yaml."""
-    entry: dict[str, Any] = {}
-    names = stage_wildcards(stage)
-    if names:
-        entry["matrix"] = {w: "${" + layout.WILDCARDS[w] + "}" for w in names}
-    entry["cmd"] = " ".join(["python", script(stage)] + [f"--{w} ${{item.{w}}}" for w in names])
-    inputs = [p for value in TABLE[stage].inputs.values() for p in _input_templates(stage, value)]
-    entry["deps"] = deps(stage) + [_dvc(p) for p in dict.fromkeys(inputs)]
-    entry["params"] = list(TABLE[stage].params)
-    entry["outs"] = [_dvc(p) for p in dvc_outs(stage)]
-    if stage == "inputs":  # DVC cannot see files outside the project: it runs the check every time, and what
-        # follows only where a manifest changed. Left in place and uncached (DVC would copy it back from its
-        # cache), an unchanged manifest keeps its time, so Snakemake re-runs nothing either (sources.py)
-        entry["always_changed"] = True
-        entry["outs"] = [{path: {"persist": True, "cache": False}} for path in entry["outs"]]
-    return entry
-
-
-def _file(stage: str, name: str) -> str:
-    return layout.FILES[stage][name]
-
-
-def dvc_yaml() -> str:
-    """dvc.yaml as generated from the table, with the metrics, plots and artifact DVC shows."""
-    history = _file("finetune", "history")
-    document = {
-        "stages": {name: dvc_stage(name) for name in TABLE},
-        "artifacts": {"classifier": {
-            "path": dvc_outs("export")[0], "type": "model",
-            "desc": "The chosen classifier (frozen features + linear head, or the fine-tuned network) as one ONNX "
-                    "graph, uint8 images in and class probabilities out, with labels.json, preprocessing.json and "
-                    "model_card.md",
-            "labels": ["image-classification", "transfer-learning", "onnx"]}},
-        "metrics": [_file("evaluate_probe", "metrics"), _file("evaluate_finetune", "metrics"),
-                    _file("sweep_aggregate", "metrics"), _file("finetune", "live")],
-        "plots": [
-            {"Learning curve": {"template": "scatter", "x": "train_images",
-                                "y": {_file("sweep_aggregate", "points"): "accuracy"}}},
-            {_file("evaluate_probe", "predictions"): {"template": "confusion", "x": "actual", "y": "predicted",
-                                                    "title": "Frozen features + linear head - confusion matrix"}},
-            {_file("evaluate_finetune", "predictions"): {"template": "confusion", "x": "actual", "y": "predicted",
-                                                       "title": "Fine-tuned - confusion matrix"}},
-            {"Fine-tune loss": {"x": "epoch", "y": {history: ["train_loss", "val_loss"]}}},
-            {"Fine-tune accuracy": {"x": "epoch", "y": {history: ["train_accuracy", "val_accuracy"]}}},
-            {"Linear head C search": {"x": "C", "y": {_file("train_head", "search"): ["train_accuracy",
-                                                                                      "val_accuracy"]}}},
-            {"Fine-tune learning-rate search (validation loss per epoch)": {
-                "template": "scatter", "x": "lr", "y": {_file("finetune", "search"): ["val_loss"]}}},
-            {"LR range test": {"x": "lr", "y": {_file("finetune", "range_test"): ["loss", "smoothed"]}}},
-            {str(Path(_file("finetune", "live")).parent / "plots" / "metrics"): {"x": "step"}},
-        ],
-    }
-    header = ("# Generated from the stage table in src/transferlab/pipeline/stages.py: edit the table, then run\n"
-              "#   python -m transferlab.pipeline.stages > dvc.yaml\n"
-              "# (tests/test_stages.py checks this file equals the rendering). Every output is cached by DVC, metrics\n"
-              "# and plots too: results/ and data/ stay out of git.\n")
-    return header + yaml.safe_dump(document, sort_keys=False, width=120)
-
-
-if __name__ == "__main__":
-    sys.stdout.write(dvc_yaml())

@@ -6,39 +6,33 @@ import os
 import shutil
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from transferlab.core.atomic import (
     open_array,
     read_arrays,
-    read_json,
-    read_splits,
     scratch_file,
     size_text,
     write_arrays,
-    write_json,
 )
 from transferlab.core.errors import ParamsError
+from transferlab.core.project import SPLITS, data_root
 from transferlab.inference import backends
 from transferlab.inference.batches import ImageList, compute, device, torch_threads
 from transferlab.inference.transforms import augmentation, evaluation
 from transferlab.models import backbones
-from transferlab.pipeline import layout, shards
-from transferlab.pipeline.layout import SPLITS, data_root
-from transferlab.pipeline.stages import StageIO
 
 log = logging.getLogger("transferlab")
 
-def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
-    """Features (float32, labels, ids, views) of every split in one .npz each, and meta.json: of every image, or
-    (io.shard) of one shard's images into its own folder, or (io.gathering) gathered from the shards' files."""
-    if io.gathering:
-        return gather(params, io)
-    model_params, feat = params["model"], params["features"]
-    dataset = read_json(io.input.dataset)
+def extract(model_params: dict[str, Any], feat: dict[str, Any], dataset: dict[str, Any],
+            frames: dict[str, pd.DataFrame], rows: dict[str, range], out: SimpleNamespace) -> dict[str, Any]:
+    """Features (float32, labels, ids, views) of each split's `rows`, into one .npz each (`out.<split>`); returns
+    the meta record: the backbone, the engine, and each split's count and rate."""
     classes, root = dataset["classes"], data_root(dataset)
     extractor, dim, info = backbones.load_feature_extractor(model_params)
     dev = device()
@@ -48,12 +42,10 @@ def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
     on_gpu = dev.type == "cuda"  # decode JPEGs on the GPU
     threads = torch.get_num_threads()
     streams = 1 if on_gpu else threads
-    out = io.output if io.shard is None else layout.shard_files("extract", io.shard, io.root)
-    out.meta.parent.mkdir(parents=True, exist_ok=True)
-    frames = read_splits(io.input.splits)
-    rows = shards.rows(frames, feat, io.shard)
-    check_room(len(rows["train"]) * (1 + feat["train_views"]), dim, out.meta.parent, feat["train_views"])
-    with scratch_file(out.meta.parent, ".onnx", "backbone") as onnx_path, torch_threads(threads // streams):
+    folder = out.meta.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    check_room(len(rows["train"]) * (1 + feat["train_views"]), dim, folder, feat["train_views"])
+    with scratch_file(folder, ".onnx", "backbone") as onnx_path, torch_threads(threads // streams):
         forward, engine = backends.build(model, feat["engine"], feat["precision"], dev, size, onnx_path,
                                         threads=threads // streams)
         meta: dict[str, Any] = {**info, **engine, "image_size": size, "device": str(dev), "gpu_decode": on_gpu,
@@ -70,34 +62,24 @@ def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
                           for v in range(feat["train_views"])]
             meta["splits"][split] = _extract_split(forward, views, dim, feat, getattr(out, split), classes,
                                                    part["path"].to_numpy(dtype=str), streams, dev)
-    if io.shard is not None:
-        meta["shard"] = shards.record(frames, classes, feat, io.shard)
-    write_json(out.meta, meta)
-    for split, stats in meta["splits"].items():
-        log.info("%s: %d images in %.1f s (%.1f img/s), %d features", split, stats["images"], stats["seconds"],
-                 stats["images_per_s"] or 0, meta["feature_dim"])
     return meta
 
 
-def gather(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
-    """The stage's outputs from its shards' files (Snakemake's gathering job): the same bytes as one job's; a shard
-    computed from other images than the split lists hold now is refused (shards.check)."""
-    count = params["features"]["shards"]
-    parts_of = [layout.shard_files("extract", s, io.root) for s in range(count)]
-    metas = [read_json(shard.meta) for shard in parts_of]
-    classes = read_json(io.input.dataset)["classes"]
-    shards.check("extract", [m["shard"] for m in metas], read_splits(io.input.splits), classes, params["features"])
+def gather(parts_of: list[SimpleNamespace], metas: list[dict[str, Any]], train_views: int,
+           out: SimpleNamespace) -> dict[str, Any]:
+    """One set of split files from the shards' (`parts_of`, each with its meta record): the same bytes as one
+    job's; returns the gathered meta record, each shard's rows and rates kept."""
     meta = {key: value for key, value in metas[0].items() if key != "shard"}
     meta["splits"] = {}
     meta["shards"] = [{"rows": {split: part["rows"] for split, part in m["shard"]["splits"].items()},
                        "splits": m["splits"]} for m in metas]
-    io.output.meta.parent.mkdir(parents=True, exist_ok=True)
+    out.meta.parent.mkdir(parents=True, exist_ok=True)
     for split in SPLITS:
         start = time.perf_counter()
         parts = [read_arrays(getattr(shard, split)) for shard in parts_of]
-        n_views = 1 + params["features"]["train_views"] if split == "train" else 1
+        n_views = 1 + train_views if split == "train" else 1
         dim = parts[0]["features"].shape[1]
-        path = getattr(io.output, split)
+        path = getattr(out, split)
         with scratch_file(path.parent, ".npy", path.stem) as buf:  # view-major: each view's rows, shard by shard
             features = open_array(buf, (n_views, sum(len(p["ids"]) // n_views for p in parts), dim))
             np.concatenate([p["features"].reshape(n_views, -1, dim) for p in parts], axis=1, out=features)
@@ -110,8 +92,6 @@ def gather(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
         meta["splits"][split] = {"images": images, "seconds": round(seconds, 3),
                                  "images_per_s": round(images / seconds, 2) if seconds else None,
                                  "gather_seconds": round(time.perf_counter() - start, 3)}
-    write_json(io.output.meta, meta)
-    log.info("gathered %d shards: %s", count, ", ".join(f"{s} {m['images']} images" for s, m in meta["splits"].items()))
     return meta
 
 

@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from transferlab.core.atomic import read_arrays, write_arrays, write_csv, write_json
-from transferlab.pipeline.stages import StageIO
+from transferlab.core.atomic import write_arrays
 from transferlab.probe import selection
 
 if TYPE_CHECKING:  # scikit-learn loads where a head is fitted or rebuilt, not where its weights are only read
@@ -19,20 +17,6 @@ if TYPE_CHECKING:  # scikit-learn loads where a head is fitted or rebuilt, not w
 log = logging.getLogger("transferlab")
 
 SIMPLER = [("C", True)]  # among equal validation losses, the smaller C: the stronger regularisation
-
-
-def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
-    """The train_head stage: choose C on val, save the head, its C search and a summary."""
-    train, val = read_arrays(io.input.train), read_arrays(io.input.val)
-    start = time.perf_counter()
-    model, search = fit(train, val, params["head"])
-    summary = {"C": chosen_C(search), "seconds": round(time.perf_counter() - start, 3),
-               "train_rows": int(len(train["labels"])), "trainable_parameters": parameter_count(model)}
-    write_json(io.output.summary, summary)
-    write_csv(io.output.search, search)
-    save(model, io.output.model, [str(c) for c in train["classes"]])
-    log.info("C search:\n%s", search.to_string(index=False))
-    return summary
 
 
 def chosen_C(search: pd.DataFrame) -> float:

@@ -16,11 +16,10 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from transferlab.core import lock
 from transferlab.core.atomic import atomic_path, read_json, read_table
 from transferlab.core.errors import UserError
+from transferlab.core.project import data_root
 from transferlab.data.images import load_rgb
 from transferlab.evaluate import diagnosis, stats
 from transferlab.finetuning import tuning
-from transferlab.pipeline.layout import adversarial_png, data_root
-from transferlab.pipeline.stages import STAGE_PARAMS, StageIO, made_from
 from transferlab.reporting.figures import (
     METHODS,
     confusion_figure,
@@ -53,31 +52,31 @@ def _embed_png(path: Path) -> str:
     return data_uri(path.read_bytes())
 
 
-def optional_section(params: dict[str, Any], dataset: dict[str, Any], section: str, stage: str,
+def optional_section(params: dict[str, Any], current: dict[str, Any], section: str, stage: str,
                      summary: dict[str, Any] | None) -> dict[str, Any]:
-    """Whether an optional stage's output belongs to this run: shown, or why not (disabled, not run, stale)."""
+    """Whether an optional stage's output belongs to this run (`current`: what this run's would be made from):
+    shown, or why not (disabled, not run, stale)."""
     if not params[section]["enabled"]:
         return {"shown": False, "why": f"not run ({section}.enabled: false)"}
     if not summary or summary.get("skipped"):
         return {"shown": False, "why": f"not run yet: run the {stage} stage"}
-    if summary.get("made_from") != made_from(params, stage, dataset):
+    if summary.get("made_from") != current:
         return {"shown": False, "why": f"not shown: results of the {stage} stage were made from another dataset or "
                                        f"other params than this run; re-run {stage}"}
     return {"shown": True, "made_from": summary["made_from"]}
 
 
-def visualizations(params: dict[str, Any], dataset: dict[str, Any], files: SimpleNamespace) -> dict[str, Any]:
+def visualizations(params: dict[str, Any], current: dict[str, Any], files: SimpleNamespace) -> dict[str, Any]:
     """The visualize stage's summary with its PNGs embedded where it belongs to this run (see optional_section)."""
     folder = files.summary.parent
     summary = _json(files.summary)
-    state = optional_section(params, dataset, "visualize", "visualize", summary)
+    state = optional_section(params, current, "visualize", "visualize", summary)
     if not state["shown"]:
         return state
     for item in summary["ideal"].values():
         item["src"] = _embed_png(folder / item["image"])
-    for i, attack in enumerate(summary["adversarial"]):
-        attack["src"] = {kind: _embed_png(adversarial_png(folder, i, kind))
-                         for kind in ("original", "perturbation", "adversarial")}
+    for attack in summary["adversarial"]:
+        attack["src"] = {kind: _embed_png(folder / name) for kind, name in attack["images"].items()}
     summary["feature_maps"]["src"] = _embed_png(folder / summary["feature_maps"]["figure"])
     return {**summary, **state, "caption": ideal_caption(summary)}
 
@@ -103,10 +102,10 @@ def ideal_caption(summary: dict[str, Any]) -> str:
             f"examples below exploit.")
 
 
-def learning_curve(params: dict[str, Any], dataset: dict[str, Any], files: SimpleNamespace) -> dict[str, Any]:
+def learning_curve(params: dict[str, Any], current: dict[str, Any], files: SimpleNamespace) -> dict[str, Any]:
     """The sweep's curve (figure embedded, table, generated reading) where it belongs to this run."""
     summary = _json(files.summary)
-    state = optional_section(params, dataset, "sweep", "sweep_aggregate", summary)
+    state = optional_section(params, current, "sweep", "sweep_aggregate", summary)
     if not state["shown"]:
         return state
     table = pd.read_csv(files.curve).sort_values(["backbone", "fraction", "method"])
@@ -360,9 +359,11 @@ def headline(info: dict[str, Any], confidence: float) -> tuple[dict[str, Any] | 
     return finetune, cost_ratio, f"{said} {tuned(info)}"
 
 
-def render(params: dict[str, Any], stage: StageIO) -> Path:
-    """The report stage: the self-contained page (images embedded as data URIs) and the figures as PNG files."""
-    files, out = stage.input, stage.output
+def render(params: dict[str, Any], files: SimpleNamespace, out: SimpleNamespace, stage_params: dict[str, list[str]],
+           current: dict[str, dict[str, Any]]) -> Path:
+    """The self-contained page (images embedded as data URIs) and the figures as PNG files (`out`), from the report
+    stage's input files; `stage_params`: the params each stage depends on; `current`: what this run's visualize
+    and sweep_aggregate outputs would be made from (older ones are not shown)."""
     info = gather(params, files)
     methods = info["methods"]
     if not methods["probe"]["ran"]:
@@ -382,9 +383,10 @@ def render(params: dict[str, Any], stage: StageIO) -> Path:
         verdict=said,
         pair=finetune["vs_probe"] if finetune else None, confidence=params["evaluate"]["confidence"],
         cost_ratio=cost_ratio, galleries=galleries(info, data_root(dataset)),
-        differences=shown_differences(params), stage_params=STAGE_PARAMS, commit=git_commit(),
+        differences=shown_differences(params), stage_params=stage_params, commit=git_commit(),
         date=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), versions=versions(files.lock),
-        visualize=visualizations(params, dataset, files.visualize), curve=learning_curve(params, dataset, files.curve),
+        visualize=visualizations(params, current["visualize"], files.visualize),
+        curve=learning_curve(params, current["sweep_aggregate"], files.curve),
         tuned=tuned(info),
         rejected_reasons=dataset["left_out_reasons"], cap=GALLERY_CAP, flatten=flatten)
     with atomic_path(out.html) as tmp:

@@ -10,22 +10,23 @@ import logging
 import math
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image
 from torch import nn
 
-from transferlab.core.atomic import atomic_path, read_json, read_table, write_json
+from transferlab.core.atomic import atomic_path
 from transferlab.core.errors import UserError
 from transferlab.core.progress import Progress
+from transferlab.core.project import data_root
 from transferlab.data.images import load_rgb, read_checked
 from transferlab.finetuning import network
 from transferlab.models import backbones
 from transferlab.models.backbones import Normalized, blocks
-from transferlab.pipeline.layout import adversarial_png, data_root
-from transferlab.pipeline.stages import StageIO, made_from
 from transferlab.probe import head
 
 log = logging.getLogger("transferlab")
@@ -262,12 +263,14 @@ def _imagenet_classifier(model_params: dict[str, Any], source: str, model: Norma
     return classifier, names, None
 
 
-def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
-    """The visualize stage: the ideal class images, adversarial examples and feature maps as PNGs, and a summary."""
-    vis, out = params["visualize"], io.output
+def visualize(params: dict[str, Any], dataset: dict[str, Any], test: pd.DataFrame, finetune_weights: Path,
+              probe_weights: Path, out: SimpleNamespace) -> dict[str, Any]:
+    """The ideal class images, adversarial examples (of `test` images) and feature maps as PNGs in `out`'s
+    folder; returns their summary. The fine-tuned network where it ran (`finetune_weights`, with the probe at
+    `probe_weights` as the transfer check), else the pretrained classifier."""
+    vis = params["visualize"]
     torch.manual_seed(vis["seed"])
-    dataset = read_json(io.input.dataset)
-    ft_weights = io.input.finetune
+    ft_weights = finetune_weights
     to_pixels, plain = _pixels_transform(params["model"])
     if params["finetune"]["enabled"] and ft_weights.exists():
         net = network.load(params["model"], ft_weights, len(dataset["classes"]))
@@ -296,14 +299,13 @@ def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
                  name, record["probability"], ROBUST_VIEWS, record["robust_probability"], record["steps"],
                  record["seconds"], ", ".join(c["class"] for c in ideal[name]["imagenet_top5"]) or no_imagenet)
 
-    test = read_table(io.input.splits.test)
     if vis["adversarial_from"] is not None:
         test = test[test["label"] == vis["adversarial_from"]]
         if test.empty:
             raise UserError(f"visualize.adversarial_from: no test image of class {vis['adversarial_from']!r}")
     probe_check = None
     if source == "fine-tuned model":
-        probe = head.linear(io.input.probe)
+        probe = head.linear(probe_weights)
         extractor, _, _ = backbones.load_feature_extractor(params["model"])
         probe_check = (Normalized(extractor, plain.mean, plain.std), probe)
     attacks = []
@@ -326,10 +328,12 @@ def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
         i = len(attacks)
         log.info("attack %d of %d: %s (%s → %s) %s in %d steps", i + 1, vis["adversarial_images"], path, label,
                  names[goal], "succeeded" if result["success"] else "failed", result["steps"])
+        images = {}
         for kind, image in (("original", pixels), ("perturbation", amplified(result["perturbation"])),
                             ("adversarial", result["adversarial"])):
-            save_png(image, adversarial_png(out.summary.parent, i, kind))
-        entry = {"image": path, "true": label, "predicted_before": names[predicted], "target": names[goal],
+            images[kind] = f"adversarial_{i}_{kind}.png"
+            save_png(image, out.summary.parent / images[kind])
+        entry = {"image": path, "images": images, "true": label, "predicted_before": names[predicted], "target": names[goal],
                  "p_target_before": round(float(result["before"][goal]), 6),
                  "p_target_after": round(float(result["after"][goal]), 6),
                  "p_predicted_before": round(float(result["before"][predicted]), 6),
@@ -347,10 +351,7 @@ def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
 
     first = to_pixels(load_rgb(read_checked(root / test["path"].iloc[0], digests[0])))[None]
     _feature_figure(feature_maps(backbone, model, first), out.maps)
-    summary = {"enabled": True, "skipped": False, "made_from": made_from(params, "visualize", dataset),
-               "model": source, "target_class": names[target], "robust_views": ROBUST_VIEWS,
-               "imagenet": no_imagenet or "the pretrained ImageNet classifier", "ideal": ideal,
-               "adversarial": attacks, "feature_maps": {"image": test["path"].iloc[0], "figure": out.maps.name}}
-    write_json(out.summary, summary)
-    log.info("visualize: %s", {k: v for k, v in summary.items() if k != "adversarial"})
-    return summary
+    return {"enabled": True, "skipped": False, "model": source, "target_class": names[target],
+            "robust_views": ROBUST_VIEWS, "imagenet": no_imagenet or "the pretrained ImageNet classifier",
+            "ideal": ideal, "adversarial": attacks,
+            "feature_maps": {"image": test["path"].iloc[0], "figure": out.maps.name}}

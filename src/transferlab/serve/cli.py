@@ -9,7 +9,7 @@ from pathlib import Path
 
 from transferlab.core.atomic import write_csv
 from transferlab.core.errors import UserError
-from transferlab.pipeline.layout import METHODS
+from transferlab.core.project import METHODS
 from transferlab.pipeline.runner import one_line, set_threads
 
 log = logging.getLogger("transferlab")

@@ -3,23 +3,20 @@ against torch on the test split, with labels.json, preprocessing.json, summary.j
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 import jinja2
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
-from transferlab.core.atomic import atomic_path, read_json, read_table, write_json
+from transferlab.core.atomic import atomic_path
 from transferlab.inference import backends
 from transferlab.inference.batches import ImageList, outputs
 from transferlab.inference.transforms import evaluation
 from transferlab.models import backbones
-from transferlab.pipeline.layout import data_root
-from transferlab.pipeline.stages import StageIO
-from transferlab.serve import predict
 
 log = logging.getLogger("transferlab")
 
@@ -50,42 +47,22 @@ def check(module: nn.Module, graph: backends.Forward, images: ImageList, classes
             "predicted": theirs.argmax(1)}
 
 
-def run(params: dict[str, Any], io: StageIO, batch_size: int = 32) -> dict[str, Any]:
-    """The export stage: the chosen classifier as ONNX, its labels, preprocessing record, summary and model card."""
-    start = time.perf_counter()
-    project, out = io.root, io.output
-    method, why = predict.resolve(project, params["export"]["method"])
-    model_params = predict.model_params(project)
-    labels = model_params["classes"]
-    module = probabilities_module(predict.network(project, method, model_params), model_params)
+def export(net: nn.Module, model_params: dict[str, Any], root: Path, test: pd.DataFrame, path: Path,
+           batch_size: int = 32) -> dict[str, Any]:
+    """The classifier `net` as one ONNX graph at `path` (written only once it agrees with torch on the test
+    images, `check`); returns the check's figures, its provider and test accuracy, and the graph's size."""
     plain = backbones.preprocessing(model_params)
-    dataset = read_json(io.input.dataset)
-    test = read_table(io.input.splits.test)
-    images = ImageList(data_root(dataset, project), test, labels, evaluation(plain, normalize=False),
-                       plain.resize)
-    with atomic_path(out.model) as tmp:
+    labels = model_params["classes"]
+    module = probabilities_module(net, model_params)
+    images = ImageList(root, test, labels, evaluation(plain, normalize=False), plain.resize)
+    with atomic_path(path) as tmp:
         backends.export_onnx(module, plain.crop, tmp, output_name="probabilities")
         graph, provider = backends.onnx_forward(tmp)
         checked = check(module, graph, images, len(labels), batch_size)
     predicted = checked.pop("predicted")
-    metrics = predict.evaluated(project)
-    summary = {
-        "method": method, "why": why, "labels": len(labels), "backbone": model_params["backbone"],
-        "weights": model_params["weights"], "image_size": plain.crop,
-        "check": {**checked, "provider": provider,
-                  "test_accuracy": round(float((predicted == np.asarray(images.labels)).mean()), 6)},
-        "onnx_bytes": out.model.stat().st_size, "seconds": round(time.perf_counter() - start, 3),
-    }
-    write_json(out.labels, labels)
-    record = predict.preprocessing_record(plain)
-    write_json(out.preprocessing, record)
-    write_json(out.summary, summary)
-    card = model_card(io.input.template, summary, metrics, dataset, read_json(io.input.splits.summary), model_params,
-                      record)
-    with atomic_path(out.card) as tmp:
-        tmp.write_text(card)
-    log.info("export: %s", summary)
-    return summary
+    return {**checked, "provider": provider,
+            "test_accuracy": round(float((predicted == np.asarray(images.labels)).mean()), 6),
+            "onnx_bytes": path.stat().st_size}
 
 
 def _markdown_text(value: Any) -> Any:

@@ -14,6 +14,8 @@ import yaml
 
 from transferlab.core.atomic import read_json
 from transferlab.core.errors import DamagedFile, UserError
+from transferlab.core.project import METHODS
+from transferlab.core.project import resolve as resolve_path
 from transferlab.data import index
 from transferlab.finetuning import finetune
 from transferlab.finetuning.network import FineTuneNet, build, load
@@ -22,7 +24,6 @@ from transferlab.inference.batches import device, predict_images, torch_threads
 from transferlab.models import backbones
 from transferlab.models.preprocessing import Preprocessing
 from transferlab.pipeline import checks, layout, run_lock
-from transferlab.pipeline.layout import METHODS
 from transferlab.probe import head
 
 RUN_PIPELINE = "run the pipeline first (snakemake --cores 2, or dvc repro)"
@@ -39,28 +40,43 @@ class Classifier:
     forward: backends.Forward
 
 
-def evaluated(project: Path) -> dict[str, dict[str, Any]]:
-    """The evaluate stage's metrics of each method that ran and is enabled in the project's params.yaml (Snakemake
-    leaves a disabled fine-tune's earlier outputs in place)."""
-    paths = {m: metrics_file(project, m) for m in METHODS}
-    found = {m: read_json(path) for m, path in paths.items() if path.exists()}
+@dataclass(frozen=True)
+class ModelFiles:
+    """The run's files a classifier is made from: the extract stage's meta.json, both methods' weights and
+    evaluated metrics, whether the fine-tune is on, and the project a relative checkpoint path is resolved in."""
+
+    meta: Path
+    probe: Path
+    finetune: Path
+    metrics: dict[str, Path]
+    finetune_enabled: bool
+    project: Path
+
+
+def project_files(project: Path) -> ModelFiles:
+    """A project's model files where the stages write them; the fine-tune off where its params.yaml says so
+    (Snakemake leaves a disabled fine-tune's earlier outputs in place)."""
     settings = project / "params.yaml"
     raw = yaml.safe_load(settings.read_text()) if settings.exists() else None
-    if isinstance(raw, dict) and (raw.get("finetune") or {}).get("enabled") is False:
+    enabled = not (isinstance(raw, dict) and (raw.get("finetune") or {}).get("enabled") is False)
+    return ModelFiles(layout.files("extract", project).meta, layout.files("train_head", project).model,
+                      layout.files("finetune", project).model,
+                      {m: layout.files(f"evaluate_{m}", project).metrics for m in METHODS}, enabled, project)
+
+
+def evaluated(files: ModelFiles) -> dict[str, dict[str, Any]]:
+    """The evaluate stage's metrics of each method that ran and is enabled."""
+    found = {m: read_json(path) for m, path in files.metrics.items() if path.exists()}
+    if not files.finetune_enabled:
         found.pop("finetune", None)
     return {m: r for m, r in found.items() if not r.get("skipped")}
 
 
-def metrics_file(project: Path, method: str) -> Path:
-    return layout.files(f"evaluate_{method}", project).metrics
-
-
-def choose(project: Path) -> tuple[str, str]:
+def choose(files: ModelFiles) -> tuple[str, str]:
     """The method with the higher validation accuracy (never test) and why; the probe on a tie (it is cheaper)."""
-    ran = evaluated(project)
+    ran = evaluated(files)
     if "probe" not in ran:
-        raise UserError(f"{metrics_file(project, 'probe')}: no evaluated model in this "
-                                f"project; {RUN_PIPELINE}")
+        raise UserError(f"{files.metrics['probe']}: no evaluated model in this project; {RUN_PIPELINE}")
     probe = ran["probe"]["val_accuracy"]
     if "finetune" not in ran:
         return "probe", "the fine-tune did not run (finetune.enabled: false, or its stages have not run)"
@@ -70,36 +86,33 @@ def choose(project: Path) -> tuple[str, str]:
     return "probe", f"validation accuracy {probe:.4f} at least the fine-tune's {tuned:.4f}, at a fraction of the cost"
 
 
-def model_params(project: Path) -> dict[str, Any]:
-    """The backbone as the extract stage ran it (results/features/meta.json), checkpoint relative to the project."""
-    path = layout.files("extract", project).meta
-    if not path.exists():
-        raise UserError(f"{path}: this project has no trained model; {RUN_PIPELINE}")
-    meta = read_json(path)
-    checkpoint = meta["checkpoint"] and str(layout.resolve(meta["checkpoint"], project))
+def model_params(files: ModelFiles) -> dict[str, Any]:
+    """The backbone as the extract stage ran it (its meta.json), checkpoint relative to the project."""
+    if not files.meta.exists():
+        raise UserError(f"{files.meta}: this project has no trained model; {RUN_PIPELINE}")
+    meta = read_json(files.meta)
+    checkpoint = meta["checkpoint"] and str(resolve_path(meta["checkpoint"], files.project))
     return {"backbone": meta["backbone"], "weights": meta["weights"], "checkpoint": checkpoint,
             "image_size": meta["image_size"], "engine": meta["engine"], "precision": meta["precision"],
             "classes": meta["classes"]}
 
 
-def network(project: Path, method: str, params: dict[str, Any]) -> FineTuneNet:
+def network(files: ModelFiles, method: str, params: dict[str, Any]) -> FineTuneNet:
     """The method's classifier as one torch network: backbone + the probe's head, or the fine-tuned network."""
     if method == "probe":
-        return build(params, head.linear(layout.files("train_head", project).model)).eval()
-    path = layout.files("finetune", project).model
-    if not path.exists():
-        raise UserError(f"{path}: no fine-tuned model (finetune.enabled: false, or the finetune stage has "
-                                f"not run)")
-    return load(params, path, len(params["classes"]))
+        return build(params, head.linear(files.probe)).eval()
+    if not files.finetune.exists():
+        raise UserError(f"{files.finetune}: no fine-tuned model (finetune.enabled: false, or the finetune stage has "
+                        f"not run)")
+    return load(params, files.finetune, len(params["classes"]))
 
 
-def resolve(project: Path, method: str) -> tuple[str, str]:
+def resolve(files: ModelFiles, method: str) -> tuple[str, str]:
     """`best` chosen by validation accuracy, or a named method that has been evaluated; and why."""
     if method == "best":
-        return choose(project)
-    if method not in evaluated(project):
-        raise UserError(f"{metrics_file(project, method)}: the {method} model has not "
-                                f"been evaluated; {RUN_PIPELINE}")
+        return choose(files)
+    if method not in evaluated(files):
+        raise UserError(f"{files.metrics[method]}: the {method} model has not been evaluated; {RUN_PIPELINE}")
     return method, "asked for"
 
 
@@ -115,15 +128,16 @@ def from_project(project: Path, method: str = "best") -> tuple[Classifier, str]:
 
 
 def _load(project: Path, method: str) -> tuple[Classifier, str]:
-    method, why = resolve(project, method)
+    files = project_files(project)
+    method, why = resolve(files, method)
     for stage in ("extract", "train_head", "finetune") if method == "finetune" else ("extract", "train_head"):
         checks.verify(layout.files(stage, project).checksums, stage)
-    params = model_params(project)
+    params = model_params(files)
     plain = backbones.preprocessing(params)
     if method == "finetune":
-        forward = finetune.probabilities(network(project, method, params), params)
+        forward = finetune.probabilities(network(files, method, params), params)
         return Classifier(method, params["classes"], plain, forward), why
-    probe, labels = head.load(layout.files("train_head", project).model)
+    probe, labels = head.load(files.probe)
     extractor, _, _ = backbones.load_feature_extractor(params)
     net = backbones.Normalized(extractor, plain.mean, plain.std, scale=255)
     with tempfile.TemporaryDirectory() as tmp, torch_threads(1):

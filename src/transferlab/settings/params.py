@@ -14,7 +14,7 @@ import jsonschema
 import yaml
 
 from transferlab.core.errors import ParamsError
-from transferlab.pipeline.layout import resolve
+from transferlab.core.project import resolve
 from transferlab.settings import grid
 
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.I)
@@ -230,6 +230,17 @@ def select(params: dict[str, Any], keys: list[str]) -> dict[str, Any]:
         for part in parents:
             src, dst = src[part], dst.setdefault(part, {})
         dst[last] = copy.deepcopy(src[last])
+    return out
+
+
+def sweep_point(params: dict[str, Any], backbone: str, seed: int | None = None) -> dict[str, Any]:
+    """The params of a sweep point: its backbone (model.weights and checkpoint where it is model.backbone, else
+    its sweep.checkpoints file or its DEFAULT weights) and, where given, its fine-tune seed."""
+    out = copy.deepcopy(params)
+    if backbone != params["model"]["backbone"]:
+        out["model"].update(backbone=backbone, weights="DEFAULT", checkpoint=params["sweep"]["checkpoints"].get(backbone))
+    if seed is not None:
+        out["finetune"]["seed"] = seed
     return out
 
 

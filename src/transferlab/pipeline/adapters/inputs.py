@@ -1,0 +1,24 @@
+"""The inputs stage (DVC's first): the backbones named in params, and the ImageNet classes visualize names
+without the fine-tune, checked before any work; then the manifests of the files params name, rewritten only
+where they changed (pipeline/sources.py)."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from transferlab.models import families
+from transferlab.pipeline import sources
+from transferlab.pipeline.stages import StageIO
+
+log = logging.getLogger("transferlab")
+
+
+def run(params: dict[str, Any], io: StageIO) -> list[str]:
+    families.check_names(params)
+    if params["visualize"]["enabled"] and not params["finetune"]["enabled"]:
+        from transferlab.models import backbones  # loads torch: only where visualize names ImageNet classes
+
+        backbones.check_visualized_classes(params)
+    changed = sources.refresh(params, io.output, io.root)
+    log.info("inputs: %s", ", ".join(changed) + " changed" if changed else "unchanged")
+    return changed
