@@ -196,6 +196,7 @@ if SHARDS > 1:
                 directory(S.layout.SHARD_FOLDERS[sharded]),
             params:
                 stage=S.params_for(config, sharded),
+                script=S.script(sharded),
             threads: 8
             priority: MAIN
             log:

@@ -8,7 +8,7 @@
                                               # row 13: extraction in 1 job against 2 shard jobs, ~6 min;
                                               # row 14: the shipped fine-tune search against one setting, ~9 min)
 
-All rows come from the same run and print as one Markdown table (also written to --out as JSON). Needs the
+All rows come from the same run and print as one Markdown table (also merged into --record). Needs the
 shared offline data (../shared): Oxford-IIIT Pet photos and the ImageNet MobileNetV2 state_dict. ResNet-50 runs
 with random weights (speed does not depend on them).
 """
@@ -615,7 +615,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10, help="notebook frozen-backbone epochs (row 5)")
     parser.add_argument("--memory-images", type=int, default=7349, help="synthetic photos for row 7")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.json")
+    parser.add_argument("--record", type=Path, default=ROOT / results.BENCHMARK,
+                        help="the record the rows measured replace theirs in (default records/benchmark.json; "
+                             "then python -m transferlab.pipeline.results readme)")
     args = parser.parse_args()
     for path in (PETS, MOBILENET):
         if not path.exists():
@@ -624,6 +626,25 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="transferlab-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"transferlab benchmark: {THREADS} threads, torch {torch.__version__}, work in {work}", flush=True)
+    try:
+        measure(args, work)
+    finally:  # what was measured is kept, also where a later row fails
+        save(args.record)
+
+
+def save(path: Path) -> None:
+    """This run's rows into the record (results.merge_benchmark), and printed as one Markdown table."""
+    run = {"machine": {"cpu": results.cpu(), "threads": THREADS, "torch": torch.__version__},
+           "date": time.strftime("%Y-%m-%d"), "rows": ROWS}
+    record = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps(results.merge_benchmark(record, run), indent=1, ensure_ascii=False) + "\n")
+    print("\n| row | what | value | unit | note |\n|---|---|---:|---|---|")
+    for r in ROWS:
+        print(f"| {r['row']} | {r['what']} | {r['value']:g} | {r['unit']} | {r['note']} |")
+
+
+def measure(args: argparse.Namespace, work: Path) -> None:
+    """Every row asked for, in order, each appended to ROWS as it is measured."""
     best_fp32: dict[str, float] = {}
     ceiling = 0.0
     if 1 in args.rows:
@@ -769,12 +790,6 @@ def main() -> None:
         rss, seconds = memory_run(work, args.memory_images)
         row("7", f"extract stage peak RSS, {args.memory_images} synthetic Pets-sized JPEGs", rss, "MB",
             f"{args.memory_images / seconds:.0f} img/s incl. start-up")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    machine = {"threads": THREADS, "cpu": results._cpu(), "torch": torch.__version__}
-    args.out.write_text(json.dumps({**machine, "rows": ROWS}, indent=1) + "\n")
-    print("\n| row | what | value | unit | note |\n|---|---|---:|---|---|")
-    for r in ROWS:
-        print(f"| {r['row']} | {r['what']} | {r['value']:g} | {r['unit']} | {r['note']} |")
 
 
 if __name__ == "__main__":

@@ -303,13 +303,13 @@ def test_the_engines_refuse_to_run_over_a_project_the_other_is_running(tmp_path)
         refused = run(["snakemake", "--cores", "1"], project, check=False)
         planned = run(["snakemake", "-n", "--cores", "1"], project)
     output = refused.stdout + refused.stderr
-    assert refused.returncode != 0 and "logs/transferlab.core.lock: dvc (finetune) (pid " in output, output[-3000:]
+    assert refused.returncode != 0 and "logs/transferlab.lock: dvc (finetune) (pid " in output, output[-3000:]
     assert "is running over this project; wait for it to finish, or stop it" in output
     assert "download" in snakemake_jobs(planned.stdout) and not (project / "data/index.csv").exists()
     with run_lock.held(project, "snakemake --cores 2"):
         refused = run(["dvc", "repro"], project, check=False)
     output = refused.stdout + refused.stderr
-    assert refused.returncode != 0 and ("transferlab inputs: error: logs/transferlab.core.lock: snakemake --cores 2 "
+    assert refused.returncode != 0 and ("transferlab inputs: error: logs/transferlab.lock: snakemake --cores 2 "
                                         "(pid ") in output, output[-3000:]
     assert dvc_ran(output) == {"inputs"} and not (project / "data/index.csv").exists()
 

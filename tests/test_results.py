@@ -1,4 +1,4 @@
-"""README's results and the learning-curve table are written from the recorded run, never typed by hand."""
+"""README's results, the learning-curve table and the benchmark tables are written from records, never typed by hand."""
 import json
 
 import pytest
@@ -75,3 +75,20 @@ def test_readme_stays_a_readme():
     """What it is, the two commands, the generated results, using it, how it is built, the docs index: within 6 KiB
     (measurements and their history live in docs/)."""
     assert len((ROOT / "README.md").read_bytes()) <= 6 * 1024
+
+
+def test_a_benchmark_run_replaces_the_rows_it_measured_and_keeps_the_others_with_their_machine():
+    def run(cpu, date, *rows):
+        return {"machine": {"cpu": cpu, "threads": 2, "torch": "2.9"}, "date": date,
+                "rows": [{"row": r, "what": f"row {r}", "value": float(r), "unit": "s", "note": ""} for r in rows]}
+
+    record = results.merge_benchmark({}, run("AMD", "2026-12-01", "1", "2"))
+    record = results.merge_benchmark(record, run("Intel", "2026-12-02", "2", "3"))
+    assert [(r["machine"]["cpu"], [row["row"] for row in r["rows"]]) for r in record["runs"]] == [
+        ("AMD", ["1"]), ("Intel", ["2", "3"])]
+    record = results.merge_benchmark(record, run("Xeon", "2026-12-03", "1"))  # the AMD run is left without rows
+    assert [r["machine"]["cpu"] for r in record["runs"]] == ["Intel", "Xeon"]
+    tables = results.benchmark_tables(record)
+    assert tables.index("Row 1, measured on 2-thread Xeon, torch 2.9, 2026-12-03:") < tables.index(
+        "Rows 2, 3, measured on 2-thread Intel")
+    assert "| 3 | row 3 | 3 | s |  |" in tables

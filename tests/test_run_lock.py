@@ -12,7 +12,7 @@ from transferlab.pipeline.run_lock import RunInProgress
 
 def test_a_second_run_is_refused_naming_the_first(tmp_path):
     first = run_lock.acquire(tmp_path, "snakemake --cores 2")
-    with pytest.raises(RunInProgress, match=r"^.*logs/transferlab.core.lock: snakemake --cores 2 \(pid \d+, since "
+    with pytest.raises(RunInProgress, match=r"^.*logs/transferlab.lock: snakemake --cores 2 \(pid \d+, since "
                                             r"\d\d:\d\d:\d\d\) is running over this project; wait for it to finish"):
         run_lock.acquire(tmp_path, "dvc (train_head)")
     with pytest.raises(RunInProgress, match="snakemake --cores 2"):
@@ -61,6 +61,6 @@ def test_a_stage_under_dvc_refuses_while_snakemake_runs(tmp_path, monkeypatch):
                             capture_output=True, env={**os.environ, "DVC_STAGE": "split"})
     held.close()
     assert result.returncode == 2
-    assert ("transferlab split: error: logs/transferlab.core.lock: snakemake --cores 2 (pid " in result.stderr
+    assert ("transferlab split: error: logs/transferlab.lock: snakemake --cores 2 (pid " in result.stderr
             and "is running over this project" in result.stderr and "Traceback" not in result.stderr), result.stderr
     assert not (tmp_path / "data").exists()

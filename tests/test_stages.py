@@ -147,12 +147,16 @@ def test_a_stage_depends_on_its_code_through_one_record_rewritten_only_when_the_
     assert sorted(render.write_code_records(tmp_path)) == sorted([*TABLE, "shard_rows"][1:])  # not inputs
     record = tmp_path / layout.CODE_RECORD.format(name="report")
     assert set(json.loads(record.read_text())) == set(render.code_files()["report"])
+    newest = max((tmp_path / file).stat().st_mtime for file in render.code_files()["report"])
+    assert record.stat().st_mtime == newest  # a first record: as old as its newest file, outputs after it current
     edited = tmp_path / "src/transferlab/evaluate/curve.py"
     os.utime(edited, (1, 1))  # a checkout that touches a file's time, not its content
     assert render.write_code_records(tmp_path) == []
     edited.write_text(edited.read_text() + "\n# an edit\n")
+    os.utime(edited, (1, 1))  # its content changed, its time set back: the record is rewritten, and newer
     assert render.write_code_records(tmp_path) == ["sweep_aggregate"] == [
         stage for stage in TABLE if "evaluate.curve" in modules(stage)]
+    assert (tmp_path / layout.CODE_RECORD.format(name="sweep_aggregate")).stat().st_mtime > newest
     inputs = render.snakemake_inputs("report", {**defaults(), "sweep": {**defaults()["sweep"], "enabled": False}})
     assert inputs["code"] == layout.CODE_RECORD.format(name="report")
     assert not [path for value in inputs.values() for path in ([value] if isinstance(value, str) else value)

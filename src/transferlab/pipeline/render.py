@@ -10,6 +10,7 @@ exactly the stages whose code loads it, and a checkout that only touches times r
 """
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -46,13 +47,20 @@ def code_files() -> dict[str, list[str]]:
 
 
 def write_code_records(root: Path | str = ".") -> list[str]:
-    """Write each code record (`layout.CODE_RECORD`) whose files' content changed; the names rewritten."""
+    """Write each code record (`layout.CODE_RECORD`) whose files' content changed; the names rewritten. A record
+    written for the first time (a fresh clone, a project DVC ran) gets the time of its newest file, as the files
+    themselves would have had as inputs: outputs made after them are not taken for stale."""
     root, digests = Path(root), {}
     changed = []
     for name, files in code_files().items():
-        record = {path: digests.setdefault(path, file_digest(root / path)) for path in files}
-        if write_json_if_changed(root / layout.CODE_RECORD.format(name=name), record):
+        path = root / layout.CODE_RECORD.format(name=name)
+        first = not path.exists()
+        record = {file: digests.setdefault(file, file_digest(root / file)) for file in files}
+        if write_json_if_changed(path, record):
             changed.append(name)
+            if first:
+                newest = max((root / file).stat().st_mtime for file in files)
+                os.utime(path, (newest, newest))
     return changed
 
 
@@ -116,7 +124,10 @@ def shell(stage: str, part: str = "") -> str:
     "gather", the job gathering them); its standard error (log lines, progress bars) to the rule's log, its
     standard output (a status line per long step, `progress.py`) to the console."""
     extra = "".join(f" --{w} {{wildcards.{w}}}" for w in stage_wildcards(stage))
-    extra += {"": "", "shard": " --shard {wildcards.shard}", "gather": " --gather"}[part]
+    if part == "shard":  # the rules a loop defines: Snakemake evaluates `shell:` when the job runs, where the
+        # loop's variable holds its last value, so the script comes from the rule's own params
+        return "{PY} {params.script} --shard {wildcards.shard} --threads {threads} 2> {log}"
+    extra += {"": "", "gather": " --gather"}[part]
     return "{PY} " + script(stage) + extra + " --threads {threads} 2> {log}"
 
 

@@ -21,7 +21,7 @@ from typing import IO
 
 from transferlab.core.errors import UserError
 
-PATH = "logs/transferlab.core.lock"
+PATH = "logs/transferlab.lock"
 DVC_LOCK, DVC_RWLOCK = ".dvc/tmp/lock", ".dvc/tmp/rwlock"
 
 

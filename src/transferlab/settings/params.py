@@ -306,7 +306,7 @@ def reference(shipped: dict[str, Any]) -> str:
             value = values.get(key, sub.get("default"))
             differs = _cell(value) if value != sub.get("default") else ""
             meaning = sub.get("description", "").replace("|", "\\|")
-            lines.append(f"| `{name}` | {allowed} | {_cell(sub.get('default'))} | {differs} | {meaning} |")
+            lines.append(f"| `{key}` | {allowed} | {_cell(sub.get('default'))} | {differs} | {meaning} |")
 
     walk(schema(), shipped, "")
     return "\n".join(line for i, line in enumerate(lines) if line or lines[i - 1]) + "\n"
