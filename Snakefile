@@ -13,9 +13,9 @@ import sys
 from snakemake.exceptions import WorkflowError
 
 from transferlab.core.errors import ParamsError
-from transferlab.models import families
 from transferlab.pipeline import handover, render, run_lock, shards, sources
 from transferlab.pipeline import stages as S
+from transferlab.pipeline.adapters import inputs as inputs_stage
 from transferlab.settings import params as P
 
 try:
@@ -30,7 +30,7 @@ configfile: "params.yaml"
 try:
     config.update(P.validate(P.complete(config)))
     P.same_as_file(config)
-    families.check_names(config)
+    inputs_stage.check_names(config)
 except ParamsError as exc:
     raise WorkflowError(str(exc))
 

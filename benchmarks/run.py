@@ -148,9 +148,9 @@ def _parallel(forward: backends.Forward, x: torch.Tensor, streams: int, batches:
 def decode_rates(paths: list[Path]) -> dict[str, float]:
     """Decode + preprocess img/s on one core: the notebooks' PIL path and ours."""
     plain = backbones.preprocessing(MODELS["mobilenet_v2"])
-    ours = evaluation(plain, normalize=False)
+    ours, notebook = evaluation(plain, normalize=False), notebook_transform("mobilenet_v2")
     with batches.torch_threads(1):
-        return {"PIL + weights.transforms() (notebooks)": rate(lambda: [plain(Image.open(p).convert("RGB"))
+        return {"PIL + weights.transforms() (notebooks)": rate(lambda: [notebook(Image.open(p).convert("RGB"))
                                                                          for p in paths], len(paths), 2),
                 "torchvision.io / PIL draft + uint8 v2 resize (ours)": rate(
                     lambda: [ours(load_tensor(p, plain.resize)) for p in paths], len(paths), 2)}
@@ -248,6 +248,15 @@ def kernel_effect(data_dir: Path, work: Path) -> dict[str, float]:
 
 # -- 4. the notebook baseline -------------------------------------------------------------------------------------
 
+def notebook_transform(name: str) -> Callable:
+    """The lesson notebooks' preprocessing: the torchvision weights' own PIL transform (the DEFAULT weights'
+    where the benchmark runs random ones)."""
+    import torchvision
+
+    weights = MODELS[name]["weights"]
+    return torchvision.models.get_model_weights(name)[weights if weights != "none" else "DEFAULT"].transforms()
+
+
 class NotebookImages(torch.utils.data.Dataset):
     """What the lesson notebooks build: PIL open + convert + the weights' transforms, per item."""
 
@@ -268,11 +277,11 @@ def notebook_rate(name: str, data_dir: Path) -> float:
     root = Path(json.loads((stages.io("extract", data_dir.parent).input.dataset).read_text())["root"])
     frames = [pd.read_csv(getattr(stages.io("extract", data_dir.parent).input.splits, s)) for s in SPLITS]
     model, _, _ = backbones.load_feature_extractor(MODELS[name])
-    plain = backbones.preprocessing(MODELS[name])
+    notebook = notebook_transform(name)
     start, n = time.perf_counter(), 0
     with torch.no_grad():
         for frame in frames:
-            for x, _ in torch.utils.data.DataLoader(NotebookImages(root, frame, plain), batch_size=32):
+            for x, _ in torch.utils.data.DataLoader(NotebookImages(root, frame, notebook), batch_size=32):
                 model(x)
                 n += len(x)
     return n / (time.perf_counter() - start)
@@ -295,11 +304,11 @@ def head_vs_notebook(data_dir: Path, feat_dir: Path, epochs: int) -> dict[str, f
     root = Path(json.loads((stages.io("extract", data_dir.parent).input.dataset).read_text())["root"])
     frames = {s: pd.read_csv(getattr(stages.io("extract", data_dir.parent).input.splits, s)) for s in SPLITS}
     backbone, dim, _ = backbones.load_feature_extractor(MODELS["mobilenet_v2"])
-    plain = backbones.preprocessing(MODELS["mobilenet_v2"])
+    notebook = notebook_transform("mobilenet_v2")
     torch.manual_seed(0)
     linear = torch.nn.Linear(dim, n_classes)
     optimizer = torch.optim.Adam(linear.parameters(), lr=1e-3)
-    train = torch.utils.data.DataLoader(NotebookImages(root, frames["train"], plain), batch_size=32, shuffle=True)
+    train = torch.utils.data.DataLoader(NotebookImages(root, frames["train"], notebook), batch_size=32, shuffle=True)
     start = time.perf_counter()
     for _ in range(epochs):
         for x, y in train:
@@ -312,7 +321,7 @@ def head_vs_notebook(data_dir: Path, feat_dir: Path, epochs: int) -> dict[str, f
     train_s = time.perf_counter() - start
     correct = 0
     with torch.no_grad():
-        for x, y in torch.utils.data.DataLoader(NotebookImages(root, frames["test"], plain), batch_size=32):
+        for x, y in torch.utils.data.DataLoader(NotebookImages(root, frames["test"], notebook), batch_size=32):
             correct += int((linear(backbone(x)).argmax(1) == y).sum())
     return {"fit_s": fit_s, "ours_acc": ours_acc, "train_s": train_s, "notebook_acc": correct / len(frames["test"])}
 
@@ -342,8 +351,12 @@ def git_copy(work: Path, name: str, rev: str | None = None, **changes: dict) -> 
     """A git repository of the project as cloned (this working tree, or the commit `rev`; shipped params with
     `changes` per section, ../shared made absolute), with one commit, ready for both workflow engines."""
     copy = work / name
-    ignore = shutil.ignore_patterns(".git", ".venv", "data", "results", "logs", ".snakemake", ".dvc/cache",
-                                    ".dvc/tmp", "benchmarks", "__pycache__", "*.egg-info")
+    skipped = {".git", ".venv", "data", "results", "logs", ".snakemake", "benchmarks", "records"}
+
+    def ignore(folder: str, names: list[str]) -> list[str]:  # the project's outputs, not src/transferlab/data
+        top = Path(folder) == ROOT
+        return [n for n in names if (top and n in skipped) or n in ("__pycache__", "cache", "tmp")
+                or n.endswith(".egg-info")]
     shutil.rmtree(copy, ignore_errors=True)
     copy.with_suffix(".log").unlink(missing_ok=True)
     if rev:
@@ -558,8 +571,8 @@ def memory_run(work: Path, n: int) -> tuple[float, float]:
         if not path.exists():
             base = rng.integers(0, 255, (h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8)
             Image.fromarray(base).resize((w, h), Image.BILINEAR).save(path, quality=85)
-    (project / "params.yaml").write_text(json.dumps({"data": {"dataset": "folder", "source": "images"},
-                                                     "model": MODELS["mobilenet_v2"]}))
+    settings = {"data": {"dataset": "folder", "source": "images"}, "model": MODELS["mobilenet_v2"]}
+    (project / "params.yaml").write_text(yaml.safe_dump(validate(settings, project), sort_keys=False))
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     for stage in ("download", "split"):
         subprocess.run([sys.executable, str(ROOT / "workflow" / "scripts" / f"{stage}.py")], cwd=project, env=env,

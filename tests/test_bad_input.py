@@ -701,6 +701,20 @@ def test_without_the_finetune_the_visualized_classes_are_imagenet_ones(tmp_path)
     assert not (tmp_path / "data").exists()
 
 
+@pytest.mark.engine
+def test_snakemake_checks_the_imagenet_classes_visualize_names_when_it_reads_the_snakefile(tmp_path):
+    from conftest import copy_project, run, set_param
+
+    project = copy_project(tmp_path)
+    set_param(project, "finetune", "enabled", False)
+    set_param(project, "visualize", "target_class", "Bengal")
+    result = run(["snakemake", "-n"], project, check=False)
+    assert result.returncode != 0 and "visualize.target_class: 'Bengal' is not a class of the ImageNet classifier" \
+        in result.stdout + result.stderr
+    set_param(project, "visualize", "target_class", "tabby")
+    assert run(["snakemake", "-n"], project).returncode == 0
+
+
 def test_every_param_naming_a_class_is_checked_in_one_message():
     p = params.defaults()
     p["visualize"].update({"enabled": True, "target_class": "Bengal", "adversarial_from": "beagle",

@@ -1,4 +1,4 @@
-"""The download stage: turn a dataset into a validated image index and a list of files left out."""
+"""A dataset materialised and indexed: every image decoded once, a validated index and the files left out, why."""
 from __future__ import annotations
 
 from concurrent.futures import ProcessPoolExecutor

@@ -1,4 +1,4 @@
-"""The split stage: deterministic, stratified train/val/test lists, and training-set subsampling."""
+"""Deterministic, stratified train/val/test lists, training-set subsampling, and the params naming classes checked."""
 from __future__ import annotations
 
 from pathlib import Path

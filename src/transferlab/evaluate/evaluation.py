@@ -1,7 +1,6 @@
-"""The evaluate stage: the same metrics, tables and predictions for every method (probe, fine-tune)."""
+"""The same metrics, tables and predictions for every method (probe, fine-tune), and the paired comparison."""
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,8 +10,6 @@ from sklearn import metrics as skm
 
 from transferlab.core.errors import UserError
 from transferlab.evaluate import stats
-
-log = logging.getLogger("transferlab")
 
 
 def scores(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:

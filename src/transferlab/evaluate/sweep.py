@@ -1,14 +1,12 @@
-"""The learning-curve sweep: frozen features + head vs fine-tuning across training-set sizes and backbones.
+"""One point of the learning curve: frozen features + head vs fine-tuning at one training-set size and backbone.
 
-Features are extracted once per backbone over every image of the split (results/sweep/<backbone>/features);
-each point (backbone, fraction, seed) takes a seeded per-class subsample of the training list, selects its rows
-from that cache, fits the head, and fine-tunes from it; the point that is the main pipeline's own run reads its
-results instead of repeating them. Val and test sets are the same for every point, so the
-curve compares like with like. Points are independent: the engines run them in parallel and re-run only new ones.
+A point (backbone, fraction, seed) takes a seeded per-class subsample of the training list, selects its rows
+from the backbone's cached features, fits the head, and fine-tunes from it (from the (backbone, seed)
+frozen-prefix cache where there is one). Val and test sets are the same for every point, so the curve compares
+like with like; curve.py gathers the points.
 """
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,8 +21,6 @@ from transferlab.data.split import subsample
 from transferlab.evaluate.evaluation import scored, versus
 from transferlab.settings import grid
 from transferlab.settings.params import sweep_point
-
-log = logging.getLogger("transferlab")
 
 
 def _rows(cached: dict[str, np.ndarray], ids: set[str]) -> dict[str, np.ndarray]:

@@ -1,5 +1,5 @@
-"""The finetune stage: the probe's backbone + its trained head as one network, the last blocks unfrozen,
-trained with a tiny backbone learning rate (linear probe, then fine-tune: LP-FT)."""
+"""The fine-tune: the probe's backbone + its trained head as one network, the last blocks unfrozen, trained with a
+tiny backbone learning rate (linear probe, then fine-tune: LP-FT), every candidate of the search from one start."""
 from __future__ import annotations
 
 import logging

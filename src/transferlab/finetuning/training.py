@@ -3,7 +3,6 @@ that never keeps an epoch below the start."""
 from __future__ import annotations
 
 import itertools
-import logging
 import math
 import time
 from collections.abc import Callable
@@ -23,9 +22,6 @@ from transferlab.inference.batches import ImageList, loader
 
 if TYPE_CHECKING:
     pass
-
-log = logging.getLogger("transferlab")
-
 
 def lr_factor(step: int, steps_per_epoch: int, ft: dict[str, Any]) -> float:
     """Learning-rate multiplier at an optimiser step: linear warm-up, then cosine, step or constant."""

@@ -24,14 +24,17 @@ log = logging.getLogger("transferlab")
 
 
 def commit(root: Path | str = ".") -> list[str]:
-    """Commit every DVC stage whose outputs all exist (a run of some targets leaves the others out); the stages."""
+    """Commit every DVC stage whose outputs all exist (a run of some targets leaves the others out); the stages.
+    The files stay as Snakemake wrote them (no relink): relinked, each would be written again (a copy, under
+    DVC's default cache type), and Snakemake takes an input file written after a job ran for a changed one
+    where it keeps no checksum (files over 1 MB), so it would run that job again."""
     from dvc.repo import Repo
 
     committed = []
     with Repo(str(root)) as repo:
         for stage in repo.index.stages:
             if stage.outs and all(out.exists for out in stage.outs):
-                repo.commit(stage.addressing, force=True)
+                repo.commit(stage.addressing, force=True, relink=False)
                 committed.append(stage.addressing)
     return committed
 

@@ -12,6 +12,7 @@ measured, each run with its machine and date). `tests/test_results.py` checks th
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -122,14 +123,15 @@ def _bold_best(values: list[float], higher: bool) -> list[str]:
     return [f"**{v:.3f}**" if v == best and len(set(values)) > 1 else f"{v:.3f}" for v in values]
 
 
-def section(rec: dict[str, Any]) -> str:
-    """README's results section (between the markers) from a record."""
+def section(rec: dict[str, Any], brief: bool = False) -> str:
+    """README's results section (between the markers) from a record; `brief`: the run said in one short line, the
+    fine-tune's choice left to the verdict."""
     rows = [rec["probe"]] + ([rec["finetuned"]] if rec["finetuned"] else [])
     ft, head, bb = rec["finetune"], rec["head"], rec["backbone"]
     level = f"{rec['confidence']:.0%}".replace("%", " %")
     names = ["frozen features + linear head"]
     if rec["finetuned"]:
-        names.append(f"fine-tuned ({_chosen(ft)}, {ft['epochs_run']} epochs)")
+        names.append("fine-tuned" if brief else f"fine-tuned ({_chosen(ft)}, {ft['epochs_run']} epochs)")
     columns = {
         "top-5": ("top5_accuracy", True), "balanced acc.": ("balanced_accuracy", True), "macro F1": ("macro_f1", True),
         "log-loss": ("log_loss", False), "train acc.": ("train_accuracy", True), "val acc.": ("val_accuracy", True)}
@@ -141,7 +143,10 @@ def section(rec: dict[str, Any]) -> str:
     if rec["finetuned"]:
         times.append(f"+ {ft['frozen_cache_seconds'] or 0:.0f} s frozen blocks (once) + {ft['seconds']:.0f} s fine-tune"
                      + (f" ({ft['candidates']} candidates)" if ft.get("candidates", 1) > 1 else ""))
-    lines = [
+    intro = (f"On the {rec['dataset']['images']:,} images of `{rec['dataset']['source']}` ({rec['classes']} classes, "
+             f"split {rec['split']['train']:,} / {rec['split']['val']:,} / {rec['split']['test']:,}), {bb['backbone']} "
+             f"features, one `{rec['command']}` on a {rec['machine']['cores']}-core {rec['machine']['cpu']}:")
+    lines = [intro if brief else
         f"On {_NAMES.get(rec['dataset']['dataset'], 'the images')} of `{rec['dataset']['source']}` "
         f"({rec['dataset']['images']:,} {_ITEMS.get(rec['dataset']['dataset'], 'images')}, {rec['classes']} classes, random "
         f"stratified split {rec['split']['train']:,} / {rec['split']['val']:,} / {rec['split']['test']:,}, seed "
@@ -235,13 +240,14 @@ def _on(run: dict[str, Any]) -> str:
 
 
 def benchmark_tables(bench: dict[str, Any]) -> str:
-    """docs/performance.md's tables: each recorded run's rows as the benchmark printed them, with its machine."""
+    """docs/performance.md's tables, one per recorded run with its machine: each figure as the benchmark measured
+    it (four significant digits)."""
     lines = []
     for run in sorted(bench["runs"], key=lambda r: min(int(row["row"]) for row in r["rows"])):
         numbers = list(dict.fromkeys(r["row"] for r in run["rows"]))
         lines += ["", f"Row{'s' if len(numbers) > 1 else ''} {', '.join(numbers)}, measured on {_on(run)}:", "",
-                  "| row | what | value | unit | note |", "|---|---|---:|---|---|"]
-        lines += [f"| {r['row']} | {r['what']} | {r['value']:g} | {r['unit']} | {r['note']} |" for r in run["rows"]]
+                  "| row | what | value | note |", "|---|---|---:|---|"]
+        lines += [f"| {r['row']} | {r['what']} | {r['value']:.4g} {r['unit']} | {r['note']} |" for r in run["rows"]]
     return "\n".join(lines[1:])
 
 
@@ -259,7 +265,8 @@ def search_cost(bench: dict[str, Any]) -> str:
 
 # (document, opening marker, record, writer): each generated section
 SECTIONS = [(README, BEGIN, RECORD, section), (Path("docs/learning-curve.md"), BEGIN, RECORD, curve_section),
-            (Path("docs/tuning.md"), FAR_BEGIN, FAR_RECORD, section), (README, SEARCH_BEGIN, BENCHMARK, search_cost),
+            (Path("docs/tuning.md"), FAR_BEGIN, FAR_RECORD, functools.partial(section, brief=True)),
+            (README, SEARCH_BEGIN, BENCHMARK, search_cost),
             (Path("docs/performance.md"), BENCHMARK_BEGIN, BENCHMARK, benchmark_tables)]
 
 

@@ -1,7 +1,7 @@
-"""The extract stage: frozen backbone features for every split, computed once and cached on disk."""
+"""Frozen backbone features of every split, computed once into .npz files (the extract stage's work), and
+gathered from shards."""
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import time
@@ -27,7 +27,6 @@ from transferlab.inference.batches import ImageList, compute, device, torch_thre
 from transferlab.inference.transforms import augmentation, evaluation
 from transferlab.models import backbones
 
-log = logging.getLogger("transferlab")
 
 def extract(model_params: dict[str, Any], feat: dict[str, Any], dataset: dict[str, Any],
             frames: dict[str, pd.DataFrame], rows: dict[str, range], out: SimpleNamespace) -> dict[str, Any]:

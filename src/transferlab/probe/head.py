@@ -1,7 +1,6 @@
-"""The train_head stage: a scikit-learn linear probe on cached features, saved as plain arrays."""
+"""The linear probe: a scikit-learn head on cached features, C chosen on validation, saved as plain arrays."""
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,8 +12,6 @@ from transferlab.probe import selection
 
 if TYPE_CHECKING:  # scikit-learn loads where a head is fitted or rebuilt, not where its weights are only read
     from sklearn.pipeline import Pipeline
-
-log = logging.getLogger("transferlab")
 
 SIMPLER = [("C", True)]  # among equal validation losses, the smaller C: the stronger regularisation
 

@@ -1,4 +1,4 @@
-"""The report stage: one self-contained HTML page comparing feature extraction with fine-tuning."""
+"""One self-contained HTML page comparing feature extraction with fine-tuning, from the run's records."""
 from __future__ import annotations
 
 import datetime as dt

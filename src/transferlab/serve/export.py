@@ -1,8 +1,7 @@
-"""The export stage: the chosen classifier as one ONNX graph (uint8 images in, class probabilities out), checked
-against torch on the test split, with labels.json, preprocessing.json, summary.json and a model card."""
+"""The chosen classifier as one ONNX graph (uint8 images in, class probabilities out), checked against torch on
+the test split, and its model card."""
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +16,6 @@ from transferlab.inference import backends
 from transferlab.inference.batches import ImageList, outputs
 from transferlab.inference.transforms import evaluation
 from transferlab.models import backbones
-
-log = logging.getLogger("transferlab")
 
 # Largest difference allowed between the graph's and torch's probability of any class on any test image.
 TOLERANCE = 1e-4
