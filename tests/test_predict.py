@@ -89,10 +89,10 @@ def test_export_writes_a_checked_graph_and_a_card_from_the_run(project):
 def test_export_check_refuses_a_graph_that_disagrees(project):
     files = predict.project_files(project)
     params = predict.model_params(files)
-    module = export.probabilities_module(predict.network(files, "probe", params), params)
+    plain = preprocessing(params)
+    module = export.probabilities_module(predict.network(files, "probe", params), plain)
     frame = pd.read_csv(project / "data/splits/test.csv")
     from transferlab.inference.batches import ImageList
-    plain = preprocessing(params)
     images = ImageList(project.parent / "images", frame, params["classes"], transforms.evaluation(plain, normalize=False),
                        plain.resize)
     reference = lambda x: module(x).detach().numpy()  # noqa: E731

@@ -11,7 +11,7 @@ from transferlab.core.errors import ParamsError, UserError
 from transferlab.evaluate import curve as learning
 from transferlab.evaluate import sweep
 from transferlab.finetuning import frozen
-from transferlab.pipeline import layout
+from transferlab.pipeline import layout, stages
 from transferlab.pipeline.adapters.sweep_aggregate import metric_files
 from transferlab.probe import features, head
 from transferlab.settings.params import sweep_point, validate
@@ -81,6 +81,8 @@ def test_points_reuse_the_cached_features_and_subsample_per_class(tmp_path, monk
     assert results[1.0, 0]["vs_probe"] == computed["vs_probe"]
     assert {k: v for k, v in results[1.0, 0].items() if k not in ("probe", "finetune", "made_from")} == {
         k: v for k, v in computed.items() if k not in ("probe", "finetune")}  # made_from: added by the stage
+    assert results[1.0, 0]["made_from"] == results[0.25, 0]["made_from"] == stages.made_from(
+        params, "sweep_point", read_json(main.dataset))
     full = pd.read_csv(data_dir / "splits" / "train.csv")  # 8 per class
     assert results[1.0, 0]["train_images"] == len(full) == 24
     assert results[0.25, 0]["train_images"] == 6 and results[0.25, 0]["images_per_class"] == 2

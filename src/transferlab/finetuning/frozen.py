@@ -235,12 +235,11 @@ def copy(source: Path, folder: Path) -> None:
     write_json(folder / "meta.json", meta)
 
 
-def gather(folders: list[Path], folder: Path, model_params: dict[str, Any], ft: dict[str, Any],
-           frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
-    """The cache in `folder` from its shards' `folders`: the same arrays, byte for byte, as one job's. What is of
-    the whole splits (the key, the size) is the current splits', also where a shard was computed before they
-    changed."""
-    metas = [read_json(shard / "meta.json") for shard in folders]
+def gather(folders: list[Path], metas: list[dict[str, Any]], folder: Path, model_params: dict[str, Any],
+           ft: dict[str, Any], frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
+    """The cache in `folder` from its shards' `folders` (each with its meta record): the same arrays, byte for
+    byte, as one job's. What is of the whole splits (the key, the size) is the current splits', also where a
+    shard was computed before they changed."""
     clear(folder)
     record = next((m for m in metas if not m["cached"]), metas[0])  # one shard without a cache: the stage has none
     record = {k: v for k, v in record.items() if k not in ("shard", "parts", "seconds")}

@@ -123,12 +123,12 @@ def shell(stage: str, part: str = "") -> str:
     """The rule's shell command: the stage script with its wildcards (`part`: "shard", one shard's job, or
     "gather", the job gathering them); its standard error (log lines, progress bars) to the rule's log, its
     standard output (a status line per long step, `progress.py`) to the console."""
+    # A shard rule is defined in a loop, and Snakemake evaluates `shell:` when the job runs, where the loop's
+    # variable holds its last value: its script comes from the rule's own params
+    path = "{params.script}" if part == "shard" else script(stage)
     extra = "".join(f" --{w} {{wildcards.{w}}}" for w in stage_wildcards(stage))
-    if part == "shard":  # the rules a loop defines: Snakemake evaluates `shell:` when the job runs, where the
-        # loop's variable holds its last value, so the script comes from the rule's own params
-        return "{PY} {params.script} --shard {wildcards.shard} --threads {threads} 2> {log}"
-    extra += {"": "", "gather": " --gather"}[part]
-    return "{PY} " + script(stage) + extra + " --threads {threads} 2> {log}"
+    extra += {"": "", "shard": " --shard {wildcards.shard}", "gather": " --gather"}[part]
+    return "{PY} " + path + extra + " --threads {threads} 2> {log}"
 
 
 def _dvc(template: str) -> str:

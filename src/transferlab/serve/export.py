@@ -16,14 +16,14 @@ from transferlab.inference import backends
 from transferlab.inference.batches import ImageList, outputs
 from transferlab.inference.transforms import evaluation
 from transferlab.models import backbones
+from transferlab.models.preprocessing import Preprocessing
 
 # Largest difference allowed between the graph's and torch's probability of any class on any test image.
 TOLERANCE = 1e-4
 
 
-def probabilities_module(net: nn.Module, params: dict[str, Any]) -> nn.Module:
+def probabilities_module(net: nn.Module, plain: Preprocessing) -> nn.Module:
     """uint8 images (N, 3, H, W) → class probabilities: normalisation, the network, softmax in one module."""
-    plain = backbones.preprocessing(params)
     return nn.Sequential(backbones.Normalized(net, plain.mean, plain.std, scale=255), nn.Softmax(dim=1)).eval()
 
 
@@ -44,13 +44,12 @@ def check(module: nn.Module, graph: backends.Forward, images: ImageList, classes
             "predicted": theirs.argmax(1)}
 
 
-def export(net: nn.Module, model_params: dict[str, Any], root: Path, test: pd.DataFrame, path: Path,
+def export(net: nn.Module, plain: Preprocessing, labels: list[str], root: Path, test: pd.DataFrame, path: Path,
            batch_size: int = 32) -> dict[str, Any]:
-    """The classifier `net` as one ONNX graph at `path` (written only once it agrees with torch on the test
-    images, `check`); returns the check's figures, its provider and test accuracy, and the graph's size."""
-    plain = backbones.preprocessing(model_params)
-    labels = model_params["classes"]
-    module = probabilities_module(net, model_params)
+    """The classifier `net` (its preprocessing `plain`, its class names `labels`) as one ONNX graph at `path`,
+    written only once it agrees with torch on the test images (`check`); returns the check's figures, its
+    provider and test accuracy, and the graph's size."""
+    module = probabilities_module(net, plain)
     images = ImageList(root, test, labels, evaluation(plain, normalize=False), plain.resize)
     with atomic_path(path) as tmp:
         backends.export_onnx(module, plain.crop, tmp, output_name="probabilities")

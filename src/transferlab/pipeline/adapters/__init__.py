@@ -1,3 +1,3 @@
-"""Each stage's adapter: read the stage's declared inputs, call the domain code with values, write the declared
-outputs. A stage's `run(params, io)` is named in the stage table (stages.TABLE); the domain modules know nothing
-of stages, files by name, or the engines."""
+"""Each stage's adapter, one module named for the stage (`stages.runner` loads it): its `run(params, io)` reads the
+stage's declared inputs, calls the domain code with values and writes the declared outputs; the domain modules
+know nothing of stages, files by name, or the engines."""

@@ -24,10 +24,9 @@ def run(params: dict[str, Any], io: StageIO, batch_size: int = 32) -> dict[str, 
     method, why = predict.resolve(files, params["export"]["method"])
     model_params = predict.model_params(files)
     dataset = read_json(inputs.dataset)
-    checked = export.export(predict.network(files, method, model_params), model_params, data_root(dataset, io.root),
+    plain, labels = backbones.preprocessing(model_params), model_params["classes"]
+    checked = export.export(predict.network(files, method, model_params), plain, labels, data_root(dataset, io.root),
                             read_table(inputs.splits.test), out.model, batch_size)
-    plain = backbones.preprocessing(model_params)
-    labels = model_params["classes"]
     onnx_bytes = checked.pop("onnx_bytes")
     summary = {"method": method, "why": why, "labels": len(labels), "backbone": model_params["backbone"],
                "weights": model_params["weights"], "image_size": plain.crop, "check": checked,

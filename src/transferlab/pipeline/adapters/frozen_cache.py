@@ -16,9 +16,9 @@ def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
     if io.gathering:
         folders = [layout.shard_files("frozen_cache", s, io.root).meta.parent
                    for s in range(params["features"]["shards"])]
-        shards.check("frozen_cache", [read_json(folder / "meta.json")["shard"] for folder in folders], frames,
-                     dataset["classes"], params["features"])
-        return frozen.gather(folders, io.output.meta.parent, params["model"], params["finetune"], frames)
+        metas = [read_json(folder / "meta.json") for folder in folders]
+        shards.check("frozen_cache", [m["shard"] for m in metas], frames, dataset["classes"], params["features"])
+        return frozen.gather(folders, metas, io.output.meta.parent, params["model"], params["finetune"], frames)
     shard = io.shard is not None
     folder = (layout.shard_files("frozen_cache", io.shard, io.root) if shard else io.output).meta.parent
     record = frozen.build(params, params["finetune"], dataset, frames, folder,
