@@ -28,23 +28,24 @@ configfile: "params.yaml"
 
 
 try:
-    config.update(P.validate(P.complete(config)))
+    PARAMS = P.validate(P.complete(config))  # the typed sections every rule below is planned from
+    config.update(PARAMS.as_mapping())
     P.same_as_file(config)
-    inputs_stage.check_names(config)
+    inputs_stage.check_names(PARAMS)
 except ParamsError as exc:
     raise WorkflowError(str(exc))
 
 # The params this run is planned with: its jobs compute with these, the values Snakemake records, whatever happens
 # to params.yaml while it runs (src/transferlab/pipeline/runner.py); a cluster job's own Snakemake keeps what it was handed.
 if workflow.is_main_process:  # and the manifests of the inputs and of each stage's code, rewritten where content changed
-    sources.refresh(config, S.layout.files("inputs"))
+    sources.refresh(PARAMS, S.layout.files("inputs"))
     render.write_code_records()
     os.environ[P.PLANNED] = json.dumps(config)
 else:
     os.environ.setdefault(P.PLANNED, json.dumps(config))
 
 PY = sys.executable
-SHARDS = S.shard_count(config, "extract")  # features.shards: extraction and the frozen blocks over this many jobs
+SHARDS = S.shard_count(PARAMS, "extract")  # features.shards: extraction and the frozen blocks over this many jobs
 MAIN = 10  # the main results come before the learning-curve sweep's points (Snakemake runs higher priority first)
 FIGURES = dict(category="Figures")
 KNOWS = dict(category="What the network knows")
@@ -61,7 +62,7 @@ localrules:
 
 def inputs(stage):
     """The stage's code record (Snakemake re-runs on a script, not on its imports) and its inputs."""
-    return render.snakemake_inputs(stage, config)
+    return render.snakemake_inputs(stage, PARAMS)
 
 
 def outputs(stage, **shown):
@@ -72,7 +73,7 @@ def outputs(stage, **shown):
 
 def targets(*names):
     """The files of the named stages that are enabled."""
-    return [path for name in names if S.enabled(config, name) for path in S.layout.FILES[name].values()]
+    return [path for name in names if S.enabled(PARAMS, name) for path in S.layout.FILES[name].values()]
 
 
 HELD = {}  # the project's run lock, held from onstart to the end of this process
@@ -87,7 +88,7 @@ onstart:  # one run at a time over the project, DVC's included (src/transferlab/
 
 onsuccess:
     if not workflow.dryrun:  # the records of stages switched off, then DVC told of the outputs (dvc commit)
-        S.mark_disabled(config)
+        S.mark_disabled(PARAMS)
         handover.commit_for_dvc()
 
 
@@ -115,7 +116,7 @@ rule download:
     output:
         **outputs("download"),
     params:
-        stage=S.params_for(config, "download"),
+        stage=S.params_for(PARAMS, "download"),
     threads: 8
     log:
         "logs/download.log",
@@ -131,7 +132,7 @@ rule split:
     output:
         **outputs("split"),
     params:
-        stage=S.params_for(config, "split"),
+        stage=S.params_for(PARAMS, "split"),
     threads: 1
     log:
         "logs/split.log",
@@ -145,11 +146,11 @@ rule extract:
     """Every image's features; with features.shards > 1, gathered from the shards' jobs (extract_shard)."""
     input:
         **inputs("extract"),
-        shards=render.snakemake_shards("extract", config),
+        shards=render.snakemake_shards("extract", PARAMS),
     output:
         **outputs("extract"),
     params:
-        stage=S.params_for(config, "extract"),
+        stage=S.params_for(PARAMS, "extract"),
     threads: 8 if SHARDS == 1 else 1
     priority: MAIN
     log:
@@ -175,13 +176,13 @@ if SHARDS > 1:
             dataset=S.layout.FILES["download"]["dataset"],
             code=S.layout.CODE_RECORD.format(name="shard_rows"),
         output:
-            shards.records(config),
+            shards.records(PARAMS),
         params:
-            features=P.select(config, ["features.shards", "features.batch_size"]),
+            features=P.select(PARAMS, ["features.shards", "features.batch_size"]),
         log:
             "logs/shard_rows.log",
         run:
-            shards.write(config, log=log[0])
+            shards.write(PARAMS, log=log[0])
 
     for sharded in [name for name, stage in S.TABLE.items() if stage.shards]:  # extract, frozen_cache
 
@@ -191,11 +192,11 @@ if SHARDS > 1:
             name:
                 f"{sharded}_shard"
             input:
-                **render.snakemake_shard_inputs(sharded, config, ancient),
+                **render.snakemake_shard_inputs(sharded, PARAMS, ancient),
             output:
                 directory(S.layout.SHARD_FOLDERS[sharded]),
             params:
-                stage=S.params_for(config, sharded),
+                stage=S.params_for(PARAMS, sharded),
                 script=S.script(sharded),
             threads: 8
             priority: MAIN
@@ -213,7 +214,7 @@ rule train_head:
     output:
         **outputs("train_head"),
     params:
-        stage=S.params_for(config, "train_head"),
+        stage=S.params_for(PARAMS, "train_head"),
     threads: 2
     priority: MAIN
     log:
@@ -230,7 +231,7 @@ rule evaluate_probe:
     output:
         **outputs("evaluate_probe"),
     params:
-        stage=S.params_for(config, "evaluate_probe"),
+        stage=S.params_for(PARAMS, "evaluate_probe"),
     threads: 2
     priority: MAIN
     log:
@@ -246,11 +247,11 @@ rule frozen_cache:
     gathered from the shards' jobs (frozen_cache_shard)."""
     input:
         **inputs("frozen_cache"),
-        shards=render.snakemake_shards("frozen_cache", config),
+        shards=render.snakemake_shards("frozen_cache", PARAMS),
     output:
         **outputs("frozen_cache"),
     params:
-        stage=S.params_for(config, "frozen_cache"),
+        stage=S.params_for(PARAMS, "frozen_cache"),
     threads: 8 if SHARDS == 1 else 1
     priority: MAIN
     log:
@@ -267,7 +268,7 @@ rule finetune:
     output:
         **outputs("finetune"),
     params:
-        stage=S.params_for(config, "finetune"),
+        stage=S.params_for(PARAMS, "finetune"),
     threads: 8
     priority: MAIN
     log:
@@ -284,7 +285,7 @@ rule evaluate_finetune:
     output:
         **outputs("evaluate_finetune"),
     params:
-        stage=S.params_for(config, "evaluate_finetune"),
+        stage=S.params_for(PARAMS, "evaluate_finetune"),
     threads: 8
     priority: MAIN
     log:
@@ -309,7 +310,7 @@ rule report:
             search=FIGURES,
         ),
     params:
-        stage=S.params_for(config, "report"),
+        stage=S.params_for(PARAMS, "report"),
     threads: 1
     log:
         "logs/report.log",
@@ -329,7 +330,7 @@ rule export:
             card=dict(caption="workflow/report/model_caption.rst", category="Model"),
         ),
     params:
-        stage=S.params_for(config, "export"),
+        stage=S.params_for(PARAMS, "export"),
     threads: 8
     priority: MAIN
     log:
@@ -351,7 +352,7 @@ rule visualize:
             maps=KNOWS,
         ),
     params:
-        stage=S.params_for(config, "visualize"),
+        stage=S.params_for(PARAMS, "visualize"),
     threads: 8
     log:
         "logs/visualize.log",
@@ -369,7 +370,7 @@ rule sweep_extract:
     output:
         **outputs("sweep_extract"),
     params:
-        stage=S.params_for(config, "sweep_extract"),
+        stage=S.params_for(PARAMS, "sweep_extract"),
     threads: 8
     log:
         "logs/sweep/{backbone}/extract.log",
@@ -386,7 +387,7 @@ rule sweep_frozen:
     output:
         **outputs("sweep_frozen"),
     params:
-        stage=S.params_for(config, "sweep_frozen"),
+        stage=S.params_for(PARAMS, "sweep_frozen"),
     threads: 8
     log:
         "logs/sweep/{backbone}/frozen/{seed}.log",
@@ -403,7 +404,7 @@ rule sweep_point:
     output:
         **outputs("sweep_point"),
     params:
-        stage=S.params_for(config, "sweep_point"),
+        stage=S.params_for(PARAMS, "sweep_point"),
     threads: 2
     log:
         "logs/sweep/{backbone}/{fraction}/{seed}.log",
@@ -422,7 +423,7 @@ rule sweep_aggregate:
             plot=dict(category="Learning curve"),
         ),
     params:
-        stage=S.params_for(config, "sweep_aggregate"),
+        stage=S.params_for(PARAMS, "sweep_aggregate"),
     threads: 1
     log:
         "logs/sweep_aggregate.log",

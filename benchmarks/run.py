@@ -50,6 +50,7 @@ from transferlab.pipeline import layout, results, stages  # noqa: E402
 from transferlab.pipeline.runner import set_threads  # noqa: E402
 from transferlab.probe import head  # noqa: E402
 from transferlab.settings.params import validate  # noqa: E402
+from transferlab.settings.sections import Head, Model  # noqa: E402
 
 warnings.filterwarnings("ignore")
 THREADS = os.cpu_count() or 1
@@ -109,7 +110,7 @@ def matmul_ceiling(n: int = 2048) -> dict[str, float]:
 def gflop_per_image(name: str) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
-    model, _, _ = backbones.load_feature_extractor(MODELS[name])
+    model, _, _ = backbones.load_feature_extractor(backbones.resolved(Model(**MODELS[name])))
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
         model(torch.zeros(1, 3, 224, 224))
     return counter.get_total_flops() / 1e9
@@ -117,8 +118,9 @@ def gflop_per_image(name: str) -> float:
 
 def forward_rates(name: str, batch: int = 32, repeat: int = 2) -> dict[str, float]:
     """Forward-only img/s of each engine/precision on a ready uint8 batch (no decoding)."""
-    extractor, _, _ = backbones.load_feature_extractor(MODELS.get(name, VIT))
-    plain = backbones.preprocessing(MODELS.get(name, VIT))
+    backbone = backbones.resolved(Model(**MODELS.get(name, VIT)))
+    extractor, _, _ = backbones.load_feature_extractor(backbone)
+    plain = backbone.preprocessing
     model = backbones.Normalized(extractor, plain.mean, plain.std, scale=255)
     x = torch.randint(0, 256, (batch, 3, 224, 224), dtype=torch.uint8)
     out: dict[str, float] = {}
@@ -147,7 +149,7 @@ def _parallel(forward: backends.Forward, x: torch.Tensor, streams: int, batches:
 
 def decode_rates(paths: list[Path]) -> dict[str, float]:
     """Decode + preprocess img/s on one core: the notebooks' PIL path and ours."""
-    plain = backbones.preprocessing(MODELS["mobilenet_v2"])
+    plain = backbones.resolved(Model(**MODELS["mobilenet_v2"])).preprocessing
     ours, notebook = evaluation(plain, normalize=False), notebook_transform("mobilenet_v2")
     with batches.torch_threads(1):
         return {"PIL + weights.transforms() (notebooks)": rate(lambda: [notebook(Image.open(p).convert("RGB"))
@@ -162,9 +164,9 @@ def dataset(work: Path, n_per_class: int | None) -> Path:
     """data/ for the shared Pets photos (all, or n per class in the train split), as the download+split stages make it."""
     files = stages.io("split", work / f"project-{n_per_class or 'all'}")
     if not files.input.dataset.exists():
-        data = validate({"data": {"dataset": "oxford_pets", "source": str(PETS)}})["data"]
-        index.build(data, layout.files_in("download", files.input.dataset.parent), workers=THREADS)
-        stages.runner("split")({**validate({"data": data}), "visualize": {"enabled": False}}, files)
+        params = validate({"data": {"dataset": "oxford_pets", "source": str(PETS)}, "visualize": {"enabled": False}})
+        index.build(params.data, layout.files_in("download", files.input.dataset.parent), workers=THREADS)
+        stages.runner("split")(params, files)
         if n_per_class:
             for name in SPLITS:
                 frame = pd.read_csv(getattr(files.output, name))
@@ -192,7 +194,7 @@ def bf16_effect(work: Path) -> dict[str, float]:
     for precision, engine in (("float32", "auto"), ("bfloat16", "torch")):
         folder = work / f"feat-mobilenet_v2-{engine}-{precision}"
         cached[precision] = {s: read_arrays(getattr(layout.files_in("extract", folder), s)) for s in SPLITS}
-        model, _ = head.fit(cached[precision]["train"], cached[precision]["val"], params["head"])
+        model, _ = head.fit(cached[precision]["train"], cached[precision]["val"], params.head)
         test = cached[precision]["test"]
         proba = head.predict_proba(model, test["features"], len(test["classes"]))
         out[f"probe test accuracy, {precision} features"] = float((proba.argmax(1) == test["labels"]).mean())
@@ -228,12 +230,12 @@ def kernel_effect(data_dir: Path, work: Path) -> dict[str, float]:
     for kernels, split_features in cached.items():
         test = split_features["test"]
         for rule in ("log-loss (today)", "accuracy (earlier)"):
-            search = head.fit(split_features["train"], split_features["val"], params["head"])[1]
+            search = head.fit(split_features["train"], split_features["val"], params.head)[1]
             if rule.startswith("accuracy"):
                 C = float(search.sort_values(["val_accuracy", "val_log_loss"], ascending=[False, True]).iloc[0]["C"])
             else:
                 C = head.chosen_C(search)
-            model = head.make_head(C, params["head"]["max_iter"]).fit(split_features["train"]["features"],
+            model = head.make_head(C, params.head.max_iter).fit(split_features["train"]["features"],
                                                                       split_features["train"]["labels"])
             accuracy = float((head.predict_proba(model, test["features"], len(test["classes"])).argmax(1)
                               == test["labels"]).mean())
@@ -276,7 +278,7 @@ def notebook_rate(name: str, data_dir: Path) -> float:
     """img/s of the notebook way: DataLoader(batch_size=32) defaults, NCHW eager model under no_grad."""
     root = Path(json.loads((stages.io("extract", data_dir.parent).input.dataset).read_text())["root"])
     frames = [pd.read_csv(getattr(stages.io("extract", data_dir.parent).input.splits, s)) for s in SPLITS]
-    model, _, _ = backbones.load_feature_extractor(MODELS[name])
+    model, _, _ = backbones.load_feature_extractor(backbones.resolved(Model(**MODELS[name])))
     notebook = notebook_transform(name)
     start, n = time.perf_counter(), 0
     with torch.no_grad():
@@ -295,7 +297,7 @@ def head_vs_notebook(data_dir: Path, feat_dir: Path, epochs: int) -> dict[str, f
     cached = {s: read_arrays(getattr(layout.files_in("extract", feat_dir), s)) for s in SPLITS}
     params = validate({"data": {"dataset": "oxford_pets", "source": str(PETS)}})
     start = time.perf_counter()
-    model, _ = head.fit(cached["train"], cached["val"], params["head"])
+    model, _ = head.fit(cached["train"], cached["val"], params.head)
     fit_s = time.perf_counter() - start
     n_classes = len(cached["train"]["classes"])
     ours_acc = float((head.predict_proba(model, cached["test"]["features"], n_classes).argmax(1)
@@ -303,7 +305,7 @@ def head_vs_notebook(data_dir: Path, feat_dir: Path, epochs: int) -> dict[str, f
 
     root = Path(json.loads((stages.io("extract", data_dir.parent).input.dataset).read_text())["root"])
     frames = {s: pd.read_csv(getattr(stages.io("extract", data_dir.parent).input.splits, s)) for s in SPLITS}
-    backbone, dim, _ = backbones.load_feature_extractor(MODELS["mobilenet_v2"])
+    backbone, dim, _ = backbones.load_feature_extractor(backbones.resolved(Model(**MODELS["mobilenet_v2"])))
     notebook = notebook_transform("mobilenet_v2")
     torch.manual_seed(0)
     linear = torch.nn.Linear(dim, n_classes)
@@ -438,7 +440,7 @@ def vit_finetune_rates(data_dir: Path, work: Path) -> dict[str, float]:
     feat = work / "feat-vit"
     stages.runner("extract")(validate(base), stages.io("extract", data_dir.parent, feat))
     train, val = (read_arrays(feat / f"{s}.npz") for s in ("train", "val"))
-    probe, _ = head.fit(train, val, {"C_grid": [1.0], "max_iter": 300, "refit_on": "train"})
+    probe, _ = head.fit(train, val, Head(C_grid=[1.0], max_iter=300, refit_on="train"))
     head.save(probe, work / "vit-probe.npz", [str(c) for c in train["classes"]])
     out = {}
     for cache in ("auto", "never"):
@@ -572,7 +574,7 @@ def memory_run(work: Path, n: int) -> tuple[float, float]:
             base = rng.integers(0, 255, (h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8)
             Image.fromarray(base).resize((w, h), Image.BILINEAR).save(path, quality=85)
     settings = {"data": {"dataset": "folder", "source": "images"}, "model": MODELS["mobilenet_v2"]}
-    (project / "params.yaml").write_text(yaml.safe_dump(validate(settings, project), sort_keys=False))
+    (project / "params.yaml").write_text(yaml.safe_dump(validate(settings, project).as_mapping(), sort_keys=False))
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     for stage in ("download", "split"):
         subprocess.run([sys.executable, str(ROOT / "workflow" / "scripts" / f"{stage}.py")], cwd=project, env=env,

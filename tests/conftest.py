@@ -96,7 +96,7 @@ def random_checkpoint(path: Path, backbone: str = "resnet18", seed: int = 0) -> 
 
     from transferlab.models.backbones import load_classifier
 
-    model, _ = load_classifier({"backbone": backbone, "weights": "none", "checkpoint": None, "image_size": None}, seed)
+    model, _ = load_classifier(resolved_backbone(backbone), seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = model.state_dict()
     if path.suffix == ".safetensors":
@@ -104,6 +104,31 @@ def random_checkpoint(path: Path, backbone: str = "resnet18", seed: int = 0) -> 
     else:
         torch.save(state, path)
     return path
+
+
+def resolved_backbone(name: str, weights: str = "none", checkpoint: Path | str | None = None,
+                      image_size: int | None = None):
+    """The backbone these model.* values resolve to (models.backbones.Backbone)."""
+    from transferlab.models.backbones import resolved
+    from transferlab.settings.sections import Model
+
+    return resolved(Model(name, weights, str(checkpoint) if checkpoint else None, image_size))
+
+
+def data_settings(**values):
+    """The data section at its defaults but for `values` (unvalidated: a dataset folder the test makes)."""
+    from transferlab.settings.params import defaults
+    from transferlab.settings.sections import Data
+
+    return Data(**{**defaults()["data"], **values})
+
+
+def finetune_settings(**values):
+    """The finetune section at its defaults but for `values` (unvalidated)."""
+    from transferlab.settings.params import defaults
+    from transferlab.settings.sections import Finetune
+
+    return Finetune(**{**defaults()["finetune"], **values})
 
 
 def copy_project(parent: Path) -> Path:
@@ -261,10 +286,9 @@ def mirror_image(data_dir: Path, split: str, row: int, copy_as: str | None = Non
 def split_into(data: dict, data_dir: Path) -> dict:
     """The split stage's lists (and summary) of an indexed data_dir, with split params `data` (visualize off)."""
     from transferlab.settings.params import defaults
+    from transferlab.settings.sections import Params
 
-    params = defaults()
-    params["data"].update(data)
-    params["visualize"]["enabled"] = False
+    params = Params.from_mapping(defaults()).updated(data=data, visualize={"enabled": False})
     return run_stage("split", params, stage_io("split", data_dir))
 
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import copy_project, random_checkpoint, run_stage, run_stages, stage_io
+from conftest import copy_project, random_checkpoint, resolved_backbone, run_stage, run_stages, stage_io
 from test_features_head import prepare, tiny_params
 from test_frozen import ABSOLUTE, TOLERANCE, cache_into, finetune_and_evaluate
 from torch import nn
@@ -22,15 +22,15 @@ from transferlab.models.families import FAMILIES, load
 from transferlab.models.preprocessing import Preprocessing
 from transferlab.probe import head
 from transferlab.settings import params
+from transferlab.settings.sections import Head
 
 SMALL = {"resnet18": (512, 5), "timm/resnet18": (512, 5), "timm/vit_tiny_patch16_224": (192, 13),
          "timm/convnext_atto": (320, 5)}  # feature size, unfreeze groups
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
-def model_params(backbone: str, checkpoint=None, weights: str = "none") -> dict:
-    return {"backbone": backbone, "weights": weights, "checkpoint": str(checkpoint) if checkpoint else None,
-            "image_size": 32}
+def model_params(backbone: str, checkpoint=None, weights: str = "none", image_size: int | None = 32):
+    return resolved_backbone(backbone, weights, checkpoint, image_size)
 
 
 def test_every_family_module_has_the_family_functions():
@@ -80,27 +80,27 @@ def test_unfreeze_2_on_a_timm_vit_trains_its_last_two_blocks_the_final_norm_and_
 
 
 def test_a_torchvision_vit_is_unfrozen_layer_by_layer():
-    body, _ = backbones.architecture({**model_params("vit_b_16"), "image_size": None})
+    body, _ = backbones.architecture(model_params("vit_b_16", image_size=None))
     groups = backbones.blocks(body)
     assert len(groups) == 13 and groups[0] is body.conv_proj
     assert list(groups[-1]) == [body.encoder.layers[-1], body.encoder.ln]
 
 
 def test_timm_preprocessing_is_the_checkpoint_s_pretrained_cfg():
-    tiny = backbones.preprocessing({**model_params("timm/vit_tiny_patch16_224"), "image_size": None})
+    tiny = model_params("timm/vit_tiny_patch16_224", image_size=None).preprocessing
     assert tiny == Preprocessing(248, 224, "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # crop_pct 0.9
-    assert backbones.preprocessing(model_params("timm/vit_tiny_patch16_224")) == Preprocessing(
+    assert model_params("timm/vit_tiny_patch16_224").preprocessing == Preprocessing(
         35, 32, "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-    dino = backbones.preprocessing({**model_params("timm/vit_small_patch14_dinov2.lvd142m"), "image_size": None})
+    dino = model_params("timm/vit_small_patch14_dinov2.lvd142m", image_size=None).preprocessing
     assert dino == Preprocessing(518, 518, "bicubic", *IMAGENET)  # crop_pct 1.0
-    convnext = backbones.preprocessing({**model_params("timm/convnext_atto"), "image_size": None})
+    convnext = model_params("timm/convnext_atto", image_size=None).preprocessing
     assert convnext == Preprocessing(256, 224, "bicubic", *IMAGENET)  # crop_pct 0.875
 
 
 def test_the_shipped_mobilenet_v2_keeps_its_preprocessing_and_blocks():
     """What the README's numbers were computed with: IMAGENET1K_V1's 256 → 224 bilinear, 19 blocks of `features`."""
-    shipped = {"backbone": "mobilenet_v2", "weights": "IMAGENET1K_V1", "checkpoint": None, "image_size": None}
-    assert backbones.preprocessing(shipped) == Preprocessing(256, 224, "bilinear", *IMAGENET)
+    shipped = resolved_backbone("mobilenet_v2", "IMAGENET1K_V1")
+    assert shipped.preprocessing == Preprocessing(256, 224, "bilinear", *IMAGENET)
     body, dim = backbones.architecture(shipped)
     groups = backbones.blocks(body)
     assert dim == 1280 and groups == list(body.features.children())
@@ -132,7 +132,7 @@ def test_params_ask_the_registry_for_names(tmp_path):
                                           r"weights \(DEFAULT, none\)"):
         families.check_names(params.validate({"model": {"backbone": "timm/convnext_atto", "weights": "IMAGENET1K_V1"}}))
     with pytest.raises(ParamsError, match=r"model.backbone: unknown torchvision classification model 'resnet7'"):
-        backbones.preprocessing({"backbone": "resnet7", "weights": "none", "image_size": 32})
+        resolved_backbone("resnet7")
     with pytest.raises(ParamsError, match="sweep.checkpoints: timm/resnet18 is not in sweep.backbones"):
         params.validate({"sweep": {"checkpoints": {"timm/resnet18": "x.pth"}}})
     with pytest.raises(ParamsError, match="sweep.checkpoints: resnet18: no such file: missing.pth"):
@@ -144,16 +144,16 @@ def test_a_vit_fine_tunes_from_its_frozen_token_cache_as_on_the_fly(tmp_path):
     training the last block from them equals training on the fly."""
     data_dir = prepare(tmp_path)
     p = tiny_params("timm/vit_tiny_patch16_224", engine="torch")
-    p["finetune"].update(epochs=2, batch_size=4, num_workers=0, unfreeze=1, lr=1e-4, patience=5,
-                         augment={"scale": [0.5, 1.0], "flip": True, "rotation": 15, "jitter": 0.2})
+    p = p.updated(finetune=dict(epochs=2, batch_size=4, num_workers=0, unfreeze=1, lr=1e-4, patience=5,
+                                augment={"scale": [0.5, 1.0], "flip": True, "rotation": 15, "jitter": 0.2}))
     run_stage("extract", p, stage_io("extract", data_dir, tmp_path / "feat"))
     train, val = (read_arrays(tmp_path / "feat" / f"{s}.npz") for s in ("train", "val"))
-    probe, _ = head.fit(train, val, {"C_grid": [1.0], "max_iter": 500, "refit_on": "train"})
+    probe, _ = head.fit(train, val, Head([1.0], 500, "train"))
     head.save(probe, tmp_path / "probe.npz", [str(c) for c in train["classes"]])
     record, meta = cache_into(tmp_path, data_dir, p)
     assert record["cached"] and record["boundary"] == "blocks.10" and record["shape"] == [5, 192]  # 4 patches + class
     cached = finetune_and_evaluate(tmp_path, data_dir, p, meta, "cached")
-    p["finetune"]["cache"] = "never"
+    p = p.updated(finetune={"cache": "never"})
     never, never_meta = cache_into(tmp_path, data_dir, p, "never")
     fly = finetune_and_evaluate(tmp_path, data_dir, p, never_meta, "fly")
     assert cached[0]["from_cache"] and not fly[0]["from_cache"]

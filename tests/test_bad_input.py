@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import ROOT, flip_bit, make_tree, run_stage, split_into, stage_io
+from conftest import ROOT, data_settings, flip_bit, make_tree, run_stage, split_into, stage_io
 from PIL import Image
 from test_features_head import tiny_params
 
@@ -28,6 +28,7 @@ from transferlab.models import backbones
 from transferlab.pipeline import stages
 from transferlab.pipeline.layout import files_in
 from transferlab.settings import params
+from transferlab.settings.sections import Params
 
 
 # 1. High bit depth is scaled, not clipped.
@@ -50,12 +51,10 @@ def test_animated_gif_is_its_first_frame_and_stacks_with_other_images(tmp_path):
     Image.new("RGB", (40, 30), (0, 0, 0)).save(tmp_path / "b.png")
     first = load_tensor(tmp_path / "a.gif")
     assert first.shape == (3, 30, 40) and first[0].float().mean() > 150 and first[1].float().mean() < 50
-    plain = tiny_params()
     from transferlab.inference.transforms import evaluation
-    from transferlab.models.backbones import preprocessing
 
-    images = ImageList(tmp_path, pd.DataFrame({"path": ["a.gif", "b.png"]}), [],
-                       evaluation(preprocessing(plain["model"]), normalize=False), 36)
+    plain = backbones.resolved(tiny_params().model).preprocessing
+    images = ImageList(tmp_path, pd.DataFrame({"path": ["a.gif", "b.png"]}), [], evaluation(plain, normalize=False), 36)
     assert torch.stack([images[i][0] for i in range(2)]).shape == (2, 3, 32, 32)
 
 
@@ -89,7 +88,7 @@ def test_a_pets_label_with_another_dataset_is_refused(tmp_path, dataset):
     with pytest.raises(ParamsError, match=f"^params: data.label: breed only applies to data.dataset: oxford_pets; "
                                           f"{dataset} takes its classes from folder names: set data.label: null$"):
         params.validate(raw, tmp_path)
-    assert params.validate({**raw, "data": {**raw["data"], "label": None}}, tmp_path)["data"]["label"] is None
+    assert params.validate({**raw, "data": {**raw["data"], "label": None}}, tmp_path).data.label is None
 
 
 def test_a_stage_on_an_empty_params_file_exits_2_and_writes_nothing(tmp_path):
@@ -168,9 +167,9 @@ def test_a_grid_written_by_dvc_exp_run_is_read_as_numbers(tmp_path):
     assert written["lr"][0] == "1e-05"
     raw = valid_with("finetune.lr", written["lr"])
     raw["finetune"]["head_lr"] = written["head_lr"]
-    checked = params.validate(raw, tmp_path)["finetune"]
-    assert checked["lr"] == [1e-5, 3e-5, 1e-4] and checked["head_lr"] == 1e-3
-    assert params.validate(valid_with("finetune.lr", "auto"), tmp_path)["finetune"]["lr"] == "auto"
+    checked = params.validate(raw, tmp_path).finetune
+    assert checked.lr == [1e-5, 3e-5, 1e-4] and checked.head_lr == 1e-3
+    assert params.validate(valid_with("finetune.lr", "auto"), tmp_path).finetune.lr == "auto"
 
 
 def test_unfreeze_beyond_the_backbone_is_refused_before_training(tmp_path):
@@ -182,10 +181,10 @@ def test_unfreeze_beyond_the_backbone_is_refused_before_training(tmp_path):
 
     data_dir = prepare(tmp_path)
     p = tiny_params()
-    p["finetune"].update({"unfreeze": 999, "epochs": 1, "batch_size": 8, "num_workers": 0})
+    p = p.updated(finetune={"unfreeze": 999, "epochs": 1, "batch_size": 8, "num_workers": 0})
     run_stage("extract", p, stage_io("extract", data_dir, tmp_path / "feat"))
     cached = {s: read_arrays(tmp_path / "feat" / f"{s}.npz") for s in SPLITS}
-    model, _ = head.fit(cached["train"], cached["val"], p["head"])
+    model, _ = head.fit(cached["train"], cached["val"], p.head)
     head.save(model, tmp_path / "head.npz", list(cached["train"]["classes"]))
     refused = r"finetune.unfreeze: 999 is more than the 5 blocks of resnet18; give 0 to 5, or all"
     with pytest.raises(ParamsError, match=refused):  # the frozen_cache stage, which runs first
@@ -201,7 +200,8 @@ def test_unfreeze_beyond_the_backbone_is_refused_before_training(tmp_path):
 # 7. One class, or a class with no training image, is an error at split.
 def test_a_single_class_dataset_is_an_error_at_split(tmp_path):
     make_tree(tmp_path / "src", {"ant": 12})
-    index.build({"dataset": "folder", "source": str(tmp_path / "src"), "label": None}, files_in("download", tmp_path / "data"))
+    index.build(data_settings(dataset="folder", source=str(tmp_path / "src"), label=None),
+                files_in("download", tmp_path / "data"))
     with pytest.raises(split.SplitError, match=r"data.source: the dataset holds 1 class \(ant\)"):
         split_into({"split": "random", "val_fraction": 0.25, "test_fraction": 0.25, "train_fraction": 1.0,
                     "seed": 0}, tmp_path / "data")
@@ -225,7 +225,7 @@ def test_symlinks_leaving_the_dataset_are_left_out_with_the_reason(tmp_path):
     Image.new("RGB", (20, 20)).save(secret)
     (src / "ant" / "escape.jpg").symlink_to(secret)
     (src / "bee" / "inside.jpg").symlink_to(src / "bee" / "bee_0.jpg")
-    index.build({"dataset": "folder", "source": str(src), "label": None}, files_in("download", tmp_path / "data"))
+    index.build(data_settings(dataset="folder", source=str(src), label=None), files_in("download", tmp_path / "data"))
     indexed = pd.read_csv(tmp_path / "data" / "index.csv")["path"].tolist()
     rejected = pd.read_csv(tmp_path / "data" / "rejected.csv")
     assert "ant/escape.jpg" not in indexed and "bee/inside.jpg" in indexed
@@ -245,7 +245,7 @@ def test_link_loops_cycles_and_folder_links_are_rejected_and_never_hashed(tmp_pa
     (src / "bee" / "more").symlink_to(outside / "wasp")
     (src / "bee" / "again").symlink_to(src / "ant")
     (src / "bee" / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
-    index.build({"dataset": "folder", "source": str(src), "label": None}, files_in("download", tmp_path / "data"))
+    index.build(data_settings(dataset="folder", source=str(src), label=None), files_in("download", tmp_path / "data"))
     reasons = pd.read_csv(tmp_path / "data" / "rejected.csv").set_index("path")["reason"].to_dict()
     assert reasons == {"ant/loop.jpg": "a link loop", "ant/up": "a link cycle (leads back to .)",
                        "bee/again": "a link to another folder of the dataset (its files are read there, once)",
@@ -254,7 +254,8 @@ def test_link_loops_cycles_and_folder_links_are_rejected_and_never_hashed(tmp_pa
     assert len(pd.read_csv(tmp_path / "data" / "index.csv")) == 6
     out = SimpleNamespace(**{name: tmp_path / "inputs" / f"{name}.json" for name in
                              ("dataset", "checkpoint", "sweep_checkpoints")})
-    sources.refresh({"data": {"source": str(src)}, "model": {"checkpoint": None}, "sweep": {"checkpoints": {}}}, out)
+    defaults = Params.from_mapping(params.defaults())
+    sources.refresh(defaults.updated(data={"source": str(src)}, model={"checkpoint": None}), out)
     hashed = json.loads(out.dataset.read_text())["files"]
     assert sorted(hashed) == [f"{c}/{c}_{i}.jpg" for c in ("ant", "bee") for i in range(3)]
 
@@ -305,7 +306,7 @@ def trained(tmp_path_factory):
     p, _, _ = pipeline(root, True, classes=("ant", "bee", "cat"))
     for name in ("download", "split", "extract", "train_head"):  # written by library calls in `pipeline`
         checks.record(stages.io(name, root))
-    (root / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    (root / "params.yaml").write_text(yaml.safe_dump(p.as_mapping(), sort_keys=False))
     return root
 
 
@@ -437,7 +438,7 @@ def test_a_damaged_file_names_the_re_run_command_of_the_engine(trained, in_proce
     import json
 
     for name, value in environment.items():
-        monkeypatch.setenv(name, json.dumps(params.load(trained / "params.yaml")) if value == "planned" else value)
+        monkeypatch.setenv(name, json.dumps(params.load(trained / "params.yaml").as_mapping()) if value == "planned" else value)
     path = trained / "results/head/model.npz"
     original = path.read_bytes()
     try:
@@ -631,7 +632,7 @@ def test_switching_or_replacing_an_archive_never_mixes_datasets(tmp_path):
         return str(path)
 
     def classes_indexed(source: str) -> list[str]:
-        found = index.build({"dataset": "folder", "source": source, "label": None}, files_in("download", tmp_path / "data"))
+        found = index.build(data_settings(dataset="folder", source=source, label=None), files_in("download", tmp_path / "data"))
         return found["classes"]
 
     assert classes_indexed(archive(tmp_path / "one.zip", {"ant": 3, "bee": 3})) == ["ant", "bee"]
@@ -688,13 +689,12 @@ def test_visualize_classes_are_checked_at_split_before_any_training(tmp_path):
 
 def test_without_the_finetune_the_visualized_classes_are_imagenet_ones(tmp_path):
     """Checked at the inputs stage, before any work (the split checks only the dataset's classes)."""
-    p = params.defaults()
-    p["model"].update({"backbone": "resnet18", "weights": "none"})
-    p["visualize"].update({"enabled": True, "target_class": "tabby", "adversarial_from": "ant"})
-    p["finetune"]["enabled"] = False
+    p = Params.from_mapping(params.defaults()).updated(
+        model={"backbone": "resnet18", "weights": "none"}, finetune={"enabled": False},
+        visualize={"enabled": True, "target_class": "tabby", "adversarial_from": "ant"})
     split.check_class_names(p, ["ant", "bee"])
     backbones.check_visualized_classes(p)
-    p["visualize"]["adversarial_to"] = "Bengal"  # a pet breed, not an ImageNet class
+    p = p.updated(visualize={"adversarial_to": "Bengal"})  # a pet breed, not an ImageNet class
     split.check_class_names(p, ["ant", "bee"])
     with pytest.raises(ParamsError, match="visualize.adversarial_to: 'Bengal' is not a class of the ImageNet"):
         stages.runner("inputs")(p, stages.io("inputs", tmp_path))
@@ -716,9 +716,8 @@ def test_snakemake_checks_the_imagenet_classes_visualize_names_when_it_reads_the
 
 
 def test_every_param_naming_a_class_is_checked_in_one_message():
-    p = params.defaults()
-    p["visualize"].update({"enabled": True, "target_class": "Bengal", "adversarial_from": "beagle",
-                           "adversarial_to": "Persian"})
+    p = Params.from_mapping(params.defaults()).updated(visualize={
+        "enabled": True, "target_class": "Bengal", "adversarial_from": "beagle", "adversarial_to": "Persian"})
     with pytest.raises(ParamsError) as refused:
         split.check_class_names(p, ["cats", "dogs"])
     message = str(refused.value)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import CATS_DOGS, PETS, make_tree, need
+from conftest import CATS_DOGS, PETS, data_settings, make_tree, need
 from PIL import Image
 
 from transferlab.core import fetch
@@ -19,7 +19,7 @@ from transferlab.pipeline.layout import files_in
 
 
 def data_params(dataset="folder", source=None, label=None):
-    return {"dataset": dataset, "source": str(source) if source else None, "label": label}
+    return data_settings(dataset=dataset, source=str(source) if source else None, label=label)
 
 
 def good_jpeg(path: Path, size=(48, 32)) -> bytes:

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import MOBILENET, make_tree, mirror_image, need, run_stage, split_into, stage_io
+from conftest import MOBILENET, data_settings, make_tree, mirror_image, need, run_stage, split_into, stage_io
 from torchvision import models
 
 from transferlab.core.atomic import read_arrays, read_splits
@@ -20,12 +20,13 @@ from transferlab.pipeline.adapters.evaluate_probe import write
 from transferlab.pipeline.layout import files_in
 from transferlab.probe import features, head
 from transferlab.settings.params import validate
+from transferlab.settings.sections import Evaluate, Head
 
 
 def prepare(tmp_path: Path, classes=None) -> Path:
     src = make_tree(tmp_path / "src", classes or {"ant": 8, "bee": 8, "cat": 8})
     data_dir = tmp_path / "data"
-    index.build({"dataset": "folder", "source": str(src), "label": None}, files_in("download", data_dir))
+    index.build(data_settings(dataset="folder", source=str(src), label=None), files_in("download", data_dir))
     split_into({"split": "random", "val_fraction": 0.25, "test_fraction": 0.25, "train_fraction": 1.0, "seed": 0},
                data_dir)
     return data_dir
@@ -63,13 +64,13 @@ def test_features_equal_model_penultimate_and_train_views(tmp_path):
     assert (train["ids"][:12] == train["ids"][12:24]).all()
     assert not np.allclose(train["features"][:12], train["features"][12:24])  # augmented views differ
     # the plain view is exactly the classifier-less network on the preprocessed image
-    model, _ = backbones.load_classifier(p["model"])
+    model, _ = backbones.load_classifier(backbones.resolved(p.model))
     model.fc = torch.nn.Identity()
     first = pd.read_csv(data_dir / "splits" / "train.csv").iloc[0]
     from transferlab.data.images import load_tensor
     from transferlab.inference.transforms import evaluation
 
-    x = evaluation(backbones.preprocessing(p["model"]))(load_tensor(tmp_path / "src" / first["path"]))
+    x = evaluation(backbones.resolved(p.model).preprocessing)(load_tensor(tmp_path / "src" / first["path"]))
     with torch.inference_mode():
         expected = model(x[None]).numpy()[0]
     np.testing.assert_allclose(train["features"][0], expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
@@ -104,7 +105,7 @@ def test_shards_gather_to_the_unsharded_bytes(tmp_path, engine):
 
     mirror_image(data_dir, "val", 5)
     frames, classes = read_splits(stage_io("extract", data_dir).input.splits), ["ant", "bee", "cat"]
-    now = [shards.record(frames, classes, sharded["features"], s) for s in range(3)]
+    now = [shards.record(frames, classes, sharded.features, s) for s in range(3)]
     assert [now[s] == metas[s]["shard"] for s in range(3)] == [True, True, False]
     with pytest.raises(UserError, match="^results/shards/extract/2: computed from other images"):
         run_stage("extract", sharded, stage_io("extract", data_dir, gathered, gathering=True))
@@ -147,12 +148,12 @@ def test_shared_checkpoint_loads_and_classifies(tmp_path):
     ckpt = need(MOBILENET)
     p = validate({"data": {"dataset": "folder", "source": "."},
                   "model": {"backbone": "mobilenet_v2", "weights": "IMAGENET1K_V1", "checkpoint": str(ckpt)}})
-    model, info = backbones.load_classifier(p["model"])
+    model, info = backbones.load_classifier(backbones.resolved(p.model))
     assert info["checkpoint_sha256"] == "52038d0acbbca56792d83ac56e0979c1622ebd0ae036366c2676dd1965fe3e22"
     assert not model.training
-    extractor, dim, _ = backbones.load_feature_extractor(p["model"])
+    extractor, dim, _ = backbones.load_feature_extractor(backbones.resolved(p.model))
     assert dim == 1280 and not any(q.requires_grad for q in extractor.parameters())
-    assert len(backbones.class_names(p["model"])) == 1000
+    assert len(backbones.class_names(backbones.resolved(p.model))) == 1000
 
 
 def test_missing_weights_say_where_to_put_them(tmp_path, monkeypatch):
@@ -164,7 +165,7 @@ def test_missing_weights_say_where_to_put_them(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     p = validate({"data": {"dataset": "folder", "source": "."}, "model": {"backbone": "resnet18"}})
     with pytest.raises(WeightsUnavailable) as err:
-        backbones.load_classifier(p["model"])
+        backbones.load_classifier(backbones.resolved(p.model))
     message = str(err.value)
     assert "resnet18-f37072fd.pth" in message and str(tmp_path / "torch" / "hub" / "checkpoints") in message
     assert "model.checkpoint" in message
@@ -187,7 +188,7 @@ def blobs(n=30, classes=3, dim=6, seed=0):
 
 def test_head_chooses_C_and_round_trips(tmp_path):
     train, val = blobs(seed=0), blobs(seed=1)
-    model, search = head.fit(train, val, {"C_grid": [0.001, 1.0], "max_iter": 500, "refit_on": "train"})
+    model, search = head.fit(train, val, Head([0.001, 1.0], 500, "train"))
     assert search["chosen"].sum() == 1 and list(search["C"]) == [0.001, 1.0]
     best = search.sort_values(["val_log_loss", "C"]).iloc[0]  # lowest validation log-loss, smaller C on a tie
     assert model.named_steps["logisticregression"].C == best["C"]
@@ -208,7 +209,7 @@ def test_folded_linear_matches_pipeline(classes, tmp_path):
     import sys
 
     data = blobs(classes=classes)
-    model, _ = head.fit(data, data, {"C_grid": [1.0], "max_iter": 500, "refit_on": "train"})
+    model, _ = head.fit(data, data, Head([1.0], 500, "train"))
     head.save(model, tmp_path / "model.npz", [f"c{i}" for i in range(classes)])
     W, b = head.as_linear(model)
     read_W, read_b = head.linear(tmp_path / "model.npz")
@@ -234,7 +235,7 @@ def test_metrics_on_hand_made_example(tmp_path):
     assert "top5_accuracy" not in got
     probs = {"train": proba, "val": proba[:4], "test": proba}
     labels = {"train": y, "val": y[:4], "test": y}
-    settings = {"draws": 500, "confidence": 0.95, "seed": 0}
+    settings = Evaluate(draws=500, confidence=0.95, seed=0, tta=False)
     result = write(evaluation.evaluate("probe", probs, labels, np.array([f"i{i}" for i in range(6)]), ["a", "b", "c"],
                                        settings), files_in("evaluate_probe", tmp_path))
     assert result["train_val_gap"] == pytest.approx(4 / 6 - 3 / 4, abs=1e-6)

@@ -1,11 +1,12 @@
 """Fine-tuning mechanics on tiny synthetic images with random-init models."""
+import dataclasses
 import json
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import run_stage, stage_io
+from conftest import finetune_settings, resolved_backbone, run_stage, stage_io
 from test_features_head import prepare, tiny_params
 from torch import nn
 
@@ -18,10 +19,11 @@ from transferlab.models import backbones
 from transferlab.pipeline import stages
 from transferlab.probe import head, selection
 from transferlab.settings.params import validate
+from transferlab.settings.sections import Head
 
 
 def net(name: str) -> network.FineTuneNet:
-    body, dim = backbones.architecture({"backbone": name, "weights": "none", "checkpoint": None, "image_size": None})
+    body, dim = backbones.architecture(resolved_backbone(name))
     return network.FineTuneNet(body, nn.Linear(dim, 3))
 
 
@@ -76,10 +78,9 @@ def test_frozen_blocks_keep_batchnorm_statistics(train_bn):
 
 
 def ft_params(**over):
-    p = tiny_params()
-    p["finetune"].update({"epochs": 2, "batch_size": 4, "num_workers": 0, "unfreeze": 1, "lr": 1e-4,
-                          "head_lr": 1e-2, "warmup_epochs": 0.5, "augment": "strong", "interpolate": [1.0], **over})
-    return validate(p)
+    return tiny_params().updated(finetune={
+        "epochs": 2, "batch_size": 4, "num_workers": 0, "unfreeze": 1, "lr": 1e-4, "head_lr": 1e-2,
+        "warmup_epochs": 0.5, "augment": "strong", "interpolate": [1.0], **over})
 
 
 @pytest.fixture
@@ -88,7 +89,7 @@ def probe_setup(tmp_path):
     params = ft_params()
     run_stage("extract", params, stage_io("extract", data_dir, tmp_path / "feat"))
     train, val = (read_arrays(tmp_path / "feat" / f"{s}.npz") for s in ("train", "val"))
-    model, _ = head.fit(train, val, {"C_grid": [1.0], "max_iter": 500, "refit_on": "train"})
+    model, _ = head.fit(train, val, Head([1.0], 500, "train"))
     head.save(model, tmp_path / "probe.npz", [str(c) for c in train["classes"]])
     run_stage("frozen_cache", params, stage_io("frozen_cache", data_dir))  # where the finetune stage reads it: results/frozen
     return tmp_path, data_dir, params, model
@@ -96,16 +97,16 @@ def probe_setup(tmp_path):
 
 def test_warm_start_reproduces_the_probe(probe_setup):
     tmp_path, data_dir, params, probe = probe_setup
-    model = network.build(params["model"], head.linear(tmp_path / "probe.npz"))
+    model = network.build(backbones.resolved(params.model), head.linear(tmp_path / "probe.npz"))
     test = read_arrays(tmp_path / "feat" / "test.npz")
     frame = pd.read_csv(data_dir / "splits" / "test.csv")
     classes = json.loads((data_dir / "dataset.json").read_text())["classes"]
     root = data_dir.parent / "src"
-    proba, labels = finetune.predict(model, frame, root, classes, params["model"], 4)
+    proba, labels = finetune.predict(model, frame, root, classes, backbones.resolved(params.model), 4)
     W, b = head.as_linear(probe)
     probe_logits = test["features"].astype(np.float64) @ W.T + b
     with torch.inference_mode():
-        plain = evaluation(backbones.preprocessing(params["model"]))
+        plain = evaluation(backbones.resolved(params.model).preprocessing)
         x = torch.stack([plain(load_tensor(root / p)) for p in frame["path"]])
         model_logits = model(x).numpy()
     np.testing.assert_allclose(model_logits, probe_logits, atol=1e-4, rtol=1e-4)
@@ -123,13 +124,13 @@ def test_seeded_runs_are_identical_and_outputs_complete(probe_setup):
                                 "seconds"]
     assert one["epochs_run"] == two["epochs_run"] == 2 and one["trainable_parameters"] > 0
     state = torch.load(tmp_path / "ft1" / "model.pt", weights_only=True)
-    loaded = network.load(params["model"], tmp_path / "ft1" / "model.pt", 3)
+    loaded = network.load(backbones.resolved(params.model), tmp_path / "ft1" / "model.pt", 3)
     assert torch.equal(loaded.head.weight, state["head.weight"])
 
 
 def test_disabled_finetune_is_marked_skipped(probe_setup, tmp_path):
     root, data_dir, params, _ = probe_setup
-    params["finetune"]["enabled"] = False
+    params = params.updated(finetune={"enabled": False})
     files = stage_io("finetune", data_dir, tmp_path / "ft", probe=root / "probe.npz")
     files.output.model.parent.mkdir(parents=True)
     files.output.model.write_bytes(b"an earlier run's weights")
@@ -143,23 +144,24 @@ def test_disabled_finetune_is_marked_skipped(probe_setup, tmp_path):
 
 
 def test_learning_rate_schedule():
-    ft = {"warmup_epochs": 1, "epochs": 3, "schedule": "cosine", "step_size": 1, "gamma": 0.5}
-    factors = [training.lr_factor(s, 10, ft) for s in range(30)]
+    cosine = finetune_settings(warmup_epochs=1, epochs=3, schedule="cosine", step_size=1, gamma=0.5)
+    factors = [training.lr_factor(s, 10, cosine) for s in range(30)]
     assert factors[0] < factors[5] < factors[9] < 1 and factors[10] == pytest.approx(1.0)
     assert factors[29] < 0.01 and all(a >= b for a, b in zip(factors[10:], factors[11:]))
-    step = {**ft, "schedule": "step", "warmup_epochs": 0}
+    step = dataclasses.replace(cosine, schedule="step", warmup_epochs=0)
     assert [training.lr_factor(s, 10, step) for s in (0, 9, 10, 25)] == [1.0, 1.0, 0.5, 0.25]
-    assert training.lr_factor(15, 10, {**ft, "schedule": "constant"}) == 1.0
+    assert training.lr_factor(15, 10, dataclasses.replace(cosine, schedule="constant")) == 1.0
 
 
 def test_search_trains_every_candidate_from_the_same_start_and_keeps_the_rule_s_choice(probe_setup):
     tmp_path, data_dir, params, _ = probe_setup
-    params["finetune"].update(lr=[1e-5, 1e-3], head_lr=[1e-2, 1e-1])
+    params = params.updated(finetune=dict(lr=[1e-5, 1e-3], head_lr=[1e-2, 1e-1]))
     files = stage_io("finetune", data_dir, tmp_path / "grid", probe=tmp_path / "probe.npz")
     summary = run_stage("finetune", params, files)
     search = pd.read_csv(files.output.search)
     assert summary["candidates"] == 4 and search["candidate"].nunique() == 4
-    start = network.build(params["model"], head.linear(tmp_path / "probe.npz")).to(memory_format=torch.channels_last)
+    start = network.build(backbones.resolved(params.model), head.linear(tmp_path / "probe.npz"))
+    start = start.to(memory_format=torch.channels_last)
     assert set(search["start_sha256"]) == {fingerprint(start)[:16]}  # each candidate from the warm start
     assert set(search["state"]) <= {"complete", "pruned"} and (search["epoch"] == 0).sum() == 4
     start = search[search["epoch"] == 0]  # epoch 0: the same start, scored once, in every candidate's history
@@ -185,9 +187,9 @@ def test_search_trains_every_candidate_from_the_same_start_and_keeps_the_rule_s_
         assert logged["step"].tolist() == list(range(len(rows)))
         np.testing.assert_allclose(logged["loss"], rows["val_loss"], rtol=1e-6)
     classes = json.loads((data_dir / "dataset.json").read_text())["classes"]
-    saved = network.load(params["model"], files.output.model, len(classes))  # the stage's model is the chosen one
+    saved = network.load(backbones.resolved(params.model), files.output.model, len(classes))  # the chosen one
     val = pd.read_csv(data_dir / "splits" / "val.csv")
-    proba, labels = finetune.predict(saved, val, data_dir.parent / "src", classes, params["model"], 4)
+    proba, labels = finetune.predict(saved, val, data_dir.parent / "src", classes, backbones.resolved(params.model), 4)
     val_loss = -np.log(proba[np.arange(len(labels)), labels]).mean()
     assert val_loss == pytest.approx(summary["best_val_loss"], abs=1e-4)
 
@@ -196,7 +198,7 @@ def test_a_one_value_list_is_the_scalar_run_and_the_range_test_changes_nothing(p
     """The stage at lr 1e-4 (which runs the range test for its report first) and [1e-4] without the range test:
     the same epochs, the same weights."""
     tmp_path, data_dir, params, probe = probe_setup
-    params["finetune"]["lr"] = 1e-4
+    params = params.updated(finetune={"lr": 1e-4})
     files = stage_io("finetune", data_dir, tmp_path / "scalar", probe=tmp_path / "probe.npz")
     summary = run_stage("finetune", params, files)
     assert summary["range_test"]["ran"] and summary["candidates"] == 1
@@ -204,9 +206,10 @@ def test_a_one_value_list_is_the_scalar_run_and_the_range_test_changes_nothing(p
     np.testing.assert_allclose(logged["loss"], pd.read_csv(files.output.history)["train_loss"][1:], rtol=1e-6)
     dataset = json.loads((data_dir / "dataset.json").read_text())
     frames = {s: pd.read_csv(data_dir / "splits" / f"{s}.csv") for s in ("train", "val", "test")}
-    ft = {**params["finetune"], "lr": [1e-4]}
-    cache = frozen.Cache.open(data_dir.parent / "results" / "frozen", params["model"], ft, frames, dataset["classes"])
-    listed = finetune.tune(params["model"], ft, head.as_linear(probe), data_dir.parent / "src", frames, dataset["classes"], cache)
+    listed_rate, backbone = dataclasses.replace(params.finetune, lr=[1e-4]), backbones.resolved(params.model)
+    cache = frozen.Cache.open(data_dir.parent / "results" / "frozen", backbone, listed_rate, frames, dataset["classes"])
+    listed = finetune.tune(backbone, listed_rate, head.as_linear(probe), data_dir.parent / "src", frames,
+                           dataset["classes"], cache)
     assert not listed.summary["range_test"]["ran"]
     pd.testing.assert_frame_equal(pd.read_csv(files.output.history).drop(columns="seconds"),
                                   listed.history.drop(columns="seconds"), check_exact=False, rtol=1e-12)
@@ -243,21 +246,21 @@ def test_range_test_suggests_a_tenth_of_the_edge_and_auto_searches_up_to_it():
     assert 1e-3 < edge < 3e-3 and tuning.suggest(curve) == pytest.approx(edge / 10)
     assert tuning.diverged([0.1] * 11 + [0.5]) and tuning.diverged([0.1, float("nan")])
     assert not tuning.diverged([0.01] + [0.1] * 11)  # an unsettled first batch is no reference
-    ft = {"lr": "auto", "head_lr": [1e-3, 1e-2], "weight_decay": 0.0, "unfreeze": 2, "augment": "strong"}
-    grid = tuning.candidates(ft, 2e-5)
+    auto = finetune_settings(lr="auto", head_lr=[1e-3, 1e-2], weight_decay=0.0, unfreeze=2, augment="strong")
+    grid = tuning.candidates(auto, 2e-5)
     assert [c["lr"] for c in grid] == pytest.approx([2e-5, 2e-5, 6e-5, 6e-5, 2e-4, 2e-4])
     assert [c["head_lr"] for c in grid[:2]] == [1e-3, 1e-2]
     common = {"augment": "strong", "weight_decay": 0.0}
-    assert tuning.candidates({**ft, "lr": [1e-5, 1e-4], "unfreeze": 0}) == [
+    assert tuning.candidates(dataclasses.replace(auto, lr=[1e-5, 1e-4], unfreeze=0)) == [
         {**common, "unfreeze": 0, "lr": 1e-5, "head_lr": 1e-3}, {**common, "unfreeze": 0, "lr": 1e-5, "head_lr": 1e-2}]
-    both = tuning.candidates({**ft, "lr": [1e-5], "head_lr": 1e-3, "unfreeze": [0, 2],
-                              "augment": ["none", {"scale": [0.9, 1], "flip": False, "rotation": 0, "jitter": 0}]})
+    both = tuning.candidates(dataclasses.replace(auto, lr=[1e-5], head_lr=1e-3, unfreeze=[0, 2], augment=[
+        "none", {"scale": [0.9, 1], "flip": False, "rotation": 0, "jitter": 0}]))
     assert [(c["augment"], c["unfreeze"]) for c in both] == [("none", 0), ("none", 2), ("custom", 0), ("custom", 2)]
 
 
 def test_lr_auto_runs_the_range_test_and_searches_around_its_suggestion(probe_setup):
     tmp_path, data_dir, params, _ = probe_setup
-    params["finetune"].update(lr="auto", range_test_steps=20)
+    params = params.updated(finetune=dict(lr="auto", range_test_steps=20))
     files = stage_io("finetune", data_dir, tmp_path / "auto", probe=tmp_path / "probe.npz")
     summary = run_stage("finetune", params, files)
     curve = pd.read_csv(files.output.range_test)
@@ -275,11 +278,11 @@ def test_two_processes_train_as_one(probe_setup, cache):
     gradients averaged; per-epoch losses within 1e-5 of one process, from the frozen-prefix cache and on the fly
     (12 training images in batches of 5: each batch splits 3 / 2, the last one 1 / 1)."""
     tmp_path, data_dir, params, _ = probe_setup
-    params["finetune"].update(epochs=2, batch_size=5, cache=cache, range_test_steps=0)
+    params = params.updated(finetune=dict(epochs=2, batch_size=5, cache=cache, range_test_steps=0))
     run_stage("frozen_cache", params, stage_io("frozen_cache", data_dir, tmp_path / f"frozen-{cache}"))
     histories = []
     for devices in (1, 2):
-        params["finetune"]["devices"] = devices
+        params = params.updated(finetune={"devices": devices})
         summary = run_stage("finetune", params, stage_io("finetune", data_dir, tmp_path / f"ft-{cache}-{devices}",
                                                 probe=tmp_path / "probe.npz",
                                                 frozen=tmp_path / f"frozen-{cache}" / "meta.json"))
@@ -304,14 +307,15 @@ def test_the_start_is_handed_on_when_every_candidate_is_worse(probe_setup, caplo
     """Rates that wreck the warm start: no epoch beats epoch 0 on validation, so the stage saves the start itself
     (the probe's head on the frozen backbone), says it did not improve, and warns naming the diverged candidates."""
     tmp_path, data_dir, params, _ = probe_setup
-    params["finetune"].update(lr=[0.5, 2.0], head_lr=5.0, weight_decay=0.0, range_test_steps=0, interpolate=[0.0, 1.0])
+    params = params.updated(finetune=dict(lr=[0.5, 2.0], head_lr=5.0, weight_decay=0.0, range_test_steps=0,
+                                          interpolate=[0.0, 1.0]))
     files = stage_io("finetune", data_dir, tmp_path / "wrecked", probe=tmp_path / "probe.npz")
     with caplog.at_level("WARNING", logger="transferlab"):
         summary = run_stage("finetune", params, files)
     assert not summary["improved"] and summary["best_epoch"] == 0 and summary["interpolation"] == []
     assert summary["best_val_loss"] == summary["start"]["val_loss"] and len(summary["diverged"]) == 2
     assert "2 of 2 candidates diverged on validation" in caplog.text and "the start is handed on" in caplog.text
-    start = network.build(params["model"], head.linear(tmp_path / "probe.npz")).state_dict()
+    start = network.build(backbones.resolved(params.model), head.linear(tmp_path / "probe.npz")).state_dict()
     saved = torch.load(files.output.model, weights_only=True)
     assert all(torch.equal(saved[k], v) for k, v in start.items())
     search = pd.read_csv(files.output.search)
@@ -320,7 +324,7 @@ def test_the_start_is_handed_on_when_every_candidate_is_worse(probe_setup, caplo
 
 def test_interpolation_ends_are_the_start_and_the_fine_tune(probe_setup):
     tmp_path, data_dir, params, probe = probe_setup
-    begin = training.snapshot(network.build(params["model"], head.linear(tmp_path / "probe.npz")))
+    begin = training.snapshot(network.build(backbones.resolved(params.model), head.linear(tmp_path / "probe.npz")))
     tuned = {k: v.clone() for k, v in begin.items()}
     tuned["head.weight"] += 1.0
     tuned["backbone.layer4.0.conv1.weight"] *= 1.5
@@ -333,8 +337,9 @@ def test_interpolation_ends_are_the_start_and_the_fine_tune(probe_setup):
     assert torch.equal(half["backbone.conv1.weight"], begin["backbone.conv1.weight"])
     dataset = json.loads((data_dir / "dataset.json").read_text())
     frames = {s: pd.read_csv(data_dir / "splits" / f"{s}.csv") for s in ("train", "val", "test")}
-    net = network.build(params["model"], head.linear(tmp_path / "probe.npz"))
-    score = finetune.scorer(net, params["model"], data_dir.parent / "src", frames, dataset["classes"], 4, None)
+    backbone = backbones.resolved(params.model)
+    net = network.build(backbone, head.linear(tmp_path / "probe.npz"))
+    score = finetune.scorer(net, backbone, data_dir.parent / "src", frames, dataset["classes"], 4, None)
     start_score = score("val")
     net.load_state_dict(tuned)
     tuned_score = score("val")
@@ -351,7 +356,7 @@ def test_the_pruner_stops_trailing_candidates_and_every_trial_is_recorded(probe_
     """Nine candidates (2 epochs) under Optuna's seeded grid sampler and successive-halving pruner: every trial in
     search.csv, pruned ones with fewer epochs; the same seed draws the same order and prunes the same trials."""
     tmp_path, data_dir, params, _ = probe_setup
-    params["finetune"].update(lr=[1e-5, 1e-4, 1e-3], head_lr=[1e-3, 1e-2, 1e-1], patience=5, range_test_steps=0)
+    params = params.updated(finetune=dict(lr=[1e-5, 1e-4, 1e-3], head_lr=[1e-3, 1e-2, 1e-1], patience=5, range_test_steps=0))
     tables = []
     for run in ("a", "b"):
         files = stage_io("finetune", data_dir, tmp_path / run, probe=tmp_path / "probe.npz")
@@ -366,6 +371,6 @@ def test_the_pruner_stops_trailing_candidates_and_every_trial_is_recorded(probe_
         (lr, h) for lr in (1e-5, 1e-4, 1e-3) for h in (1e-3, 1e-2, 1e-1))
     pd.testing.assert_frame_equal(tables[0].drop(columns=["train_loss", "val_loss"]),
                                   tables[1].drop(columns=["train_loss", "val_loss"]))
-    params["finetune"]["prune"] = False
+    params = params.updated(finetune={"prune": False})
     files = stage_io("finetune", data_dir, tmp_path / "unpruned", probe=tmp_path / "probe.npz")
     assert run_stage("finetune", params, files)["pruned"] == 0

@@ -15,6 +15,7 @@ from transferlab.core.atomic import read_splits
 from transferlab.core.errors import DamagedFile, UserError
 from transferlab.finetuning import frozen, network, tuning
 from transferlab.finetuning.prefix import Uncachable, cut
+from transferlab.models import backbones
 from transferlab.pipeline import stages
 
 # Training from cached activations vs on the fly: the same operations in a different batch composition for the
@@ -73,9 +74,9 @@ def test_training_from_the_cache_equals_training_on_the_fly(probe_setup):  # noq
     two head rates from the cache: every candidate's epochs, the chosen weights and the test scores equal the
     on-the-fly run's."""
     tmp_path, data_dir, params, _ = probe_setup
-    params["features"]["engine"] = "torch"
-    params["finetune"].update(epochs=3, patience=5, head_lr=[1e-2, 3e-2], prune=False, augment=[
-        "none", {"scale": [0.5, 1.0], "flip": True, "rotation": 15, "jitter": 0.2}])
+    params = params.updated(features={"engine": "torch"}, finetune=dict(
+        epochs=3, patience=5, head_lr=[1e-2, 3e-2], prune=False,
+        augment=["none", {"scale": [0.5, 1.0], "flip": True, "rotation": 15, "jitter": 0.2}]))
     record, meta = cache_into(tmp_path, data_dir, params)
     assert record["cached"] and record["boundary"] == "layer3" and record["shape"] == [256, 2, 2]
     assert set(record["parts"]) == {"train_custom", "train_plain", "val", "test", "test_tta"}  # none: the plain views
@@ -84,7 +85,7 @@ def test_training_from_the_cache_equals_training_on_the_fly(probe_setup):  # noq
     assert np.load(meta.parent / "test_tta.npy", mmap_mode="r").shape == (6, 6, 256, 2, 2)
     cached = finetune_and_evaluate(tmp_path, data_dir, params, meta, "cached")
 
-    params["finetune"].update(cache="never", num_workers=1)  # on the fly, images decoded in a worker process
+    params = params.updated(finetune=dict(cache="never", num_workers=1))  # on the fly, images decoded in a worker process
     never, never_meta = cache_into(tmp_path, data_dir, params, "never")
     assert not never["cached"] and never["reason"].startswith("finetune.cache: never")
     assert sorted(p.name for p in never_meta.parent.iterdir()) == ["checksums.frozen_cache.json", "meta.json"]
@@ -102,7 +103,7 @@ def test_training_from_the_cache_equals_training_on_the_fly(probe_setup):  # noq
     np.testing.assert_allclose(cached[1][columns], fly[1][columns], rtol=TOLERANCE, atol=ABSOLUTE)
     images = torch.randn(4, 3, 32, 32)
     with torch.inference_mode():
-        a, b = (network.load(params["model"], tmp_path / d / "model.pt", 3)(images) for d in ("cached", "fly"))
+        a, b = (network.load(backbones.resolved(params.model), tmp_path / d / "model.pt", 3)(images) for d in ("cached", "fly"))
     torch.testing.assert_close(a, b, rtol=TOLERANCE, atol=TOLERANCE * b.abs().max().item())
     for key in ("accuracy", "log_loss", "train_accuracy", "val_accuracy"):
         assert cached[2][key] == pytest.approx(fly[2][key], rel=TOLERANCE, abs=ABSOLUTE)
@@ -115,13 +116,13 @@ def test_a_depth_list_trains_from_one_cache_cut_at_the_deepest(probe_setup):  # 
     """finetune.unfreeze: [1, 2]: one cache cut for 2 blocks (after layer2); the 1-block candidate runs layer3
     frozen, without gradient, from it, and trains as from a cache cut for 1 block (after layer3)."""
     tmp_path, data_dir, params, _ = probe_setup
-    params["features"]["engine"] = "torch"
-    params["finetune"].update(epochs=2, patience=5, prune=False, unfreeze=[1, 2])
+    params = params.updated(features={"engine": "torch"})
+    params = params.updated(finetune=dict(epochs=2, patience=5, prune=False, unfreeze=[1, 2]))
     record, meta = cache_into(tmp_path, data_dir, params, "deep")
     assert record["boundary"] == "layer2" and record["key"]["unfreeze"] == 2
     listed = finetune_and_evaluate(tmp_path, data_dir, params, meta, "listed")[0]
     assert listed["candidates"] == 2 and listed["searched"]["unfreeze"] == [1, 2] and listed["from_cache"]
-    params["finetune"]["unfreeze"] = 1
+    params = params.updated(finetune={"unfreeze": 1})
     record, meta = cache_into(tmp_path, data_dir, params, "shallow")
     assert record["boundary"] == "layer3"
     finetune_and_evaluate(tmp_path, data_dir, params, meta, "alone")
@@ -139,9 +140,9 @@ def test_shards_gather_to_the_unsharded_cache(probe_setup, engine):  # noqa: F81
     leaves shard 0 without one. A new image at the validation list's end is in shard 2's rows: the gathering refuses
     that shard until it runs again alone, then holds the new lists' key and size and one job's arrays."""
     tmp_path, data_dir, params, _ = probe_setup
-    params["features"]["engine"] = engine
+    params = params.updated(features={"engine": engine})
     whole_record, whole = cache_into(tmp_path, data_dir, params, "whole")
-    params["features"]["shards"] = 3
+    params = params.updated(features={"shards": 3})
     shards = [stages.execute("frozen_cache", stages.runner("frozen_cache"), params,
                              stage_io("frozen_cache", data_dir, tmp_path / "gathered", shard=s)) for s in range(3)]
     assert [r["parts"]["val"]["views"] for r in shards] == [0, 4, 2] and not (tmp_path / "gathered").exists()
@@ -149,12 +150,12 @@ def test_shards_gather_to_the_unsharded_cache(probe_setup, engine):  # noqa: F81
                             stage_io("frozen_cache", data_dir, tmp_path / "gathered", gathering=True))
     assert record["key"] == whole_record["key"] and record["prefix_sha256"] == whole_record["prefix_sha256"]
     key_before = record["key"]
-    parts = frozen.parts(params["finetune"], frozen.EVALUATION_PARTS)
+    parts = frozen.parts(params.finetune, frozen.EVALUATION_PARTS)
     assert parts == ("train_strong", "train_plain", "val", "test", "test_tta")
     for part in parts:
         assert (tmp_path / "gathered" / f"{part}.npy").read_bytes() == (whole.parent / f"{part}.npy").read_bytes(), part
         assert record["parts"][part]["views"] == whole_record["parts"][part]["views"]
-    assert frozen.Cache.open(tmp_path / "gathered", params["model"], params["finetune"],
+    assert frozen.Cache.open(tmp_path / "gathered", backbones.resolved(params.model), params.finetune,
                              read_splits(stage_io("frozen_cache", data_dir).input.splits), ["ant", "bee", "cat"])
 
     # A bit flipped in a shard's array, its time kept: the gathering checks the shard's own checksum record.
@@ -171,7 +172,7 @@ def test_shards_gather_to_the_unsharded_cache(probe_setup, engine):  # noqa: F81
         run_stage("frozen_cache", params, stage_io("frozen_cache", data_dir, tmp_path / "gathered", gathering=True))
     run_stage("frozen_cache", params, stage_io("frozen_cache", data_dir, tmp_path / "gathered", shard=2))
     record = run_stage("frozen_cache", params, stage_io("frozen_cache", data_dir, tmp_path / "gathered", gathering=True))
-    params["features"]["shards"] = 1
+    params = params.updated(features={"shards": 1})
     whole_record, whole = cache_into(tmp_path, data_dir, params, "whole")
     assert record["key"] == whole_record["key"] != key_before and record["bytes"] == whole_record["bytes"]
     for part in parts:
@@ -180,7 +181,7 @@ def test_shards_gather_to_the_unsharded_cache(probe_setup, engine):  # noqa: F81
 
 def test_cache_over_budget_runs_on_the_fly_and_says_why(probe_setup):  # noqa: F811
     tmp_path, data_dir, params, _ = probe_setup
-    params["finetune"]["cache_max_gb"] = 1e-6
+    params = params.updated(finetune={"cache_max_gb": 1e-6})
     record, meta = cache_into(tmp_path, data_dir, params)
     assert not record["cached"] and "more than finetune.cache_max_gb: 1e-06" in record["reason"]
     summary = run_stage("finetune", params, stage_io("finetune", data_dir, tmp_path / "ft", probe=tmp_path / "probe.npz",
@@ -192,12 +193,12 @@ def test_a_cache_made_for_other_params_is_refused(probe_setup):  # noqa: F811
     tmp_path, data_dir, params, _ = probe_setup
     record, meta = cache_into(tmp_path, data_dir, params)
     assert record["cached"] and record["seeds"] == [frozen.epoch_seed(0, 1), frozen.epoch_seed(0, 2)]
-    params["finetune"]["epochs"] = 3
+    params = params.updated(finetune={"epochs": 3})
     with pytest.raises(ValueError, match="made for other epochs; re-run"):
         run_stage("finetune", params, stage_io("finetune", data_dir, tmp_path / "ft", probe=tmp_path / "probe.npz",
                                       frozen=meta))
-    params["finetune"]["epochs"] = 2
-    params["finetune"]["enabled"] = False
+    params = params.updated(finetune={"epochs": 2})
+    params = params.updated(finetune={"enabled": False})
     skipped, _ = cache_into(tmp_path, data_dir, params)
     assert json.loads(meta.read_text()) == skipped and not list(meta.parent.glob("*.npy"))
 
@@ -227,7 +228,7 @@ def test_a_full_disk_at_frozen_cache_is_one_line_and_leaves_no_scratch_file(prob
     assert not record["cached"] and "MiB free at" in record["reason"] and "ONNX scratch file" in record["reason"]
     roomy = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(frozen.shutil, "disk_usage", lambda folder: roomy)
-    params["features"]["engine"] = "torch"
+    params = params.updated(features={"engine": "torch"})
     with pytest.raises(OSError) as full:
         cache_into(small_disk, data_dir, params, ".")
     line = runner.one_line(full.value)

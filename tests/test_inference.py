@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import MOBILENET, PETS, need
+from conftest import MOBILENET, PETS, need, resolved_backbone
 from PIL import Image
 from test_features_head import prepare, tiny_params
 from torchvision import models
@@ -41,7 +41,7 @@ def test_large_jpegs_are_decoded_reduced_but_never_below_the_resize(tmp_path):
 
 
 def test_fast_preprocessing_matches_the_weights_transform(tmp_path):
-    plain = backbones.preprocessing({"backbone": "resnet50", "weights": "IMAGENET1K_V2", "image_size": None})
+    plain = resolved_backbone("resnet50", "IMAGENET1K_V2").preprocessing
     assert plain == Preprocessing(232, 224, "bilinear", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     path = photo(tmp_path / "x.jpg", (500, 375))
     reference = models.ResNet50_Weights.IMAGENET1K_V2.transforms()(load_rgb(path))  # torchvision's own, on PIL
@@ -97,7 +97,7 @@ def test_device_decoding_path_gives_the_same_batches(tmp_path):
     frame = pd.read_csv(data_dir / "splits" / "train.csv")
     photo(tmp_path / "src" / "ant" / "extra.png", (50, 40), "RGBA")
     frame = pd.concat([frame, pd.DataFrame({"path": ["ant/extra.png"], "label": ["ant"]})], ignore_index=True)
-    plain = evaluation(backbones.preprocessing(tiny_params()["model"]))
+    plain = evaluation(backbones.resolved(tiny_params().model).preprocessing)
     args = (tmp_path / "src", frame, ["ant", "bee", "cat"], plain, 36)
     assert load_encoded(tmp_path / "src" / "ant" / "extra.png").ndim == 3  # PNGs are decoded in the worker
     assert load_encoded(tmp_path / "src" / frame["path"][0]).ndim == 1
@@ -110,10 +110,9 @@ def test_device_decoding_path_gives_the_same_batches(tmp_path):
 
 def test_real_weights_onnx_features_match_torch_on_photos(tmp_path):
     need(MOBILENET), need(PETS)
-    params = {"backbone": "mobilenet_v2", "weights": "IMAGENET1K_V1", "checkpoint": str(MOBILENET),
-              "image_size": None}
-    extractor, _, _ = backbones.load_feature_extractor(params)
-    plain = backbones.preprocessing(params)
+    backbone = resolved_backbone("mobilenet_v2", "IMAGENET1K_V1", MOBILENET)
+    extractor, _, _ = backbones.load_feature_extractor(backbone)
+    plain = backbone.preprocessing
     model = backbones.Normalized(extractor, plain.mean, plain.std, scale=255)
     x = torch.stack([evaluation(plain, normalize=False)(load_tensor(p))
                      for p in sorted((PETS / "images").glob("*.jpg"))[:8]])

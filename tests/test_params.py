@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import subprocess
@@ -6,11 +7,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import ROOT
 from torchvision import models
 
 from transferlab.core.errors import ParamsError
 from transferlab.pipeline.stages import STAGE_PARAMS, params_for
 from transferlab.settings import params
+from transferlab.settings.sections import SECTIONS, Params
 
 
 def valid(**over):
@@ -23,9 +26,31 @@ def valid(**over):
 
 def test_defaults_fill_every_key():
     p = params.validate(valid())
-    assert p["features"]["batch_size"] == 32
-    assert p["head"]["C_grid"] == [0.01, 0.1, 1.0, 10.0]
-    assert p["model"]["backbone"] == "mobilenet_v2"
+    assert p.features.batch_size == 32
+    assert p.head.C_grid == [0.01, 0.1, 1.0, 10.0]
+    assert p.model.backbone == "mobilenet_v2"
+
+
+def test_the_typed_sections_hold_the_schema_s_keys():
+    """One frozen dataclass per section, its fields the schema's keys in the schema's order: a key added to the
+    schema and not to its section (or the other way) fails here, not in a stage."""
+    schema = params.schema()["properties"]
+    assert [field.name for field in dataclasses.fields(Params)] == list(schema)
+    for name, section in SECTIONS.items():
+        assert [field.name for field in dataclasses.fields(section)] == list(schema[name]["properties"]), name
+
+
+def test_params_are_frozen_and_change_only_as_a_copy():
+    shipped = params.load(ROOT / "params.yaml")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        shipped.finetune.lr = 1e-3
+    changed = shipped.updated(finetune={"epochs": 1}, sweep={"enabled": False})
+    assert (changed.finetune.epochs, changed.sweep.enabled, changed.finetune.lr) == (1, False, shipped.finetune.lr)
+    assert shipped.finetune.epochs == 4 and shipped.sweep.enabled
+    assert changed.at("finetune.epochs") == 1
+    assert params.select(changed, ["finetune.epochs"]) == {"finetune": {"epochs": 1}}
+    again = params.validate(yaml.safe_load(yaml.safe_dump(shipped.as_mapping())), ROOT)
+    assert again == shipped  # the mapping the engines record reads back to the same values
 
 
 @pytest.mark.parametrize("text, expected", [("1e-5", 1e-5), ("3e-05", 3e-5), ("'.25e0'", 0.25)])
@@ -34,14 +59,14 @@ def test_numbers_written_as_strings_are_numbers(text, expected):
     raw = yaml.safe_load(f"data:\n  dataset: folder\n  source: .\n  val_fraction: {text}\nmodel:\n  weights: none\n")
     assert isinstance(raw["data"]["val_fraction"], str)  # quoted or 1e-5 style
     p = params.validate(raw)
-    assert p["data"]["val_fraction"] == pytest.approx(expected)
-    assert isinstance(p["data"]["val_fraction"], float)
+    assert p.data.val_fraction == pytest.approx(expected)
+    assert isinstance(p.data.val_fraction, float)
 
 
 def test_number_lists_and_integers_are_cast():
     p = params.validate(valid(head__C_grid=["1e-2", 1], features__batch_size="16"))
-    assert p["head"]["C_grid"] == [0.01, 1]
-    assert p["features"]["batch_size"] == 16 and isinstance(p["features"]["batch_size"], int)
+    assert p.head.C_grid == [0.01, 1]
+    assert p.features.batch_size == 16 and isinstance(p.features.batch_size, int)
 
 
 @pytest.mark.parametrize("over, key", [
@@ -81,8 +106,6 @@ def test_load_reports_missing_file(tmp_path):
 
 
 def test_shipped_params_yaml_is_complete_and_valid():
-    from conftest import ROOT
-
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     full = params.defaults()
     assert set(raw) == set(full)
@@ -143,8 +166,6 @@ def test_params_validation_as_the_snakefile_parses_imports_no_torch_once_names_a
 
 
 def test_parameter_reference_is_generated_from_the_schema():
-    from conftest import ROOT
-
     from transferlab.settings.params import load, reference
 
     expected = reference(load(ROOT / "params.yaml"))

@@ -15,11 +15,10 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import ROOT, is_share, run
+from conftest import ROOT, is_share, resolved_backbone, run
 from PIL import Image
 
 from transferlab.inference import transforms
-from transferlab.models.backbones import preprocessing
 from transferlab.serve import export, predict
 
 
@@ -88,12 +87,12 @@ def test_export_writes_a_checked_graph_and_a_card_from_the_run(project):
 
 def test_export_check_refuses_a_graph_that_disagrees(project):
     files = predict.project_files(project)
-    params = predict.model_params(files)
-    plain = preprocessing(params)
-    module = export.probabilities_module(predict.network(files, "probe", params), plain)
+    model = predict.extracted(files)
+    plain = model.backbone.preprocessing
+    module = export.probabilities_module(predict.network(files, "probe", model), plain)
     frame = pd.read_csv(project / "data/splits/test.csv")
     from transferlab.inference.batches import ImageList
-    images = ImageList(project.parent / "images", frame, params["classes"], transforms.evaluation(plain, normalize=False),
+    images = ImageList(project.parent / "images", frame, model.classes, transforms.evaluation(plain, normalize=False),
                        plain.resize)
     reference = lambda x: module(x).detach().numpy()  # noqa: E731
     assert export.check(module, reference, images, 3, 4)["top1_differences"] == 0
@@ -169,7 +168,7 @@ def test_the_install_puts_the_transferlab_command_beside_python(tmp_path):
 
 
 def test_tta_views_are_the_centre_its_mirror_and_the_corners():
-    plain = preprocessing({"backbone": "resnet18", "weights": "none", "image_size": 32})
+    plain = resolved_backbone("resnet18", image_size=32).preprocessing
     image = torch.randint(0, 256, (3, 50, 40), dtype=torch.uint8)
     views = transforms.test_time_views(plain)(image)
     assert views.shape == (len(transforms.TTA_VIEWS), 3, 32, 32) and views.dtype == torch.uint8
@@ -180,7 +179,7 @@ def test_tta_views_are_the_centre_its_mirror_and_the_corners():
 
 
 def test_tta_averages_probabilities_over_views_in_smaller_batches():
-    plain = preprocessing({"backbone": "resnet18", "weights": "none", "image_size": 32})
+    plain = resolved_backbone("resnet18", image_size=32).preprocessing
     forward = lambda x: np.stack([x.float().mean((1, 2, 3)).numpy(), np.zeros(len(x))], 1)  # noqa: E731
     transform, averaged, batch = transforms.for_prediction(plain, forward, 32, tta=True)
     views = torch.stack([transform(torch.full((3, 40, 40), v, dtype=torch.uint8)) for v in (10, 200)])

@@ -1,5 +1,4 @@
 """The HTML report on a tiny pipeline run: sections, values equal to the metrics, escaping, probe-only runs."""
-import copy
 import json
 import re
 import shutil
@@ -16,7 +15,8 @@ from transferlab.finetuning import tuning
 from transferlab.pipeline import stages
 from transferlab.probe import head
 from transferlab.reporting import report
-from transferlab.settings.params import validate
+from transferlab.settings.params import select
+from transferlab.settings.sections import Params
 
 EVIL = "<script>alert(1)"
 
@@ -25,12 +25,11 @@ def pipeline(tmp_path: Path, with_finetune: bool, classes=("ant", EVIL, "cat")) 
     """download → … → evaluate (and fine-tune) through the library, outputs laid out as the stages write them."""
     data_dir = prepare(tmp_path, {c: 8 for c in classes})
     params = tiny_params()
-    params["finetune"].update({"enabled": with_finetune, "epochs": 1, "batch_size": 8, "num_workers": 0})
-    params["visualize"].update({"enabled": with_finetune, "steps": 5, "image_size": 32, "adversarial_steps": 3})
-    params = validate(params)
+    params = params.updated(finetune={"enabled": with_finetune, "epochs": 1, "batch_size": 8, "num_workers": 0})
+    params = params.updated(visualize={"enabled": with_finetune, "steps": 5, "image_size": 32, "adversarial_steps": 3})
     run_stage("extract", params, stage_io("extract", data_dir))
     cached = {s: read_arrays(path) for s, path in vars(stage_io("train_head", data_dir).input).items()}
-    model, search = head.fit(cached["train"], cached["val"], params["head"])
+    model, search = head.fit(cached["train"], cached["val"], params.head)
     trained = stage_io("train_head", data_dir).output
     head.save(model, trained.model, list(cached["train"]["classes"]))
     write_csv(trained.search, search)
@@ -41,7 +40,7 @@ def pipeline(tmp_path: Path, with_finetune: bool, classes=("ant", EVIL, "cat")) 
     return params, data_dir, tmp_path / "results"
 
 
-def page(params: dict, data_dir: Path) -> Path:
+def page(params: Params, data_dir: Path) -> Path:
     return run_stage("report", params, stage_io("report", data_dir, template=ROOT / "workflow" / "report" / "report.html.j2"))
 
 
@@ -171,14 +170,13 @@ def test_sections_from_another_dataset_or_a_disabled_stage_are_not_shown(full, t
     old_stamp = json.loads((old / "visualize" / "summary.json").read_text())["made_from"]
     (results / "curve").mkdir()
     write_json(results / "curve" / "summary.json", {"points": 1, "reading": "OLD CURVE", "confidence": 0.95,
-                                                    "made_from": {**old_stamp, "params": {"sweep": params["sweep"]}}})
+                                                    "made_from": {**old_stamp, "params": select(params, ["sweep"])}})
 
-    params["sweep"]["enabled"] = False
+    params = params.updated(sweep={"enabled": False})
     html = page(params, data_dir).read_text()  # visualize and sweep off, as the new run's params say
     assert "not run (visualize.enabled: false)" in html and "not run (sweep.enabled: false)" in html
     assert "OLD CURVE" not in html and 'alt="ideal' not in html and "<code>visualize.steps</code>" not in html
-    on = copy.deepcopy(params)
-    on["visualize"]["enabled"] = on["sweep"]["enabled"] = True
+    on = params.updated(visualize={"enabled": True}, sweep={"enabled": True})
     html = page(on, data_dir).read_text()  # enabled, but the outputs on disk were made from the other dataset
     assert "not shown: results of the visualize stage were made from another dataset" in html
     assert "not shown: results of the sweep_aggregate stage were made from another dataset" in html

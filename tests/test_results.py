@@ -23,18 +23,17 @@ def test_the_records_are_of_the_shipped_params(monkeypatch, path):
 
     monkeypatch.chdir(ROOT)
     record, shipped = json.loads(path.read_text()), load("params.yaml")
-    assert record["head"]["C_grid"] == shipped["head"]["C_grid"] and record["seed"] == shipped["data"]["seed"]
-    ft = shipped["finetune"]
-    grid = tuning.candidates(ft)
+    assert record["head"]["C_grid"] == shipped.head.C_grid and record["seed"] == shipped.data.seed
+    grid = tuning.candidates(shipped.finetune)
     assert record["finetune"]["searched"] == {k: list(dict.fromkeys(c[k] for c in grid)) for k in tuning.GRID}
     assert len(record["search"]) == record["finetune"]["candidates"] == len(grid)
     chosen = [c for c in record["search"] if c["chosen"]]
     assert len(chosen) == 1 and chosen[0]["val_log_loss"] == min(c["val_log_loss"] for c in record["search"])
     assert {k: chosen[0][k] for k in ("augment", "unfreeze", "lr")} == {
         k: record["finetune"][k] for k in ("augment", "unfreeze", "lr")}
-    assert record["finetune"]["alpha"] in ft["interpolate"]
-    assert record["backbone"]["backbone"] == shipped["model"]["backbone"]
-    assert record["head"]["C"] in shipped["head"]["C_grid"]
+    assert record["finetune"]["alpha"] in shipped.finetune.interpolate
+    assert record["backbone"]["backbone"] == shipped.model.backbone
+    assert record["head"]["C"] in shipped.head.C_grid
     if record["finetune"]["improved"]:  # never below the start on validation
         assert record["finetuned"]["val_accuracy"] >= record["finetune"]["start"]["val_accuracy"] - 1e-9
 

@@ -12,16 +12,15 @@ from transferlab.core.errors import DamagedFile
 from transferlab.core.project import resolve, workspace
 from transferlab.pipeline import checks, layout, sources, stages
 from transferlab.settings.params import defaults
+from transferlab.settings.sections import Params
 
 
 def manifest_files(project: Path) -> SimpleNamespace:
     return layout.files("inputs", project)
 
 
-def params_for(source: str, checkpoint: str | None) -> dict:
-    p = defaults()
-    p["data"]["source"], p["model"]["checkpoint"] = source, checkpoint
-    return p
+def params_for(source: str, checkpoint: str | None) -> Params:
+    return Params.from_mapping(defaults()).updated(data={"source": source}, model={"checkpoint": checkpoint})
 
 
 def test_manifests_follow_content_and_keep_their_time_when_it_does_not_change(tmp_path, monkeypatch):
@@ -52,7 +51,7 @@ def test_manifests_follow_content_and_keep_their_time_when_it_does_not_change(tm
     random_checkpoint(tmp_path / "weights.pth", seed=1)
     assert sources.refresh(p, out, project) == ["checkpoint"]
     # the sweep's other backbones' checkpoints: a manifest of their own, read by the sweep's stages only
-    p["sweep"].update(backbones=["resnet18", "timm/convnext_atto"], checkpoints={"timm/convnext_atto": "../other.pth"})
+    p = p.updated(sweep=dict(backbones=["resnet18", "timm/convnext_atto"], checkpoints={"timm/convnext_atto": "../other.pth"}))
     random_checkpoint(tmp_path / "other.pth", seed=2)
     assert sources.refresh(p, out, project) == ["sweep_checkpoints"]
     random_checkpoint(tmp_path / "other.pth", seed=3)

@@ -9,6 +9,7 @@ from transferlab.pipeline import imports
 from transferlab.pipeline.render import dvc_yaml
 from transferlab.pipeline.stages import TABLE, modules, runner, script
 from transferlab.settings.params import defaults
+from transferlab.settings.sections import Params
 
 
 def test_dvc_yaml_is_generated_from_the_stage_table():
@@ -157,7 +158,7 @@ def test_a_stage_depends_on_its_code_through_one_record_rewritten_only_when_the_
     assert render.write_code_records(tmp_path) == ["sweep_aggregate"] == [
         stage for stage in TABLE if "evaluate.curve" in modules(stage)]
     assert (tmp_path / layout.CODE_RECORD.format(name="sweep_aggregate")).stat().st_mtime > newest
-    inputs = render.snakemake_inputs("report", {**defaults(), "sweep": {**defaults()["sweep"], "enabled": False}})
+    inputs = render.snakemake_inputs("report", Params.from_mapping(defaults()).updated(sweep={"enabled": False}))
     assert inputs["code"] == layout.CODE_RECORD.format(name="report")
     assert not [path for value in inputs.values() for path in ([value] if isinstance(value, str) else value)
                 if path.startswith("src/")]

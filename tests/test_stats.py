@@ -7,8 +7,9 @@ from scipy import stats as sps
 from sklearn import metrics as skm
 
 from transferlab.evaluate import stats
+from transferlab.settings.sections import Evaluate
 
-SETTINGS = {"draws": 20000, "confidence": 0.95, "seed": 0}
+SETTINGS = Evaluate(draws=20000, confidence=0.95, seed=0, tta=False)
 
 
 def test_accuracy_interval_is_wilsons_by_hand():

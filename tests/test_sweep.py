@@ -1,4 +1,5 @@
 """The learning-curve sweep: points reuse one extraction, subsample correctly, and the reading follows the numbers."""
+import dataclasses
 import json
 
 import pandas as pd
@@ -15,6 +16,7 @@ from transferlab.pipeline import layout, stages
 from transferlab.pipeline.adapters.sweep_aggregate import metric_files
 from transferlab.probe import features, head
 from transferlab.settings.params import sweep_point, validate
+from transferlab.settings.sections import Model
 
 
 def sweep_params(**over):
@@ -45,8 +47,8 @@ def test_points_reuse_the_cached_features_and_subsample_per_class(tmp_path, monk
         files = stage_io("sweep_frozen", data_dir, wildcards={"backbone": "resnet18", "seed": str(seed)})
         caches[seed] = run_stage("sweep_frozen", params, files)
         assert caches[seed]["cached"] and sorted(caches[seed]["parts"]) == (
-            sorted(frozen.parts(params["finetune"], frozen.EVALUATION_PARTS if seed == 0 else frozen.SWEEP_PARTS)))
-        part = frozen.train_part(params["finetune"], "strong")
+            sorted(frozen.parts(params.finetune, frozen.EVALUATION_PARTS if seed == 0 else frozen.SWEEP_PARTS)))
+        part = frozen.train_part(params.finetune, "strong")
         same = (files.output.meta.parent / f"{part}.npy").read_bytes() == (tmp_path / f"results/frozen/{part}.npy").read_bytes()
         assert same == (seed == 0)
     assert caches[1]["seeds"] == [frozen.epoch_seed(1, 1)]
@@ -105,7 +107,7 @@ def test_points_reuse_the_cached_features_and_subsample_per_class(tmp_path, monk
     point = json.loads(files[0].read_text())
     assert point["vs_probe"]["test_images"] == 12 and sum(point["vs_probe"]["only_correct"].values()) <= 12
     assert summary["made_from"]["dataset"]["dataset"] == "folder" and summary["made_from"]["classes"] == 3
-    assert summary["made_from"]["params"] == {"sweep": params["sweep"]}
+    assert summary["made_from"]["params"] == {"sweep": dataclasses.asdict(params.sweep)}
     assert (tmp_path / "results" / "curve" / "curve.png").stat().st_size > 5000
     assert summary["reading"].startswith("resnet18:")
     shown = json.loads((tmp_path / "results" / "curve" / "metrics.json").read_text())
@@ -182,32 +184,28 @@ def test_sweep_params_are_validated():
         families.check_names(sweep_params(backbones=["resnet7"]))
     with pytest.raises(ParamsError, match="sweep.fractions"):
         sweep_params(fractions=[0.0, 0.5])
-    assert sweep_params(fractions=["0.5"])["sweep"]["fractions"] == [0.5]  # cast like dvc exp run -S writes
+    assert sweep_params(fractions=["0.5"]).sweep.fractions == [0.5]  # cast like dvc exp run -S writes
 
 
 def test_other_backbones_use_their_default_weights():
-    import copy
-
-    params = sweep_params()
-    params["model"].update(checkpoint="x.pth")
-    original = copy.deepcopy(params)
-    assert sweep_point(params, "resnet18")["model"]["checkpoint"] == "x.pth"
-    other = sweep_point(params, "mobilenet_v3_small")["model"]
-    assert other == {**params["model"], "backbone": "mobilenet_v3_small", "weights": "DEFAULT", "checkpoint": None}
-    assert params == original  # the original is untouched
+    params = sweep_params().updated(model={"checkpoint": "x.pth"})
+    assert sweep_point(params, "resnet18").model.checkpoint == "x.pth"
+    other = sweep_point(params, "mobilenet_v3_small").model
+    assert other == Model("mobilenet_v3_small", "DEFAULT", None, params.model.image_size)
+    assert params.model.checkpoint == "x.pth" and params.model.backbone == "resnet18"  # the original is untouched
 
 
 def test_a_subsample_trains_on_the_same_views_from_the_cache_as_on_the_fly(tmp_path):
     data_dir = prepare(tmp_path, {"ant": 12, "bee": 12, "cat": 12})
     params = sweep_params(fractions=[0.5], seeds=[3])
-    params["features"]["engine"] = "torch"
+    params = params.updated(features={"engine": "torch"})
     run_stage("extract", params, stage_io("extract", data_dir))
     run_stage("frozen_cache", params, stage_io("frozen_cache", data_dir))
     wildcards = {"backbone": "resnet18", "fraction": "0.5", "seed": "3"}
     run_stage("sweep_extract", params, stage_io("sweep_extract", data_dir, wildcards=wildcards))
     run_stage("sweep_frozen", params, stage_io("sweep_frozen", data_dir, wildcards=wildcards))
     cached = run_stage("sweep_point", params, stage_io("sweep_point", data_dir, wildcards=wildcards))
-    params["finetune"]["cache"] = "never"
+    params = params.updated(finetune={"cache": "never"})
     never = run_stage("sweep_frozen", params, stage_io("sweep_frozen", data_dir, wildcards=wildcards))
     fly = run_stage("sweep_point", params, stage_io("sweep_point", data_dir, wildcards=wildcards))
     assert not never["cached"] and cached["finetune"]["from_cache"] and not fly["finetune"]["from_cache"]
@@ -219,6 +217,6 @@ def test_a_subsample_trains_on_the_same_views_from_the_cache_as_on_the_fly(tmp_p
 def test_the_main_run_is_one_point_of_the_grid():
     params = sweep_params(backbones=["resnet18", "mobilenet_v3_small"], fractions=[0.5, 1.0], seeds=[0, 1])
     assert [p for p in layout.points(params) if sweep.is_main(params, *p)] == [("resnet18", 1.0, 0)]
-    params["finetune"]["enabled"] = False  # the probe does not depend on the seed at fraction 1
+    params = params.updated(finetune={"enabled": False})  # the probe does not depend on the seed at fraction 1
     assert [p for p in layout.points(params) if sweep.is_main(params, *p)] == [("resnet18", 1.0, 0),
                                                                                 ("resnet18", 1.0, 1)]

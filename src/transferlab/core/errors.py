@@ -5,8 +5,6 @@ every other exception (ValueError included) keeps its traceback.
 """
 from __future__ import annotations
 
-from typing import Any
-
 
 class UserError(ValueError):
     """Bad input: a parameter, a data file, a command-line argument. The message names the key or the file."""
@@ -36,10 +34,11 @@ def rerun_command(stage: str, target: str | None, engine: str | None) -> str:
     return f"{commands['snakemake']} (or {commands['dvc']})"
 
 
-def check_classes(visualize: dict[str, Any], keys: list[str], names: list[str], whose: str) -> None:
-    """Refuse, in one line naming every such key at once, visualize keys naming a class not among `names`."""
+def check_classes(given: dict[str, str | None], names: list[str], whose: str) -> None:
+    """Refuse, in one line naming every such key at once, the visualize keys (`given`: key → class) naming a class
+    not among `names`."""
     shown = ", ".join(names[:6]) + (", …" if len(names) > 6 else "")
-    wrong = [f"visualize.{key}: {visualize[key]!r} is not a class of {whose} ({shown})"
-             for key in keys if visualize[key] is not None and visualize[key] not in names]
+    wrong = [f"visualize.{key}: {value!r} is not a class of {whose} ({shown})"
+             for key, value in given.items() if value is not None and value not in names]
     if wrong:
         raise ParamsError("params: " + "; ".join(wrong) + "; name one, or null")

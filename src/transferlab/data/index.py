@@ -14,6 +14,7 @@ from transferlab.core.progress import Progress
 from transferlab.core.project import resolve
 from transferlab.data import datasets
 from transferlab.data.images import BadImage, inspect
+from transferlab.settings.sections import Data
 
 INDEX_COLUMNS = ["path", "label", "width", "height", "bytes", "sha256"]
 
@@ -48,15 +49,15 @@ def scan(root: Path, files: list[tuple[str, str]], workers: int = 1) -> tuple[pd
     return index, rejected
 
 
-def build(data: dict[str, Any], out: SimpleNamespace, workers: int = 1) -> dict[str, Any]:
+def build(data: Data, out: SimpleNamespace, workers: int = 1) -> dict[str, Any]:
     """Materialise the dataset and write the download stage's index, rejected list and dataset summary."""
     raw_dir = out.dataset.parent / "raw"  # archives unpack beside data/dataset.json
     raw_dir.mkdir(parents=True, exist_ok=True)
-    given = datasets.materialise(data["dataset"], data["source"], raw_dir)
+    given = datasets.materialise(data.dataset, data.source, raw_dir)
     root = resolve(given)
-    files, left_out = datasets.candidates(data["dataset"], root, data["label"] or "breed")
+    files, left_out = datasets.candidates(data.dataset, root, data.label or "breed")
     if not files:
-        raise UserError(f"data.source: no image files found under {root} for dataset {data['dataset']!r}")
+        raise UserError(f"data.source: no image files found under {root} for dataset {data.dataset!r}")
     index, rejected = scan(root, files, workers)
     unread = pd.DataFrame(left_out, columns=rejected.columns)
     rejected = pd.concat([rejected, unread], ignore_index=True) if len(unread) else rejected
@@ -64,10 +65,10 @@ def build(data: dict[str, Any], out: SimpleNamespace, workers: int = 1) -> dict[
         raise UserError(f"data.source: none of the {len(files)} files under {root} is a readable image")
     classes = sorted(index["label"].unique())
     summary = {
-        "dataset": data["dataset"],
-        "source": data["source"],
+        "dataset": data.dataset,
+        "source": data.source,
         "root": given.as_posix(),
-        "label": (data["label"] or "breed") if data["dataset"] == "oxford_pets" else "folder",
+        "label": (data.label or "breed") if data.dataset == "oxford_pets" else "folder",
         "images": len(index),
         "classes": classes,
         "counts": {c: int(n) for c, n in index["label"].value_counts().sort_index().items()},

@@ -99,8 +99,8 @@ def reading(points_curve: pd.DataFrame) -> str:
                              f"{best.iloc[0]:.1%} at {per_class.iloc[0]:g} images per class to {best.iloc[-1]:.1%} "
                              f"at {per_class.iloc[-1]:g}.")
             continue
-        ft = group[group["method"] == "finetune"].sort_values("fraction")
-        by = {v: ft[ft["verdict"] == v] for v in ("finetune", "probe", "within")}
+        finetuned = group[group["method"] == "finetune"].sort_values("fraction")
+        by = {v: finetuned[finetuned["verdict"] == v] for v in ("finetune", "probe", "within")}
         parts = []
         for who, text in (("finetune", "fine-tuning leads by more than its uncertainty at"),
                           ("probe", "the frozen features lead by more than the uncertainty at")):
@@ -109,21 +109,21 @@ def reading(points_curve: pd.DataFrame) -> str:
                              + "; ".join(_gain(r) for r in by[who].itertuples()) + ")")
         if len(by["within"]):
             parts.append(f"at {_points(by['within']['images_per_class'].tolist())} the difference is within the "
-                         f"uncertainty of {int(ft['test_images'].iloc[0])} test images ("
+                         f"uncertainty of {int(finetuned['test_images'].iloc[0])} test images ("
                          + "; ".join(_gain(r) for r in by["within"].itertuples()) + ")")
-        verdicts = ft["verdict"].tolist()
+        verdicts = finetuned["verdict"].tolist()
         first = verdicts.index("finetune") if "finetune" in verdicts else None
         if first is None:
             advice = ("nowhere does fine-tuning beat the frozen features by more than the test set can tell: keep "
                       "the backbone frozen at these sizes, or measure on more test images")
         elif all(v == "finetune" for v in verdicts[first:]):
-            advice = f"fine-tuning pays off from {ft['images_per_class'].iloc[first]:g} training images per class on"
+            advice = f"fine-tuning pays off from {finetuned['images_per_class'].iloc[first]:g} training images per class on"
         else:
             advice = "fine-tuning's lead is not consistent across sizes: treat it as noise"
-        rates = ", ".join(f"{r.chosen} at {r.images_per_class:g}" for r in ft.itertuples())
-        tuned = (f"The fine-tune's setting chosen on validation (of {ft['candidates'].max():g} candidates) at "
-                 f"each size: {rates} images per class" if ft["candidates"].max() > 1 else
-                 f"Every size fine-tunes at the one setting: {ft['chosen'].iloc[0]}")
+        rates = ", ".join(f"{r.chosen} at {r.images_per_class:g}" for r in finetuned.itertuples())
+        tuned = (f"The fine-tune's setting chosen on validation (of {finetuned['candidates'].max():g} candidates) at "
+                 f"each size: {rates} images per class" if finetuned["candidates"].max() > 1 else
+                 f"Every size fine-tunes at the one setting: {finetuned['chosen'].iloc[0]}")
         sentences.append(f"{backbone}: " + "; ".join(parts) + f". {advice[0].upper()}{advice[1:]}. {tuned}.")
     return " ".join(sentences)
 

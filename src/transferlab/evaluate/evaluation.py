@@ -10,6 +10,7 @@ from sklearn import metrics as skm
 
 from transferlab.core.errors import UserError
 from transferlab.evaluate import stats
+from transferlab.settings.sections import Evaluate
 
 
 def scores(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
@@ -27,7 +28,7 @@ def scores(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
     return {k: round(float(v), 6) for k, v in out.items()}
 
 
-def scored(y_true: np.ndarray, proba: np.ndarray, settings: dict[str, Any]) -> dict[str, Any]:
+def scored(y_true: np.ndarray, proba: np.ndarray, settings: Evaluate) -> dict[str, Any]:
     """`scores` with the intervals of accuracy, balanced accuracy and macro F1 (`evaluate:` params)."""
     return {**scores(y_true, proba), "interval": stats.intervals(y_true, proba.argmax(1), proba.shape[1], settings)}
 
@@ -48,7 +49,7 @@ def per_class(y_true: np.ndarray, predicted: np.ndarray, class_names: list[str])
 
 
 def versus(baseline: pd.DataFrame, method: str, ids: np.ndarray, correct: np.ndarray,
-           settings: dict[str, Any]) -> dict[str, Any]:
+           settings: Evaluate) -> dict[str, Any]:
     """The paired comparison of `method` with the baseline's predictions.csv on the same test images."""
     mine = pd.Series(correct, index=ids)
     theirs = baseline.set_index("id")["correct"].astype(bool)
@@ -69,7 +70,7 @@ class Evaluation:
 
 
 def evaluate(method: str, proba: dict[str, np.ndarray], labels: dict[str, np.ndarray], ids: np.ndarray,
-             class_names: list[str], settings: dict[str, Any], baseline: pd.DataFrame | None = None,
+             class_names: list[str], settings: Evaluate, baseline: pd.DataFrame | None = None,
              tta_proba: np.ndarray | None = None) -> Evaluation:
     """The method's metrics and tables.
 

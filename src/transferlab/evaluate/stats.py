@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 from scipy.special import ndtri  # the normal quantile: scipy.stats (1 s to import) loads only for McNemar's test
 
+from transferlab.settings.sections import Evaluate
+
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 JEFFREYS = 0.5  # the prior count added to each outcome of a class
 
@@ -63,12 +65,12 @@ def posterior_scores(y_true: np.ndarray, predicted: np.ndarray, n_classes: int, 
     return {"balanced_accuracy": recall.mean(1), "macro_f1": f1.mean(1)}
 
 
-def intervals(y_true: np.ndarray, predicted: np.ndarray, n_classes: int, settings: dict[str, Any]) -> dict[str, Any]:
-    """Intervals of accuracy (Wilson), balanced accuracy and macro F1 (posterior draws, `settings["draws"]`
-    seeded by `settings["seed"]`) at `settings["confidence"]`."""
-    confidence = settings["confidence"]
+def intervals(y_true: np.ndarray, predicted: np.ndarray, n_classes: int, settings: Evaluate) -> dict[str, Any]:
+    """Intervals of accuracy (Wilson), balanced accuracy and macro F1 (posterior draws, `settings.draws`
+    seeded by `settings.seed`) at `settings.confidence`."""
+    confidence = settings.confidence
     right = int((np.asarray(y_true) == np.asarray(predicted)).sum())
-    drawn = posterior_scores(y_true, predicted, n_classes, settings["draws"], settings["seed"])
+    drawn = posterior_scores(y_true, predicted, n_classes, settings.draws, settings.seed)
     return {"accuracy": _rounded(*wilson(right, len(y_true), confidence)),
             **{metric: percentile_interval(values, confidence) for metric, values in drawn.items()}}
 
@@ -97,7 +99,7 @@ def mcnemar_exact(only_a: int, only_b: int) -> float:
     return 1.0 if n == 0 else float(binomtest(only_b, n, 0.5).pvalue)
 
 
-def paired(correct: dict[str, np.ndarray], settings: dict[str, Any]) -> dict[str, Any]:
+def paired(correct: dict[str, np.ndarray], settings: Evaluate) -> dict[str, Any]:
     """Second − first method's accuracy on the same test images ({name: per-image correct}): the difference,
     its interval (`newcombe`), the images only one method gets right, and McNemar's exact test on them."""
     (name_a, correct_a), (name_b, correct_b) = ((k, np.asarray(v, bool)) for k, v in correct.items())
@@ -106,7 +108,7 @@ def paired(correct: dict[str, np.ndarray], settings: dict[str, Any]) -> dict[str
     gain = correct_b.astype(float) - correct_a
     only_a, only_b = int((correct_a & ~correct_b).sum()), int((correct_b & ~correct_a).sum())
     return {"difference": round(float(gain.mean()), 6),
-            **_rounded(*newcombe(correct_a, correct_b, settings["confidence"])),
+            **_rounded(*newcombe(correct_a, correct_b, settings.confidence)),
             "only_correct": {name_a: only_a, name_b: only_b}, "mcnemar_p": float(f"{mcnemar_exact(only_a, only_b):.4g}"),
             "test_images": int(len(gain))}
 

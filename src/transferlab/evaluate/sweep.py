@@ -21,6 +21,7 @@ from transferlab.data.split import subsample
 from transferlab.evaluate.evaluation import scored, versus
 from transferlab.settings import grid
 from transferlab.settings.params import sweep_point
+from transferlab.settings.sections import Params
 
 
 def _rows(cached: dict[str, np.ndarray], ids: set[str]) -> dict[str, np.ndarray]:
@@ -28,20 +29,20 @@ def _rows(cached: dict[str, np.ndarray], ids: set[str]) -> dict[str, np.ndarray]
     return {k: (v[keep] if k != "classes" else v) for k, v in cached.items()}
 
 
-def is_main(params: dict[str, Any], backbone: str, fraction: float, seed: int) -> bool:
+def is_main(params: Params, backbone: str, fraction: float, seed: int) -> bool:
     """Whether a point is the main pipeline's own run: model.backbone, every training image and (where it
     fine-tunes) finetune.seed; its head and fine-tune are then the main ones to the digit."""
-    return (backbone == params["model"]["backbone"] and fraction >= 1
-            and (not params["finetune"]["enabled"] or seed == params["finetune"]["seed"]))
+    return (backbone == params.model.backbone and fraction >= 1
+            and (not params.finetune.enabled or seed == params.finetune.seed))
 
 
-def point_record(params: dict[str, Any], backbone: str, fraction: float, seed: int, dataset: dict[str, Any],
+def point_record(params: Params, backbone: str, fraction: float, seed: int, dataset: dict[str, Any],
            train_images: int, test_images: int, features_folder: Path) -> dict[str, Any]:
     """A point's metrics record without its scores."""
     return {"backbone": backbone, "fraction": fraction, "seed": seed, "train_images": train_images,
             "images_per_class": round(train_images / len(dataset["classes"]), 2), "test_images": test_images,
             "features": str(features_folder),
-            "confidence": params["evaluate"]["confidence"], "probe": None, "finetune": None}
+            "confidence": params.evaluate.confidence, "probe": None, "finetune": None}
 
 
 def tuning_record(summary: dict[str, Any]) -> dict[str, Any]:
@@ -53,11 +54,12 @@ def tuning_record(summary: dict[str, Any]) -> dict[str, Any]:
                                        "candidates", "improved")}, "setting": setting}
 
 
-def run_point(params: dict[str, Any], backbone: str, fraction: float, seed: int, dataset: dict[str, Any],
+def run_point(params: Params, backbone: str, fraction: float, seed: int, dataset: dict[str, Any],
               frames: dict[str, pd.DataFrame], cache: SimpleNamespace, frozen_folder: Path) -> dict[str, Any]:
     """Fit the head on the point's subsample of the cached features, then fine-tune from it (from the
     (backbone, seed) frozen-prefix cache in `frozen_folder` where there is one); the point's metrics."""
     from transferlab.finetuning import finetune, frozen
+    from transferlab.models import backbones
     from transferlab.probe import head
 
     params = sweep_point(params, backbone, seed)
@@ -65,27 +67,26 @@ def run_point(params: dict[str, Any], backbone: str, fraction: float, seed: int,
     frames = {**frames, "train": subsample(frames["train"], fraction, seed)}
     cached = {s: _rows(read_arrays(getattr(cache, s)), set(frames[s]["path"])) for s in SPLITS}
     classes = [str(c) for c in cached["train"]["classes"]]
-    settings = params["evaluate"]
+    evaluate = params.evaluate
     start = time.perf_counter()
-    model, search = head.fit(cached["train"], cached["val"], params["head"])
+    model, search = head.fit(cached["train"], cached["val"], params.head)
     test = cached["test"]
     proba = head.predict_proba(model, test["features"], len(classes))
     predicted = proba.argmax(1)
     result = point_record(params, backbone, fraction, seed, dataset, len(frames["train"]), int(len(test["labels"])),
                           cache.meta.parent)
-    result["probe"] = {**scored(test["labels"], proba, settings), "seconds": round(time.perf_counter() - start, 3),
+    result["probe"] = {**scored(test["labels"], proba, evaluate), "seconds": round(time.perf_counter() - start, 3),
                        "C": head.chosen_C(search)}
-    if params["finetune"]["enabled"]:
-        ft = params["finetune"]
-        root = data_root(dataset)
-        views = frozen.Cache.open(frozen_folder, params["model"], ft, full, classes)
-        tuned = finetune.tune(params["model"], ft, head.as_linear(model), root, frames, classes, views,
+    if params.finetune.enabled:
+        settings, pretrained, root = params.finetune, backbones.resolved(params.model), data_root(dataset)
+        views = frozen.Cache.open(frozen_folder, pretrained, settings, full, classes)
+        tuned = finetune.tune(pretrained, settings, head.as_linear(model), root, frames, classes, views,
                               frozen.rows_of(full["train"], frames["train"]))
         summary = tuned.summary
-        predict = finetune.predictor(tuned.net, params["model"], root, classes, ft["batch_size"], views)
+        predict = finetune.predictor(tuned.net, pretrained, root, classes, settings.batch_size, views)
         proba, labels = predict("test", frames["test"])
-        result["finetune"] = {**scored(labels, proba, settings), **tuning_record(summary)}
+        result["finetune"] = {**scored(labels, proba, evaluate), **tuning_record(summary)}
         baseline = pd.DataFrame({"id": test["ids"], "correct": predicted == test["labels"]})
         result["vs_probe"] = versus(baseline, "finetune", frames["test"]["path"].to_numpy(), proba.argmax(1) == labels,
-                                    settings)
+                                    evaluate)
     return result

@@ -2,6 +2,7 @@
 tiny backbone learning rate (linear probe, then fine-tune: LP-FT), every candidate of the search from one start."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -23,7 +24,9 @@ from transferlab.inference import backends
 from transferlab.inference.batches import ImageList, device, predict_images
 from transferlab.inference.transforms import augmented, evaluation
 from transferlab.models import backbones
+from transferlab.models.backbones import Backbone
 from transferlab.settings import grid
+from transferlab.settings.sections import Finetune
 
 if TYPE_CHECKING:
     from dvclive import Live
@@ -31,21 +34,21 @@ if TYPE_CHECKING:
 log = logging.getLogger("transferlab")
 
 
-def training_images(model_params: dict[str, Any], ft: dict[str, Any], root: Path, frame: pd.DataFrame,
+def training_images(backbone: Backbone, finetune: Finetune, root: Path, frame: pd.DataFrame,
                     classes: list[str], keys: list[int] | None = None) -> ImageList:
-    """The fine-tune's training images under one augmentation setting (`ft["augment"]`), seeded by epoch and
+    """The fine-tune's training images under one augmentation setting (`finetune.augment`), seeded by epoch and
     `keys` (default their rows)."""
-    plain = backbones.preprocessing(model_params)
-    return ImageList(root, frame, classes, augmented(plain, ft["augment"]), plain.resize, seed=ft["seed"], keys=keys)
+    plain = backbone.preprocessing
+    return ImageList(root, frame, classes, augmented(plain, finetune.augment), plain.resize, seed=finetune.seed, keys=keys)
 
 
-def validation_images(model_params: dict[str, Any], root: Path, frame: pd.DataFrame, classes: list[str]) -> ImageList:
-    plain = backbones.preprocessing(model_params)
+def validation_images(backbone: Backbone, root: Path, frame: pd.DataFrame, classes: list[str]) -> ImageList:
+    plain = backbone.preprocessing
     return ImageList(root, frame, classes, evaluation(plain), plain.resize)
 
 
 def search(net: FineTuneNet, begin: dict[str, torch.Tensor], candidates: list[dict[str, Any]],
-           views: Callable[[str], Dataset], val: Dataset, ft: dict[str, Any], dev: torch.device,
+           views: Callable[[str], Dataset], val: Dataset, finetune: Finetune, dev: torch.device,
            model: nn.Module | None = None, live: Live | None = None,
            start: dict[str, Any] | None = None) -> tuple[pd.DataFrame, dict[str, torch.Tensor], pd.DataFrame]:
     """Fit the `candidates` from the state `begin` (restored into `net` first, its fingerprint recorded),
@@ -59,12 +62,12 @@ def search(net: FineTuneNet, begin: dict[str, torch.Tensor], candidates: list[di
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     indices = list(range(len(candidates)))
-    pruning = ft["prune"] and ft["devices"] == 1 and len(candidates) > 2
+    pruning = finetune.prune and finetune.devices == 1 and len(candidates) > 2
     study = optuna.create_study(
-        sampler=optuna.samplers.GridSampler({"candidate": indices}, seed=ft["seed"]),
+        sampler=optuna.samplers.GridSampler({"candidate": indices}, seed=finetune.seed),
         pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3) if pruning
         else optuna.pruners.NopPruner())
-    order = list(grid.augments(ft))
+    order = list(grid.augments(finetune))
     rows: list[dict[str, Any]] = []
     histories: list[pd.DataFrame] = []
     kept: dict[str, Any] = {"state": {}, "index": 0}
@@ -77,12 +80,12 @@ def search(net: FineTuneNet, begin: dict[str, torch.Tensor], candidates: list[di
 
         def prune(epoch: int, val_loss: float) -> bool:  # every epoch counts for later trials' rungs; the
             trial.report(val_loss, epoch)                    # last one has nothing left to stop
-            pruned.append(epoch < ft["epochs"] and trial.should_prune())
+            pruned.append(epoch < finetune.epochs and trial.should_prune())
             return pruned[-1]
 
         logger = tracking.epoch_logger(live, tracking.prefix(candidate, candidates)) if live else None
         label = tuning.label(candidate) if len(candidates) > 1 else "fine-tune"
-        state, history = fit(net, views(candidate["augment"]), val, tuning.setting(ft, candidate), dev, model,
+        state, history = fit(net, views(candidate["augment"]), val, tuning.setting(finetune, candidate), dev, model,
                              label, logger, start=start, prune=prune)
         rows.append({**candidate, "start_sha256": fingerprint, "state": "pruned" if any(pruned) else "complete"})
         histories.append(pd.DataFrame(history))
@@ -138,11 +141,11 @@ class Tuned(NamedTuple):
     range_test: pd.DataFrame
 
 
-def scorer(net: FineTuneNet, model_params: dict[str, Any], root: Path, frames: dict[str, pd.DataFrame],
+def scorer(net: FineTuneNet, backbone: Backbone, root: Path, frames: dict[str, pd.DataFrame],
            classes: list[str], batch_size: int, cache: frozen.Cache | None) -> Callable[[str], tuple[float, float] | None]:
     """score(split): the network's validation or test log-loss and accuracy as its weights are now (from the
     cache's activations where it holds the split's plain views), None for a split the frames do not hold."""
-    of = predictor(net, model_params, root, classes, batch_size, cache)
+    of = predictor(net, backbone, root, classes, batch_size, cache)
 
     def score(split: str) -> tuple[float, float] | None:
         if split not in frames or not len(frames[split]):
@@ -154,7 +157,7 @@ def scorer(net: FineTuneNet, model_params: dict[str, Any], root: Path, frames: d
     return score
 
 
-def tune(model_params: dict[str, Any], ft: dict[str, Any], probe: tuple[np.ndarray, np.ndarray], root: Path,
+def tune(backbone: Backbone, finetune: Finetune, probe: tuple[np.ndarray, np.ndarray], root: Path,
          frames: dict[str, pd.DataFrame], classes: list[str], cache: frozen.Cache | None = None,
          keys: list[int] | None = None, for_report: bool = False, live: Live | None = None) -> Tuned:
     """Warm-start from the probe and score that start on validation (epoch 0); run the LR range test where
@@ -166,40 +169,40 @@ def tune(model_params: dict[str, Any], ft: dict[str, Any], probe: tuple[np.ndarr
     interpolation), its per-epoch history, the search table and the range test. Epochs and the choice are logged
     to `live` where given."""
     dev = device()
-    net = build(model_params, probe).to(dev).to(memory_format=torch.channels_last)
-    for blocks in grid.depths(ft):
-        backbones.check_unfreeze(net.backbone, blocks, model_params["backbone"])
+    net = build(backbone, probe).to(dev).to(memory_format=torch.channels_last)
+    for blocks in grid.depths(finetune):
+        backbones.check_unfreeze(net.backbone, blocks, backbone.name)
     tail = cache.tail(net) if cache else None
     if tail is None:
-        val = validation_images(model_params, root, frames["val"], classes)
+        val = validation_images(backbone, root, frames["val"], classes)
 
         def views(augment: str) -> Dataset:
-            settings = {**ft, "augment": grid.augments(ft)[augment]}
-            return training_images(model_params, settings, root, frames["train"], classes, keys)
+            settings = dataclasses.replace(finetune, augment=grid.augments(finetune)[augment])
+            return training_images(backbone, settings, root, frames["train"], classes, keys)
     else:
         val = cache.activations("val", frames["val"])
 
         def views(augment: str) -> Dataset:
-            return cache.activations(frozen.train_part(ft, augment), frames["train"], training=True)
+            return cache.activations(frozen.train_part(finetune, augment), frames["train"], training=True)
     begin = snapshot(net)
     clock = time.perf_counter()
-    start = start_row(net if tail is None else tail, val, ft, dev)
-    skipped = tuning.needs_range_test(ft, tail is not None, for_report)
+    start = start_row(net if tail is None else tail, val, finetune, dev)
+    skipped = tuning.needs_range_test(finetune, tail is not None, for_report)
     curve = pd.DataFrame(columns=["lr", "loss", "smoothed"])
     if skipped is None:
-        first = {**tuning.candidates({**ft, "lr": 1.0})[0], "unfreeze": grid.deepest(ft)}
-        curve = range_test(net, views(first["augment"]), tuning.setting(ft, first), dev, tail)
+        first = {**tuning.candidates(dataclasses.replace(finetune, lr=1.0))[0], "unfreeze": grid.deepest(finetune)}
+        curve = range_test(net, views(first["augment"]), tuning.setting(finetune, first), dev, tail)
         net.load_state_dict(begin)
     suggested = tuning.suggest(curve) if len(curve) else None
-    candidates = tuning.candidates(ft, suggested)
-    table, best, frame = search(net, begin, candidates, views, val, ft, dev, tail, live, start)
+    candidates = tuning.candidates(finetune, suggested)
+    table, best, frame = search(net, begin, candidates, views, val, finetune, dev, tail, live, start)
     chosen = tuning.chosen_row(table)
     net.load_state_dict(best)
     improved = chosen["best_epoch"] > 0
     alpha, mixing = 1.0, pd.DataFrame()
-    if improved and len(ft["interpolate"]) > 1:
-        score = scorer(net, model_params, root, frames, classes, ft["batch_size"], cache)
-        alpha, mixing = interpolate(net, begin, best, ft["interpolate"], score, start["val_accuracy"])
+    if improved and len(finetune.interpolate) > 1:
+        score = scorer(net, backbone, root, frames, classes, finetune.batch_size, cache)
+        alpha, mixing = interpolate(net, begin, best, finetune.interpolate, score, start["val_accuracy"])
     seconds = time.perf_counter() - clock
     diverged = [tuning.label(row) for row in
                 (table[table["candidate"] == c].iloc[0] for c in tuning.diverged_candidates(table, len(classes)))]
@@ -213,15 +216,15 @@ def tune(model_params: dict[str, Any], ft: dict[str, Any], probe: tuple[np.ndarr
         "enabled": True, "skipped": False, "improved": improved,
         "start": {"val_loss": round(start["val_loss"], 6), "val_accuracy": round(start["val_accuracy"], 6)},
         "epochs_run": len(frame) - 1, "best_epoch": chosen["best_epoch"],
-        "stopped_early": len(frame) - 1 < ft["epochs"], "best_val_loss": round(chosen["val_log_loss"], 6),
+        "stopped_early": len(frame) - 1 < finetune.epochs, "best_val_loss": round(chosen["val_log_loss"], 6),
         "best_val_accuracy": round(chosen["val_accuracy"], 6),
         "trainable_parameters": count_trainable(net), "total_parameters": sum(p.numel() for p in net.parameters()),
-        "augment": chosen["augment"], "augment_setting": grid.augments(ft)[chosen["augment"]],
+        "augment": chosen["augment"], "augment_setting": grid.augments(finetune)[chosen["augment"]],
         "unfreeze": chosen["unfreeze"], "lr": chosen["lr"], "head_lr": chosen["head_lr"],
         "weight_decay": chosen["weight_decay"], "candidates": len(candidates),
         "pruned": int(table.groupby("candidate")["state"].first().eq("pruned").sum()),
         "searched": {k: list(dict.fromkeys(c[k] for c in candidates)) for k in tuning.GRID},
-        "diverged": diverged, "lr_auto": ft["lr"] == "auto", "alpha": alpha,
+        "diverged": diverged, "lr_auto": finetune.lr == "auto", "alpha": alpha,
         "interpolation": [{k: round(v, 6) for k, v in row.items()} for row in mixing.to_dict("records")],
         "range_test": {"ran": skipped is None, "steps": len(curve), "suggested_lr": suggested, "reason": skipped},
         "seconds": round(seconds, 3), "train_images_per_s": round(len(frames["train"]) * epochs / seconds, 2),
@@ -233,21 +236,21 @@ def tune(model_params: dict[str, Any], ft: dict[str, Any], probe: tuple[np.ndarr
     return Tuned(net.eval(), summary, frame, table, curve)
 
 
-def probabilities(model: nn.Module, model_params: dict[str, Any]) -> backends.Forward:
+def probabilities(model: nn.Module, backbone: Backbone) -> backends.Forward:
     """The network as a forward from uint8 batches to class probabilities (float64 softmax of its logits)."""
-    plain = backbones.preprocessing(model_params)
+    plain = backbone.preprocessing
     logits = backends.torch_forward(backbones.Normalized(model, plain.mean, plain.std, scale=255), device())
     return lambda images: softmax(logits(images).astype(np.float64), axis=1)
 
 
-def predict(model: FineTuneNet, frame: pd.DataFrame, root: Path, classes: list[str], model_params: dict[str, Any],
+def predict(model: FineTuneNet, frame: pd.DataFrame, root: Path, classes: list[str], backbone: Backbone,
             batch_size: int, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities and labels of one split, plain preprocessing (with `tta`: averaged over TTA_VIEWS)."""
-    return predict_images(probabilities(model, model_params), backbones.preprocessing(model_params), root, frame,
+    return predict_images(probabilities(model, backbone), backbone.preprocessing, root, frame,
                           classes, batch_size, tta)
 
 
-def predictor(model: FineTuneNet, model_params: dict[str, Any], root: Path, classes: list[str], batch_size: int,
+def predictor(model: FineTuneNet, backbone: Backbone, root: Path, classes: list[str], batch_size: int,
               cache: frozen.Cache | None = None) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
     """predict(split, frame, tta=False): class probabilities and labels of some of a split's images, from the
     frozen-prefix cache's activations where it holds that view of them, else from the images."""
@@ -257,6 +260,6 @@ def predictor(model: FineTuneNet, model_params: dict[str, Any], root: Path, clas
         part = "test_tta" if tta else {"train": "train_plain"}.get(split, split)
         if tail is not None and part in cache.meta["parts"]:
             return cache.probabilities(tail, part, frame, batch_size)
-        return predict(model, frame, root, classes, model_params, batch_size, tta)
+        return predict(model, frame, root, classes, backbone, batch_size, tta)
 
     return of

@@ -41,7 +41,9 @@ from transferlab.inference import backends
 from transferlab.inference.batches import ImageList, compute, device, torch_threads
 from transferlab.inference.transforms import TTA_VIEWS, augmented, evaluation, test_time_views
 from transferlab.models import backbones
+from transferlab.models.backbones import Backbone
 from transferlab.settings import grid
+from transferlab.settings.sections import Features, Finetune
 
 log = logging.getLogger("transferlab")
 
@@ -57,15 +59,15 @@ def frozen_array(folder: Path, part: str) -> Path:
     return folder / f"{part}.npy"
 
 
-def train_part(ft: dict[str, Any], augment: str) -> str:
+def train_part(finetune: Finetune, augment: str) -> str:
     """The part holding one augmentation's training views: every epoch's ("train_<name>"), or the plain views
     where the setting is the plain preprocessing (each epoch's view is then the same)."""
-    return "train_plain" if grid.is_plain(grid.augments(ft)[augment]) else f"train_{augment}"
+    return "train_plain" if grid.is_plain(grid.augments(finetune)[augment]) else f"train_{augment}"
 
 
-def parts(ft: dict[str, Any], others: tuple[str, ...]) -> tuple[str, ...]:
-    """The training parts of `ft`'s augmentations, then `others` (EVALUATION_PARTS or SWEEP_PARTS)."""
-    training = dict.fromkeys(train_part(ft, name) for name in grid.augments(ft))
+def parts(finetune: Finetune, others: tuple[str, ...]) -> tuple[str, ...]:
+    """The training parts of `finetune`'s augmentations, then `others` (EVALUATION_PARTS or SWEEP_PARTS)."""
+    training = dict.fromkeys(train_part(finetune, name) for name in grid.augments(finetune))
     return tuple(dict.fromkeys([*training, *others]))
 
 
@@ -85,63 +87,62 @@ def rows_of(full: pd.DataFrame, part: pd.DataFrame) -> list[int]:
     return [index[p] for p in part["path"]]
 
 
-def key(model_params: dict[str, Any], ft: dict[str, Any], frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
+def key(backbone: Backbone, finetune: Finetune, frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
     """What a cache's activations are a function of: weights, cut, augmentation, epochs and seed, and images."""
     images = {s: [len(f), hashlib.sha256("\n".join(f["path"]).encode()).hexdigest()[:16]] for s, f in frames.items()}
-    return {"model": model_params, "unfreeze": grid.deepest(ft), "augment": grid.augments(ft),
-            **{k: ft[k] for k in ("epochs", "seed")}, "images": images}
+    return {"model": backbone.record(), "unfreeze": grid.deepest(finetune), "augment": grid.augments(finetune),
+            "epochs": finetune.epochs, "seed": finetune.seed, "images": images}
 
 
-def size(shape: list[int], ft: dict[str, Any], counts: dict[str, int], parts: tuple[str, ...]) -> int:
+def size(shape: list[int], finetune: Finetune, counts: dict[str, int], parts: tuple[str, ...]) -> int:
     """Bytes of float32 activations of `shape` for the parts, given each split's number of images."""
     rows = {"train_plain": counts["train"], "val": counts["val"], "test": counts["test"],
             "test_tta": len(TTA_VIEWS) * counts["test"]}
-    return 4 * int(np.prod(shape)) * sum(ft["epochs"] * counts["train"] if epochs_part(p) else rows[p] for p in parts)
+    return 4 * int(np.prod(shape)) * sum(finetune.epochs * counts["train"] if epochs_part(p) else rows[p] for p in parts)
 
 
 def _views(part: str, frame: pd.DataFrame, rows: range, root: Path, classes: list[str],
-           model_params: dict[str, Any], ft: dict[str, Any], encoded: bool) -> list[ImageList]:
+           backbone: Backbone, finetune: Finetune, encoded: bool) -> list[ImageList]:
     """The uint8 images of one part's `rows` of its split, one ImageList per epoch for the training views (each
     image's augmentation seeded by its row in the whole split)."""
-    plain = backbones.preprocessing(model_params)
+    plain = backbone.preprocessing
     min_size, frame, keys = plain.resize, frame.iloc[rows.start:rows.stop], list(rows)
     if epochs_part(part):
-        transform = augmented(plain, grid.augments(ft)[part.removeprefix("train_")], normalize=False)
-        return [ImageList(root, frame, classes, transform, min_size, epoch_seed(ft["seed"], e), encoded, keys)
-                for e in range(1, ft["epochs"] + 1)]
+        transform = augmented(plain, grid.augments(finetune)[part.removeprefix("train_")], normalize=False)
+        return [ImageList(root, frame, classes, transform, min_size, epoch_seed(finetune.seed, e), encoded, keys)
+                for e in range(1, finetune.epochs + 1)]
     transform = test_time_views(plain) if part == "test_tta" else evaluation(plain, normalize=False)
     return [ImageList(root, frame, classes, transform, min_size, encoded=encoded, keys=keys)]
 
 
-def build(params: dict[str, Any], ft: dict[str, Any], dataset: dict[str, Any], frames: dict[str, pd.DataFrame],
-          folder: Path, parts: tuple[str, ...], rows: dict[str, range] | None = None) -> dict[str, Any]:
+def build(backbone: Backbone, feat: Features, finetune: Finetune, dataset: dict[str, Any],
+          frames: dict[str, pd.DataFrame], folder: Path, parts: tuple[str, ...],
+          rows: dict[str, range] | None = None) -> dict[str, Any]:
     """Compute the cache into `folder` (its meta.json last), or, where it cannot pay, only a meta.json saying why.
 
-    `params` give model and features (the extraction machinery: engine, batch size, workers); `ft` the fine-tune
-    settings the views follow; `rows`, each split's rows to compute (a shard; whether the cache pays is decided
-    for the whole splits). Returns the meta record.
+    `feat` is the extraction machinery (engine, batch size, workers); `finetune` the fine-tune settings the views
+    follow; `rows`, each split's rows to compute (a shard; whether the cache pays is decided for the whole
+    splits). Returns the meta record.
     """
-    model_params, feat = params["model"], params["features"]
     meta_path = folder / "meta.json"
     clear(folder)
-    record: dict[str, Any] = {"cached": False, "key": key(model_params, ft, frames)}
+    record: dict[str, Any] = {"cached": False, "key": key(backbone, finetune, frames)}
     try:
-        if ft["cache"] == "never":
+        if finetune.cache == "never":
             raise Uncachable("finetune.cache: never; the fine-tune runs on the fly")
-        backbone, _, _ = backbones.load_feature_extractor(model_params)
-        for blocks in grid.depths(ft):
-            backbones.check_unfreeze(backbone, blocks, model_params["backbone"])
-        prefix, _, boundary = cut(backbone, grid.deepest(ft))
-        plain = backbones.preprocessing(model_params)
-        crop = plain.crop
+        extractor, _, _ = backbones.load_feature_extractor(backbone)
+        for blocks in grid.depths(finetune):
+            backbones.check_unfreeze(extractor, blocks, backbone.name)
+        prefix, _, boundary = cut(extractor, grid.deepest(finetune))
+        crop = backbone.preprocessing.crop
         with torch.inference_mode():
             shape = list(prefix(torch.zeros(1, 3, crop, crop)).shape[1:])
-        need = size(shape, ft, {s: len(f) for s, f in frames.items()}, parts)
-        budget = ft["cache_max_gb"] * 2**30
+        need = size(shape, finetune, {s: len(f) for s, f in frames.items()}, parts)
+        budget = finetune.cache_max_gb * 2**30
         free = shutil.disk_usage(folder).free
         scratch = backends.export_bytes(prefix)  # the ONNX graph it runs from, beside the arrays while they fill
         if need > budget or need + scratch > free:
-            which = (f"finetune.cache_max_gb: {ft['cache_max_gb']:g}" if need > budget
+            which = (f"finetune.cache_max_gb: {finetune.cache_max_gb:g}" if need > budget
                      else f"the {size_text(free)} free at {folder} (with its {size_text(scratch)} ONNX scratch file)")
             raise Uncachable(f"the frozen-prefix cache ({boundary} output {'×'.join(map(str, shape))} per view) "
                              f"would take {size_text(need)}, more than {which}; the fine-tune runs on the fly")
@@ -152,10 +153,10 @@ def build(params: dict[str, Any], ft: dict[str, Any], dataset: dict[str, Any], f
         return record
     start = time.perf_counter()
     record.update(boundary=boundary, shape=shape, bytes=need, prefix_sha256=fingerprint(prefix),
-                  seeds=[epoch_seed(ft["seed"], e) for e in range(1, ft["epochs"] + 1)], parts={})
+                  seeds=[epoch_seed(finetune.seed, e) for e in range(1, finetune.epochs + 1)], parts={})
     rows = rows or {split: range(len(frame)) for split, frame in frames.items()}
     try:
-        record["engine"] = _fill(prefix, plain, feat, dataset, frames, rows, folder, parts, shape, model_params, ft,
+        record["engine"] = _fill(prefix, feat, dataset, frames, rows, folder, parts, shape, backbone, finetune,
                                  record["parts"])
     except OSError:  # a full disk, say: the parts already written go too, freeing their room
         clear(folder)
@@ -167,22 +168,23 @@ def build(params: dict[str, Any], ft: dict[str, Any], dataset: dict[str, Any], f
     return record
 
 
-def _fill(prefix: nn.Module, plain: Any, feat: dict[str, Any], dataset: dict[str, Any],
+def _fill(prefix: nn.Module, feat: Features, dataset: dict[str, Any],
           frames: dict[str, pd.DataFrame], rows: dict[str, range], folder: Path, parts: tuple[str, ...],
-          shape: list[int], model_params: dict[str, Any], ft: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
+          shape: list[int], backbone: Backbone, finetune: Finetune, stats: dict[str, Any]) -> dict[str, Any]:
     """Run the prefix over each part's views with the extraction engine, into one memory-mapped .npy per part."""
     dev = device()
     on_gpu = dev.type == "cuda"
     threads = torch.get_num_threads()
     streams = 1 if on_gpu else threads
+    plain = backbone.preprocessing
     model = backbones.Normalized(prefix, plain.mean, plain.std, scale=255)
     root, classes = data_root(dataset), dataset["classes"]
     with scratch_file(folder, ".onnx", "prefix") as onnx_path, torch_threads(threads // streams):
-        forward, engine = backends.build(model, feat["engine"], "float32", dev, plain.crop, onnx_path,
+        forward, engine = backends.build(model, feat.engine, "float32", dev, plain.crop, onnx_path,
                                         threads=threads // streams)
         for part in parts:
             split = part.split("_")[0]
-            views = _views(part, frames[split], rows[split], root, classes, model_params, ft, on_gpu)
+            views = _views(part, frames[split], rows[split], root, classes, backbone, finetune, on_gpu)
             tick = time.perf_counter()
             lead = [len(views), len(rows[split])] if epochs_part(part) else [len(rows[split])]
             inner = [len(TTA_VIEWS)] if part == "test_tta" else []
@@ -192,8 +194,8 @@ def _fill(prefix: nn.Module, plain: Any, feat: dict[str, Any], dataset: dict[str
                 for e, images in enumerate(views if len(rows[split]) else []):
                     compute(run, images, out[e] if epochs_part(part) else out,
                             f"frozen {part}" + (f" epoch {e + 1}" if epochs_part(part) else ""),
-                            feat["batch_size"] // (len(TTA_VIEWS) if inner else 1) or 1, streams,
-                            feat["num_workers"], dev)
+                            feat.batch_size // (len(TTA_VIEWS) if inner else 1) or 1, streams,
+                            feat.num_workers, dev)
                 out.flush()
                 del out
             seconds = time.perf_counter() - tick
@@ -235,15 +237,15 @@ def copy(source: Path, folder: Path) -> None:
     write_json(folder / "meta.json", meta)
 
 
-def gather(folders: list[Path], metas: list[dict[str, Any]], folder: Path, model_params: dict[str, Any],
-           ft: dict[str, Any], frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
+def gather(folders: list[Path], metas: list[dict[str, Any]], folder: Path, backbone: Backbone,
+           finetune: Finetune, frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
     """The cache in `folder` from its shards' `folders` (each with its meta record): the same arrays, byte for
     byte, as one job's. What is of the whole splits (the key, the size) is the current splits', also where a
     shard was computed before they changed."""
     clear(folder)
     record = next((m for m in metas if not m["cached"]), metas[0])  # one shard without a cache: the stage has none
     record = {k: v for k, v in record.items() if k not in ("shard", "parts", "seconds")}
-    record["key"] = key(model_params, ft, frames)
+    record["key"] = key(backbone, finetune, frames)
     if record["cached"]:
         record["parts"] = {}
         for part in metas[0]["parts"]:
@@ -258,7 +260,7 @@ def gather(folders: list[Path], metas: list[dict[str, Any]], folder: Path, model
                 del out
             record["parts"][part] = _rate(sum(m["parts"][part]["views"] for m in metas),
                                           sum(m["parts"][part]["seconds"] for m in metas))
-        record["bytes"] = size(record["shape"], ft, {s: len(f) for s, f in frames.items()}, tuple(metas[0]["parts"]))
+        record["bytes"] = size(record["shape"], finetune, {s: len(f) for s, f in frames.items()}, tuple(metas[0]["parts"]))
         record["seconds"] = round(sum(m["seconds"] for m in metas), 3)
         record["shards"] = [{"seconds": m["seconds"], "parts": m["parts"]} for m in metas]
     write_json(folder / "meta.json", record)
@@ -306,7 +308,7 @@ class Cache:
     classes: list[str]
 
     @staticmethod
-    def open(folder: Path, model_params: dict[str, Any], ft: dict[str, Any], frames: dict[str, pd.DataFrame],
+    def open(folder: Path, backbone: Backbone, finetune: Finetune, frames: dict[str, pd.DataFrame],
              classes: list[str]) -> Cache | None:
         """The cache in `folder` for these params and (full) splits, or None (the log says why: not computed, or
         `finetune.cache: never`). A cache made for other params or images is an error, never used."""
@@ -314,7 +316,7 @@ class Cache:
         if not meta.get("cached"):
             log.info("fine-tune on the fly: %s", meta.get("reason", "no frozen-prefix cache"))
             return None
-        expected = json.loads(json.dumps(key(model_params, ft, frames)))
+        expected = json.loads(json.dumps(key(backbone, finetune, frames)))
         if meta["key"] != expected:
             differ = sorted(k for k in expected if meta["key"].get(k) != expected[k])
             raise UserError(f"{folder}: the frozen-prefix cache was made for other {', '.join(differ)}; "

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from transferlab.models import backbones, weights
+from transferlab.models.backbones import Backbone
 
 
 class FineTuneNet(nn.Module):
@@ -53,21 +53,21 @@ def train_mode(model: FineTuneNet, unfreeze: int | str, train_bn: bool) -> None:
                     m.eval()
 
 
-def build(model_params: dict[str, Any], probe: tuple[np.ndarray, np.ndarray]) -> FineTuneNet:
+def build(backbone: Backbone, probe: tuple[np.ndarray, np.ndarray]) -> FineTuneNet:
     """Backbone as in extraction + a Linear head holding the probe's weights and bias, its scaler folded in
     (`head.linear`, `head.as_linear`)."""
-    backbone, dim, _ = backbones.load_feature_extractor(model_params)
+    body, dim, _ = backbones.load_feature_extractor(backbone)
     weight, bias = probe
     layer = nn.Linear(dim, len(weight))
     with torch.no_grad():
         layer.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
         layer.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
-    return FineTuneNet(backbone, layer)
+    return FineTuneNet(body, layer)
 
 
-def load(model_params: dict[str, Any], weights_path: Path | str, n_classes: int) -> FineTuneNet:
+def load(backbone: Backbone, weights_path: Path | str, n_classes: int) -> FineTuneNet:
     """Rebuild the fine-tuned network from its saved state_dict (weights_only: no code is executed)."""
-    body, dim = backbones.architecture(model_params)
+    body, dim = backbones.architecture(backbone)
     model = FineTuneNet(body, nn.Linear(dim, n_classes))
     weights.load_state(model, Path(weights_path), str(weights_path), "re-run the finetune stage that writes it")
     return model.eval()

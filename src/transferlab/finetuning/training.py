@@ -19,20 +19,21 @@ from transferlab.finetuning import distributed, frozen, tuning
 from transferlab.finetuning.network import FineTuneNet, freeze, train_mode
 from transferlab.inference import backends
 from transferlab.inference.batches import ImageList, loader
+from transferlab.settings.sections import Finetune
 
 if TYPE_CHECKING:
     pass
 
-def lr_factor(step: int, steps_per_epoch: int, ft: dict[str, Any]) -> float:
+def lr_factor(step: int, steps_per_epoch: int, finetune: Finetune) -> float:
     """Learning-rate multiplier at an optimiser step: linear warm-up, then cosine, step or constant."""
-    warmup = ft["warmup_epochs"] * steps_per_epoch
+    warmup = finetune.warmup_epochs * steps_per_epoch
     if step < warmup:
         return (step + 1) / (warmup + 1)
-    if ft["schedule"] == "cosine":
-        total = max(1.0, ft["epochs"] * steps_per_epoch - warmup)
+    if finetune.schedule == "cosine":
+        total = max(1.0, finetune.epochs * steps_per_epoch - warmup)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / total)))
-    if ft["schedule"] == "step":
-        return ft["gamma"] ** (step // (ft["step_size"] * steps_per_epoch))
+    if finetune.schedule == "step":
+        return finetune.gamma ** (step // (finetune.step_size * steps_per_epoch))
     return 1.0
 
 
@@ -96,35 +97,35 @@ def run_epoch(model: nn.Module, data, dev: torch.device, optimizer=None, schedul
     return loss_sum / seen, correct / seen
 
 
-def optimizer_for(net: FineTuneNet, ft: dict[str, Any], lr: float, head_lr: float,
+def optimizer_for(net: FineTuneNet, finetune: Finetune, lr: float, head_lr: float,
                   weight_decay: float) -> torch.optim.AdamW:
     """AdamW over the unfrozen blocks (at `lr`, the first group where any) and the head (at `head_lr`, last)."""
-    backbone_params = freeze(net, ft["unfreeze"])
+    backbone_params = freeze(net, finetune.unfreeze)
     groups = [{"params": list(net.head.parameters()), "lr": head_lr}]
     if backbone_params:
         groups.insert(0, {"params": backbone_params, "lr": lr})
     return torch.optim.AdamW(groups, weight_decay=weight_decay)
 
 
-def range_test(net: FineTuneNet, train: Dataset, ft: dict[str, Any], dev: torch.device,
+def range_test(net: FineTuneNet, train: Dataset, finetune: Finetune, dev: torch.device,
                model: nn.Module | None = None) -> pd.DataFrame:
     """The LR range test (fastai's lr_find, Smith 2017): from `net`'s current weights, up to
-    `ft["range_test_steps"]` optimiser steps over the epochs' training views with the backbone rate rising
-    exponentially through tuning.RANGE (`ft`: one candidate's settings, its head rate and weight decay), stopped
+    `finetune.range_test_steps` optimiser steps over the epochs' training views with the backbone rate rising
+    exponentially through tuning.RANGE (`finetune`: one candidate's settings, its head rate and weight decay), stopped
     where the smoothed loss diverges. One row per step: lr, loss, smoothed. Changes `net`: the caller restores it."""
-    torch.manual_seed(ft["seed"])
+    torch.manual_seed(finetune.seed)
     model = net if model is None else model
-    optimizer = optimizer_for(net, ft, tuning.RANGE[0], ft["head_lr"], ft["weight_decay"])
-    rates = np.geomspace(*tuning.RANGE, ft["range_test_steps"])
-    workers = ft["num_workers"] if isinstance(train, ImageList) else 0
-    generator = torch.Generator().manual_seed(ft["seed"])
+    optimizer = optimizer_for(net, finetune, tuning.RANGE[0], finetune.head_lr, finetune.weight_decay)
+    rates = np.geomspace(*tuning.RANGE, finetune.range_test_steps)
+    workers = finetune.num_workers if isinstance(train, ImageList) else 0
+    generator = torch.Generator().manual_seed(finetune.seed)
     scaler = torch.amp.GradScaler(dev.type, enabled=precision(dev) == "float16")
     losses: list[float] = []
-    train_mode(net, ft["unfreeze"], ft["train_bn"])
+    train_mode(net, finetune.unfreeze, finetune.train_bn)
     with Progress(total=len(rates), desc="LR range test", unit="step", leave=False) as bar:
-        for epoch in itertools.cycle(range(1, ft["epochs"] + 1)):  # the views the cache holds, in turn
-            train.seed = frozen.epoch_seed(ft["seed"], epoch)
-            for images, labels, _ in iter(loader(train, ft["batch_size"], workers, True, generator)):
+        for epoch in itertools.cycle(range(1, finetune.epochs + 1)):  # the views the cache holds, in turn
+            train.seed = frozen.epoch_seed(finetune.seed, epoch)
+            for images, labels, _ in iter(loader(train, finetune.batch_size, workers, True, generator)):
                 optimizer.param_groups[0]["lr"] = rates[len(losses)]
                 losses.append(step(model, images, labels, dev, optimizer, scaler)[0].item())
                 bar.update()
@@ -140,24 +141,24 @@ def snapshot(net: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
 
 
-def start_row(model: nn.Module, val, ft: dict[str, Any], dev: torch.device) -> dict[str, Any]:
+def start_row(model: nn.Module, val, finetune: Finetune, dev: torch.device) -> dict[str, Any]:
     """Epoch 0 of every candidate's history: the start (the probe's head on the frozen backbone) scored on the
     validation split; it trains nothing, so its training columns are empty."""
     tick = time.perf_counter()
-    workers = ft["num_workers"] if isinstance(val, ImageList) else 0
+    workers = finetune.num_workers if isinstance(val, ImageList) else 0
     model.eval()
-    val_loss, val_acc = run_epoch(model, loader(val, ft["batch_size"], workers), dev, desc="start val")
+    val_loss, val_acc = run_epoch(model, loader(val, finetune.batch_size, workers), dev, desc="start val")
     return {"epoch": 0, "train_loss": math.nan, "train_accuracy": math.nan, "val_loss": val_loss,
             "val_accuracy": val_acc, "lr": 0.0, "head_lr": 0.0, "seconds": round(time.perf_counter() - tick, 3)}
 
 
-def fit(net: FineTuneNet, train: Dataset, val: Dataset, ft: dict[str, Any], dev: torch.device,
+def fit(net: FineTuneNet, train: Dataset, val: Dataset, finetune: Finetune, dev: torch.device,
         model: nn.Module | None = None, desc: str = "fine-tune",
         on_epoch: Callable[[dict[str, Any]], None] | None = None,
         shard: distributed.Shard | None = None, start: dict[str, Any] | None = None,
         prune: Callable[[int, float], bool] | None = None) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
-    """Fine-tune `net` (on `dev`) from its current weights at one candidate's settings (`ft`: its augmentation's
-    views are `train`, its `unfreeze`, `lr`, `head_lr` and `weight_decay` numbers): the last `ft["unfreeze"]`
+    """Fine-tune `net` (on `dev`) from its current weights at one candidate's settings (`finetune`: its augmentation's
+    views are `train`, its `unfreeze`, `lr`, `head_lr` and `weight_decay` numbers): the last `finetune.unfreeze`
     blocks and the head, early stopping on validation loss. The start is epoch 0 (`start`, its `start_row`,
     scored here where not given): an epoch replaces the kept weights only where its validation loss is lower
     and its validation accuracy no lower than the start's (tuning.eligible), so where none is, the start's
@@ -171,29 +172,29 @@ def fit(net: FineTuneNet, train: Dataset, val: Dataset, ft: dict[str, Any], dev:
     processes (distributed.fit), each training on its `shard` of every batch, without pruning.
     """
     model = net if model is None else model
-    start = start or start_row(model, val, ft, dev)
-    if ft["devices"] > 1 and shard is None:
-        freeze(net, ft["unfreeze"])  # before DistributedDataParallel: it syncs the gradients of what trains then
+    start = start or start_row(model, val, finetune, dev)
+    if finetune.devices > 1 and shard is None:
+        freeze(net, finetune.unfreeze)  # before DistributedDataParallel: it syncs the gradients of what trains then
         best, history = distributed.fit(
-            lambda wrapped, part: fit(net, train, val, ft, dev, wrapped, desc, None, part, start), ft["devices"], model)
+            lambda wrapped, part: fit(net, train, val, finetune, dev, wrapped, desc, None, part, start), finetune.devices, model)
         for row in history[1:] if on_epoch is not None else []:  # DVCLive's run lives in this process: its epochs
             on_epoch(row)                                          # are logged here, as the processes end
         return best, history
-    torch.manual_seed(ft["seed"])
-    optimizer = optimizer_for(net, ft, ft["lr"], ft["head_lr"], ft["weight_decay"])
-    workers = ft["num_workers"] if isinstance(train, ImageList) else 0  # cached activations need no decoding
-    val_data = loader(val, ft["batch_size"], workers)
-    generator = torch.Generator().manual_seed(ft["seed"])
-    steps_per_epoch = math.ceil(len(train) / ft["batch_size"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps_per_epoch, ft))
+    torch.manual_seed(finetune.seed)
+    optimizer = optimizer_for(net, finetune, finetune.lr, finetune.head_lr, finetune.weight_decay)
+    workers = finetune.num_workers if isinstance(train, ImageList) else 0  # cached activations need no decoding
+    val_data = loader(val, finetune.batch_size, workers)
+    generator = torch.Generator().manual_seed(finetune.seed)
+    steps_per_epoch = math.ceil(len(train) / finetune.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps_per_epoch, finetune))
     scaler = torch.amp.GradScaler(dev.type, enabled=precision(dev) == "float16")
     history, best, best_loss, waited = [dict(start)], snapshot(net), start["val_loss"], 0
-    for epoch in Progress(range(1, ft["epochs"] + 1), desc=desc, unit="epoch"):
+    for epoch in Progress(range(1, finetune.epochs + 1), desc=desc, unit="epoch"):
         tick = time.perf_counter()
-        train.seed = frozen.epoch_seed(ft["seed"], epoch)
-        train_mode(net, ft["unfreeze"], ft["train_bn"])
+        train.seed = frozen.epoch_seed(finetune.seed, epoch)
+        train_mode(net, finetune.unfreeze, finetune.train_bn)
         lrs = [g["lr"] for g in optimizer.param_groups]
-        train_loss, train_acc = run_epoch(model, loader(train, ft["batch_size"], workers, True, generator),
+        train_loss, train_acc = run_epoch(model, loader(train, finetune.batch_size, workers, True, generator),
                                           dev, optimizer, scheduler, f"epoch {epoch} train", scaler, shard)
         net.eval()
         val_loss, val_acc = run_epoch(model, val_data, dev, desc=f"epoch {epoch} val")
@@ -206,7 +207,7 @@ def fit(net: FineTuneNet, train: Dataset, val: Dataset, ft: dict[str, Any], dev:
             best_loss, best, waited = val_loss, snapshot(net), 0
         else:
             waited += 1
-            if waited >= ft["patience"]:
+            if waited >= finetune.patience:
                 break
         if prune is not None and prune(epoch, val_loss):
             break

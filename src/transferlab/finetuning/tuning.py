@@ -4,6 +4,7 @@ unfreeze, lr, head_lr and weight_decay, the LR range test's suggestion, and the 
 the probe's head on the frozen backbone) always one of them. The training itself is finetune.tune's."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from typing import Any
 
@@ -12,6 +13,7 @@ import pandas as pd
 
 from transferlab.probe import selection
 from transferlab.settings.grid import augments, blocks, depth, depths
+from transferlab.settings.sections import Finetune
 
 GRID = ("augment", "unfreeze", "lr", "head_lr", "weight_decay")
 RATES = ("lr", "head_lr", "weight_decay")
@@ -35,21 +37,21 @@ def values(setting: float | list[float]) -> list[float]:
     return list(setting) if isinstance(setting, list) else [setting]
 
 
-def candidates(ft: dict[str, Any], suggested: float | None = None) -> list[dict[str, Any]]:
+def candidates(finetune: Finetune, suggested: float | None = None) -> list[dict[str, Any]]:
     """Every combination of the grid keys' values (`lr: auto`: AROUND the `suggested` rate), in grid order.
     Where `unfreeze` is 0 no backbone block trains, so finetune.lr has no effect: its first value only."""
-    rates = [suggested * f for f in AROUND] if ft["lr"] == "auto" else values(ft["lr"])
+    rates = [suggested * f for f in AROUND] if finetune.lr == "auto" else values(finetune.lr)
     grid = []
     for augment, unfreeze, lr, head_lr, decay in itertools.product(
-            augments(ft), depths(ft), rates, values(ft["head_lr"]), values(ft["weight_decay"])):
+            augments(finetune), depths(finetune), rates, values(finetune.head_lr), values(finetune.weight_decay)):
         if unfreeze != 0 or lr == rates[0]:
             grid.append(dict(zip(GRID, (augment, unfreeze, lr, head_lr, decay))))
     return grid
 
 
-def setting(ft: dict[str, Any], candidate: dict[str, Any]) -> dict[str, Any]:
-    """The fine-tune settings of one candidate: `ft` with its augmentation (the named setting), depth and rates."""
-    return {**ft, **candidate, "augment": augments(ft)[candidate["augment"]]}
+def setting(finetune: Finetune, candidate: dict[str, Any]) -> Finetune:
+    """The fine-tune settings of one candidate: `finetune` with its augmentation (the named setting), depth and rates."""
+    return dataclasses.replace(finetune, **{**candidate, "augment": augments(finetune)[candidate["augment"]]})
 
 
 def label(candidate: dict[str, Any]) -> str:
@@ -58,16 +60,16 @@ def label(candidate: dict[str, Any]) -> str:
             f"wd {candidate['weight_decay']:g}")
 
 
-def needs_range_test(ft: dict[str, Any], from_cache: bool, for_report: bool) -> str | None:
+def needs_range_test(finetune: Finetune, from_cache: bool, for_report: bool) -> str | None:
     """Why the range test does not run (None where it does): it runs for `lr: auto`, and otherwise for the
     report's figure where the fine-tune trains from the frozen-prefix cache (a pass there costs seconds)."""
-    if depths(ft) == [0]:
+    if depths(finetune) == [0]:
         return "finetune.unfreeze: 0 trains no backbone block, so there is no backbone rate to test"
-    if ft["lr"] == "auto":
+    if finetune.lr == "auto":
         return None
     if not for_report:
         return "finetune.lr is given; the range test runs for finetune.lr: auto and for the main fine-tune's report"
-    if ft["range_test_steps"] == 0:
+    if finetune.range_test_steps == 0:
         return "finetune.range_test_steps: 0"
     if not from_cache:
         return "the fine-tune runs on the fly, where a range test costs a fine-tune epoch; finetune.lr: auto runs it"

@@ -2,6 +2,9 @@
 preprocessing record, the classifier split off so the penultimate features remain, and the unfreeze groups."""
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -12,65 +15,93 @@ from transferlab.core.fetch import file_digest
 from transferlab.core.project import resolve
 from transferlab.models import families
 from transferlab.models.preprocessing import Preprocessing
+from transferlab.settings.sections import Model, Params
 
 
-def _family(model_params: dict[str, Any]) -> tuple[Any, str]:
-    families.check_backbone("model.backbone", model_params["backbone"])
-    prefix, name = families.owner(model_params["backbone"])
-    return families.load(prefix), name
+@dataclass(frozen=True)
+class Backbone:
+    """A backbone resolved once from model.*: its name (as model.backbone gives it), weights, checkpoint (as given,
+    relative to the project; None = the weights' download), crop size, and the weights' preprocessing at that
+    size. Made by `resolved`, passed on to every function that builds or feeds the network."""
+
+    name: str
+    weights: str
+    checkpoint: str | None
+    image_size: int | None
+    preprocessing: Preprocessing
+
+    @property
+    def family(self) -> ModuleType:
+        """The family module that builds it (families.py)."""
+        return families.load(families.owner(self.name)[0])
+
+    @property
+    def own_name(self) -> str:
+        """The name within its family (timm/convnext_atto → convnext_atto)."""
+        return families.owner(self.name)[1]
+
+    def record(self) -> dict[str, Any]:
+        """The model.* keys it was resolved from (what records of its outputs name)."""
+        return {"backbone": self.name, "weights": self.weights, "checkpoint": self.checkpoint,
+                "image_size": self.image_size}
+
+    def untrained(self) -> Backbone:
+        """The same architecture with random weights (to load a saved fine-tune into)."""
+        return dataclasses.replace(self, weights="none", checkpoint=None)
 
 
-def preprocessing(model_params: dict[str, Any]) -> Preprocessing:
-    """The weights' own eval preprocessing, at model.image_size where set (same resize ratio)."""
-    family, name = _family(model_params)
-    return family.preprocessing(name, model_params["weights"]).at(model_params["image_size"])
+def resolved(model: Model) -> Backbone:
+    """The backbone model.* names, checked against its family, with its preprocessing."""
+    families.check_backbone("model.backbone", model.backbone)
+    prefix, name = families.owner(model.backbone)
+    plain = families.load(prefix).preprocessing(name, model.weights).at(model.image_size)
+    return Backbone(model.backbone, model.weights, model.checkpoint, model.image_size, plain)
 
 
-def class_names(model_params: dict[str, Any]) -> list[str] | None:
+def class_names(backbone: Backbone) -> list[str] | None:
     """The pretraining classifier's class names (ImageNet's, mostly); None for a backbone trained without one."""
-    family, name = _family(model_params)
-    return family.class_names(name, model_params["weights"])
+    return backbone.family.class_names(backbone.own_name, backbone.weights)
 
 
-def check_visualized_classes(params: dict[str, Any]) -> None:
+def check_visualized_classes(params: Params) -> None:
     """Without the fine-tune, visualize addresses the pretrained classifier: the classes its params name are
     checked against that classifier's at the inputs stage, before any work (with it: `split.check_class_names`)."""
-    visualize = params["visualize"]
-    names = class_names(params["model"])
+    names = class_names(resolved(params.model))
     if names is None:
-        raise ParamsError(f"params: visualize.enabled: {params['model']['backbone']} was pretrained without a "
+        raise ParamsError(f"params: visualize.enabled: {params.model.backbone} was pretrained without a "
                           f"classifier, so without the fine-tune there is no class to visualise; set "
                           f"finetune.enabled: true, or visualize.enabled: false")
-    check_classes(visualize, ["target_class", "adversarial_to"], names, "the ImageNet classifier (finetune.enabled: false)")
+    visualize = params.visualize
+    check_classes({"target_class": visualize.target_class, "adversarial_to": visualize.adversarial_to}, names,
+                  "the ImageNet classifier (finetune.enabled: false)")
 
 
-def load_classifier(model_params: dict[str, Any], seed: int = 0) -> tuple[nn.Module, dict[str, Any]]:
+def load_classifier(backbone: Backbone, seed: int = 0) -> tuple[nn.Module, dict[str, Any]]:
     """The full pretrained model in eval mode, and where its weights came from."""
-    family, name = _family(model_params)
-    checkpoint = model_params["checkpoint"]
-    info: dict[str, Any] = {"backbone": model_params["backbone"], "weights": model_params["weights"],
+    checkpoint = backbone.checkpoint
+    info: dict[str, Any] = {"backbone": backbone.name, "weights": backbone.weights,
                             "checkpoint": checkpoint, "checkpoint_sha256": None}
     torch.manual_seed(seed)
-    model = family.build(name, model_params["weights"], resolve(checkpoint) if checkpoint else None,
-                         model_params["image_size"])
+    model = backbone.family.build(backbone.own_name, backbone.weights, resolve(checkpoint) if checkpoint else None,
+                                  backbone.image_size)
     if checkpoint:
         info["checkpoint_sha256"] = file_digest(resolve(checkpoint))
     return model, info
 
 
-def load_feature_extractor(model_params: dict[str, Any]) -> tuple[nn.Module, int, dict[str, Any]]:
+def load_feature_extractor(backbone: Backbone) -> tuple[nn.Module, int, dict[str, Any]]:
     """Frozen backbone without its classifier, its feature size, and provenance."""
-    model, info = load_classifier(model_params)
-    model, dim = _family(model_params)[0].split(model)
+    model, info = load_classifier(backbone)
+    model, dim = backbone.family.split(model)
     model.requires_grad_(False)
     info["feature_dim"] = dim
     return model, dim, info
 
 
-def architecture(model_params: dict[str, Any]) -> tuple[nn.Module, int]:
+def architecture(backbone: Backbone) -> tuple[nn.Module, int]:
     """The backbone's architecture without its classifier, random weights (to load a saved fine-tune into)."""
-    model, _ = load_classifier({**model_params, "weights": "none", "checkpoint": None})
-    return _family(model_params)[0].split(model)
+    model, _ = load_classifier(backbone.untrained())
+    return backbone.family.split(model)
 
 
 def blocks(model: nn.Module) -> list[nn.Module]:

@@ -23,6 +23,7 @@ from types import ModuleType
 from typing import Any, NamedTuple
 
 from transferlab.core.errors import ParamsError
+from transferlab.settings.sections import Params
 
 
 class Family(NamedTuple):
@@ -94,10 +95,10 @@ def check_backbone(key: str, name: str, weights: str | None = None) -> None:
                           f"({', '.join([*known[own], 'DEFAULT', 'none'])})")
 
 
-def check_names(params: dict[str, Any]) -> None:
+def check_names(params: Params) -> None:
     """model.backbone, model.weights and sweep.backbones against the families' lists: what the Snakefile and the
     inputs stage (DVC's first) check before any work, apart from validating params, so that a stage depends on a
     family's code only where it builds a network."""
-    check_backbone("model.backbone", params["model"]["backbone"], params["model"]["weights"])
-    for name in params["sweep"]["backbones"]:
+    check_backbone("model.backbone", params.model.backbone, params.model.weights)
+    for name in params.sweep.backbones:
         check_backbone("sweep.backbones", name)

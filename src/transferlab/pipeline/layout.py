@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from transferlab.core.project import SPLITS
+from transferlab.settings.sections import Params
 
 # A wildcard of the sweep's stages and the params list it takes its values from (a DVC matrix).
 WILDCARDS = {"backbone": "sweep.backbones", "fraction": "sweep.fractions", "seed": "sweep.seeds"}
@@ -131,7 +132,7 @@ def label(value: float) -> str:
     return str(float(value))
 
 
-def points(params: dict[str, Any]) -> list[tuple[str, float, int]]:
+def points(params: Params) -> list[tuple[str, float, int]]:
     """Every (backbone, fraction, seed) of the grid."""
-    sw = params["sweep"]
-    return [(b, float(f), int(s)) for b in sw["backbones"] for f in sw["fractions"] for s in sw["seeds"]]
+    sweep = params.sweep
+    return [(b, float(f), int(s)) for b in sweep.backbones for f in sweep.fractions for s in sweep.seeds]

@@ -34,6 +34,7 @@ from transferlab.pipeline.stages import (
     stage_wildcards,
     unfilled_prefix,
 )
+from transferlab.settings.sections import Params
 
 # The code of Snakemake's shard_rows checkpoint, run in its own process (shards.write), which is not a stage.
 SHARD_ROWS_MODULES = ["pipeline.shards"]
@@ -84,7 +85,7 @@ def _input_templates(stage: str, value: str) -> list[str]:
     return [unfilled_prefix(p) for p in paths] if spans_points(stage, source) else paths
 
 
-def snakemake_inputs(stage: str, params: dict[str, Any]) -> dict[str, Any]:
+def snakemake_inputs(stage: str, params: Params) -> dict[str, Any]:
     """The rule's input: its code record (`write_code_records`), and the inputs of stages that are enabled
     (Snakemake leaves a disabled stage out), sweep points expanded over the grid where the rule has no wildcard for
     them."""
@@ -105,13 +106,13 @@ def snakemake_inputs(stage: str, params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def snakemake_shards(stage: str, params: dict[str, Any]) -> list[str]:
+def snakemake_shards(stage: str, params: Params) -> list[str]:
     """Every shard's folder: the input of the rule that gathers them (none where the stage is one job)."""
     count = shard_count(params, stage)
     return [layout.SHARD_FOLDERS[stage].format(shard=s) for s in range(count)] if count > 1 else []
 
 
-def snakemake_shard_inputs(stage: str, params: dict[str, Any], ancient: Callable[[Any], Any]) -> dict[str, Any]:
+def snakemake_shard_inputs(stage: str, params: Params, ancient: Callable[[Any], Any]) -> dict[str, Any]:
     """A shard job's input: the stage's, with its record (layout.SHARD_ROWS), and the dataset's and split's files
     flagged by Snakemake's `ancient`: what the shard reads of them is in the record, which Snakemake compares by
     checksum once the checkpoint writing it has run, so a split that re-runs re-runs only the shards it changed."""

@@ -61,16 +61,16 @@ def record(project: Path | str = ".", command: str = "dvc repro") -> dict[str, A
     params = load(project / "params.yaml")
     files = stages.io("report", project).input
     info = report.gather(params, files)
-    finetune, cost_ratio, verdict = report.headline(info, params["evaluate"]["confidence"])
+    finetune, cost_ratio, verdict = report.headline(info, params.evaluate.confidence)
     probe = info["methods"]["probe"]["row"]
     ft_summary, head_summary = read_json(files.finetune.summary), read_json(files.head)
     return {
         "dataset": {k: info["dataset"][k] for k in ("dataset", "source", "images", "label")},
         "classes": len(info["dataset"]["classes"]),
         "split": {name: info["splits"][name]["images"] for name in ("train", "val", "test")},
-        "seed": params["data"]["seed"],
+        "seed": params.data.seed,
         "backbone": {k: info["meta"][k] for k in ("backbone", "weights", "feature_dim", "image_size", "engine")},
-        "head": {"C": head_summary["C"], "C_grid": params["head"]["C_grid"], "seconds": head_summary["seconds"],
+        "head": {"C": head_summary["C"], "C_grid": params.head.C_grid, "seconds": head_summary["seconds"],
                  "trainable_parameters": head_summary["trainable_parameters"]},
         "finetune": {k: ft_summary.get(k) for k in ("augment", "unfreeze", "lr", "head_lr", "weight_decay", "alpha",
                                                     "improved", "start", "candidates", "pruned", "searched",
@@ -83,7 +83,7 @@ def record(project: Path | str = ".", command: str = "dvc repro") -> dict[str, A
         "finetuned": {k: finetune[k] for k in _METRICS if k in finetune} if finetune else None,
         "cost_ratio": round(cost_ratio, 2) if cost_ratio else None,
         "verdict": verdict,
-        "confidence": params["evaluate"]["confidence"],
+        "confidence": params.evaluate.confidence,
         "machine": {"cpu": cpu(), "cores": os.cpu_count(), "python": platform.python_version(),
                     "lock_sha256": lock.digest(project / lock.NAME)},
         "command": command,
@@ -127,22 +127,22 @@ def section(rec: dict[str, Any], brief: bool = False) -> str:
     """README's results section (between the markers) from a record; `brief`: the run said in one short line, the
     fine-tune's choice left to the verdict."""
     rows = [rec["probe"]] + ([rec["finetuned"]] if rec["finetuned"] else [])
-    ft, head, bb = rec["finetune"], rec["head"], rec["backbone"]
+    tuned, head, bb = rec["finetune"], rec["head"], rec["backbone"]
     level = f"{rec['confidence']:.0%}".replace("%", " %")
     names = ["frozen features + linear head"]
     if rec["finetuned"]:
-        names.append("fine-tuned" if brief else f"fine-tuned ({_chosen(ft)}, {ft['epochs_run']} epochs)")
+        names.append("fine-tuned" if brief else f"fine-tuned ({_chosen(tuned)}, {tuned['epochs_run']} epochs)")
     columns = {
         "top-5": ("top5_accuracy", True), "balanced acc.": ("balanced_accuracy", True), "macro F1": ("macro_f1", True),
         "log-loss": ("log_loss", False), "train acc.": ("train_accuracy", True), "val acc.": ("val_accuracy", True)}
     cells: dict[str, list[str]] = {name: _bold_best([r[key] for r in rows], higher)
                                    for name, (key, higher) in columns.items()}
     accuracy = _bold_best([r["accuracy"] for r in rows], True)
-    params = [f"{head['trainable_parameters']:,} (head)"] + ([f"{ft['trainable_parameters']:,}"] if rec["finetuned"] else [])
+    params = [f"{head['trainable_parameters']:,} (head)"] + ([f"{tuned['trainable_parameters']:,}"] if rec["finetuned"] else [])
     times = [f"{rec['extract_seconds']:.1f} s extract + {head['seconds']:.1f} s head"]
     if rec["finetuned"]:
-        times.append(f"+ {ft['frozen_cache_seconds'] or 0:.0f} s frozen blocks (once) + {ft['seconds']:.0f} s fine-tune"
-                     + (f" ({ft['candidates']} candidates)" if ft.get("candidates", 1) > 1 else ""))
+        times.append(f"+ {tuned['frozen_cache_seconds'] or 0:.0f} s frozen blocks (once) + {tuned['seconds']:.0f} s fine-tune"
+                     + (f" ({tuned['candidates']} candidates)" if tuned.get("candidates", 1) > 1 else ""))
     intro = (f"On the {rec['dataset']['images']:,} images of `{rec['dataset']['source']}` ({rec['classes']} classes, "
              f"split {rec['split']['train']:,} / {rec['split']['val']:,} / {rec['split']['test']:,}), {bb['backbone']} "
              f"features, one `{rec['command']}` on a {rec['machine']['cores']}-core {rec['machine']['cpu']}:")
@@ -168,21 +168,21 @@ def section(rec: dict[str, Any], brief: bool = False) -> str:
     return "\n".join(lines)
 
 
-def _chosen(ft: dict[str, Any]) -> str:
+def _chosen(tuned: dict[str, Any]) -> str:
     """The fine-tune's chosen setting, and what it was chosen among, as the table's method name says it."""
     from transferlab.settings.grid import blocks
 
-    searched = ft.get("searched") or {}
+    searched = tuned.get("searched") or {}
     if "augment" not in searched:  # a record of one learning-rate grid
-        rates = searched.get("lr", [ft["lr"]])
-        return f"LP-FT, last {blocks(ft['unfreeze'])}, lr {ft['lr']:g}" + (
+        rates = searched.get("lr", [tuned["lr"]])
+        return f"LP-FT, last {blocks(tuned['unfreeze'])}, lr {tuned['lr']:g}" + (
             f" chosen on validation of {', '.join(f'{r:g}' for r in rates)}" if len(rates) > 1 else "")
     among = "; ".join(f"{key} {', '.join(f'{v:g}' if isinstance(v, float) else str(v) for v in values)}"
                       for key, values in searched.items() if len(values) > 1)
-    chosen = f"LP-FT, augmentation {ft['augment']}, last {blocks(ft['unfreeze'])}, lr {ft['lr']:g}, α {ft['alpha']:g}"
-    if not ft.get("improved", True):
+    chosen = f"LP-FT, augmentation {tuned['augment']}, last {blocks(tuned['unfreeze'])}, lr {tuned['lr']:g}, α {tuned['alpha']:g}"
+    if not tuned.get("improved", True):
         chosen = "LP-FT: no candidate beat its start, which is kept"
-    return chosen + (f"; chosen on validation among {ft['candidates']} candidates ({among})" if among else "")
+    return chosen + (f"; chosen on validation among {tuned['candidates']} candidates ({among})" if among else "")
 
 
 def curve_section(rec: dict[str, Any]) -> str:

@@ -14,6 +14,7 @@ from transferlab.core import progress
 from transferlab.core.errors import DamagedFile, ParamsError, UserError, rerun_command
 from transferlab.pipeline import handover, run_lock, stages
 from transferlab.settings import params as params_mod
+from transferlab.settings.sections import Params
 
 log = logging.getLogger("transferlab")
 
@@ -128,7 +129,7 @@ def run_stage(name: str) -> None:
         fail(name, message)
 
 
-def refuse_changed(path: str, params: dict, name: str) -> None:
+def refuse_changed(path: str, params: Params, name: str) -> None:
     """Under DVC: refuse to hand DVC results made with other values than params.yaml holds now."""
     moved = params_mod.changed_since(params, stages.TABLE[name].params, path)
     if moved:

@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING, Any
 from transferlab.core.atomic import read_json, read_splits, write_json
 from transferlab.core.errors import UserError
 from transferlab.pipeline import layout
+from transferlab.settings.sections import Features, Params
 
 if TYPE_CHECKING:
     import pandas as pd
 
 
-def rows(frames: dict[str, pd.DataFrame], feat: dict[str, Any], shard: int | None) -> dict[str, range]:
+def rows(frames: dict[str, pd.DataFrame], feat: Features, shard: int | None) -> dict[str, range]:
     """Each split's rows in shard `shard` of `features.shards` (every row where None): contiguous, and as even as
     whole batches of `features.batch_size` allow, so that each shard computes the unsharded run's batches."""
     out = {}
@@ -32,8 +33,8 @@ def rows(frames: dict[str, pd.DataFrame], feat: dict[str, Any], shard: int | Non
         if shard is None:
             out[split] = range(n)
             continue
-        batches, count = -(-n // feat["batch_size"]), feat["shards"]
-        cuts = [min(n, batches * s // count * feat["batch_size"]) for s in (shard, shard + 1)]
+        batches, count = -(-n // feat.batch_size), feat.shards
+        cuts = [min(n, batches * s // count * feat.batch_size) for s in (shard, shard + 1)]
         out[split] = range(*cuts)
     return out
 
@@ -42,35 +43,35 @@ def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def record(frames: dict[str, pd.DataFrame], classes: list[str], feat: dict[str, Any], shard: int) -> dict[str, Any]:
+def record(frames: dict[str, pd.DataFrame], classes: list[str], feat: Features, shard: int) -> dict[str, Any]:
     """What shard `shard`'s files are made of: each split's rows and the sha256 of their lines, and the classes."""
-    return {"shard": shard, "of": feat["shards"], "classes": _sha256("\n".join(classes)),
+    return {"shard": shard, "of": feat.shards, "classes": _sha256("\n".join(classes)),
             "splits": {split: {"rows": [r.start, r.stop],
                                "sha256": _sha256(frames[split].iloc[r.start:r.stop].to_csv(index=False))}
                        for split, r in rows(frames, feat, shard).items()}}
 
 
-def write(params: dict[str, Any], log: Path | str) -> None:
+def write(params: Params, log: Path | str) -> None:
     """Every shard's record into its file (the Snakefile's checkpoint, in Snakemake's process, in the project
     root), a line each to `log`."""
     frames = read_splits(layout.files("split"))
     classes = read_json(layout.files("download").dataset)["classes"]
     paths, lines = [Path(path) for path in records(params)], []
     for shard, path in enumerate(paths):
-        made = record(frames, classes, params["features"], shard)
+        made = record(frames, classes, params.features, shard)
         write_json(path, made)
         lines.append(f"shard {shard}: " + ", ".join(f"{split} rows {part['rows'][0]}-{part['rows'][1]}"
                                                    for split, part in made["splits"].items()))
     Path(log).write_text("\n".join(lines) + "\n")
 
 
-def records(params: dict[str, Any]) -> list[str]:
+def records(params: Params) -> list[str]:
     """The files of every shard's record, relative to the project root."""
-    return [layout.SHARD_ROWS.format(shard=s) for s in range(params["features"]["shards"])]
+    return [layout.SHARD_ROWS.format(shard=s) for s in range(params.features.shards)]
 
 
 def check(stage: str, recorded: list[dict[str, Any]], frames: dict[str, pd.DataFrame], classes: list[str],
-          feat: dict[str, Any]) -> None:
+          feat: Features) -> None:
     """Refuse to gather a shard computed from other images than the split lists hold now (or another count)."""
     for shard, found in enumerate(recorded):
         if found != record(frames, classes, feat, shard):

@@ -25,6 +25,7 @@ from transferlab.core.fetch import file_digest
 from transferlab.core.project import resolve
 from transferlab.data import folders
 from transferlab.settings.params import is_url
+from transferlab.settings.sections import Params
 
 _SEEN = ".seen.json"
 
@@ -44,19 +45,19 @@ def content(path: Path, seen: dict[str, list[Any]]) -> dict[str, str]:
     return out
 
 
-def manifests(params: dict[str, Any], root: Path | str, seen: dict[str, list[Any]]) -> dict[str, dict[str, Any]]:
+def manifests(params: Params, root: Path | str, seen: dict[str, list[Any]]) -> dict[str, dict[str, Any]]:
     """The dataset's, the checkpoint's and the sweep's other checkpoints' manifests: what they are given as, and
     their files' sha256."""
-    source, checkpoint = params["data"]["source"], params["model"]["checkpoint"]
+    source, checkpoint = params.data.source, params.model.checkpoint
     local = source and not is_url(source)
     return {"dataset": {"source": source, "files": content(resolve(source, root), seen) if local else None},
             "checkpoint": {"checkpoint": checkpoint,
                            "files": content(resolve(checkpoint, root), seen) if checkpoint else None},
             "sweep_checkpoints": {backbone: {"checkpoint": path, "files": content(resolve(path, root), seen)}
-                                  for backbone, path in sorted(params["sweep"]["checkpoints"].items())}}
+                                  for backbone, path in sorted(params.sweep.checkpoints.items())}}
 
 
-def refresh(params: dict[str, Any], out: Any, root: Path | str = ".") -> list[str]:
+def refresh(params: Params, out: Any, root: Path | str = ".") -> list[str]:
     """Write the manifests (`out.dataset`, `out.checkpoint`, `out.sweep_checkpoints`) where their content changed;
     the names changed."""
     state = Path(out.dataset).parent / _SEEN

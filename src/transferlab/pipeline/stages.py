@@ -18,6 +18,7 @@ from typing import Any
 from transferlab.core.atomic import write_json
 from transferlab.pipeline import checks, imports, layout
 from transferlab.settings.params import select
+from transferlab.settings.sections import Params
 
 log = logging.getLogger("transferlab")
 
@@ -93,12 +94,12 @@ TABLE: dict[str, Stage] = {
 STAGE_PARAMS: dict[str, list[str]] = {name: stage.params for name, stage in TABLE.items()}
 
 
-def params_for(params: dict[str, Any], stage: str) -> dict[str, Any]:
+def params_for(params: Params, stage: str) -> dict[str, Any]:
     """The part of params a stage depends on (what the engines track for it)."""
     return select(params, TABLE[stage].params)
 
 
-def made_from(params: dict[str, Any], stage: str, dataset: dict[str, Any]) -> dict[str, Any]:
+def made_from(params: Params, stage: str, dataset: dict[str, Any]) -> dict[str, Any]:
     """What a stage's output was made from: the dataset (as data/dataset.json names it) and the stage's params.
 
     Stored in the output, it lets the report show a section only when it belongs to the current run.
@@ -134,21 +135,19 @@ def stage_wildcards(stage: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def enabled(params: dict[str, Any], stage: str) -> bool:
+def enabled(params: Params, stage: str) -> bool:
     switch = TABLE[stage].enabled_by
     if switch is None:
         return True
-    section, key = switch.split(".")
-    return bool(params[section][key])
+    return bool(params.at(switch))
 
 
-def shard_count(params: dict[str, Any], stage: str) -> int:
+def shard_count(params: Params, stage: str) -> int:
     """How many jobs Snakemake spreads the stage over (1: the stage is one job)."""
     key = TABLE[stage].shards
     if key is None:
         return 1
-    section, name = key.split(".")
-    return int(params[section][name])
+    return int(params.at(key))
 
 
 def reference(value: str) -> tuple[str, str | None] | None:
@@ -214,7 +213,7 @@ def io(stage: str, root: Path | str = ".", out: Path | str | None = None, thread
                    shard, gathering)
 
 
-def execute(stage: str, run: Callable[[dict[str, Any], StageIO], object], params: dict[str, Any],
+def execute(stage: str, run: Callable[[dict[str, Any], StageIO], object], params: Params,
             files: StageIO) -> object:
     """Run a stage, or, where its switch is off, leave its 'skipped' record instead: the one place that decides."""
     if not enabled(params, stage):
@@ -254,14 +253,14 @@ def verify_inputs(stage: str, io: StageIO) -> None:
         checks.verify(path, source)
 
 
-def fillings(params: dict[str, Any], stage: str) -> list[dict[str, str]]:
+def fillings(params: Params, stage: str) -> list[dict[str, str]]:
     """Every filling of the stage's sweep wildcards over the grid ([{}] for a stage without them)."""
     names = stage_wildcards(stage)
     every = [dict(zip(("backbone", "fraction", "seed"), (b, layout.label(f), str(s)))) for b, f, s in layout.points(params)]
     return [dict(t) for t in dict.fromkeys(tuple((w, point[w]) for w in names) for point in every)]
 
 
-def mark_disabled(params: dict[str, Any], root: Path | str = ".") -> list[str]:
+def mark_disabled(params: Params, root: Path | str = ".") -> list[str]:
     """Leave the 'skipped' records of every stage switched off (Snakemake plans none of them; DVC needs every
     output to exist, so `dvc commit` after a Snakemake run finds them); the stages marked."""
     marked = [stage for stage in TABLE if not enabled(params, stage)]

@@ -26,16 +26,18 @@ from transferlab.inference import backends
 from transferlab.inference.batches import ImageList, compute, device, torch_threads
 from transferlab.inference.transforms import augmentation, evaluation
 from transferlab.models import backbones
+from transferlab.models.backbones import Backbone
+from transferlab.settings.sections import Features
 
 
-def extract(model_params: dict[str, Any], feat: dict[str, Any], dataset: dict[str, Any],
+def extract(backbone: Backbone, feat: Features, dataset: dict[str, Any],
             frames: dict[str, pd.DataFrame], rows: dict[str, range], out: SimpleNamespace) -> dict[str, Any]:
     """Features (float32, labels, ids, views) of each split's `rows`, into one .npz each (`out.<split>`); returns
     the meta record: the backbone, the engine, and each split's count and rate."""
     classes, root = dataset["classes"], data_root(dataset)
-    extractor, dim, info = backbones.load_feature_extractor(model_params)
+    extractor, dim, info = backbones.load_feature_extractor(backbone)
     dev = device()
-    plain = backbones.preprocessing(model_params)
+    plain = backbone.preprocessing
     model = backbones.Normalized(extractor, plain.mean, plain.std, scale=255)
     min_size, size = plain.resize, plain.crop
     on_gpu = dev.type == "cuda"  # decode JPEGs on the GPU
@@ -43,9 +45,9 @@ def extract(model_params: dict[str, Any], feat: dict[str, Any], dataset: dict[st
     streams = 1 if on_gpu else threads
     folder = out.meta.parent
     folder.mkdir(parents=True, exist_ok=True)
-    check_room(len(rows["train"]) * (1 + feat["train_views"]), dim, folder, feat["train_views"])
+    check_room(len(rows["train"]) * (1 + feat.train_views), dim, folder, feat.train_views)
     with scratch_file(folder, ".onnx", "backbone") as onnx_path, torch_threads(threads // streams):
-        forward, engine = backends.build(model, feat["engine"], feat["precision"], dev, size, onnx_path,
+        forward, engine = backends.build(model, feat.engine, feat.precision, dev, size, onnx_path,
                                         threads=threads // streams)
         meta: dict[str, Any] = {**info, **engine, "image_size": size, "device": str(dev), "gpu_decode": on_gpu,
                                 "threads": threads, "streams": streams, "torch": torch.__version__,
@@ -57,8 +59,8 @@ def extract(model_params: dict[str, Any], feat: dict[str, Any], dataset: dict[st
                                keys=keys)]
             if split == "train":
                 views += [ImageList(root, part, classes, augmentation(plain, normalize=False), min_size,
-                                    seed=feat["seed"] + 1 + v, encoded=on_gpu, keys=keys)
-                          for v in range(feat["train_views"])]
+                                    seed=feat.seed + 1 + v, encoded=on_gpu, keys=keys)
+                          for v in range(feat.train_views)]
             meta["splits"][split] = _extract_split(forward, views, dim, feat, getattr(out, split), classes,
                                                    part["path"].to_numpy(dtype=str), streams, dev)
     return meta
@@ -107,7 +109,7 @@ def check_room(rows: int, dim: int, folder: Path, views: int) -> None:
                               f"there is {size_text(have)}. Use fewer views")
 
 
-def _extract_split(forward: backends.Forward, views: list[ImageList], dim: int, feat: dict[str, Any], path: Path,
+def _extract_split(forward: backends.Forward, views: list[ImageList], dim: int, feat: Features, path: Path,
                    classes: list[str], ids: np.ndarray, streams: int, dev: torch.device) -> dict[str, Any]:
     """Features of every view of one split, filled into a memory-mapped scratch array, then one atomic .npz."""
     n, split = len(ids), path.stem
@@ -117,7 +119,7 @@ def _extract_split(forward: backends.Forward, views: list[ImageList], dim: int, 
         for v, ds in enumerate(views):
             if n:
                 compute(forward, ds, features[v * n:(v + 1) * n], f"extract {split}" + (f" view {v}" if v else ""),
-                        feat["batch_size"], streams, feat["num_workers"], dev)
+                        feat.batch_size, streams, feat.num_workers, dev)
         features.flush()
         _save(path, features, np.asarray(views[0].labels, dtype=np.int64), ids, len(views), classes)
         del features

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from transferlab.core.atomic import write_arrays
 from transferlab.probe import selection
+from transferlab.settings.sections import Head
 
 if TYPE_CHECKING:  # scikit-learn loads where a head is fitted or rebuilt, not where its weights are only read
     from sklearn.pipeline import Pipeline
@@ -30,14 +31,14 @@ def make_head(C: float, max_iter: int) -> Pipeline:
     return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
 
 
-def fit(train: dict[str, np.ndarray], val: dict[str, np.ndarray], head: dict[str, Any]) -> tuple[Pipeline, pd.DataFrame]:
+def fit(train: dict[str, np.ndarray], val: dict[str, np.ndarray], head: Head) -> tuple[Pipeline, pd.DataFrame]:
     """Choose C on the validation split (`choose`), refit on train (or train+val)."""
     from sklearn.metrics import accuracy_score, log_loss
 
     labels = np.arange(len(train["classes"]))
     rows = []
-    for C in head["C_grid"]:
-        model = make_head(C, head["max_iter"]).fit(train["features"], train["labels"])
+    for C in head.C_grid:
+        model = make_head(C, head.max_iter).fit(train["features"], train["labels"])
         proba = predict_proba(model, val["features"], len(labels))
         rows.append({"C": C, "train_accuracy": model.score(train["features"], train["labels"]),
                      "val_accuracy": accuracy_score(val["labels"], proba.argmax(1)),
@@ -45,10 +46,10 @@ def fit(train: dict[str, np.ndarray], val: dict[str, np.ndarray], head: dict[str
     search = pd.DataFrame(rows)
     best = search.loc[selection.choose(search, SIMPLER)]
     X, y = train["features"], train["labels"]
-    if head["refit_on"] == "train+val":
+    if head.refit_on == "train+val":
         X, y = np.concatenate([X, val["features"]]), np.concatenate([y, val["labels"]])
     search["chosen"] = search["C"] == best["C"]
-    return make_head(float(best["C"]), head["max_iter"]).fit(X, y), search
+    return make_head(float(best["C"]), head.max_iter).fit(X, y), search
 
 
 def predict_proba(model: Pipeline, features: np.ndarray, n_classes: int) -> np.ndarray:

@@ -31,6 +31,7 @@ from transferlab.reporting.figures import (
 )
 from transferlab.settings import grid
 from transferlab.settings import params as params_mod
+from transferlab.settings.sections import Params
 
 log = logging.getLogger("transferlab")
 # metric key, label, True when higher is better
@@ -52,11 +53,11 @@ def _embed_png(path: Path) -> str:
     return data_uri(path.read_bytes())
 
 
-def optional_section(params: dict[str, Any], current: dict[str, Any], section: str, stage: str,
+def optional_section(params: Params, current: dict[str, Any], section: str, stage: str,
                      summary: dict[str, Any] | None) -> dict[str, Any]:
     """Whether an optional stage's output belongs to this run (`current`: what this run's would be made from):
     shown, or why not (disabled, not run, stale)."""
-    if not params[section]["enabled"]:
+    if not params.at(f"{section}.enabled"):
         return {"shown": False, "why": f"not run ({section}.enabled: false)"}
     if not summary or summary.get("skipped"):
         return {"shown": False, "why": f"not run yet: run the {stage} stage"}
@@ -66,7 +67,7 @@ def optional_section(params: dict[str, Any], current: dict[str, Any], section: s
     return {"shown": True, "made_from": summary["made_from"]}
 
 
-def visualizations(params: dict[str, Any], current: dict[str, Any], files: SimpleNamespace) -> dict[str, Any]:
+def visualizations(params: Params, current: dict[str, Any], files: SimpleNamespace) -> dict[str, Any]:
     """The visualize stage's summary with its PNGs embedded where it belongs to this run (see optional_section)."""
     folder = files.summary.parent
     summary = _json(files.summary)
@@ -102,7 +103,7 @@ def ideal_caption(summary: dict[str, Any]) -> str:
             f"examples below exploit.")
 
 
-def learning_curve(params: dict[str, Any], current: dict[str, Any], files: SimpleNamespace) -> dict[str, Any]:
+def learning_curve(params: Params, current: dict[str, Any], files: SimpleNamespace) -> dict[str, Any]:
     """The sweep's curve (figure embedded, table, generated reading) where it belongs to this run."""
     summary = _json(files.summary)
     state = optional_section(params, current, "sweep", "sweep_aggregate", summary)
@@ -213,11 +214,11 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def shown_differences(params: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+def shown_differences(params: Params) -> dict[str, tuple[Any, Any]]:
     """Params that differ from the defaults, leaving out the keys of disabled stages (but their `enabled`)."""
     def disabled(key: str) -> bool:
-        section = params.get(key.split(".")[0])
-        return isinstance(section, dict) and section.get("enabled") is False and not key.endswith(".enabled")
+        section = getattr(params, key.split(".")[0])
+        return getattr(section, "enabled", True) is False and not key.endswith(".enabled")
 
     return {k: v for k, v in params_mod.differences(params).items() if not disabled(k)}
 
@@ -245,27 +246,27 @@ def tta_row(metrics: dict[str, Any]) -> dict[str, Any]:
             "interval": {**metrics["interval"], "tta_accuracy": tta["interval"]["accuracy"]}}
 
 
-def gather(params: dict[str, Any], files: SimpleNamespace) -> dict[str, Any]:
+def gather(params: Params, files: SimpleNamespace) -> dict[str, Any]:
     """Everything the page shows, read from the stage outputs that exist (`files`: the report stage's inputs)."""
     dataset = _json(files.dataset)
     splits = _json(files.splits)
     meta = _json(files.meta)
     head_summary = _json(files.head) or {}
-    ft = _json(files.finetune.summary) or {"skipped": True, "reason": "finetune stage not run"}
+    tuned = _json(files.finetune.summary) or {"skipped": True, "reason": "finetune stage not run"}
     extract_seconds = sum(s["seconds"] for s in meta["splits"].values())
     probe_extra = {"trainable_parameters": head_summary.get("trainable_parameters"), "learning_rate": "lbfgs (C = "
                    f"{head_summary.get('C')}, chosen on validation)", "epochs": "—",
                    "seconds": round(extract_seconds + head_summary.get("seconds", 0), 1)}
     methods = {"probe": _load_method(files.probe, probe_extra)}
-    ft_extra = {}
-    if not ft.get("skipped"):
-        ft_extra = {"trainable_parameters": ft["trainable_parameters"], "learning_rate":
-                    f"{ft['lr']:g} (head {ft['head_lr']:g})"
-                    + (f", chosen on validation of {ft['candidates']}" if ft["candidates"] > 1 else ""),
-                    "epochs": f"{ft['epochs_run']} (best {ft['best_epoch']})",
-                    "seconds": round(extract_seconds + head_summary.get("seconds", 0) + ft["seconds"]
-                                     + ft.get("frozen_cache_seconds", 0), 1)}
-    methods["finetune"] = _load_method(files.finetune_eval, ft_extra)
+    tuned_extra = {}
+    if not tuned.get("skipped"):
+        tuned_extra = {"trainable_parameters": tuned["trainable_parameters"], "learning_rate":
+                    f"{tuned['lr']:g} (head {tuned['head_lr']:g})"
+                    + (f", chosen on validation of {tuned['candidates']}" if tuned["candidates"] > 1 else ""),
+                    "epochs": f"{tuned['epochs_run']} (best {tuned['best_epoch']})",
+                    "seconds": round(extract_seconds + head_summary.get("seconds", 0) + tuned["seconds"]
+                                     + tuned.get("frozen_cache_seconds", 0), 1)}
+    methods["finetune"] = _load_method(files.finetune_eval, tuned_extra)
     history_path = files.finetune.history
     history = pd.read_csv(history_path) if methods["finetune"]["ran"] and history_path.exists() else None
     stage_costs = [{"stage": f"extract ({split})", "images": s["images"], "seconds": s["seconds"],
@@ -273,44 +274,44 @@ def gather(params: dict[str, Any], files: SimpleNamespace) -> dict[str, Any]:
     stage_costs.append({"stage": "train_head (C search + refit)", "images": head_summary.get("train_rows"),
                         "seconds": head_summary.get("seconds"), "images_per_s": None})
     if methods["finetune"]["ran"]:
-        if ft.get("frozen_cache_seconds"):
+        if tuned.get("frozen_cache_seconds"):
             stage_costs.append({"stage": "frozen_cache (frozen blocks, once, every epoch's views)", "images": None,
-                                "seconds": ft["frozen_cache_seconds"], "images_per_s": None})
-        stage_costs.append({"stage": f"finetune ({ft['candidates']} candidates; the chosen ran {ft['epochs_run']} "
+                                "seconds": tuned["frozen_cache_seconds"], "images_per_s": None})
+        stage_costs.append({"stage": f"finetune ({tuned['candidates']} candidates; the chosen ran {tuned['epochs_run']} "
                                      f"epochs)", "images": None,
-                            "seconds": ft["seconds"], "images_per_s": ft["train_images_per_s"]})
+                            "seconds": tuned["seconds"], "images_per_s": tuned["train_images_per_s"]})
     rejected = pd.read_csv(files.rejected) if files.rejected.exists() else pd.DataFrame()
     ran = methods["finetune"]["ran"]
     searched = {"head": pd.read_csv(files.head_search),
                 "finetune": pd.read_csv(files.finetune.search) if ran else None,
                 "range_test": pd.read_csv(files.finetune.range_test) if ran else None,
-                "interpolation": ft.get("interpolation") if ran else None, "alpha": ft.get("alpha")}
-    found = diagnosis.findings(ft, searched["finetune"]) if ran else []
+                "interpolation": tuned.get("interpolation") if ran else None, "alpha": tuned.get("alpha")}
+    found = diagnosis.findings(tuned, searched["finetune"]) if ran else []
     return {"params": params, "dataset": dataset, "splits": splits, "meta": meta, "methods": methods,
-            "history": history, "finetune": ft, "stage_costs": stage_costs, "rejected": rejected,
+            "history": history, "finetune": tuned, "stage_costs": stage_costs, "rejected": rejected,
             "head_summary": head_summary, "searched": searched, "findings": found}
 
 
 def tuned(info: dict[str, Any]) -> str:
     """How each arm was tuned on the validation split: the values chosen, of how many candidates, and why the
     fine-tune's other augmentations and depths lost (their best validation log-loss)."""
-    head_search, ft = info["searched"]["head"], info["finetune"]
+    head_search, tuned = info["searched"]["head"], info["finetune"]
     probe = f"the probe's C = {info['head_summary']['C']:g} (of {len(head_search)} candidates)"
-    if ft.get("skipped"):
+    if tuned.get("skipped"):
         return f"Tuned on the validation split: {probe}."
-    chosen = (f"augmentation {ft['augment']}, {grid.blocks(ft['unfreeze'])}, lr {ft['lr']:g} (head {ft['head_lr']:g}, "
-              f"weight decay {ft['weight_decay']:g}), α {ft['alpha']:g}")
-    if ft["candidates"] == 1:
+    chosen = (f"augmentation {tuned['augment']}, {grid.blocks(tuned['unfreeze'])}, lr {tuned['lr']:g} "
+              f"(head {tuned['head_lr']:g}, weight decay {tuned['weight_decay']:g}), α {tuned['alpha']:g}")
+    if tuned["candidates"] == 1:
         return (f"Tuned on the validation split: {probe}; the fine-tune ran at its one setting, {chosen}, not "
                 f"tuned (give finetune.lr, augment or unfreeze a list, or lr auto, for a comparison of two tuned "
                 f"arms).")
-    pruned = f", {ft['pruned']} stopped early by the pruner" if ft.get("pruned") else ""
-    if not ft.get("improved", True):
+    pruned = f", {tuned['pruned']} stopped early by the pruner" if tuned.get("pruned") else ""
+    if not tuned.get("improved", True):
         return (f"Both arms were tuned on the validation split by the lowest validation log-loss: {probe}; the "
-                f"fine-tune kept its start, which none of its {ft['candidates']} candidates{pruned} beat."
+                f"fine-tune kept its start, which none of its {tuned['candidates']} candidates{pruned} beat."
                 f"{losers(info['searched']['finetune'])}")
     return (f"Both arms were tuned on the validation split by the lowest validation log-loss: {probe}, the "
-            f"fine-tune's {chosen} (of {ft['candidates']} candidates{pruned}).{losers(info['searched']['finetune'])}")
+            f"fine-tune's {chosen} (of {tuned['candidates']} candidates{pruned}).{losers(info['searched']['finetune'])}")
 
 
 def losers(search: pd.DataFrame | None) -> str:
@@ -359,7 +360,7 @@ def headline(info: dict[str, Any], confidence: float) -> tuple[dict[str, Any] | 
     return finetune, cost_ratio, f"{said} {tuned(info)}"
 
 
-def render(params: dict[str, Any], files: SimpleNamespace, out: SimpleNamespace, stage_params: dict[str, list[str]],
+def render(params: Params, files: SimpleNamespace, out: SimpleNamespace, stage_params: dict[str, list[str]],
            current: dict[str, dict[str, Any]]) -> Path:
     """The self-contained page (images embedded as data URIs) and the figures as PNG files (`out`), from the report
     stage's input files; `stage_params`: the params each stage depends on; `current`: what this run's visualize
@@ -375,13 +376,13 @@ def render(params: dict[str, Any], files: SimpleNamespace, out: SimpleNamespace,
         "reliability": reliability_figure(methods, out.reliability),
         "search": search_figure(info["searched"], out.search),
     }
-    finetune, cost_ratio, said = headline(info, params["evaluate"]["confidence"])
+    finetune, cost_ratio, said = headline(info, params.evaluate.confidence)
     env = Environment(loader=FileSystemLoader(files.template.parent), autoescape=select_autoescape(["html", "j2"]))
     dataset = info["dataset"]
     html = env.get_template(files.template.name).render(
         info=info, methods=METHODS, table=comparison(methods), figures=figures,
         verdict=said,
-        pair=finetune["vs_probe"] if finetune else None, confidence=params["evaluate"]["confidence"],
+        pair=finetune["vs_probe"] if finetune else None, confidence=params.evaluate.confidence,
         cost_ratio=cost_ratio, galleries=galleries(info, data_root(dataset)),
         differences=shown_differences(params), stage_params=stage_params, commit=git_commit(),
         date=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), versions=versions(files.lock),

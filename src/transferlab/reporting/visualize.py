@@ -26,8 +26,9 @@ from transferlab.core.project import data_root
 from transferlab.data.images import load_rgb, read_checked
 from transferlab.finetuning import network
 from transferlab.models import backbones
-from transferlab.models.backbones import Normalized, blocks
+from transferlab.models.backbones import Backbone, Normalized, blocks
 from transferlab.probe import head
+from transferlab.settings.sections import Params
 
 log = logging.getLogger("transferlab")
 
@@ -210,11 +211,11 @@ def amplified(delta: torch.Tensor) -> torch.Tensor:
     return 0.5 + 0.5 * delta / scale
 
 
-def _pixels_transform(model_params: dict[str, Any]):
+def _pixels_transform(backbone: Backbone):
     """The weights' resize + centre crop, without normalisation (pixels in [0, 1])."""
     from torchvision.transforms import v2
 
-    plain = backbones.preprocessing(model_params)
+    plain = backbone.preprocessing
     return v2.Compose([v2.ToImage(), v2.Resize(plain.resize, interpolation=v2.InterpolationMode(plain.interpolation),
                                                antialias=True),
                        v2.CenterCrop(plain.crop), v2.ToDtype(torch.float32, scale=True)]), plain
@@ -246,51 +247,51 @@ def _feature_figure(maps: dict[str, np.ndarray], path: Path) -> None:
     plt.close(fig)
 
 
-def _imagenet_classifier(model_params: dict[str, Any], source: str, model: Normalized,
+def _imagenet_classifier(backbone: Backbone, source: str, model: Normalized,
                          plain: Any) -> tuple[Normalized | None, list[str], str | None]:
     """The pretrained ImageNet classifier (the model itself when no fine-tune ran) with its class names, or None
     and why: random weights (model.weights: none) know no ImageNet class."""
-    if model_params["weights"].lower() == "none":
+    if backbone.weights.lower() == "none":
         return None, [], "none: model.weights is none (no pretrained ImageNet classifier)"
-    names = backbones.class_names(model_params)
+    names = backbones.class_names(backbone)
     if names is None:
-        return None, [], f"none: {model_params['backbone']} was pretrained without a classifier"
+        return None, [], f"none: {backbone.name} was pretrained without a classifier"
     if source == "ImageNet classifier":
         return model, names, None
-    net, _ = backbones.load_classifier(model_params)
+    net, _ = backbones.load_classifier(backbone)
     classifier = Normalized(net, plain.mean, plain.std)
     classifier.requires_grad_(False)
     return classifier, names, None
 
 
-def visualize(params: dict[str, Any], dataset: dict[str, Any], test: pd.DataFrame, finetune_weights: Path,
+def visualize(params: Params, dataset: dict[str, Any], test: pd.DataFrame, finetune_weights: Path,
               probe_weights: Path, out: SimpleNamespace) -> dict[str, Any]:
     """The ideal class images, adversarial examples (of `test` images) and feature maps as PNGs in `out`'s
     folder; returns their summary. The fine-tuned network where it ran (`finetune_weights`, with the probe at
     `probe_weights` as the transfer check), else the pretrained classifier."""
-    vis = params["visualize"]
-    torch.manual_seed(vis["seed"])
-    ft_weights = finetune_weights
-    to_pixels, plain = _pixels_transform(params["model"])
-    if params["finetune"]["enabled"] and ft_weights.exists():
-        net = network.load(params["model"], ft_weights, len(dataset["classes"]))
+    vis = params.visualize
+    torch.manual_seed(vis.seed)
+    pretrained = backbones.resolved(params.model)
+    to_pixels, plain = _pixels_transform(pretrained)
+    if params.finetune.enabled and finetune_weights.exists():
+        net = network.load(pretrained, finetune_weights, len(dataset["classes"]))
         names, source, backbone = dataset["classes"], "fine-tuned model", net.backbone
     else:
-        names = backbones.class_names(params["model"])
+        names = backbones.class_names(pretrained)
         if names is None:
-            raise UserError(f"visualize: {params['model']['backbone']} was pretrained without a classifier, so "
+            raise UserError(f"visualize: {params.model.backbone} was pretrained without a classifier, so "
                             f"without the fine-tune there is no class to visualise; set finetune.enabled: true")
-        net, _ = backbones.load_classifier(params["model"])
+        net, _ = backbones.load_classifier(pretrained)
         source, backbone = "ImageNet classifier", net
     model = Normalized(net, plain.mean, plain.std)
     model.requires_grad_(False)
 
-    target = _class_index(names, vis["target_class"], "target_class")
-    imagenet, imagenet_names, no_imagenet = _imagenet_classifier(params["model"], source, model, plain)
+    target = _class_index(names, vis.target_class, "target_class")
+    imagenet, imagenet_names, no_imagenet = _imagenet_classifier(pretrained, source, model, plain)
     ideal = {}
-    for name, weight, path in (("with_tv", vis["tv_weight"], out.ideal), ("without_tv", 0.0, out.ideal_no_tv)):
-        pixels, record = ideal_image(model, target, vis["image_size"], vis["steps"], vis["step_size"], weight,
-                                     vis["jitter"], vis["seed"], vis["views"], vis["seconds"],
+    for name, weight, path in (("with_tv", vis.tv_weight, out.ideal), ("without_tv", 0.0, out.ideal_no_tv)):
+        pixels, record = ideal_image(model, target, vis.image_size, vis.steps, vis.step_size, weight,
+                                     vis.jitter, vis.seed, vis.views, vis.seconds,
                                      f"ideal {names[target]} ({name})")
         save_png(pixels, path)
         ideal[name] = {"tv_weight": weight, **record, "total_variation": round(float(total_variation(pixels)), 6),
@@ -299,20 +300,20 @@ def visualize(params: dict[str, Any], dataset: dict[str, Any], test: pd.DataFram
                  name, record["probability"], ROBUST_VIEWS, record["robust_probability"], record["steps"],
                  record["seconds"], ", ".join(c["class"] for c in ideal[name]["imagenet_top5"]) or no_imagenet)
 
-    if vis["adversarial_from"] is not None:
-        test = test[test["label"] == vis["adversarial_from"]]
+    if vis.adversarial_from is not None:
+        test = test[test["label"] == vis.adversarial_from]
         if test.empty:
-            raise UserError(f"visualize.adversarial_from: no test image of class {vis['adversarial_from']!r}")
+            raise UserError(f"visualize.adversarial_from: no test image of class {vis.adversarial_from!r}")
     probe_check = None
     if source == "fine-tuned model":
         probe = head.linear(probe_weights)
-        extractor, _, _ = backbones.load_feature_extractor(params["model"])
+        extractor, _, _ = backbones.load_feature_extractor(pretrained)
         probe_check = (Normalized(extractor, plain.mean, plain.std), probe)
     attacks = []
     root = data_root(dataset)
     digests = list(test["sha256"]) if "sha256" in test else [None] * len(test)
     for path, label, digest in zip(test["path"], test["label"], digests):
-        if len(attacks) >= vis["adversarial_images"]:
+        if len(attacks) >= vis.adversarial_images:
             break
         pixels = to_pixels(load_rgb(read_checked(root / path, digest)))[None]
         with torch.no_grad():
@@ -320,13 +321,13 @@ def visualize(params: dict[str, Any], dataset: dict[str, Any], test: pd.DataFram
         predicted = ranked[0]
         if source == "fine-tuned model" and names[predicted] != label:
             continue  # attack only images the model gets right
-        goal = _class_index(names, vis["adversarial_to"], "adversarial_to", ranked[1])
+        goal = _class_index(names, vis.adversarial_to, "adversarial_to", ranked[1])
         if goal == predicted:
             continue
-        result = adversarial(model, pixels, goal, vis["epsilon"], vis["adversarial_steps"],
-                             vis["adversarial_step_size"])
+        result = adversarial(model, pixels, goal, vis.epsilon, vis.adversarial_steps,
+                             vis.adversarial_step_size)
         i = len(attacks)
-        log.info("attack %d of %d: %s (%s → %s) %s in %d steps", i + 1, vis["adversarial_images"], path, label,
+        log.info("attack %d of %d: %s (%s → %s) %s in %d steps", i + 1, vis.adversarial_images, path, label,
                  names[goal], "succeeded" if result["success"] else "failed", result["steps"])
         images = {}
         for kind, image in (("original", pixels), ("perturbation", amplified(result["perturbation"])),
@@ -339,7 +340,7 @@ def visualize(params: dict[str, Any], dataset: dict[str, Any], test: pd.DataFram
                  "p_predicted_before": round(float(result["before"][predicted]), 6),
                  "predicted_after": names[int(result["after"].argmax())], "success": result["success"],
                  "steps": result["steps"], "linf_pixels": round(result["linf_pixels"], 4),
-                 "epsilon_pixels": vis["epsilon"]}
+                 "epsilon_pixels": vis.epsilon}
         if probe_check is not None:
             frozen, (weight, bias) = probe_check
             with torch.no_grad():

@@ -16,6 +16,7 @@ from transferlab.inference import backends
 from transferlab.inference.batches import ImageList, outputs
 from transferlab.inference.transforms import evaluation
 from transferlab.models import backbones
+from transferlab.models.backbones import Backbone
 from transferlab.models.preprocessing import Preprocessing
 
 # Largest difference allowed between the graph's and torch's probability of any class on any test image.
@@ -69,13 +70,13 @@ def _markdown_text(value: Any) -> Any:
 
 
 def model_card(template: Path, summary: dict[str, Any], metrics: dict[str, dict[str, Any]], dataset: dict[str, Any],
-               splits: dict[str, Any], params: dict[str, Any], record: dict[str, Any]) -> str:
+               splits: dict[str, Any], backbone: Backbone, record: dict[str, Any]) -> str:
     """The model card (Markdown) from the run's own records."""
     train = splits["train"]["per_class"]
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(template.parent), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, finalize=_markdown_text)
     return env.get_template(template.name).render(
         summary=summary, metrics=metrics, chosen=metrics[summary["method"]], dataset=dataset, splits=splits,
-        params=params, plain=record,
+        backbone=backbone, plain=record,
         fewest=sorted(train.items(), key=lambda kv: (kv[1], kv[0]))[:5], names={"probe": "frozen features + linear head",
                                                                               "finetune": "fine-tuned network"})

@@ -22,9 +22,11 @@ from transferlab.finetuning.network import FineTuneNet, build, load
 from transferlab.inference import backends, transforms
 from transferlab.inference.batches import device, predict_images, torch_threads
 from transferlab.models import backbones
+from transferlab.models.backbones import Backbone
 from transferlab.models.preprocessing import Preprocessing
 from transferlab.pipeline import checks, layout, run_lock
 from transferlab.probe import head
+from transferlab.settings.sections import Model
 
 RUN_PIPELINE = "run the pipeline first (snakemake --cores 2, or dvc repro)"
 
@@ -86,25 +88,34 @@ def choose(files: ModelFiles) -> tuple[str, str]:
     return "probe", f"validation accuracy {probe:.4f} at least the fine-tune's {tuned:.4f}, at a fraction of the cost"
 
 
-def model_params(files: ModelFiles) -> dict[str, Any]:
-    """The backbone as the extract stage ran it (its meta.json), checkpoint relative to the project."""
+@dataclass(frozen=True)
+class Extracted:
+    """The backbone as the extract stage ran it, resolved, with the engine and precision that computed the probe's
+    features, and the classes in order."""
+    backbone: Backbone
+    engine: str
+    precision: str
+    classes: list[str]
+
+
+def extracted(files: ModelFiles) -> Extracted:
+    """The extract stage's backbone (its meta.json), checkpoint relative to the project."""
     if not files.meta.exists():
         raise UserError(f"{files.meta}: this project has no trained model; {RUN_PIPELINE}")
     meta = read_json(files.meta)
     checkpoint = meta["checkpoint"] and str(resolve_path(meta["checkpoint"], files.project))
-    return {"backbone": meta["backbone"], "weights": meta["weights"], "checkpoint": checkpoint,
-            "image_size": meta["image_size"], "engine": meta["engine"], "precision": meta["precision"],
-            "classes": meta["classes"]}
+    backbone = backbones.resolved(Model(meta["backbone"], meta["weights"], checkpoint, meta["image_size"]))
+    return Extracted(backbone, meta["engine"], meta["precision"], meta["classes"])
 
 
-def network(files: ModelFiles, method: str, params: dict[str, Any]) -> FineTuneNet:
+def network(files: ModelFiles, method: str, model: Extracted) -> FineTuneNet:
     """The method's classifier as one torch network: backbone + the probe's head, or the fine-tuned network."""
     if method == "probe":
-        return build(params, head.linear(files.probe)).eval()
+        return build(model.backbone, head.linear(files.probe)).eval()
     if not files.finetune.exists():
         raise UserError(f"{files.finetune}: no fine-tuned model (finetune.enabled: false, or the finetune stage has "
                         f"not run)")
-    return load(params, files.finetune, len(params["classes"]))
+    return load(model.backbone, files.finetune, len(model.classes))
 
 
 def resolve(files: ModelFiles, method: str) -> tuple[str, str]:
@@ -132,16 +143,16 @@ def _load(project: Path, method: str) -> tuple[Classifier, str]:
     method, why = resolve(files, method)
     for stage in ("extract", "train_head", "finetune") if method == "finetune" else ("extract", "train_head"):
         checks.verify(layout.files(stage, project).checksums, stage)
-    params = model_params(files)
-    plain = backbones.preprocessing(params)
+    model = extracted(files)
+    plain = model.backbone.preprocessing
     if method == "finetune":
-        forward = finetune.probabilities(network(files, method, params), params)
-        return Classifier(method, params["classes"], plain, forward), why
+        forward = finetune.probabilities(network(files, method, model), model.backbone)
+        return Classifier(method, model.classes, plain, forward), why
     probe, labels = head.load(files.probe)
-    extractor, _, _ = backbones.load_feature_extractor(params)
+    extractor, _, _ = backbones.load_feature_extractor(model.backbone)
     net = backbones.Normalized(extractor, plain.mean, plain.std, scale=255)
     with tempfile.TemporaryDirectory() as tmp, torch_threads(1):
-        features, _ = backends.build(net, params["engine"], params["precision"], device(), plain.crop,
+        features, _ = backends.build(net, model.engine, model.precision, device(), plain.crop,
                                     Path(tmp) / "backbone.onnx")
     forward = lambda images: head.predict_proba(probe, features(images), len(labels))  # noqa: E731
     return Classifier(method, labels, plain, forward), why

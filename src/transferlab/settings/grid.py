@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from transferlab.settings.sections import Finetune
+
 # finetune.augment's named settings, from none (the plain preprocessing) to the classic photo augmentation.
 AUGMENT_PRESETS = {
     "none": {"scale": [1.0, 1.0], "flip": False, "rotation": 0, "jitter": 0.0},
@@ -18,10 +20,10 @@ def is_plain(augment: dict) -> bool:
             and not augment["jitter"])
 
 
-def augments(ft: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def augments(finetune: Finetune) -> dict[str, dict[str, Any]]:
     """finetune.augment's settings by name, in the order given: a preset by its name, an explicit setting as
     "custom" (or "custom 1", "custom 2", … where several are listed)."""
-    given = ft["augment"] if isinstance(ft["augment"], list) else [ft["augment"]]
+    given = finetune.augment if isinstance(finetune.augment, list) else [finetune.augment]
     explicit = sum(isinstance(a, dict) for a in given)
     named, count = {}, 0
     for setting in given:
@@ -33,15 +35,15 @@ def augments(ft: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return named
 
 
-def depths(ft: dict[str, Any]) -> list[int | str]:
+def depths(finetune: Finetune) -> list[int | str]:
     """finetune.unfreeze's values: a list as given, one value as a list of one."""
-    return list(ft["unfreeze"]) if isinstance(ft["unfreeze"], list) else [ft["unfreeze"]]
+    return list(finetune.unfreeze) if isinstance(finetune.unfreeze, list) else [finetune.unfreeze]
 
 
-def deepest(ft: dict[str, Any]) -> int | str:
+def deepest(finetune: Finetune) -> int | str:
     """The most blocks any candidate trains ("all" where one trains the whole backbone): the frozen-prefix cache
     is cut there and serves every shallower candidate."""
-    found = depths(ft)
+    found = depths(finetune)
     return "all" if "all" in found else max(found)
 
 

@@ -1,4 +1,5 @@
-"""params.yaml: load, cast numbers written as strings, fill defaults, validate against the JSON schema."""
+"""params.yaml: load, cast numbers written as strings, fill defaults, validate against the JSON schema, and return
+the typed sections (settings/sections.py)."""
 from __future__ import annotations
 
 import copy
@@ -16,6 +17,7 @@ import yaml
 from transferlab.core.errors import ParamsError
 from transferlab.core.project import resolve
 from transferlab.settings import grid
+from transferlab.settings.sections import Params
 
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.I)
 
@@ -76,8 +78,9 @@ def _key(error: jsonschema.ValidationError) -> str:
     return path or "<top level>"
 
 
-def validate(raw: dict[str, Any] | None, base_dir: Path | str = ".") -> dict[str, Any]:
-    """Cast, fill defaults and validate a params mapping; raise ParamsError naming the first bad key."""
+def validate(raw: dict[str, Any] | None, base_dir: Path | str = ".") -> Params:
+    """Cast, fill defaults and validate a params mapping into typed sections; raise ParamsError naming the first
+    bad key."""
     full = schema()
     if raw is None:
         raw = {}
@@ -97,8 +100,9 @@ def validate(raw: dict[str, Any] | None, base_dir: Path | str = ".") -> dict[str
                            and "properties" in branches[e.relative_schema_path[0]]), None)
             message = f"{error.instance!r} is not {allowed}" + (f" ({deeper.message})" if deeper else "")
         raise ParamsError(f"params: {_key(error)}: {message}")
-    _check_semantics(params, Path(base_dir))
-    return params
+    typed = Params.from_mapping(params)
+    _check_semantics(typed, Path(base_dir))
+    return typed
 
 
 def _not_finite(value: Any, prefix: str = "") -> str | None:
@@ -110,48 +114,46 @@ def _not_finite(value: Any, prefix: str = "") -> str | None:
     return prefix[:-1] if isinstance(value, float) and not math.isfinite(value) else None
 
 
-def _check_semantics(params: dict[str, Any], base_dir: Path) -> None:
-    data, model = params["data"], params["model"]
-    bad = _not_finite(params)
+def _check_semantics(params: Params, base_dir: Path) -> None:
+    data, finetune, sweep = params.data, params.finetune, params.sweep
+    bad = _not_finite(params.as_mapping())
     if bad:
         raise ParamsError(f"params: {bad}: NaN and infinity are not allowed; give a finite number")
-    if data["label"] is not None and data["dataset"] != "oxford_pets":
-        raise ParamsError(f"params: data.label: {data['label']} only applies to data.dataset: oxford_pets; "
-                          f"{data['dataset']} takes its classes from folder names: set data.label: null")
-    ft = params["finetune"]
-    if ft["lr"] == "auto" and grid.depths(ft) == [0]:
+    if data.label is not None and data.dataset != "oxford_pets":
+        raise ParamsError(f"params: data.label: {data.label} only applies to data.dataset: oxford_pets; "
+                          f"{data.dataset} takes its classes from folder names: set data.label: null")
+    if finetune.lr == "auto" and grid.depths(finetune) == [0]:
         raise ParamsError("params: finetune.lr: auto tests the backbone's rate, but finetune.unfreeze: 0 trains the "
                           "head only; give finetune.lr a number or unfreeze blocks")
-    if ft["lr"] == "auto" and ft["range_test_steps"] < 20:
-        raise ParamsError(f"params: finetune.range_test_steps: {ft['range_test_steps']} is too few for finetune.lr: "
-                          "auto to find the rate where the loss turns; give at least 20")
-    if params["finetune"]["devices"] > 1 and params["finetune"]["train_bn"]:
-        raise ParamsError(f"params: finetune.devices: {params['finetune']['devices']} with finetune.train_bn: true "
+    if finetune.lr == "auto" and finetune.range_test_steps < 20:
+        raise ParamsError(f"params: finetune.range_test_steps: {finetune.range_test_steps} is too few for "
+                          "finetune.lr: auto to find the rate where the loss turns; give at least 20")
+    if finetune.devices > 1 and finetune.train_bn:
+        raise ParamsError(f"params: finetune.devices: {finetune.devices} with finetune.train_bn: true "
                           f"would keep BatchNorm statistics per process, unlike one process; set train_bn: false")
-    for setting in grid.augments(ft).values():
+    for setting in grid.augments(finetune).values():
         low, high = setting["scale"]
         if low > high:
             raise ParamsError(f"params: finetune.augment.scale: [{low}, {high}] must be [smallest, largest] area "
                               f"fraction, e.g. [{high}, {low}]")
-    if 1 not in ft["interpolate"]:
-        raise ParamsError(f"params: finetune.interpolate: {ft['interpolate']} must hold 1 (the fine-tune itself); "
+    if 1 not in finetune.interpolate:
+        raise ParamsError(f"params: finetune.interpolate: {finetune.interpolate} must hold 1 (the fine-tune itself); "
                           "[1] turns the interpolation off")
-    if data["val_fraction"] + data["test_fraction"] >= 1:
+    if data.val_fraction + data.test_fraction >= 1:
         raise ParamsError("params: data.val_fraction + data.test_fraction must be below 1 (training needs images)")
-    if data["split"] == "official" and data["dataset"] != "oxford_pets":
+    if data.split == "official" and data.dataset != "oxford_pets":
         raise ParamsError("params: data.split: 'official' exists only for data.dataset: oxford_pets")
-    if data["dataset"] == "folder" and not data["source"]:
+    if data.dataset == "folder" and not data.source:
         raise ParamsError("params: data.source: the 'folder' dataset needs a local folder, archive or URL")
-    source = data["source"]
-    if source and not is_url(source) and not resolve(source, base_dir).exists():
-        raise ParamsError(f"params: data.source: no such file or folder: {source}")
-    checkpoint = model["checkpoint"]
+    if data.source and not is_url(data.source) and not resolve(data.source, base_dir).exists():
+        raise ParamsError(f"params: data.source: no such file or folder: {data.source}")
+    checkpoint = params.model.checkpoint
     if checkpoint and not resolve(checkpoint, base_dir).is_file():
         raise ParamsError(f"params: model.checkpoint: no such file: {checkpoint}")
-    unknown = sorted(set(params["sweep"]["checkpoints"]) - set(params["sweep"]["backbones"]))
+    unknown = sorted(set(sweep.checkpoints) - set(sweep.backbones))
     if unknown:
         raise ParamsError(f"params: sweep.checkpoints: {', '.join(unknown)} is not in sweep.backbones")
-    for backbone, path in params["sweep"]["checkpoints"].items():
+    for backbone, path in sweep.checkpoints.items():
         if not resolve(path, base_dir).is_file():
             raise ParamsError(f"params: sweep.checkpoints: {backbone}: no such file: {path}")
 
@@ -172,7 +174,7 @@ def complete(raw: Any, name: str = "params.yaml") -> dict[str, Any]:
 def same_as_file(config: dict[str, Any], path: Path | str = "params.yaml") -> None:
     """Refuse a Snakemake config that differs from the file the stage scripts read (`--config`, `--configfile`):
     the jobs planned and the results computed would silently disagree."""
-    on_disk = load(path)
+    on_disk = load(path).as_mapping()
     changed = sorted(set(differences(config, on_disk)) | set(differences(on_disk, config)))
     if changed:
         raise ParamsError(f"params: {changed[0]}: set on the command line (--config/--configfile), but the stage "
@@ -192,8 +194,8 @@ class _UniqueKeys(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def load(path: Path | str = "params.yaml") -> dict[str, Any]:
-    """Read and validate params.yaml; relative paths inside it are checked against its folder."""
+def load(path: Path | str = "params.yaml") -> Params:
+    """Read and validate params.yaml into typed sections; relative paths inside it are checked against its folder."""
     path = Path(path)
     try:
         raw = yaml.load(path.read_text(), Loader=_UniqueKeys)
@@ -204,13 +206,13 @@ def load(path: Path | str = "params.yaml") -> dict[str, Any]:
     return validate(complete(raw, str(path)), path.parent)
 
 
-def planned(path: Path | str = "params.yaml") -> dict[str, Any] | None:
+def planned(path: Path | str = "params.yaml") -> Params | None:
     """The params the engine planned this run with (PLANNED), None outside a Snakemake run."""
     text = os.environ.get(PLANNED)
     return None if text is None else validate(json.loads(text), Path(path).parent)
 
 
-def changed_since(used: dict[str, Any], keys: list[str], path: Path | str = "params.yaml") -> list[str]:
+def changed_since(used: Params, keys: list[str], path: Path | str = "params.yaml") -> list[str]:
     """The keys among `keys` (dotted) whose values in the file now differ from `used`; all of them where the
     file no longer loads."""
     try:
@@ -221,27 +223,27 @@ def changed_since(used: dict[str, Any], keys: list[str], path: Path | str = "par
     return sorted(set(differences(before, after)) | set(differences(after, before)))
 
 
-def select(params: dict[str, Any], keys: list[str]) -> dict[str, Any]:
-    """The nested subset of params named by dotted keys (a whole section or single keys)."""
+def select(params: Params | dict[str, Any], keys: list[str]) -> dict[str, Any]:
+    """The nested subset of params (typed, or the mapping Snakemake holds) named by dotted keys (a whole section
+    or single keys), as a mapping."""
     out: dict[str, Any] = {}
+    mapping = params.as_mapping() if isinstance(params, Params) else params
     for dotted in keys:
         *parents, last = dotted.split(".")
-        src, dst = params, out
+        src, dst = mapping, out
         for part in parents:
             src, dst = src[part], dst.setdefault(part, {})
         dst[last] = copy.deepcopy(src[last])
     return out
 
 
-def sweep_point(params: dict[str, Any], backbone: str, seed: int | None = None) -> dict[str, Any]:
+def sweep_point(params: Params, backbone: str, seed: int | None = None) -> Params:
     """The params of a sweep point: its backbone (model.weights and checkpoint where it is model.backbone, else
     its sweep.checkpoints file or its DEFAULT weights) and, where given, its fine-tune seed."""
-    out = copy.deepcopy(params)
-    if backbone != params["model"]["backbone"]:
-        out["model"].update(backbone=backbone, weights="DEFAULT", checkpoint=params["sweep"]["checkpoints"].get(backbone))
-    if seed is not None:
-        out["finetune"]["seed"] = seed
-    return out
+    if backbone != params.model.backbone:
+        params = params.updated(model={"backbone": backbone, "weights": "DEFAULT",
+                                       "checkpoint": params.sweep.checkpoints.get(backbone)})
+    return params if seed is None else params.updated(finetune={"seed": seed})
 
 
 def defaults() -> dict[str, Any]:
@@ -249,10 +251,11 @@ def defaults() -> dict[str, Any]:
     return _fill_defaults({}, schema())
 
 
-def differences(params: dict[str, Any], reference: dict[str, Any] | None = None) -> dict[str, tuple[Any, Any]]:
+def differences(params: Params | dict[str, Any], reference: dict[str, Any] | None = None) -> dict[str, tuple[Any, Any]]:
     """Dotted key → (reference value, value) for every parameter that differs from the reference (the
     defaults unless given)."""
     out: dict[str, tuple[Any, Any]] = {}
+    params = params.as_mapping() if isinstance(params, Params) else params
 
     def walk(value: Any, default: Any, prefix: str) -> None:
         if isinstance(value, dict) and isinstance(default, dict):
@@ -285,7 +288,7 @@ def _allowed(sub: dict[str, Any]) -> str:
     return " or ".join(named.get(t, t) for t in types)
 
 
-def reference(shipped: dict[str, Any]) -> str:
+def reference(shipped: Params) -> str:
     """docs/parameters.md: every key of the schema with its allowed values, default, the value params.yaml ships
     where it differs, and its description (`python -m transferlab.settings.params > docs/parameters.md`)."""
     lines = ["# Parameters", "",
@@ -308,7 +311,7 @@ def reference(shipped: dict[str, Any]) -> str:
             meaning = sub.get("description", "").replace("|", "\\|")
             lines.append(f"| `{key}` | {allowed} | {_cell(sub.get('default'))} | {differs} | {meaning} |")
 
-    walk(schema(), shipped, "")
+    walk(schema(), shipped.as_mapping(), "")
     return "\n".join(line for i, line in enumerate(lines) if line or lines[i - 1]) + "\n"
 
 

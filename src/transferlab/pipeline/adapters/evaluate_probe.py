@@ -11,11 +11,12 @@ from transferlab.core.project import SPLITS
 from transferlab.evaluate.evaluation import Evaluation, evaluate
 from transferlab.pipeline.stages import StageIO
 from transferlab.probe import head
+from transferlab.settings.sections import Params
 
 log = logging.getLogger("transferlab")
 
 
-def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
+def run(params: Params, io: StageIO) -> dict[str, Any]:
     model, class_names = head.load(io.input.model)
     proba, labels = {}, {}
     for split in SPLITS:
@@ -24,7 +25,7 @@ def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
         proba[split] = head.predict_proba(model, cached["features"][plain], len(class_names))
         labels[split] = cached["labels"][plain]
         ids = cached["ids"][plain]
-    return write(evaluate("probe", proba, labels, ids, class_names, params["evaluate"]), io.output)
+    return write(evaluate("probe", proba, labels, ids, class_names, params.evaluate), io.output)
 
 
 def write(evaluation: Evaluation, out: SimpleNamespace) -> dict[str, Any]:

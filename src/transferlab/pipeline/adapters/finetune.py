@@ -11,19 +11,22 @@ import torch
 from transferlab.core.atomic import atomic_path, read_json, read_splits, write_csv, write_json
 from transferlab.core.project import data_root
 from transferlab.finetuning import finetune, frozen, tracking, tuning
+from transferlab.models import backbones
 from transferlab.pipeline.stages import StageIO
 from transferlab.probe import head
+from transferlab.settings.sections import Params
 
 log = logging.getLogger("transferlab")
 
 
-def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
+def run(params: Params, io: StageIO) -> dict[str, Any]:
     dataset = read_json(io.input.dataset)
     frames, classes = read_splits(io.input.splits), dataset["classes"]
     probe = head.linear(io.input.probe)
-    cache = frozen.Cache.open(io.input.frozen.parent, params["model"], params["finetune"], frames, classes)
+    backbone = backbones.resolved(params.model)
+    cache = frozen.Cache.open(io.input.frozen.parent, backbone, params.finetune, frames, classes)
     with tracking.open_live(io.output.live.parent) as live:
-        tuned = finetune.tune(params["model"], params["finetune"], probe, data_root(dataset), frames, classes, cache,
+        tuned = finetune.tune(backbone, params.finetune, probe, data_root(dataset), frames, classes, cache,
                               for_report=True, live=live)
     with atomic_path(io.output.model) as tmp:
         torch.save({k: v.cpu() for k, v in tuned.net.state_dict().items()}, tmp)

@@ -7,24 +7,27 @@ from typing import Any
 
 from transferlab.core.atomic import read_json, read_splits, write_json
 from transferlab.finetuning import frozen
+from transferlab.models import backbones
 from transferlab.pipeline import layout, shards
 from transferlab.pipeline.stages import StageIO
+from transferlab.settings.sections import Params
 
 
-def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
+def run(params: Params, io: StageIO) -> dict[str, Any]:
     frames, dataset = read_splits(io.input.splits), read_json(io.input.dataset)
+    backbone = backbones.resolved(params.model)
     if io.gathering:
         folders = [layout.shard_files("frozen_cache", s, io.root).meta.parent
-                   for s in range(params["features"]["shards"])]
+                   for s in range(params.features.shards)]
         metas = [read_json(folder / "meta.json") for folder in folders]
-        shards.check("frozen_cache", [m["shard"] for m in metas], frames, dataset["classes"], params["features"])
-        return frozen.gather(folders, metas, io.output.meta.parent, params["model"], params["finetune"], frames)
+        shards.check("frozen_cache", [m["shard"] for m in metas], frames, dataset["classes"], params.features)
+        return frozen.gather(folders, metas, io.output.meta.parent, backbone, params.finetune, frames)
     shard = io.shard is not None
     folder = (layout.shard_files("frozen_cache", io.shard, io.root) if shard else io.output).meta.parent
-    record = frozen.build(params, params["finetune"], dataset, frames, folder,
-                          frozen.parts(params["finetune"], frozen.EVALUATION_PARTS),
-                          shards.rows(frames, params["features"], io.shard))
+    record = frozen.build(backbone, params.features, params.finetune, dataset, frames, folder,
+                          frozen.parts(params.finetune, frozen.EVALUATION_PARTS),
+                          shards.rows(frames, params.features, io.shard))
     if shard:
-        record["shard"] = shards.record(frames, dataset["classes"], params["features"], io.shard)
+        record["shard"] = shards.record(frames, dataset["classes"], params.features, io.shard)
         write_json(folder / "meta.json", record)
     return record

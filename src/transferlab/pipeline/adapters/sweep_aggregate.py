@@ -13,17 +13,18 @@ from transferlab.evaluate import curve
 from transferlab.pipeline import layout
 from transferlab.pipeline.layout import points
 from transferlab.pipeline.stages import StageIO, params_for
+from transferlab.settings.sections import Params
 
 log = logging.getLogger("transferlab")
 
 
-def metric_files(params: dict[str, Any], sweep_dir: Path) -> list[Path]:
+def metric_files(params: Params, sweep_dir: Path) -> list[Path]:
     """The metrics file of every grid point under the sweep folder, however the engine spelled its fraction
     (0.5, 1 or 1.0)."""
     wanted = set(points(params))
     template = Path(layout.FILES["sweep_point"]["metrics"]).relative_to(layout.SWEEP)
     found = {}
-    paths = [p for b in params["sweep"]["backbones"]
+    paths = [p for b in params.sweep.backbones
              for p in sorted(sweep_dir.glob(str(template).format(backbone=b, fraction="*", seed="*")))]
     for path in paths:  # a backbone's name may hold a slash (timm/...): fraction and seed are the last folders
         parts = path.relative_to(sweep_dir).parts
@@ -40,7 +41,7 @@ def metric_files(params: dict[str, Any], sweep_dir: Path) -> list[Path]:
     return [found[key] for key in sorted(found)]
 
 
-def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
+def run(params: Params, io: StageIO) -> dict[str, Any]:
     files = metric_files(params, io.input.points)
     point_metrics = [read_json(p) for p in files]
     sources = {json.dumps({k: v for k, v in m["made_from"].items() if k != "params"}, sort_keys=True)

@@ -8,13 +8,14 @@ from typing import Any
 from transferlab.core.atomic import copy_file, read_json
 from transferlab.pipeline.stages import StageIO
 from transferlab.settings.params import sweep_point
+from transferlab.settings.sections import Params
 
 log = logging.getLogger("transferlab")
 
 
-def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
+def run(params: Params, io: StageIO) -> dict[str, Any]:
     backbone = io.wildcards["backbone"]
-    if backbone == params["model"]["backbone"]:
+    if backbone == params.model.backbone:
         for name, path in vars(io.output).items():
             if name != "checksums":  # the stage runner records the copies' own
                 copy_file(getattr(io.input.main, name), path)

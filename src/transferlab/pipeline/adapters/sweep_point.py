@@ -12,11 +12,12 @@ from transferlab.core.atomic import read_json, read_splits, write_json
 from transferlab.evaluate import sweep
 from transferlab.evaluate.evaluation import scored_part
 from transferlab.pipeline.stages import StageIO, made_from
+from transferlab.settings.sections import Params
 
 log = logging.getLogger("transferlab")
 
 
-def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
+def run(params: Params, io: StageIO) -> dict[str, Any]:
     w = io.wildcards
     backbone, fraction, seed = w["backbone"], float(w["fraction"]), int(w["seed"])
     dataset, frames = read_json(io.input.dataset), read_splits(io.input.splits)
@@ -38,14 +39,14 @@ def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
     return result
 
 
-def from_main(params: dict[str, Any], seed: int, dataset: dict[str, Any], frames: dict[str, pd.DataFrame],
+def from_main(params: Params, seed: int, dataset: dict[str, Any], frames: dict[str, pd.DataFrame],
               main: SimpleNamespace) -> dict[str, Any]:
     """The main point's metrics from the main pipeline's outputs (`main`: the sweep_point stage's inputs)."""
     probe, head_summary = read_json(main.main_probe), read_json(main.main_head)
-    result = sweep.point_record(params, params["model"]["backbone"], 1.0, seed, dataset, len(frames["train"]),
+    result = sweep.point_record(params, params.model.backbone, 1.0, seed, dataset, len(frames["train"]),
                                 probe["test_images"], main.features.meta.parent)
     result["probe"] = {**scored_part(probe), "seconds": head_summary["seconds"], "C": head_summary["C"]}
-    if params["finetune"]["enabled"]:
+    if params.finetune.enabled:
         tuned, summary = read_json(main.main_evaluation), read_json(main.main_finetune)
         result["finetune"] = {**scored_part(tuned), **sweep.tuning_record(summary)}
         result["vs_probe"] = tuned["vs_probe"]

@@ -8,11 +8,12 @@ from typing import Any
 from transferlab.core.atomic import read_json, read_table, write_json
 from transferlab.pipeline.stages import StageIO, made_from
 from transferlab.reporting import visualize
+from transferlab.settings.sections import Params
 
 log = logging.getLogger("transferlab")
 
 
-def run(params: dict[str, Any], io: StageIO) -> dict[str, Any]:
+def run(params: Params, io: StageIO) -> dict[str, Any]:
     dataset = read_json(io.input.dataset)
     summary = visualize.visualize(params, dataset, read_table(io.input.splits.test), io.input.finetune,
                                   io.input.probe, io.output)
