@@ -225,6 +225,16 @@ def test_queued_experiments_run_with_data_outside_the_project(handed_to_dvc):
             lr = data["params"]["params.yaml"]["data"]["finetune"]["lr"]
             found[lr] = data["metrics"]["results/metrics/finetune.json"]["data"]["accuracy"]
     assert {0.002, 0.003} <= set(found) and all(isinstance(found[lr], float) for lr in (0.002, 0.003)), found
+    # `transferlab compare`: the workspace and both experiments, their predictions read from DVC's cache
+    out = run(["transferlab", "compare"], project).stdout
+    assert "probe: one setting in every run (3 runs pooled" in out  # finetune.lr is no probe param
+    rows = [line for line in out[out.index("finetune (baseline workspace"):].splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| finetune.lr | runs | test accuracy |") and len(rows) == 4, out
+    assert rows[1].endswith("| baseline |  |") and sorted(row.split(" | ")[0] for row in rows[2:]) == [
+        "| 0.002", "| 0.003"]
+    assert all(re.search(r"\| [+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\] \| [\d.e+-]+ \|$", row) for row in rows[2:]), out
+    refused = run(["transferlab", "compare", "workspace", "no-such-experiment"], project, check=False)
+    assert refused.returncode == 2 and "no-such-experiment: no such folder, experiment or git revision" in refused.stderr
 
 
 HOLD_STAGES = """import os, time

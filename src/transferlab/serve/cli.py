@@ -1,4 +1,5 @@
-"""The `transferlab` console command: `transferlab predict` classifies images with a trained model."""
+"""The `transferlab` console command: `transferlab predict` classifies images with a trained model;
+`transferlab compare` compares the runs of several folders."""
 from __future__ import annotations
 
 import argparse
@@ -34,7 +35,44 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="write a CSV here instead of a table on stdout")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads (default: all cores)")
+    c = verbs.add_parser("compare", help="compare DVC experiments and runs on the same test images",
+                         description="Compare runs: DVC experiments or git revisions of the project (read from "
+                                     "DVC's cache), `workspace`, or folders (a copy of a run's folder with its "
+                                     "params.yaml and results/). Rows are the params that changed, runs differing "
+                                     "only in a seed pooled; each row against the baseline image by image "
+                                     "(McNemar, Holm-adjusted); the best on validation marked.")
+    c.add_argument("sources", nargs="*", metavar="EXPERIMENT",
+                   help="experiment names, git revisions, `workspace` or folders (default: the workspace and every "
+                        "finished experiment of the current commit)")
+    c.add_argument("--baseline", default=None, help="the run to compare with (default: the first named, else the "
+                                                    "workspace)")
+    c.add_argument("--project", type=Path, default=Path("."), help="the project (default: the current folder)")
     return top
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from transferlab.evaluate import compare
+    from transferlab.pipeline import experiments
+
+    found = experiments.read(args.project, [*([args.baseline] if args.baseline else []), *args.sources])
+    baseline = args.baseline or next(iter(found))
+    if len(found) < 2:
+        raise UserError(f"{baseline}: one run is nothing to compare; name two or more, or run experiments "
+                        f"(dvc exp run -S ...)")
+    confidence = next(iter(found[baseline].values())).params["evaluate.confidence"]
+    for arm in METHODS:
+        runs = [arms[arm] for arms in found.values() if arm in arms]
+        if arm not in found[baseline] or len(runs) < 2:
+            continue
+        table = compare.rows(runs, confidence, compare.UNSEEN[arm])
+        if len(table) == 1:
+            print(f"\n{arm}: one setting in every run ({len(runs)} runs pooled: "
+                  f"{table[0].accuracy:.3f} [{table[0].low:.3f}, {table[0].high:.3f}])")
+            continue
+        first = next(i for i, row in enumerate(table) if any(r is found[baseline][arm] for r in row.runs))
+        print(f"\n{arm} (baseline {baseline}; ✓ best on validation; {confidence:.0%} intervals)\n")
+        print(compare.markdown(compare.against(table, first, confidence)))
+    return 0
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -71,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
-        return run_predict(args)
+        return run_compare(args) if args.command == "compare" else run_predict(args)
     except Exception as exc:
         message = one_line(exc)
         if message is None:

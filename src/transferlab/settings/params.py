@@ -246,6 +246,17 @@ def sweep_point(params: Params, backbone: str, seed: int | None = None) -> Param
     return params if seed is None else params.updated(finetune={"seed": seed})
 
 
+def normalized(raw: dict[str, Any]) -> dict[str, Any]:
+    """A params mapping as validation sees it (numbers cast, defaults filled), not checked: the params of a run
+    read back for comparison, whose paths need not exist here."""
+    return _fill_defaults(_cast_numbers(raw, schema()), schema())
+
+
+def flat(mapping: dict[str, Any]) -> dict[str, Any]:
+    """Dotted key → value of a params mapping (its sections' keys)."""
+    return {f"{section}.{key}": value for section, values in mapping.items() for key, value in values.items()}
+
+
 def defaults() -> dict[str, Any]:
     """Every parameter at its schema default."""
     return _fill_defaults({}, schema())

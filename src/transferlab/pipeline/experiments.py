@@ -1,0 +1,128 @@
+"""The runs `transferlab compare` reads, never re-computed: each arm's test predictions and validation accuracy
+and the params they were made with, from a project folder (or a copy of a run's folder: params.yaml and
+results/), or from a DVC experiment or git revision of the project, out of DVC's cache without checking it out
+(`dvc.api`)."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from transferlab.core.atomic import read_table
+from transferlab.core.errors import UserError
+from transferlab.core.project import METHODS
+from transferlab.evaluate.compare import Run
+from transferlab.pipeline import layout
+from transferlab.settings import params as params_mod
+
+log = logging.getLogger("transferlab")
+
+WORKSPACE = "workspace"
+UNFINISHED = ("Queued", "Running", "Failed")
+
+
+def runs_of(name: str, read: Callable[[str], str | None]) -> dict[str, Run]:
+    """Each evaluated arm's run ({arm: Run}) of one source whose files `read` gives (a project-relative path →
+    its text, None where absent); the test images sorted by id, the list's checksum over (id, label)."""
+    text = read("params.yaml")
+    if text is None:
+        raise UserError(f"{name}: no params.yaml; name a project folder, a copy of a run's folder or an experiment")
+    settings = params_mod.flat(params_mod.normalized(yaml.safe_load(text) or {}))
+    runs = {}
+    for arm in METHODS:
+        files = layout.files(f"evaluate_{arm}", ".")
+        metrics, predictions = (read(str(path)) for path in (files.metrics, files.predictions))
+        if metrics is None or json.loads(metrics).get("skipped"):
+            continue
+        if predictions is None:
+            raise UserError(f"{name}: {files.predictions} is missing; dvc pull, or re-run the evaluate_{arm} stage")
+        frame = read_table(io.StringIO(predictions)).sort_values("id", kind="stable")
+        listed = "\n".join(f"{i}\t{label}" for i, label in zip(frame["id"], frame["actual"]))
+        runs[arm] = Run(name, settings, hashlib.sha256(listed.encode()).hexdigest()[:16],
+                        (frame["predicted"] == frame["actual"]).to_numpy(), json.loads(metrics)["val_accuracy"])
+    if not runs:
+        raise UserError(f"{name}: no evaluated run (results/metrics/*.json); run the pipeline, or dvc pull")
+    return runs
+
+
+def read_folder(folder: Path) -> dict[str, Run]:
+    """The runs of a project folder, or of a copy of a run's folder."""
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such folder, and no experiment of that name")
+    return runs_of(str(folder), lambda path: (folder / path).read_text() if (folder / path).is_file() else None)
+
+
+def read_experiment(project: Path, name: str) -> dict[str, Run]:
+    """The runs of a DVC experiment (or git revision) of the project, read from DVC's cache."""
+    import dvc.api
+    from dvc.exceptions import PathMissingError
+
+    def read(path: str) -> str | None:
+        try:
+            return dvc.api.read(path, repo=str(project), rev=name)
+        except (FileNotFoundError, PathMissingError):
+            return None
+
+    return runs_of(name, read)
+
+
+def _dvc_project(project: Path, wanted: str | None = None) -> None:
+    """Refuse to look for experiments (the one `wanted`, else all) outside a DVC project (git and .dvc/)."""
+    if not (project / ".dvc").is_dir() or not (project / ".git").exists():
+        where = f"{project.resolve()} is no DVC project"
+        raise UserError(f"{wanted}: no such folder, and {where} to hold experiments (give --project)" if wanted
+                        else f"{where}: no experiments to list; name the folders to compare, or give --project")
+
+
+def experiments(project: Path) -> list[str]:
+    """The finished DVC experiments of the project's current commit (queued, running or failed ones are named
+    on the log and left out)."""
+    import dvc.api
+
+    _dvc_project(project)
+    names = []
+    for row in dvc.api.exp_show(repo=str(project)):
+        if row.get("Experiment") and row.get("State") in UNFINISHED:
+            log.warning("%s: %s, left out", row["Experiment"], row["State"].lower())
+        elif row.get("Experiment"):
+            names.append(row["Experiment"])
+    return names
+
+
+def read(project: Path, sources: list[str]) -> dict[str, dict[str, Run]]:
+    """{source: its runs} for each source: a folder, `workspace` (the project folder), or a DVC experiment or
+    git revision; with no sources, the workspace and every finished experiment of the current commit."""
+    if not sources:
+        sources = [WORKSPACE, *experiments(project)]
+    found = {}
+    for source in dict.fromkeys(sources):
+        if source == WORKSPACE:
+            found[source] = runs_of(source, lambda path: (project / path).read_text()
+                                    if (project / path).is_file() else None)
+        elif Path(source).is_dir():
+            found[source] = read_folder(Path(source))
+        else:
+            found[source] = read_experiment(project, _checked_name(project, source))
+    return found
+
+
+def _checked_name(project: Path, name: str) -> str:
+    """The name of an experiment that has finished, or a git revision; an unknown or unfinished one refused."""
+    import dvc.api
+
+    _dvc_project(project, name)
+    for row in dvc.api.exp_show(repo=str(project), num=-1):
+        if row.get("Experiment") == name or row.get("rev") == name:
+            if row.get("State") in UNFINISHED:
+                raise UserError(f"{name}: {row['State'].lower()}; compare it once it has run (dvc queue status)")
+            return name
+    if subprocess.run(["git", "rev-parse", "--verify", "-q", f"{name}^{{commit}}"], cwd=project,
+                      capture_output=True).returncode == 0:
+        return name
+    raise UserError(f"{name}: no such folder, experiment or git revision (dvc exp show lists them)")
