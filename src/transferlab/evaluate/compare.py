@@ -89,8 +89,7 @@ def rows(runs: list[Run], confidence: float, unseen: tuple[str, ...] = ()) -> li
 def unpaired_reason(row: Row, baseline: Row) -> str | None:
     """Why a row cannot be compared image by image with the baseline (their test lists differ, and which params
     made them differ), None where it can."""
-    if {run.test_list for run in row.runs} == {run.test_list for run in baseline.runs} and len(
-            {run.test_list for run in row.runs}) == 1:
+    if len({run.test_list for run in row.runs + baseline.runs}) == 1:
         return None
     data_keys = [key for key in changed(row.runs[:1] + baseline.runs[:1]) if key.startswith("data.")]
     return "another test list" + (f" ({', '.join(data_keys)} differs)" if data_keys else "")

@@ -37,25 +37,25 @@ def runs_of(name: str, read: Callable[[str], str | None]) -> dict[str, Run]:
     runs = {}
     for arm in METHODS:
         files = layout.files(f"evaluate_{arm}", ".")
-        metrics, predictions = (read(str(path)) for path in (files.metrics, files.predictions))
-        if metrics is None or json.loads(metrics).get("skipped"):
+        metrics_text, predictions = (read(str(path)) for path in (files.metrics, files.predictions))
+        metrics = json.loads(metrics_text) if metrics_text is not None else {"skipped": True}
+        if metrics.get("skipped"):
             continue
         if predictions is None:
             raise UserError(f"{name}: {files.predictions} is missing; dvc pull, or re-run the evaluate_{arm} stage")
         frame = read_table(io.StringIO(predictions)).sort_values("id", kind="stable")
         listed = "\n".join(f"{i}\t{label}" for i, label in zip(frame["id"], frame["actual"]))
         runs[arm] = Run(name, settings, hashlib.sha256(listed.encode()).hexdigest()[:16],
-                        (frame["predicted"] == frame["actual"]).to_numpy(), json.loads(metrics)["val_accuracy"])
+                        (frame["predicted"] == frame["actual"]).to_numpy(), metrics["val_accuracy"])
     if not runs:
         raise UserError(f"{name}: no evaluated run (results/metrics/*.json); run the pipeline, or dvc pull")
     return runs
 
 
-def read_folder(folder: Path) -> dict[str, Run]:
-    """The runs of a project folder, or of a copy of a run's folder."""
-    if not folder.is_dir():
-        raise UserError(f"{folder}: no such folder, and no experiment of that name")
-    return runs_of(str(folder), lambda path: (folder / path).read_text() if (folder / path).is_file() else None)
+def read_folder(folder: Path, name: str | None = None) -> dict[str, Run]:
+    """The runs of a project folder (the project's own under the name `workspace`), or of a copy of a run's
+    folder."""
+    return runs_of(name or str(folder), lambda path: (folder / path).read_text() if (folder / path).is_file() else None)
 
 
 def read_experiment(project: Path, name: str) -> dict[str, Run]:
@@ -80,14 +80,19 @@ def _dvc_project(project: Path, wanted: str | None = None) -> None:
                         else f"{where}: no experiments to list; name the folders to compare, or give --project")
 
 
+def _experiment_rows(project: Path, everything: bool) -> list[dict]:
+    """dvc exp show's rows: of the current commit, or of every commit (`everything`)."""
+    import dvc.api
+
+    return dvc.api.exp_show(repo=str(project), num=-1 if everything else 1)
+
+
 def experiments(project: Path) -> list[str]:
     """The finished DVC experiments of the project's current commit (queued, running or failed ones are named
     on the log and left out)."""
-    import dvc.api
-
     _dvc_project(project)
     names = []
-    for row in dvc.api.exp_show(repo=str(project)):
+    for row in _experiment_rows(project, everything=False):
         if row.get("Experiment") and row.get("State") in UNFINISHED:
             log.warning("%s: %s, left out", row["Experiment"], row["State"].lower())
         elif row.get("Experiment"):
@@ -100,24 +105,23 @@ def read(project: Path, sources: list[str]) -> dict[str, dict[str, Run]]:
     git revision; with no sources, the workspace and every finished experiment of the current commit."""
     if not sources:
         sources = [WORKSPACE, *experiments(project)]
-    found = {}
+    found, rows = {}, None
     for source in dict.fromkeys(sources):
         if source == WORKSPACE:
-            found[source] = runs_of(source, lambda path: (project / path).read_text()
-                                    if (project / path).is_file() else None)
+            found[source] = read_folder(project, WORKSPACE)
         elif Path(source).is_dir():
             found[source] = read_folder(Path(source))
         else:
-            found[source] = read_experiment(project, _checked_name(project, source))
+            _dvc_project(project, source)
+            rows = _experiment_rows(project, everything=True) if rows is None else rows  # listed once for all names
+            found[source] = read_experiment(project, _checked_name(project, source, rows))
     return found
 
 
-def _checked_name(project: Path, name: str) -> str:
-    """The name of an experiment that has finished, or a git revision; an unknown or unfinished one refused."""
-    import dvc.api
-
-    _dvc_project(project, name)
-    for row in dvc.api.exp_show(repo=str(project), num=-1):
+def _checked_name(project: Path, name: str, rows: list[dict]) -> str:
+    """The name of an experiment that has finished (among dvc exp show's `rows`), or a git revision; an unknown
+    or unfinished one refused."""
+    for row in rows:
         if row.get("Experiment") == name or row.get("rev") == name:
             if row.get("State") in UNFINISHED:
                 raise UserError(f"{name}: {row['State'].lower()}; compare it once it has run (dvc queue status)")

@@ -86,7 +86,7 @@ def validate(raw: dict[str, Any] | None, base_dir: Path | str = ".") -> Params:
         raw = {}
     if not isinstance(raw, dict):
         raise ParamsError("params: the file must hold a mapping of sections (data, model, ...)")
-    params = _fill_defaults(_cast_numbers(raw, full), full)
+    params = normalized(raw)
     errors = sorted(jsonschema.Draft202012Validator(full).iter_errors(params), key=lambda e: list(e.absolute_path))
     if errors:
         error = errors[0]
@@ -223,11 +223,10 @@ def changed_since(used: Params, keys: list[str], path: Path | str = "params.yaml
     return sorted(set(differences(before, after)) | set(differences(after, before)))
 
 
-def select(params: Params | dict[str, Any], keys: list[str]) -> dict[str, Any]:
-    """The nested subset of params (typed, or the mapping Snakemake holds) named by dotted keys (a whole section
-    or single keys), as a mapping."""
+def select(params: Params, keys: list[str]) -> dict[str, Any]:
+    """The nested subset of params named by dotted keys (a whole section or single keys), as a mapping."""
     out: dict[str, Any] = {}
-    mapping = params.as_mapping() if isinstance(params, Params) else params
+    mapping = params.as_mapping()
     for dotted in keys:
         *parents, last = dotted.split(".")
         src, dst = mapping, out
