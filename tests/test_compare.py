@@ -1,8 +1,12 @@
 """The statistics of comparing runs, on constructed predictions: grouping, seed pooling, pairing, Holm."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from transferlab.evaluate import compare, stats
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def correct(right: int, of: int = 40, shift: int = 0) -> np.ndarray:
@@ -96,7 +100,7 @@ def write_run(folder, changes: dict, right: dict[str, int], val: dict[str, float
     for dotted, value in changes.items():
         section, key = dotted.split(".")
         settings[section][key] = value
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / "params.yaml").write_text(yaml.safe_dump(settings))
     actual = [labels[i % 3] for i in range(40)]
     for arm, count in right.items():
@@ -109,34 +113,151 @@ def write_run(folder, changes: dict, right: dict[str, int], val: dict[str, float
         files.metrics.write_text(json.dumps({"accuracy": count / 40, "val_accuracy": val[arm]}))
 
 
-def test_compare_prints_one_table_per_arm_with_pooled_seeds_and_holm_adjusted_p(tmp_path, capsys):
+def test_compare_prints_one_table_per_arm_with_pooled_seeds_and_holm_adjusted_p(tmp_path, capsys, monkeypatch):
     from transferlab.serve import cli
 
+    monkeypatch.chdir(tmp_path)  # the runs named as a user names folders beside them
     write_run(tmp_path / "base", {"finetune.lr": 1e-5}, {"probe": 20, "finetune": 20}, {"probe": 0.5, "finetune": 0.5})
     for seed, right in ((0, 32), (1, 34)):
         write_run(tmp_path / f"fast{seed}", {"finetune.lr": 1e-4, "finetune.seed": seed},
                   {"probe": 20, "finetune": right}, {"probe": 0.5, "finetune": 0.8})
     write_run(tmp_path / "other", {"finetune.lr": "3e-05", "data.seed": 7}, {"finetune": 30}, {"finetune": 0.6},
               images="other")  # another split: other test images
-    assert cli.main(["compare", *(str(tmp_path / name) for name in ("base", "fast0", "fast1", "other"))]) == 0
+    assert cli.main(["compare", "base", "fast0", "fast1", "other"]) == 0
     out = capsys.readouterr().out
     finetune = out[out.index("finetune (baseline"):]
     lines = [line for line in finetune.splitlines() if line.startswith("| ")]
-    # seed params are no column: their runs pool into one row, or (another data.seed) differ in their test list
-    assert lines[0] == "| finetune.lr | runs | test accuracy | val accuracy | vs baseline | p (Holm) |"
-    assert lines[1].startswith("| 1e-05 | 1 | 0.500 [") and "baseline" in lines[1]
-    assert lines[2].startswith("| 0.0001 | 2 | 0.825 [") and "0.800 ✓" in lines[2]
+    # finetune.seed is no column: its runs pool into one row; data.seed is one, where it changed the test list
+    assert lines[0] == "| data.seed | finetune.lr | runs | test accuracy | val accuracy | vs baseline | p (Holm) |"
+    assert lines[1].startswith("| 42 | 1e-05 | 1 | 0.500 [") and "baseline" in lines[1]
+    assert lines[2].startswith("| 42 | 0.0001 | 2 | 0.825 [") and "0.800 ✓" in lines[2]
     # the seeds stacked: 12 + 14 images only the row gets right, none only the baseline; one paired row to adjust
     assert "+0.325 [" in lines[2] and lines[2].endswith(f"| {2 * 0.5 ** 26:.3g} |")
-    assert lines[3].startswith("| 3e-05 | 1 | 0.750 [")  # written as dvc exp run -S writes it: a number
+    assert lines[3].startswith("| 7 | 3e-05 | 1 | 0.750 [")  # written as dvc exp run -S writes it: a number
     assert "+0.250 unpaired: another test list (data.seed differs)" in lines[3]
-    assert len(lines) == 4
+    assert lines[4].startswith("| run | setting | probe | fine-tune |") and len(lines) == 8  # both arms per run
+    assert lines[5] == ("| base | data.seed=42, finetune.lr=1e-05, finetune.seed=0 | 0.500 | 0.500 | "
+                        "+0.000 [+0.000, +0.000] | 1 |")
+    assert "other" not in "".join(lines[5:])  # a run of one arm has no verdict
     assert "probe: one setting in every run (3 runs pooled: 0.500 [0.352, 0.648])" in out  # lr is no probe param
+    assert max(len(line) for line in out.splitlines()) <= 120
+    opening = ("Fine-tuned: data.seed=42, finetune.lr=0.0001 is best on validation (0.800, 2 runs); on test it is "
+               "+0.325 [+0.218, +0.422] against the baseline (base), Holm p 2.98e-08: more than the uncertainty.")
+    assert opening in " ".join(out.split())  # wrapped to the 120 columns
 
 
-def test_compare_needs_two_folders_with_their_runs(tmp_path):
+def test_compare_against_the_best_on_validation_and_in_each_format(tmp_path, capsys):
+    import csv
+    import io
+    import json
+
+    from transferlab.serve import cli
+
+    runs = write_grid(tmp_path)
+    assert cli.main(["compare", *runs, "--baseline", "best", "--json"]) == 0
+    finetune = json.loads(capsys.readouterr().out)["arms"]["finetune"]
+    assert (finetune["baseline"], finetune["baseline_rule"], finetune["changed"]) == (
+        "finetune.lr=0.0001", "validation", ["finetune.lr"])
+    base, best = finetune["rows"]
+    assert best["baseline"] and best["chosen"] and best["versus"] is None and best["seeds"] == 2
+    assert [run["accuracy"] for run in best["runs"]] == [0.8, 0.85]
+    assert base["versus"]["difference"] == pytest.approx(-0.325) and base["versus"]["holm_p"] < 1e-7
+    assert finetune["opening"].endswith("and is the baseline; no other setting leads it on test by more than the "
+                                        "uncertainty.")
+    assert cli.main(["compare", *runs, "--csv"]) == 0
+    table = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [(row["arm"], row["finetune.lr"], row["runs"], row["baseline"]) for row in table] == [
+        ("probe", "", "3", "True"), ("finetune", "1e-05", "1", "True"), ("finetune", "0.0001", "2", "False")]
+    assert float(table[2]["difference"]) == pytest.approx(0.325) and table[2]["chosen"] == "True"
+    with pytest.raises(SystemExit):
+        cli.main(["compare", *runs, "--csv", "--json"])
+
+
+def test_compare_writes_a_page_with_the_figure_and_its_opening_sentence(tmp_path, capsys):
+    from transferlab.serve import cli
+
+    runs = write_grid(tmp_path)
+    page = tmp_path / "out" / "compare.html"
+    page.parent.mkdir()
+    assert cli.main(["compare", *runs, "--html", str(page), "--project", str(ROOT)]) == 0
+    html = page.read_text()
+    assert '<p class="verdict" data-arm="finetune">Fine-tuned: finetune.lr=0.0001 is best on validation' in html
+    assert 'id="figure" src="data:image/png;base64,' in html and 'id="finetune-table"' in html
+    assert html.count('<p class="verdict"') == 1  # the probe: one setting, no sentence
+    assert "One setting in every run: 3 runs pooled" in html and 'id="side-by-side-table"' in html
+    assert cli.main(["compare", *runs, "--html", str(tmp_path / "elsewhere.html"), "--project", str(tmp_path)]) == 2
+    assert "compare.html.j2: no such template" in capsys.readouterr().err and not (tmp_path / "elsewhere.html").exists()
+
+
+def write_grid(folder) -> list[str]:
+    """Three runs: a baseline, and one rate two seeds at once better on validation and on test."""
+    write_run(folder / "base", {"finetune.lr": 1e-5}, {"probe": 20, "finetune": 20}, {"probe": 0.5, "finetune": 0.5})
+    for seed, right in ((0, 32), (1, 34)):
+        write_run(folder / f"fast{seed}", {"finetune.lr": 1e-4, "finetune.seed": seed},
+                  {"probe": 20, "finetune": right}, {"probe": 0.5, "finetune": 0.8})
+    return [str(folder / name) for name in ("base", "fast0", "fast1")]
+
+
+def test_the_opening_says_whether_the_lead_of_the_setting_picked_on_validation_is_more_than_the_uncertainty():
+    close = compare.compared("finetune", [run(1e-5, 0, correct(20)), run(1e-4, 0, correct(22), val=0.9)],
+                             None, 0.95)
+    assert compare.opening(close) == ("Fine-tuned: finetune.lr=0.0001 is best on validation (0.900, 1 run) and "
+                                      "is the baseline; no other setting leads it on test by more than the uncertainty.")
+    baseline = run(1e-5, 0, correct(20))
+    picked = compare.compared("finetune", [baseline, run(1e-4, 0, correct(22), val=0.9)], baseline, 0.95)
+    assert compare.opening(picked).endswith("on test it is +0.050 [-0.016, +0.114] against the baseline "
+                                            "(lr 1e-05 seed 0), Holm p 0.5: within the uncertainty.")
+    missed = compare.compared("finetune", [baseline, run(1e-4, 0, correct(36)), run(3e-5, 0, correct(21), val=0.9)],
+                              None, 0.95)
+    assert "finetune.lr=0.0001 leads it on test by more than the uncertainty, a lead validation did not pick" in (
+        compare.opening(missed))
+
+
+def test_compare_needs_two_folders_with_their_runs(tmp_path, capsys):
+    from transferlab.pipeline import layout
     from transferlab.serve import cli
 
     write_run(tmp_path / "base", {}, {"probe": 20}, {"probe": 0.5})
     assert cli.main(["compare", str(tmp_path / "base")]) == 2
     assert cli.main(["compare", str(tmp_path / "base"), str(tmp_path / "missing"), "--project", str(tmp_path)]) == 2
+    write_run(tmp_path / "pulled", {}, {"probe": 20}, {"probe": 0.5})
+    (tmp_path / "pulled" / layout.files("evaluate_probe", ".").predictions).unlink()  # its metrics, not its predictions
+    assert cli.main(["compare", str(tmp_path / "base"), str(tmp_path / "pulled")]) == 2
+    assert capsys.readouterr().err.endswith("results/eval/probe/predictions.csv is missing; dvc pull, or re-run the "
+                                            "evaluate_probe stage\n")
+
+
+def dvc_project(folder, monkeypatch, states: dict[str, str]):
+    """A project folder that looks like a DVC project, whose `dvc exp show` lists experiments in `states`."""
+    from transferlab.pipeline import experiments
+
+    for marker in (".dvc", ".git"):
+        (folder / marker).mkdir(parents=True)
+    listed = [{"rev": "workspace"}, *({"Experiment": name, "rev": name[:7], "State": state}
+                                      for name, state in states.items())]
+    monkeypatch.setattr(experiments, "_experiment_rows", lambda project, everything: listed)
+
+
+def test_compare_leaves_out_unfinished_experiments_and_refuses_them_by_name(tmp_path, monkeypatch, capsys, caplog):
+    from transferlab.pipeline import experiments
+    from transferlab.serve import cli
+
+    dvc_project(tmp_path, monkeypatch, {"done-exp": "Success", "slow-exp": "Running", "bad-exp": "Failed",
+                                        "next-exp": "Queued"})
+    assert experiments.experiments(tmp_path) == ["done-exp"]
+    assert {record.getMessage() for record in caplog.records} >= {"slow-exp: running, left out",
+                                                                   "bad-exp: failed, left out", "next-exp: queued, left out"}
+    for name, state in (("slow-exp", "running"), ("bad-exp", "failed"), ("next-exp", "queued")):
+        assert cli.main(["compare", "workspace", name, "--project", str(tmp_path)]) == 2
+        assert capsys.readouterr().err == (f"transferlab compare: error: {name}: {state}; compare it once it has run "
+                                           "(dvc queue status)\n")
+
+
+def test_compare_with_no_experiments_says_so(tmp_path, monkeypatch, capsys):
+    from transferlab.serve import cli
+
+    write_run(tmp_path, {}, {"probe": 20}, {"probe": 0.5})
+    dvc_project(tmp_path, monkeypatch, {"bad-exp": "Failed"})
+    assert cli.main(["compare", "--project", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.endswith("transferlab compare: error: workspace: one run is nothing to compare; "
+                                            "name two or more, or run experiments (dvc exp run -S ...)\n")

@@ -198,15 +198,15 @@ def test_the_cache_travels_through_a_dvc_remote(handed_to_dvc, tmp_path, remote,
     assert "finetune" in changed and not changed & {"download", "split", "extract", "train_head", "frozen_cache"}
 
 
-def test_queued_experiments_run_with_data_outside_the_project(handed_to_dvc):
-    """`dvc exp run --queue` + `dvc queue start -j 2`: each experiment runs in a copy under .dvc/tmp/exps, where
-    ../images would not resolve; it finds the project's data, and `dvc exp show` lists each one's metrics. A project
-    of its own, so that the queue runs beside tests/test_engines.py."""
-    import time
-
+def test_queued_experiments_run_with_data_outside_the_project_and_are_compared(handed_to_dvc):
+    """`dvc exp run --queue` (a grid of two rates × two seeds, another data.seed, and one that fails) + `dvc queue
+    start -j 2`: each experiment runs in a copy under .dvc/tmp/exps, where ../images would not resolve; it finds
+    the project's data, and `dvc exp show` lists each one's metrics. Then `transferlab compare` reads their
+    predictions from DVC's cache. A project of its own, so that the queue runs beside tests/test_engines.py."""
     project = handed_to_dvc
-    for lr in ("0.002", "0.003"):
-        run(["dvc", "exp", "run", "--queue", "-S", f"finetune.lr={lr}"], project)
+    run(["dvc", "exp", "run", "--queue", "-S", "finetune.lr=0.002,0.003", "-S", "finetune.seed=0,1"], project)
+    run(["dvc", "exp", "run", "--queue", "-n", "other-split", "-S", "data.seed=7"], project)
+    run(["dvc", "exp", "run", "--queue", "-n", "broken", "-S", "finetune.lr=-1"], project)  # its inputs stage refuses
     run(["dvc", "queue", "start", "-j", "2"], project)
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
@@ -215,26 +215,51 @@ def test_queued_experiments_run_with_data_outside_the_project(handed_to_dvc):
             break
         time.sleep(5)  # each `dvc queue status` is a second of CPU taken from the experiments
     run(["dvc", "queue", "stop"], project, check=False)
-    assert status.count("Success") == 2, status + run(["dvc", "queue", "logs", status.split()[-4]], project,
-                                                       check=False).stdout[-3000:]
+    assert status.count("Success") == 5 and status.count("Failed") == 1, status
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
-    found = {}
+    found, revs = {}, {}
     for row in shown:
         for experiment in [e for e in row.get("experiments") or [] for e in e["revs"]]:
             data = experiment["data"]
-            lr = data["params"]["params.yaml"]["data"]["finetune"]["lr"]
-            found[lr] = data["metrics"]["results/metrics/finetune.json"]["data"]["accuracy"]
+            revs[experiment.get("name")] = experiment["rev"]
+            if data.get("metrics"):
+                found[data["params"]["params.yaml"]["data"]["finetune"]["lr"]] = (
+                    data["metrics"]["results/metrics/finetune.json"]["data"]["accuracy"])
     assert {0.002, 0.003} <= set(found) and all(isinstance(found[lr], float) for lr in (0.002, 0.003)), found
-    # `transferlab compare`: the workspace and both experiments, their predictions read from DVC's cache
-    out = run(["transferlab", "compare"], project).stdout
-    assert "probe: one setting in every run (3 runs pooled" in out  # finetune.lr is no probe param
-    rows = [line for line in out[out.index("finetune (baseline workspace"):].splitlines() if line.startswith("| ")]
-    assert rows[0].startswith("| finetune.lr | runs | test accuracy |") and len(rows) == 4, out
-    assert rows[1].endswith("| baseline |  |") and sorted(row.split(" | ")[0] for row in rows[2:]) == [
-        "| 0.002", "| 0.003"]
-    assert all(re.search(r"\| [+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\] \| [\d.e+-]+ \|$", row) for row in rows[2:]), out
+    # `transferlab compare`: the workspace and every finished experiment, their predictions read from DVC's cache
+    compared = run(["transferlab", "compare", "--html", "compare.html"], project)
+    out = compared.stdout
+    assert "broken: failed, left out" in compared.stderr
+    probe, finetune, both = (out[out.index(heading):] for heading in ("probe (baseline workspace",
+                                                                          "finetune (baseline workspace", "both arms"))
+    probe, finetune = ([line for line in text[:text.index(end)].splitlines() if line.startswith("| ")]
+                       for text, end in ((probe, "finetune (baseline"), (finetune, "both arms")))
+    # finetune.* is no probe param: the probe's runs on the project's split pool into one row, data.seed=7's apart
+    assert probe[0].startswith("| data.seed | runs |") and probe[1].startswith("| 1 | 5 |"), out
+    assert probe[2].startswith("| 7 | 1 |") and "unpaired: another test list (data.seed differs)" in probe[2], out
+    assert finetune[0].startswith("| data.seed | finetune.lr | runs | test accuracy |") and len(finetune) == 5, out
+    assert finetune[1].endswith("| baseline |  |")
+    pooled = sorted(row for row in finetune if row.startswith(("| 1 | 0.002 | 2 |", "| 1 | 0.003 | 2 |")))
+    assert len(pooled) == 2 and all(re.search(r"\| [+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\] \| [\d.e+-]+ \|$", row)
+                                    for row in pooled), out
+    other = next(row for row in finetune if row.startswith("| 7 |"))  # the rows in the order DVC lists the runs
+    assert "unpaired: another test list (data.seed differs)" in other, out
+    assert len([line for line in both.splitlines() if line.startswith("| ")]) == 7  # header and the six runs
+    assert 'class="verdict" data-arm="finetune"' in (project / "compare.html").read_text()
+    refused = run(["transferlab", "compare", "workspace", "broken"], project, check=False)
+    assert refused.returncode == 2 and "broken: failed; compare it once it has run" in refused.stderr
     refused = run(["transferlab", "compare", "workspace", "no-such-experiment"], project, check=False)
     assert refused.returncode == 2 and "no-such-experiment: no such folder, experiment or git revision" in refused.stderr
+    # an experiment whose predictions are not in the cache (pushed from elsewhere, never pulled)
+    lock = yaml.safe_load(run(["git", "show", f"{revs['other-split']}:dvc.lock"], project).stdout)
+    folder = next(out for out in lock["stages"]["evaluate_finetune"]["outs"] if out["path"] == "results/eval/finetune")
+    cache = project / ".dvc" / "cache" / "files" / "md5"
+    listing = json.loads((cache / folder["md5"][:2] / folder["md5"][2:]).read_text())
+    md5 = next(entry["md5"] for entry in listing if entry["relpath"] == "predictions.csv")
+    (cache / md5[:2] / md5[2:]).unlink()
+    refused = run(["transferlab", "compare", "workspace", "other-split"], project, check=False)
+    assert refused.returncode == 2 and refused.stderr.endswith(
+        "other-split: results/eval/finetune/predictions.csv is missing; dvc pull, or re-run the evaluate_finetune stage\n")
 
 
 HOLD_STAGES = """import os, time

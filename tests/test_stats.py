@@ -73,23 +73,23 @@ def test_paired_difference_interval_and_counts():
     b = a.copy()
     b[[3, 4, 6, 13, 14, 16, 23, 24]] = True  # fine-tune gets 8 more right ...
     b[[0, 10]] = False  # ... and 2 fewer
-    pair = stats.paired({"probe": a, "finetune": b}, SETTINGS)
+    pair = stats.paired({"probe": a, "finetune": b}, SETTINGS.confidence)
     assert pair["difference"] == pytest.approx(0.06)
     assert pair["only_correct"] == {"probe": 2, "finetune": 8} and pair["test_images"] == 100
     assert pair["mcnemar_p"] == pytest.approx(2 * sps.binom.cdf(2, 10, 0.5), rel=1e-3)  # 0.109
     assert pair["low"] < 0.06 < pair["high"]
     assert not stats.clear(pair, 0.95)  # p = 0.11: within the uncertainty
 
-    mirrored = stats.paired({"finetune": b, "probe": a}, SETTINGS)
+    mirrored = stats.paired({"finetune": b, "probe": a}, SETTINGS.confidence)
     assert (mirrored["difference"], mirrored["low"], mirrored["high"]) == pytest.approx(
         (-0.06, -pair["high"], -pair["low"]))
-    same = stats.paired({"probe": a, "finetune": a}, SETTINGS)
+    same = stats.paired({"probe": a, "finetune": a}, SETTINGS.confidence)
     assert same["difference"] == 0 and same["mcnemar_p"] == 1.0 and same["low"] < 0 < same["high"]
     everything = np.ones(90, bool)  # both right on all 90 images: a difference of 0, not known to be exactly 0
-    both_perfect = stats.paired({"probe": everything, "finetune": everything}, SETTINGS)
+    both_perfect = stats.paired({"probe": everything, "finetune": everything}, SETTINGS.confidence)
     assert -0.05 < both_perfect["low"] < 0 < both_perfect["high"] < 0.05
     with pytest.raises(ValueError, match="same test images"):
-        stats.paired({"probe": a, "finetune": b[:50]}, SETTINGS)
+        stats.paired({"probe": a, "finetune": b[:50]}, SETTINGS.confidence)
 
 
 def test_paired_interval_covers_the_true_difference_95_times_in_100():
@@ -99,7 +99,7 @@ def test_paired_interval_covers_the_true_difference_95_times_in_100():
     covered = 0
     for _ in range(2000):
         kind = rng.choice(4, size=120, p=cells)
-        pair = stats.paired({"probe": np.isin(kind, [0, 1]), "finetune": np.isin(kind, [0, 2])}, SETTINGS)
+        pair = stats.paired({"probe": np.isin(kind, [0, 1]), "finetune": np.isin(kind, [0, 2])}, SETTINGS.confidence)
         covered += pair["low"] <= 0.07 <= pair["high"]
     assert 0.93 <= covered / 2000 <= 0.975
 

@@ -9,15 +9,21 @@ Newcombe's, and McNemar's exact test reads the discordant pairs of the stack.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from transferlab.core.errors import UserError
+from transferlab.core.project import METHOD_NAMES, METHODS
 from transferlab.evaluate import stats
+
+log = logging.getLogger("transferlab")
 
 SEED_KEYS = ("data.seed", "features.seed", "finetune.seed")  # params whose runs pool into one row
 AFTER = ("visualize.", "sweep.", "export.", "evaluate.")  # params of stages after an arm's test predictions
+BEST = "best"  # the baseline picked per arm: its row best on validation
 UNSEEN = {"probe": (*AFTER, "finetune."), "finetune": AFTER}  # per arm: params its predictions do not depend on
 
 
@@ -70,9 +76,11 @@ def pooled_interval(accuracies: list[float], images: int, confidence: float) -> 
 
 
 def rows(runs: list[Run], confidence: float, unseen: tuple[str, ...] = ()) -> list[Row]:
-    """One row per setting: the runs whose changed params (but `unseen`) differ only in SEED_KEYS pool into one
-    (a data.seed pools only runs on the same test list), in the order the settings first appear."""
-    varying = [key for key in changed(runs, unseen) if key not in SEED_KEYS]
+    """One row per setting: the runs whose changed params (but `unseen`) differ only in SEED_KEYS pool into one,
+    in the order the settings first appear; where the test lists differ, data.seed is a column (its runs pool
+    only on the same test list)."""
+    lists = len({run.test_list for run in runs}) > 1  # a data param that changed the test list is a column
+    varying = [key for key in changed(runs, unseen) if key not in SEED_KEYS or (lists and key.startswith("data."))]
     groups: dict[tuple[str, str], list[Run]] = {}
     for run in runs:
         setting = tuple((key, run.params.get(key)) for key in varying)
@@ -96,13 +104,15 @@ def unpaired_reason(row: Row, baseline: Row) -> str | None:
 
 
 def versus(row: Row, baseline: Row, confidence: float) -> dict[str, Any]:
-    """The row's accuracy minus the baseline's on the same test images, seed by seed stacked: the difference,
-    its interval, the discordant pairs and McNemar's exact p; unpaired (with the reason) where the lists differ."""
+    """The row's accuracy minus the baseline's on the same test images, seed by seed stacked (the one with fewer
+    seeds taking its seeds in turn): the difference, its interval, the discordant pairs and McNemar's exact p;
+    unpaired (with the reason) where the lists differ."""
     reason = unpaired_reason(row, baseline)
     if reason:
         return {"paired": False, "reason": reason, "difference": round(row.accuracy - baseline.accuracy, 6)}
-    ours = np.concatenate([run.correct for run in row.runs]).astype(bool)
-    theirs = np.concatenate([baseline.runs[i % baseline.seeds].correct for i in range(row.seeds)]).astype(bool)
+    pairs = range(max(row.seeds, baseline.seeds))
+    ours = np.concatenate([row.runs[i % row.seeds].correct for i in pairs]).astype(bool)
+    theirs = np.concatenate([baseline.runs[i % baseline.seeds].correct for i in pairs]).astype(bool)
     low, high = stats.newcombe(theirs, ours, confidence)
     only_ours, only_theirs = int((ours & ~theirs).sum()), int((theirs & ~ours).sum())
     return {"paired": True, "difference": round(float(ours.mean() - theirs.mean()), 6), "low": round(low, 6),
@@ -129,35 +139,117 @@ def chosen_by_validation(table: list[Row]) -> int:
 
 
 def against(table: list[Row], baseline: int, confidence: float) -> list[dict[str, Any]]:
-    """Each row's record: its setting, seeds, accuracy and interval, validation accuracy, and (but the
-    baseline's) the comparison with the baseline, its McNemar p Holm-adjusted over the paired rows; the row
-    chosen by validation marked."""
+    """Each row's record: its setting, its runs (name, accuracy, validation accuracy), accuracy and interval,
+    validation accuracy, and (but the baseline's) the comparison with the baseline, its McNemar p Holm-adjusted
+    over the paired rows; the row chosen by validation marked."""
     pairs = [None if i == baseline else versus(row, table[baseline], confidence) for i, row in enumerate(table)]
     tested = [i for i, pair in enumerate(pairs) if pair and pair["paired"]]
     for i, adjusted in zip(tested, holm([pairs[i]["mcnemar_p"] for i in tested])):
         pairs[i]["holm_p"] = adjusted
     chosen = chosen_by_validation(table)
-    return [{"setting": row.setting, "seeds": row.seeds, "accuracy": row.accuracy, "low": row.low, "high": row.high,
-             "val_accuracy": row.val_accuracy, "baseline": i == baseline, "chosen": i == chosen,
+    return [{"setting": row.setting, "seeds": row.seeds,
+             "runs": [{"name": run.name, "accuracy": round(float(np.mean(run.correct)), 6),
+                       "val_accuracy": run.val_accuracy} for run in row.runs],
+             "accuracy": round(row.accuracy, 6), "low": round(row.low, 6), "high": round(row.high, 6),
+             "val_accuracy": round(row.val_accuracy, 6), "baseline": i == baseline, "chosen": i == chosen,
              "versus": pairs[i]} for i, row in enumerate(table)]
 
 
-def markdown(records: list[dict[str, Any]]) -> str:
-    """The records as a Markdown table: the changed params, seeds, test accuracy [interval], validation accuracy,
-    the difference to the baseline [interval] and its Holm-adjusted p (✓ marks the row chosen by validation)."""
-    keys = list(records[0]["setting"]) if records else []
-    lines = ["| " + " | ".join([*keys, "runs", "test accuracy", "val accuracy", "vs baseline", "p (Holm)"]) + " |",
-             "|" + "---|" * (len(keys) + 5)]
-    for record in records:
-        pair = record["versus"]
-        if record["baseline"]:
-            difference, p = "baseline", ""
-        elif not pair["paired"]:
-            difference, p = f"{pair['difference']:+.3f} unpaired: {pair['reason']}", ""
-        else:
-            difference, p = f"{pair['difference']:+.3f} [{pair['low']:+.3f}, {pair['high']:+.3f}]", f"{pair['holm_p']:.3g}"
-        cells = [str(record["setting"][key]) for key in keys]
-        cells += [str(record["seeds"]), f"{record['accuracy']:.3f} [{record['low']:.3f}, {record['high']:.3f}]",
-                  f"{record['val_accuracy']:.3f}" + (" ✓" if record["chosen"] else ""), difference, p]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+@dataclass(frozen=True)
+class Arm:
+    """One arm's comparison: its rows' records (`against`), the baseline (a run's name, or the setting of the row
+    best on validation) and how it was picked (`named` or `validation`), at `confidence`."""
+    arm: str
+    baseline: str
+    rule: str
+    confidence: float
+    records: list[dict[str, Any]]
+
+    @property
+    def keys(self) -> list[str]:
+        return list(self.records[0]["setting"])
+
+
+def compared(arm: str, runs: list[Run], baseline: Run | None, confidence: float) -> Arm:
+    """The arm's rows against the row holding the `baseline` run, or (None) the row best on validation."""
+    table = rows(runs, confidence, UNSEEN[arm])
+    if baseline is None:
+        first, rule = chosen_by_validation(table), "validation"
+    else:
+        first, rule = next(i for i, row in enumerate(table) if any(run is baseline for run in row.runs)), "named"
+    return Arm(arm, label(table[first].setting) if baseline is None else baseline.name, rule, confidence,
+               against(table, first, confidence))
+
+
+def label(setting: dict[str, Any]) -> str:
+    """A row's setting as text: `finetune.lr=1e-05, finetune.unfreeze=2`."""
+    return ", ".join(f"{key}={value}" for key, value in setting.items()) or "—"
+
+
+def clear_lead(pair: dict[str, Any] | None, confidence: float) -> bool:
+    """True where a paired difference is more than its uncertainty: its interval clear of 0 and its Holm p
+    below 1 − confidence."""
+    return bool(pair and pair["paired"] and (pair["low"] > 0 or pair["high"] < 0)
+                and pair["holm_p"] < 1 - confidence)
+
+
+def opening(arm: Arm) -> str:
+    """One sentence: the setting best on validation, and whether its test lead over the baseline is more than
+    the uncertainty."""
+    chosen = next(record for record in arm.records if record["chosen"])
+    runs = f"{chosen['seeds']} runs" if chosen["seeds"] > 1 else "1 run"
+    said = (f"{METHOD_NAMES[arm.arm]}: {label(chosen['setting'])} is best on validation ({chosen['val_accuracy']:.3f}, "
+            f"{runs})")
+    pair = chosen["versus"]
+    if chosen["baseline"]:
+        beaten = [record for record in arm.records if clear_lead(record["versus"], arm.confidence)
+                  and record["versus"]["difference"] > 0]
+        return said + (f" and is the baseline; {label(beaten[0]['setting'])} leads it on test by more than the "
+                       f"uncertainty, a lead validation did not pick." if beaten else
+                       " and is the baseline; no other setting leads it on test by more than the uncertainty.")
+    if not pair["paired"]:
+        return said + f"; its test difference to the baseline, {pair['difference']:+.3f}, is unpaired ({pair['reason']})."
+    verdict = "more than" if clear_lead(pair, arm.confidence) else "within"
+    return (said + f"; on test it is {pair['difference']:+.3f} [{pair['low']:+.3f}, {pair['high']:+.3f}] against the "
+            f"baseline ({arm.baseline}), Holm p {pair['holm_p']:.3g}: {verdict} the uncertainty.")
+
+
+def settings(found: dict[str, dict[str, Run]]) -> dict[str, dict[str, Any]]:
+    """{source: the params it changed}: the params (but those of stages after the test predictions) whose values
+    differ between the sources, seeds included."""
+    first = {name: next(iter(arms.values())) for name, arms in found.items()}
+    keys = changed(list(first.values()), AFTER)
+    return {name: {key: run.params.get(key) for key in keys} for name, run in first.items()}
+
+
+def side_by_side(found: dict[str, dict[str, Run]], confidence: float) -> list[dict[str, Any]]:
+    """Per source holding both arms on one test list, the verdict's two arms: its changed params, each arm's
+    accuracy, and the fine-tune's against the probe's on the same images (stats.paired, as the report)."""
+    setting = settings(found)
+    out = []
+    for name, arms in found.items():
+        if len(arms) < 2 or arms["probe"].test_list != arms["finetune"].test_list:
+            continue
+        pair = stats.paired({"probe": arms["probe"].correct, "finetune": arms["finetune"].correct}, confidence)
+        out.append({"name": name, "setting": label(setting[name]),
+                    "probe": round(float(np.mean(arms["probe"].correct)), 6),
+                    "finetune": round(float(np.mean(arms["finetune"].correct)), 6), **pair})
+    return out
+
+
+def comparisons(found: dict[str, dict[str, Run]], baseline: str | None) -> tuple[list[Arm], list[dict[str, Any]]]:
+    """Each arm run by two or more sources compared within itself against the `baseline` source's run (None, or
+    a source without that arm: the arm's row best on validation), and each source's two arms side by side; at
+    the confidence of the first source's evaluate params."""
+    confidence = next(iter(next(iter(found.values())).values())).params["evaluate.confidence"]
+    arms = []
+    for arm in METHODS:
+        runs = [held[arm] for held in found.values() if arm in held]
+        if len(runs) < 2:
+            continue
+        if baseline is not None and arm not in found[baseline]:
+            log.warning("%s: %s has no %s run; that arm's baseline is its row best on validation", arm, baseline, arm)
+        arms.append(compared(arm, runs, found[baseline].get(arm) if baseline is not None else None, confidence))
+    if not arms:
+        raise UserError("no arm was run by two of these runs: nothing to compare")
+    return arms, side_by_side(found, confidence)

@@ -56,7 +56,7 @@ def versus(baseline: pd.DataFrame, method: str, ids: np.ndarray, correct: np.nda
     if set(theirs.index) != set(mine.index):
         raise UserError(f"evaluate: the probe's predictions are not of the same test images ({len(theirs)} vs "
                          f"{len(mine)}); re-run evaluate_probe")
-    return stats.paired({"probe": theirs.loc[mine.index].to_numpy(), method: mine.to_numpy()}, settings)
+    return stats.paired({"probe": theirs.loc[mine.index].to_numpy(), method: mine.to_numpy()}, settings.confidence)
 
 
 @dataclass(frozen=True)

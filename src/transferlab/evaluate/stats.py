@@ -99,7 +99,7 @@ def mcnemar_exact(only_a: int, only_b: int) -> float:
     return 1.0 if n == 0 else float(binomtest(only_b, n, 0.5).pvalue)
 
 
-def paired(correct: dict[str, np.ndarray], settings: Evaluate) -> dict[str, Any]:
+def paired(correct: dict[str, np.ndarray], confidence: float) -> dict[str, Any]:
     """Second − first method's accuracy on the same test images ({name: per-image correct}): the difference,
     its interval (`newcombe`), the images only one method gets right, and McNemar's exact test on them."""
     (name_a, correct_a), (name_b, correct_b) = ((k, np.asarray(v, bool)) for k, v in correct.items())
@@ -108,7 +108,7 @@ def paired(correct: dict[str, np.ndarray], settings: Evaluate) -> dict[str, Any]
     gain = correct_b.astype(float) - correct_a
     only_a, only_b = int((correct_a & ~correct_b).sum()), int((correct_b & ~correct_a).sum())
     return {"difference": round(float(gain.mean()), 6),
-            **_rounded(*newcombe(correct_a, correct_b, settings.confidence)),
+            **_rounded(*newcombe(correct_a, correct_b, confidence)),
             "only_correct": {name_a: only_a, name_b: only_b}, "mcnemar_p": float(f"{mcnemar_exact(only_a, only_b):.4g}"),
             "test_images": int(len(gain))}
 

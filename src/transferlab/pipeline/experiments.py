@@ -59,14 +59,16 @@ def read_folder(folder: Path, name: str | None = None) -> dict[str, Run]:
 
 
 def read_experiment(project: Path, name: str) -> dict[str, Run]:
-    """The runs of a DVC experiment (or git revision) of the project, read from DVC's cache."""
-    import dvc.api
-    from dvc.exceptions import PathMissingError
+    """The runs of a DVC experiment (or git revision) of the project, read from DVC's cache through one
+    filesystem of that revision (`dvc.api.DVCFileSystem`: the revision's index built once, not per file)."""
+    from dvc.api import DVCFileSystem
+
+    files = DVCFileSystem(str(project), rev=name)
 
     def read(path: str) -> str | None:
         try:
-            return dvc.api.read(path, repo=str(project), rev=name)
-        except (FileNotFoundError, PathMissingError):
+            return files.read_text(path)
+        except FileNotFoundError:
             return None
 
     return runs_of(name, read)
@@ -102,31 +104,32 @@ def experiments(project: Path) -> list[str]:
 
 def read(project: Path, sources: list[str]) -> dict[str, dict[str, Run]]:
     """{source: its runs} for each source: a folder, `workspace` (the project folder), or a DVC experiment or
-    git revision; with no sources, the workspace and every finished experiment of the current commit."""
-    if not sources:
-        sources = [WORKSPACE, *experiments(project)]
-    found, rows = {}, None
-    for source in dict.fromkeys(sources):
+    git revision; with no sources, the workspace and every finished experiment of the current commit. Every
+    name is checked (experiments listed once) before any run is read."""
+    sources = list(dict.fromkeys(sources or [WORKSPACE, *experiments(project)]))
+    named = [source for source in sources if source != WORKSPACE and not Path(source).is_dir()]
+    if named:
+        _dvc_project(project, named[0])
+        rows = _experiment_rows(project, everything=True)
+        for name in named:
+            _checked_name(project, name, rows)
+    found = {}
+    for source in sources:
         if source == WORKSPACE:
             found[source] = read_folder(project, WORKSPACE)
-        elif Path(source).is_dir():
-            found[source] = read_folder(Path(source))
         else:
-            _dvc_project(project, source)
-            rows = _experiment_rows(project, everything=True) if rows is None else rows  # listed once for all names
-            found[source] = read_experiment(project, _checked_name(project, source, rows))
+            found[source] = read_experiment(project, source) if source in named else read_folder(Path(source))
     return found
 
 
-def _checked_name(project: Path, name: str, rows: list[dict]) -> str:
-    """The name of an experiment that has finished (among dvc exp show's `rows`), or a git revision; an unknown
-    or unfinished one refused."""
+def _checked_name(project: Path, name: str, rows: list[dict]) -> None:
+    """Refuse a name that is no finished experiment (among dvc exp show's `rows`) nor a git revision."""
     for row in rows:
         if row.get("Experiment") == name or row.get("rev") == name:
             if row.get("State") in UNFINISHED:
                 raise UserError(f"{name}: {row['State'].lower()}; compare it once it has run (dvc queue status)")
-            return name
+            return
     if subprocess.run(["git", "rev-parse", "--verify", "-q", f"{name}^{{commit}}"], cwd=project,
                       capture_output=True).returncode == 0:
-        return name
+        return
     raise UserError(f"{name}: no such folder, experiment or git revision (dvc exp show lists them)")

@@ -4,6 +4,8 @@
     python -m transferlab.pipeline.results record far    # after the same params on the digits (examples.py), sweep and
                                                          # visualize off: results/ → records/results-far.json
     python -m transferlab.pipeline.results record --command "snakemake --cores 2"   # the command that ran (dvc repro)
+    python -m transferlab.pipeline.results record compare   # after docs/compare.md's grid (COMPARE_COMMANDS): its
+                                                            # comparison → records/compare.json
     python -m transferlab.pipeline.results readme        # the records → their sections in README and docs/
 
 records/benchmark.json is written by `python benchmarks/run.py` (`merge_benchmark`: a run replaces the rows it
@@ -23,7 +25,13 @@ from typing import Any
 RECORD = Path("records/results.json")
 FAR_RECORD = Path("records/results-far.json")
 BENCHMARK = Path("records/benchmark.json")
+COMPARE_RECORD = Path("records/compare.json")
 RECORDS = {"": RECORD, "far": FAR_RECORD}
+# the worked example of docs/compare.md, run in a copy of the project with the shipped params
+COMPARE_COMMANDS = ["# params.yaml as shipped, but sweep.enabled: false and visualize.enabled: false",
+                    "dvc repro && git add dvc.lock && git commit -m 'the shipped params, run'",
+                    "dvc exp run --queue -S 'finetune.lr=1e-5,3e-5,1e-4' -S 'finetune.seed=0,1'",
+                    "dvc queue start", "transferlab compare"]
 README = Path("README.md")
 
 
@@ -32,6 +40,7 @@ def _begin(what: str, record: Path) -> str:
 
 
 BEGIN, FAR_BEGIN = _begin("results", RECORD), _begin("far results", FAR_RECORD)
+COMPARE_BEGIN = _begin("comparison", COMPARE_RECORD)
 SEARCH_BEGIN, BENCHMARK_BEGIN = _begin("search cost", BENCHMARK), _begin("benchmark", BENCHMARK)
 END = "<!-- end of results -->"
 _METRICS = ("accuracy", "interval", "top5_accuracy", "balanced_accuracy", "macro_f1", "log_loss", "train_accuracy",
@@ -51,7 +60,6 @@ def cpu() -> str:
 
 def record(project: Path | str = ".", command: str = "dvc repro") -> dict[str, Any]:
     """What README quotes, read from a finished run's outputs (the report stage's inputs)."""
-    from transferlab.core import lock
     from transferlab.core.atomic import read_json
     from transferlab.pipeline import stages
     from transferlab.reporting import report
@@ -84,11 +92,44 @@ def record(project: Path | str = ".", command: str = "dvc repro") -> dict[str, A
         "cost_ratio": round(cost_ratio, 2) if cost_ratio else None,
         "verdict": verdict,
         "confidence": params.evaluate.confidence,
-        "machine": {"cpu": cpu(), "cores": os.cpu_count(), "python": platform.python_version(),
-                    "lock_sha256": lock.digest(project / lock.NAME)},
+        "machine": machine(project),
         "command": command,
         "curve": _curve(files.curve),
     }
+
+
+def machine(project: Path) -> dict[str, Any]:
+    """The machine a record was made on, and the hash of the package versions it ran."""
+    from transferlab.core import lock
+
+    return {"cpu": cpu(), "cores": os.cpu_count(), "python": platform.python_version(),
+            "lock_sha256": lock.digest(project / lock.NAME)}
+
+
+def compare_record(project: Path | str = ".") -> dict[str, Any]:
+    """The worked example's record: `transferlab compare` over the workspace and its finished experiments (run
+    by COMPARE_COMMANDS), as its --json output, with the machine."""
+    import datetime as dt
+
+    from transferlab.evaluate import compare
+    from transferlab.pipeline import experiments
+    from transferlab.reporting import comparison
+
+    project = Path(project)
+    arms, verdicts = compare.comparisons(experiments.read(project, []), experiments.WORKSPACE)
+    return {"commands": COMPARE_COMMANDS, "machine": machine(project), "date": dt.date.today().isoformat(),
+            "comparison": comparison.as_json(arms, verdicts)}
+
+
+def compare_section(rec: dict[str, Any]) -> str:
+    """docs/compare.md's worked example: the commands and what `transferlab compare` printed, from the record."""
+    from transferlab.reporting import comparison
+
+    arms, verdicts = comparison.from_json(rec["comparison"])
+    on = rec["machine"]
+    return "\n".join(["```bash", *rec["commands"], "```", "", f"printed, on a {on['cores']}-core {on['cpu']} "
+                      f"(Python {on['python']}, {rec['date']}):", "", "```text",
+                      comparison.markdown(arms, verdicts).rstrip("\n"), "```"])
 
 
 def _search(search: Any) -> list[dict[str, Any]] | None:
@@ -267,7 +308,8 @@ def search_cost(bench: dict[str, Any]) -> str:
 SECTIONS = [(README, BEGIN, RECORD, section), (Path("docs/learning-curve.md"), BEGIN, RECORD, curve_section),
             (Path("docs/tuning.md"), FAR_BEGIN, FAR_RECORD, functools.partial(section, brief=True)),
             (README, SEARCH_BEGIN, BENCHMARK, search_cost),
-            (Path("docs/performance.md"), BENCHMARK_BEGIN, BENCHMARK, benchmark_tables)]
+            (Path("docs/performance.md"), BENCHMARK_BEGIN, BENCHMARK, benchmark_tables),
+            (Path("docs/compare.md"), COMPARE_BEGIN, COMPARE_RECORD, compare_section)]
 
 
 def rewrite(text: str, begin: str, written: str) -> str:
@@ -293,7 +335,10 @@ def main(argv: list[str]) -> None:
     rest = argv[1:]
     command = rest[rest.index("--command") + 1] if "--command" in rest[:-1] else "dvc repro"
     which = [word for word in rest if word != "--command" and word != command]
-    if verb == "record" and (which or [""])[0] in RECORDS and len(which) <= 1:
+    if verb == "record" and which == ["compare"]:
+        COMPARE_RECORD.write_text(json.dumps(compare_record(), indent=1) + "\n")
+        print(f"wrote {COMPARE_RECORD}")
+    elif verb == "record" and (which or [""])[0] in RECORDS and len(which) <= 1:
         out = RECORDS[(which or [""])[0]]
         out.write_text(json.dumps(record(command=command), indent=1) + "\n")
         print(f"wrote {out}")
@@ -302,7 +347,8 @@ def main(argv: list[str]) -> None:
             path.write_text(generated(path))
             print(f"wrote {path}'s results from the records")
     else:
-        raise SystemExit('usage: python -m transferlab.pipeline.results record [far] [--command "snakemake --cores 2"] | readme')
+        raise SystemExit('usage: python -m transferlab.pipeline.results record [far | compare] '
+                         '[--command "snakemake --cores 2"] | readme')
 
 
 if __name__ == "__main__":

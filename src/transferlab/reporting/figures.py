@@ -17,9 +17,8 @@ import pandas as pd  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
 from transferlab.core.atomic import atomic_path  # noqa: E402
+from transferlab.core.project import METHOD_NAMES  # noqa: E402
 from transferlab.finetuning import tuning  # noqa: E402
-
-METHODS = {"probe": "Frozen features + linear head", "finetune": "Fine-tuned"}
 
 
 def png(fig: plt.Figure, out: Path | None) -> str:
@@ -55,7 +54,7 @@ def confusion_figure(methods: dict[str, dict[str, Any]], out: Path) -> str:
         ax.set_yticks(range(len(names)), names, fontsize=6 if small else 9)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
-        ax.set_title(f"{METHODS[m]}\n(colour: share of the true class; numbers: test images)")
+        ax.set_title(f"{METHOD_NAMES[m]}\n(colour: share of the true class; numbers: test images)")
         fig.colorbar(shown, ax=ax, shrink=0.8, label="share of the row")
     return png(fig, out)
 
@@ -72,7 +71,7 @@ def per_class_figure(methods: dict[str, dict[str, Any]], out: Path) -> str:
     fig, ax = plt.subplots(figsize=(max(6, 0.3 * len(names) + 2), 4))
     width = 0.8 / len(run)
     for i, m in enumerate(run):
-        ax.bar(np.arange(len(names)) + i * width, methods[m]["per_class"]["recall"], width, label=METHODS[m])
+        ax.bar(np.arange(len(names)) + i * width, methods[m]["per_class"]["recall"], width, label=METHOD_NAMES[m])
     ax.set_xticks(np.arange(len(names)) + width * (len(run) - 1) / 2, names, rotation=90, fontsize=7)
     ax.set_ylabel("test accuracy of the class (recall)")
     ax.set_ylim(0, 1.02)
@@ -181,7 +180,7 @@ def reliability_figure(methods: dict[str, dict[str, Any]], out: Path, bins: int 
         which = np.clip(np.digitize(pred["confidence"], edges) - 1, 0, bins - 1)
         conf = [pred["confidence"][which == b].mean() for b in range(bins) if (which == b).any()]
         acc = [pred["correct"][which == b].mean() for b in range(bins) if (which == b).any()]
-        ax.plot(conf, acc, "o-", label=METHODS[m])
+        ax.plot(conf, acc, "o-", label=METHOD_NAMES[m])
     ax.set_xlabel("confidence")
     ax.set_ylabel("accuracy")
     ax.set_title("Reliability diagram (test)")

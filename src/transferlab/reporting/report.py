@@ -16,12 +16,11 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from transferlab.core import lock
 from transferlab.core.atomic import atomic_path, read_json, read_table
 from transferlab.core.errors import UserError
-from transferlab.core.project import data_root
+from transferlab.core.project import METHOD_NAMES, data_root
 from transferlab.data.images import load_rgb
 from transferlab.evaluate import diagnosis, stats
 from transferlab.finetuning import tuning
 from transferlab.reporting.figures import (
-    METHODS,
     confusion_figure,
     data_uri,
     learning_figure,
@@ -380,7 +379,7 @@ def render(params: Params, files: SimpleNamespace, out: SimpleNamespace, stage_p
     env = Environment(loader=FileSystemLoader(files.template.parent), autoescape=select_autoescape(["html", "j2"]))
     dataset = info["dataset"]
     html = env.get_template(files.template.name).render(
-        info=info, methods=METHODS, table=comparison(methods), figures=figures,
+        info=info, methods=METHOD_NAMES, table=comparison(methods), figures=figures,
         verdict=said,
         pair=finetune["vs_probe"] if finetune else None, confidence=params.evaluate.confidence,
         cost_ratio=cost_ratio, galleries=galleries(info, data_root(dataset)),

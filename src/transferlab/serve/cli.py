@@ -44,8 +44,15 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("sources", nargs="*", metavar="EXPERIMENT",
                    help="experiment names, git revisions, `workspace` or folders (default: the workspace and every "
                         "finished experiment of the current commit)")
-    c.add_argument("--baseline", default=None, help="the run to compare with (default: the first named, else the "
-                                                    "workspace)")
+    c.add_argument("--baseline", default=None,
+                   help="the run each row is compared with: a name, or `best` (per arm, the row best on validation); "
+                        "default: the first named, else the workspace")
+    form = c.add_mutually_exclusive_group()
+    for flag, what in (("md", "Markdown tables (the default)"), ("csv", "CSV, one line per arm and row"),
+                       ("json", "JSON, everything the tables show")):
+        form.add_argument(f"--{flag}", dest="form", action="store_const", const=flag, help=what)
+    c.add_argument("--html", type=Path, default=None, metavar="PATH",
+                   help="also write a page in the report's style: the tables and a figure of each arm")
     c.add_argument("--project", type=Path, default=Path("."), help="the project (default: the current folder)")
     return top
 
@@ -53,25 +60,21 @@ def parser() -> argparse.ArgumentParser:
 def run_compare(args: argparse.Namespace) -> int:
     from transferlab.evaluate import compare
     from transferlab.pipeline import experiments
+    from transferlab.reporting import comparison
 
-    found = experiments.read(args.project, [*([args.baseline] if args.baseline else []), *args.sources])
-    baseline = args.baseline or next(iter(found))
+    named = args.baseline not in (None, compare.BEST)
+    found = experiments.read(args.project, [*([args.baseline] if named else []), *args.sources])
+    baseline = args.baseline if named else next(iter(found))
     if len(found) < 2:
         raise UserError(f"{baseline}: one run is nothing to compare; name two or more, or run experiments "
                         f"(dvc exp run -S ...)")
-    confidence = next(iter(found[baseline].values())).params["evaluate.confidence"]
-    for arm in METHODS:
-        runs = [arms[arm] for arms in found.values() if arm in arms]
-        if arm not in found[baseline] or len(runs) < 2:
-            continue
-        table = compare.rows(runs, confidence, compare.UNSEEN[arm])
-        if len(table) == 1:
-            print(f"\n{arm}: one setting in every run ({len(runs)} runs pooled: "
-                  f"{table[0].accuracy:.3f} [{table[0].low:.3f}, {table[0].high:.3f}])")
-            continue
-        first = next(i for i, row in enumerate(table) if any(r is found[baseline][arm] for r in row.runs))
-        print(f"\n{arm} (baseline {baseline}; ✓ best on validation; {confidence:.0%} intervals)\n")
-        print(compare.markdown(compare.against(table, first, confidence)))
+    arms, verdicts = compare.comparisons(found, None if args.baseline == compare.BEST else baseline)
+    print(comparison.written(arms, verdicts, args.form or "md"), end="")
+    if args.html:
+        page = comparison.html(arms, verdicts, {name: compare.label(changed)
+                                                for name, changed in compare.settings(found).items()},
+                               args.project, args.html)
+        log.info("wrote %s", page)
     return 0
 
 
