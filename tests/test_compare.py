@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 
 from transferlab.evaluate import compare, stats
+from transferlab.settings.sections import Evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = Evaluate(draws=2000, confidence=0.95, seed=0, tta=False)
 
 
 def correct(right: int, of: int = 40, shift: int = 0) -> np.ndarray:
@@ -18,26 +20,65 @@ def correct(right: int, of: int = 40, shift: int = 0) -> np.ndarray:
 
 def run(lr: float, seed: int, right: np.ndarray, val: float = 0.5, data_seed: int = 42, test_list: str = "a"):
     return compare.Run(f"lr {lr} seed {seed}", {"finetune.lr": lr, "finetune.seed": seed, "data.seed": data_seed,
-                                               "head.max_iter": 2000}, test_list, right, val)
+                                               "head.max_iter": 2000}, test_list, np.zeros(len(right), int),
+                       np.where(right, 0, 1), val)
 
 
 def test_runs_that_differ_only_in_seeds_pool_into_one_row_per_setting():
     runs = [run(1e-5, 0, correct(30)), run(1e-5, 1, correct(32)), run(1e-4, 0, correct(20)),
             run(1e-4, 1, correct(24))]
     assert compare.changed(runs) == ["finetune.lr", "finetune.seed"]
-    table = compare.rows(runs, 0.95)
+    table = compare.rows(runs, "accuracy", SETTINGS)
     assert [(row.setting, row.seeds) for row in table] == [({"finetune.lr": 1e-5}, 2), ({"finetune.lr": 1e-4}, 2)]
-    assert table[0].accuracy == pytest.approx(0.775) and table[1].accuracy == pytest.approx(0.55)
+    assert table[0].value == pytest.approx(0.775) and table[1].value == pytest.approx(0.55)
 
 
-def test_a_pooled_interval_is_student_s_over_the_seeds_never_narrower_than_wilson_s_over_the_images():
-    low, high = compare.pooled_interval([0.8, 0.85, 0.9], 40, 0.95)
+def test_a_pooled_interval_is_student_s_over_the_seeds_never_narrower_than_the_runs_own():
+    own = [stats.wilson(right, 40, 0.95) for right in (32, 34, 36)]  # each run's Wilson interval
+    low, high = compare.pooled_interval([0.8, 0.85, 0.9], own, 0.95)
     half = 4.302653 * 0.05 / np.sqrt(3)  # t(0.975, 2 degrees of freedom) × the standard error of the seeds' mean
-    wilson = stats.wilson(34, 40, 0.95)  # the mean, 0.85, is 34 of the 40 test images the seeds share
-    assert (low, high) == pytest.approx((min(wilson[0], 0.85 - half), max(wilson[1], 0.85 + half)), abs=1e-6)
-    assert wilson[0] < 0.85 - half and high == pytest.approx(0.85 + half)  # each bound from the wider one
-    assert compare.pooled_interval([0.5, 0.5, 0.5], 40, 0.95) == pytest.approx(stats.wilson(20, 40, 0.95))
-    assert compare.pooled_interval([0.75], 40, 0.95) == pytest.approx((0.5981, 0.8581), abs=1e-4)  # Wilson, 30 of 40
+    reach = (np.mean([0.8 - own[0][0], 0.85 - own[1][0], 0.9 - own[2][0]]),
+             np.mean([own[0][1] - 0.8, own[1][1] - 0.85, own[2][1] - 0.9]))  # the runs' own reach, around the mean
+    assert (low, high) == pytest.approx((min(0.85 - reach[0], 0.85 - half), max(0.85 + reach[1], 0.85 + half)))
+    assert 0.85 - reach[0] < 0.85 - half and high == pytest.approx(0.85 + half)  # each bound from the wider one
+    same = [stats.wilson(20, 40, 0.95)] * 3
+    assert compare.pooled_interval([0.5, 0.5, 0.5], same, 0.95) == pytest.approx(same[0])  # seeds that agree
+    assert compare.pooled_interval([0.75], [(0.5981, 0.8581)], 0.95) == (0.5981, 0.8581)  # one run: its own
+
+
+def test_a_row_s_interval_is_the_report_s_interval_of_its_metric():
+    run_ = compare.Run("r", {}, "a", np.array(list("aabbbccd")), np.array(list("abbbcccd")), 0.5)
+    assert compare.run_interval(run_, "accuracy", SETTINGS) == pytest.approx(stats.wilson(6, 8, 0.95))
+    (actual, predicted), classes = compare.encoded(run_.actual, run_.predicted)
+    drawn = stats.posterior_scores(actual, predicted, classes, SETTINGS.draws, SETTINGS.seed)["macro_f1"]
+    assert compare.run_interval(run_, "macro_f1", SETTINGS) == tuple(
+        stats.percentile_interval(drawn, 0.95).values())
+
+
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")  # the case tested
+def test_the_scores_are_scikit_learn_s_for_every_draw():
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+
+    rng = np.random.default_rng(0)
+    actual = rng.integers(0, 5, 60)
+    actual[actual == 4] = 3  # a class no image holds, but predictions may name
+    predicted = np.where(rng.random((7, 60)) < 0.6, actual, rng.integers(0, 5, (7, 60)))
+    for metric, reference in (("accuracy", accuracy_score), ("balanced_accuracy", balanced_accuracy_score),
+                              ("macro_f1", lambda a, p: f1_score(a, p, average="macro"))):
+        assert stats.scores(actual, predicted, metric, 5) == pytest.approx([reference(actual, p) for p in predicted])
+
+
+def test_balanced_accuracy_and_macro_f1_are_paired_by_bootstrap_and_permutation():
+    actual = np.repeat([0, 1, 2], 30)
+    base = np.where(np.arange(90) % 3 == 0, (actual + 1) % 3, actual)  # a third wrong in every class
+    better = np.where(np.arange(90) % 15 == 0, (actual + 1) % 3, actual)
+    same = stats.paired_resampled(actual, [base], [base], "macro_f1", 3, SETTINGS)
+    assert same["difference"] == 0 and same["p"] == 1 and same["low"] == same["high"] == 0
+    gain = stats.paired_resampled(actual, [base], [better], "balanced_accuracy", 3, SETTINGS)
+    assert gain["difference"] == pytest.approx(28 / 30 - 20 / 30, abs=1e-6)  # recall 20 of 30 per class, then 28 of 30
+    assert 0 < gain["low"] < gain["difference"] < gain["high"] and gain["p"] < 0.001
+    again = stats.paired_resampled(actual, [base], [better], "balanced_accuracy", 3, SETTINGS)
+    assert again == gain  # seeded by evaluate.seed
 
 
 def test_a_row_against_the_baseline_is_paired_image_by_image_with_mcnemar_s_exact_p():
@@ -45,32 +86,32 @@ def test_a_row_against_the_baseline_is_paired_image_by_image_with_mcnemar_s_exac
     better = base.copy()
     better[[0, 1]] = False      # 2 images only the baseline gets right
     better[20:30] = True        # 10 only the row gets right
-    baseline, row = (compare.rows([run(lr, 0, right)], 0.95)[0] for lr, right in ((1e-5, base), (1e-4, better)))
-    pair = compare.versus(row, baseline, 0.95)
+    baseline, row = (compare.rows([run(lr, 0, right)], "accuracy", SETTINGS)[0] for lr, right in ((1e-5, base), (1e-4, better)))
+    pair = compare.versus(row, baseline, "accuracy", SETTINGS)
     assert pair["paired"] and (pair["only_row"], pair["only_baseline"], pair["pairs"]) == (10, 2, 40)
     assert pair["difference"] == pytest.approx(0.2)
-    assert pair["mcnemar_p"] == pytest.approx(2 * (1 + 12 + 66) / 2**12)  # two-sided binomial, 2 of 12 discordant
+    assert pair["p"] == pytest.approx(2 * (1 + 12 + 66) / 2**12)  # two-sided binomial, 2 of 12 discordant
     assert pair["low"] < 0.2 < pair["high"]
 
 
 def test_seeds_are_paired_with_the_baseline_s_seeds_in_turn_and_stacked():
-    baseline = compare.rows([run(1e-5, 0, correct(20)), run(1e-5, 1, correct(20, shift=5))], 0.95)[0]
-    row = compare.rows([run(1e-4, 0, correct(25)), run(1e-4, 1, correct(25, shift=5))], 0.95)[0]
-    pair = compare.versus(row, baseline, 0.95)
+    baseline = compare.rows([run(1e-5, 0, correct(20)), run(1e-5, 1, correct(20, shift=5))], "accuracy", SETTINGS)[0]
+    row = compare.rows([run(1e-4, 0, correct(25)), run(1e-4, 1, correct(25, shift=5))], "accuracy", SETTINGS)[0]
+    pair = compare.versus(row, baseline, "accuracy", SETTINGS)
     assert (pair["only_row"], pair["only_baseline"], pair["pairs"]) == (10, 0, 80)
 
 
 def test_another_test_list_is_shown_unpaired_with_the_param_that_made_it():
-    baseline = compare.rows([run(1e-5, 0, correct(20))], 0.95)[0]
-    other = compare.rows([run(1e-5, 0, correct(25), data_seed=7, test_list="b")], 0.95)[0]
-    pair = compare.versus(other, baseline, 0.95)
+    baseline = compare.rows([run(1e-5, 0, correct(20))], "accuracy", SETTINGS)[0]
+    other = compare.rows([run(1e-5, 0, correct(25), data_seed=7, test_list="b")], "accuracy", SETTINGS)[0]
+    pair = compare.versus(other, baseline, "accuracy", SETTINGS)
     assert not pair["paired"] and pair["reason"] == "another test list (data.seed differs)"
     assert pair["difference"] == pytest.approx(0.125)
 
 
 def test_a_data_seed_pools_only_runs_on_the_same_test_list():
     runs = [run(1e-5, 0, correct(20)), run(1e-5, 0, correct(22), data_seed=7, test_list="b")]
-    assert [row.seeds for row in compare.rows(runs, 0.95)] == [1, 1]
+    assert [row.seeds for row in compare.rows(runs, "accuracy", SETTINGS)] == [1, 1]
 
 
 def test_holm_adjusts_in_step_down_order_and_never_decreases():
@@ -80,8 +121,8 @@ def test_holm_adjusts_in_step_down_order_and_never_decreases():
 
 
 def test_the_row_chosen_is_the_best_on_validation_not_on_test():
-    table = compare.rows([run(1e-5, 0, correct(35), val=0.6), run(1e-4, 0, correct(25), val=0.7)], 0.95)
-    assert compare.chosen_by_validation(table) == 1 and table[0].accuracy > table[1].accuracy
+    table = compare.rows([run(1e-5, 0, correct(35), val=0.6), run(1e-4, 0, correct(25), val=0.7)], "accuracy", SETTINGS)
+    assert compare.chosen_by_validation(table) == 1 and table[0].value > table[1].value
 
 
 def write_run(folder, changes: dict, right: dict[str, int], val: dict[str, float], labels=("0", "007", "NA"),
@@ -139,10 +180,10 @@ def test_compare_prints_one_table_per_arm_with_pooled_seeds_and_holm_adjusted_p(
     assert lines[5] == ("| base | data.seed=42, finetune.lr=1e-05, finetune.seed=0 | 0.500 | 0.500 | "
                         "+0.000 [+0.000, +0.000] | 1 |")
     assert "other" not in "".join(lines[5:])  # a run of one arm has no verdict
-    assert "probe: one setting in every run (3 runs pooled: 0.500 [0.352, 0.648])" in out  # lr is no probe param
+    assert "probe: one setting in every run (3 runs pooled: accuracy 0.500 [0.352, 0.648])" in out  # lr is no probe param
     assert max(len(line) for line in out.splitlines()) <= 120
-    opening = ("Fine-tuned: data.seed=42, finetune.lr=0.0001 is best on validation (0.800, 2 runs); on test it is "
-               "+0.325 [+0.218, +0.422] against the baseline (base), Holm p 2.98e-08: more than the uncertainty.")
+    opening = ("Fine-tuned: data.seed=42, finetune.lr=0.0001 is best on validation (0.800, 2 runs); its test accuracy "
+               "is +0.325 [+0.218, +0.422] against the baseline (base), Holm p 2.98e-08: more than the uncertainty.")
     assert opening in " ".join(out.split())  # wrapped to the 120 columns
 
 
@@ -150,6 +191,8 @@ def test_compare_against_the_best_on_validation_and_in_each_format(tmp_path, cap
     import csv
     import io
     import json
+
+    from sklearn.metrics import balanced_accuracy_score
 
     from transferlab.serve import cli
 
@@ -160,7 +203,7 @@ def test_compare_against_the_best_on_validation_and_in_each_format(tmp_path, cap
         "finetune.lr=0.0001", "validation", ["finetune.lr"])
     base, best = finetune["rows"]
     assert best["baseline"] and best["chosen"] and best["versus"] is None and best["seeds"] == 2
-    assert [run["accuracy"] for run in best["runs"]] == [0.8, 0.85]
+    assert [run["value"] for run in best["runs"]] == [0.8, 0.85]
     assert base["versus"]["difference"] == pytest.approx(-0.325) and base["versus"]["holm_p"] < 1e-7
     assert finetune["opening"].endswith("and is the baseline; no other setting leads it on test by more than the "
                                         "uncertainty.")
@@ -171,6 +214,14 @@ def test_compare_against_the_best_on_validation_and_in_each_format(tmp_path, cap
     assert float(table[2]["difference"]) == pytest.approx(0.325) and table[2]["chosen"] == "True"
     with pytest.raises(SystemExit):
         cli.main(["compare", *runs, "--csv", "--json"])
+    assert cli.main(["compare", *runs, "--metric", "balanced_accuracy", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    base, best = shown["arms"]["finetune"]["rows"]
+    labels = [("0", "007", "NA")[i % 3] for i in range(40)]  # write_run's: the first `right` images right
+    predicted = [label if i < 20 else ("0", "007", "NA")[(i + 1) % 3] for i, label in enumerate(labels)]
+    assert shown["metric"] == "balanced_accuracy" and base["value"] == pytest.approx(
+        balanced_accuracy_score(labels, predicted), abs=1e-6)
+    assert best["versus"]["test"] == "permutation" and best["versus"]["p"] < 0.01
 
 
 def test_compare_writes_a_page_with_the_figure_and_its_opening_sentence(tmp_path, capsys):
@@ -200,15 +251,15 @@ def write_grid(folder) -> list[str]:
 
 def test_the_opening_says_whether_the_lead_of_the_setting_picked_on_validation_is_more_than_the_uncertainty():
     close = compare.compared("finetune", [run(1e-5, 0, correct(20)), run(1e-4, 0, correct(22), val=0.9)],
-                             None, 0.95)
+                             None, "accuracy", SETTINGS)
     assert compare.opening(close) == ("Fine-tuned: finetune.lr=0.0001 is best on validation (0.900, 1 run) and "
                                       "is the baseline; no other setting leads it on test by more than the uncertainty.")
     baseline = run(1e-5, 0, correct(20))
-    picked = compare.compared("finetune", [baseline, run(1e-4, 0, correct(22), val=0.9)], baseline, 0.95)
-    assert compare.opening(picked).endswith("on test it is +0.050 [-0.016, +0.114] against the baseline "
+    picked = compare.compared("finetune", [baseline, run(1e-4, 0, correct(22), val=0.9)], baseline, "accuracy", SETTINGS)
+    assert compare.opening(picked).endswith("its test accuracy is +0.050 [-0.016, +0.114] against the baseline "
                                             "(lr 1e-05 seed 0), Holm p 0.5: within the uncertainty.")
     missed = compare.compared("finetune", [baseline, run(1e-4, 0, correct(36)), run(3e-5, 0, correct(21), val=0.9)],
-                              None, 0.95)
+                              None, "accuracy", SETTINGS)
     assert "finetune.lr=0.0001 leads it on test by more than the uncertainty, a lead validation did not pick" in (
         compare.opening(missed))
 

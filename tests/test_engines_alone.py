@@ -2,6 +2,7 @@
 Snakefile's lints, the profiles' plans, a sweep over two backbone families planned by both, stages switched off in
 both engines (on a timm backbone), DVC's cache through two remotes (a directory, SSH) and a fresh clone each,
 DVC's queue of experiments (fine-tuning a timm backbone); the pipeline on a SLURM cluster is tests/test_slurm.py's."""
+import importlib.util
 import json
 import os
 import re
@@ -257,9 +258,18 @@ def test_queued_experiments_run_with_data_outside_the_project_and_are_compared(h
     listing = json.loads((cache / folder["md5"][:2] / folder["md5"][2:]).read_text())
     md5 = next(entry["md5"] for entry in listing if entry["relpath"] == "predictions.csv")
     (cache / md5[:2] / md5[2:]).unlink()
+    (project.parent / "empty-store").mkdir()  # a default remote without it (config.local outranks the remote tests')
+    run(["dvc", "remote", "add", "-f", "-d", "--local", "empty", str(project.parent / "empty-store")], project)
     refused = run(["transferlab", "compare", "workspace", "other-split"], project, check=False)
     assert refused.returncode == 2 and refused.stderr.endswith(
         "other-split: results/eval/finetune/predictions.csv is missing; dvc pull, or re-run the evaluate_finetune stage\n")
+    if importlib.util.find_spec("dvc_ssh"):  # a remote that does not answer
+        run(["dvc", "remote", "add", "-f", "-d", "--local", "down", f"ssh://127.0.0.1:{free_port()}/store"], project)
+        refused = run(["transferlab", "compare", "workspace", "other-split"], project, check=False)
+        (said,) = refused.stderr.splitlines()  # one line: no traceback, no SSH client chatter
+        assert refused.returncode == 2 and said.startswith(
+            "transferlab compare: error: other-split: results/eval/finetune/predictions.csv is not in DVC's cache and "
+            "its remote failed (ConnectionRefusedError") and said.endswith("dvc pull once the remote answers")
 
 
 HOLD_STAGES = """import os, time

@@ -6,6 +6,7 @@ import pytest
 from scipy import stats as sps
 from sklearn import metrics as skm
 
+from transferlab.core.project import METRICS
 from transferlab.evaluate import stats
 from transferlab.settings.sections import Evaluate
 
@@ -28,12 +29,12 @@ def test_intervals_do_not_collapse_at_0_or_100_percent():
     perfect = stats.intervals(y, y, 3, SETTINGS)
     z = sps.norm.ppf(0.975)
     assert perfect["accuracy"] == {"low": pytest.approx(90 / (90 + z * z), abs=1e-6), "high": 1.0}
-    for metric in stats.METRICS:
+    for metric in METRICS:
         assert 0.9 < perfect[metric]["low"] < perfect[metric]["high"] <= 1.0
     wrong = stats.intervals(y, (y + 1) % 3, 3, SETTINGS)
-    for metric in stats.METRICS:
+    for metric in METRICS:
         assert 0.0 <= wrong[metric]["low"] < wrong[metric]["high"] < 0.1
-    assert set(perfect) == set(stats.METRICS)
+    assert set(perfect) == set(METRICS)
 
 
 def test_posterior_draws_centre_on_scikit_learn_and_are_seeded():

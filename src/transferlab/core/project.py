@@ -7,6 +7,7 @@ from typing import Any
 
 SPLITS = ("train", "val", "test")
 METHODS = ("probe", "finetune")
+METRICS = ("accuracy", "balanced_accuracy", "macro_f1")  # the test scores with intervals
 METHOD_NAMES = {"probe": "Frozen features + linear head", "finetune": "Fine-tuned"}
 _DVC_TEMP = (".dvc", "tmp", "exps")  # where DVC runs queued and --temp experiments, one copy of the project each
 

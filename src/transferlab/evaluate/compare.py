@@ -2,10 +2,11 @@
 params that changed, runs that differ only in a seed pooled into one row, each row against a baseline by a
 paired test where both saw the same test images, Holm-adjusted across the rows.
 
-A run is one arm (probe or fine-tune) of one experiment: its params, the checksum of its test list and which
-test images it got right. Pooled runs are paired with the baseline's seed by seed (the baseline's runs in
-turn), and the pairs stacked: the difference is the mean gain over every (seed, image) pair, its interval
-Newcombe's, and McNemar's exact test reads the discordant pairs of the stack.
+A run is one arm (probe or fine-tune) of one experiment: its params, the checksum of its test list and its
+test predictions. Pooled runs are paired with the baseline's seed by seed (the one with fewer seeds taking its
+seeds in turn), and the pairs stacked. For accuracy the difference is the mean gain over every (seed, image)
+pair, its interval Newcombe's, and McNemar's exact test reads the discordant pairs of the stack; balanced
+accuracy and macro F1, which are no per-image mean, get a paired bootstrap interval and a permutation test.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import numpy as np
 from transferlab.core.errors import UserError
 from transferlab.core.project import METHOD_NAMES, METHODS
 from transferlab.evaluate import stats
+from transferlab.settings.sections import Evaluate
 
 log = logging.getLogger("transferlab")
 
@@ -30,20 +32,27 @@ UNSEEN = {"probe": (*AFTER, "finetune."), "finetune": AFTER}  # per arm: params 
 @dataclass(frozen=True)
 class Run:
     """One arm of one experiment: `params` by dotted key, `test_list` the checksum of its test split (paths
-    and labels), `correct` one boolean per test image in the list's order, `val_accuracy` its validation score."""
+    and labels), `actual` and `predicted` the label of each test image in the list's order, `val_accuracy` its
+    validation score."""
     name: str
     params: dict[str, Any]
     test_list: str
-    correct: np.ndarray
+    actual: np.ndarray
+    predicted: np.ndarray
     val_accuracy: float
+
+    @property
+    def correct(self) -> np.ndarray:
+        return self.actual == self.predicted
 
 
 @dataclass(frozen=True)
 class Row:
-    """The runs of one setting (the changed params other than seeds), pooled over their seeds (or repeats)."""
+    """The runs of one setting (the changed params other than seeds), pooled over their seeds (or repeats):
+    the metric's mean over them and its interval."""
     setting: dict[str, Any]
     runs: list[Run]
-    accuracy: float
+    value: float
     low: float
     high: float
     val_accuracy: float
@@ -60,22 +69,44 @@ def changed(runs: list[Run], unseen: tuple[str, ...] = ()) -> list[str]:
     return [key for key in keys if len({repr(run.params.get(key)) for run in runs}) > 1]
 
 
-def pooled_interval(accuracies: list[float], images: int, confidence: float) -> tuple[float, float]:
-    """The interval of a row's accuracy: Wilson's over its test images at the seeds' mean accuracy, widened for
-    several seeds to Student's t over the seeds' accuracies where that is wider (the seeds share the test images,
-    so pooling them never narrows the test set's own uncertainty)."""
-    mean = float(np.mean(accuracies))
-    low, high = stats.wilson(round(mean * images), images, confidence)
-    if len(accuracies) == 1:
-        return low, high
+def encoded(*labels: np.ndarray) -> tuple[list[np.ndarray], int]:
+    """Label arrays as integers over the classes they hold together, and how many classes that is."""
+    classes, inverse = np.unique(np.concatenate(labels).astype(str), return_inverse=True)
+    return np.split(inverse, np.cumsum([len(array) for array in labels])[:-1]), len(classes)
+
+
+def score(run: Run, metric: str) -> float:
+    (actual, predicted), classes = encoded(run.actual, run.predicted)
+    return float(stats.scores(actual, predicted, metric, classes)[0])
+
+
+def run_interval(run: Run, metric: str, settings: Evaluate) -> tuple[float, float]:
+    """A run's interval as the report gives it: Wilson's for accuracy, else the percentiles of the metric's
+    posterior draws (`settings.draws`, seeded by `settings.seed`)."""
+    if metric == "accuracy":
+        return stats.wilson(int(run.correct.sum()), len(run.correct), settings.confidence)
+    (actual, predicted), classes = encoded(run.actual, run.predicted)
+    drawn = stats.posterior_scores(actual, predicted, classes, settings.draws, settings.seed)[metric]
+    interval = stats.percentile_interval(drawn, settings.confidence)
+    return interval["low"], interval["high"]
+
+
+def pooled_interval(values: list[float], intervals: list[tuple[float, float]], confidence: float) -> tuple[float, float]:
+    """The interval of a row's mean over its runs: the runs' own intervals' mean reach below and above their
+    value, around the mean, widened for several seeds to Student's t over the seeds' values where that is wider
+    (the seeds share the test images, so pooling them never narrows the test set's own uncertainty)."""
+    if len(values) == 1:
+        return intervals[0]
     from scipy.stats import t
 
-    half = float(t.ppf(1 - (1 - confidence) / 2, len(accuracies) - 1) * np.std(accuracies, ddof=1)
-                 / np.sqrt(len(accuracies)))
+    mean = float(np.mean(values))
+    low = mean - float(np.mean([value - bottom for value, (bottom, _) in zip(values, intervals)]))
+    high = mean + float(np.mean([top - value for value, (_, top) in zip(values, intervals)]))
+    half = float(t.ppf(1 - (1 - confidence) / 2, len(values) - 1) * np.std(values, ddof=1) / np.sqrt(len(values)))
     return max(0.0, min(low, mean - half)), min(1.0, max(high, mean + half))
 
 
-def rows(runs: list[Run], confidence: float, unseen: tuple[str, ...] = ()) -> list[Row]:
+def rows(runs: list[Run], metric: str, settings: Evaluate, unseen: tuple[str, ...] = ()) -> list[Row]:
     """One row per setting: the runs whose changed params (but `unseen`) differ only in SEED_KEYS pool into one,
     in the order the settings first appear; where the test lists differ, data.seed is a column (its runs pool
     only on the same test list)."""
@@ -87,9 +118,10 @@ def rows(runs: list[Run], confidence: float, unseen: tuple[str, ...] = ()) -> li
         groups.setdefault((repr(setting), run.test_list), []).append(run)
     out = []
     for members in groups.values():
-        accuracies = [float(np.mean(run.correct)) for run in members]
-        low, high = pooled_interval(accuracies, len(members[0].correct), confidence)
-        out.append(Row({key: members[0].params.get(key) for key in varying}, members, float(np.mean(accuracies)),
+        values = [score(run, metric) for run in members]
+        low, high = pooled_interval(values, [run_interval(run, metric, settings) for run in members],
+                                    settings.confidence)
+        out.append(Row({key: members[0].params.get(key) for key in varying}, members, float(np.mean(values)),
                        low, high, float(np.mean([run.val_accuracy for run in members]))))
     return out
 
@@ -103,21 +135,29 @@ def unpaired_reason(row: Row, baseline: Row) -> str | None:
     return "another test list" + (f" ({', '.join(data_keys)} differs)" if data_keys else "")
 
 
-def versus(row: Row, baseline: Row, confidence: float) -> dict[str, Any]:
-    """The row's accuracy minus the baseline's on the same test images, seed by seed stacked (the one with fewer
-    seeds taking its seeds in turn): the difference, its interval, the discordant pairs and McNemar's exact p;
-    unpaired (with the reason) where the lists differ."""
+def versus(row: Row, baseline: Row, metric: str, settings: Evaluate) -> dict[str, Any]:
+    """The row's metric minus the baseline's on the same test images, seed by seed stacked (the one with fewer
+    seeds taking its seeds in turn): the difference, its interval and p (accuracy: Newcombe's and McNemar's
+    exact, with the discordant pairs; else stats.paired_resampled); unpaired (with the reason) where the test
+    lists differ."""
     reason = unpaired_reason(row, baseline)
     if reason:
-        return {"paired": False, "reason": reason, "difference": round(row.accuracy - baseline.accuracy, 6)}
+        return {"paired": False, "reason": reason, "difference": round(row.value - baseline.value, 6)}
     pairs = range(max(row.seeds, baseline.seeds))
-    ours = np.concatenate([row.runs[i % row.seeds].correct for i in pairs]).astype(bool)
-    theirs = np.concatenate([baseline.runs[i % baseline.seeds].correct for i in pairs]).astype(bool)
-    low, high = stats.newcombe(theirs, ours, confidence)
-    only_ours, only_theirs = int((ours & ~theirs).sum()), int((theirs & ~ours).sum())
-    return {"paired": True, "difference": round(float(ours.mean() - theirs.mean()), 6), "low": round(low, 6),
+    ours, theirs = ([runs[i % len(runs)] for i in pairs] for runs in (row.runs, baseline.runs))
+    images = len(ours[0].actual) * len(ours)
+    if metric != "accuracy":
+        (actual, *predicted), classes = encoded(ours[0].actual, *(run.predicted for run in theirs + ours))
+        return {"paired": True, **stats.paired_resampled(actual, predicted[:len(theirs)], predicted[len(theirs):],
+                                                         metric, classes, settings),
+                "test": "permutation", "pairs": images}
+    ours_right, theirs_right = (np.concatenate([run.correct for run in side]) for side in (ours, theirs))
+    low, high = stats.newcombe(theirs_right, ours_right, settings.confidence)
+    only_ours, only_theirs = int((ours_right & ~theirs_right).sum()), int((theirs_right & ~ours_right).sum())
+    return {"paired": True, "difference": round(float(ours_right.mean() - theirs_right.mean()), 6),
+            "low": round(low, 6),
             "high": round(high, 6), "only_row": only_ours, "only_baseline": only_theirs,
-            "mcnemar_p": stats.mcnemar_exact(only_theirs, only_ours), "pairs": int(len(ours))}
+            "p": stats.mcnemar_exact(only_theirs, only_ours), "test": "McNemar's exact", "pairs": images}
 
 
 def holm(p_values: list[float]) -> list[float]:
@@ -138,30 +178,31 @@ def chosen_by_validation(table: list[Row]) -> int:
     return int(np.argmax([row.val_accuracy for row in table]))
 
 
-def against(table: list[Row], baseline: int, confidence: float) -> list[dict[str, Any]]:
-    """Each row's record: its setting, its runs (name, accuracy, validation accuracy), accuracy and interval,
-    validation accuracy, and (but the baseline's) the comparison with the baseline, its McNemar p Holm-adjusted
-    over the paired rows; the row chosen by validation marked."""
-    pairs = [None if i == baseline else versus(row, table[baseline], confidence) for i, row in enumerate(table)]
+def against(table: list[Row], baseline: int, metric: str, settings: Evaluate) -> list[dict[str, Any]]:
+    """Each row's record: its setting, its runs (name, metric, validation accuracy), the metric and its interval,
+    validation accuracy, and (but the baseline's) the comparison with the baseline, its p Holm-adjusted over the
+    paired rows; the row chosen by validation marked."""
+    pairs = [None if i == baseline else versus(row, table[baseline], metric, settings) for i, row in enumerate(table)]
     tested = [i for i, pair in enumerate(pairs) if pair and pair["paired"]]
-    for i, adjusted in zip(tested, holm([pairs[i]["mcnemar_p"] for i in tested])):
+    for i, adjusted in zip(tested, holm([pairs[i]["p"] for i in tested])):
         pairs[i]["holm_p"] = adjusted
     chosen = chosen_by_validation(table)
     return [{"setting": row.setting, "seeds": row.seeds,
-             "runs": [{"name": run.name, "accuracy": round(float(np.mean(run.correct)), 6),
-                       "val_accuracy": run.val_accuracy} for run in row.runs],
-             "accuracy": round(row.accuracy, 6), "low": round(row.low, 6), "high": round(row.high, 6),
+             "runs": [{"name": run.name, "value": round(score(run, metric), 6), "val_accuracy": run.val_accuracy}
+                      for run in row.runs],
+             "value": round(row.value, 6), "low": round(row.low, 6), "high": round(row.high, 6),
              "val_accuracy": round(row.val_accuracy, 6), "baseline": i == baseline, "chosen": i == chosen,
              "versus": pairs[i]} for i, row in enumerate(table)]
 
 
 @dataclass(frozen=True)
 class Arm:
-    """One arm's comparison: its rows' records (`against`), the baseline (a run's name, or the setting of the row
-    best on validation) and how it was picked (`named` or `validation`), at `confidence`."""
+    """One arm's comparison in `metric`: its rows' records (`against`), the baseline (a run's name, or the
+    setting of the row best on validation) and how it was picked (`named` or `validation`), at `confidence`."""
     arm: str
     baseline: str
     rule: str
+    metric: str
     confidence: float
     records: list[dict[str, Any]]
 
@@ -170,15 +211,15 @@ class Arm:
         return list(self.records[0]["setting"])
 
 
-def compared(arm: str, runs: list[Run], baseline: Run | None, confidence: float) -> Arm:
+def compared(arm: str, runs: list[Run], baseline: Run | None, metric: str, settings: Evaluate) -> Arm:
     """The arm's rows against the row holding the `baseline` run, or (None) the row best on validation."""
-    table = rows(runs, confidence, UNSEEN[arm])
+    table = rows(runs, metric, settings, UNSEEN[arm])
     if baseline is None:
         first, rule = chosen_by_validation(table), "validation"
     else:
         first, rule = next(i for i, row in enumerate(table) if any(run is baseline for run in row.runs)), "named"
-    return Arm(arm, label(table[first].setting) if baseline is None else baseline.name, rule, confidence,
-               against(table, first, confidence))
+    return Arm(arm, label(table[first].setting) if baseline is None else baseline.name, rule, metric,
+               settings.confidence, against(table, first, metric, settings))
 
 
 def label(setting: dict[str, Any]) -> str:
@@ -208,10 +249,12 @@ def opening(arm: Arm) -> str:
                        f"uncertainty, a lead validation did not pick." if beaten else
                        " and is the baseline; no other setting leads it on test by more than the uncertainty.")
     if not pair["paired"]:
-        return said + f"; its test difference to the baseline, {pair['difference']:+.3f}, is unpaired ({pair['reason']})."
+        return (said + f"; its test {arm.metric.replace('_', ' ')} differs from the baseline's by "
+                       f"{pair['difference']:+.3f}, unpaired ({pair['reason']}).")
     verdict = "more than" if clear_lead(pair, arm.confidence) else "within"
-    return (said + f"; on test it is {pair['difference']:+.3f} [{pair['low']:+.3f}, {pair['high']:+.3f}] against the "
-            f"baseline ({arm.baseline}), Holm p {pair['holm_p']:.3g}: {verdict} the uncertainty.")
+    return (said + f"; its test {arm.metric.replace('_', ' ')} is {pair['difference']:+.3f} [{pair['low']:+.3f}, "
+            f"{pair['high']:+.3f}] against the baseline ({arm.baseline}), Holm p {pair['holm_p']:.3g}: {verdict} the "
+            f"uncertainty.")
 
 
 def settings(found: dict[str, dict[str, Run]]) -> dict[str, dict[str, Any]]:
@@ -237,11 +280,17 @@ def side_by_side(found: dict[str, dict[str, Run]], confidence: float) -> list[di
     return out
 
 
-def comparisons(found: dict[str, dict[str, Run]], baseline: str | None) -> tuple[list[Arm], list[dict[str, Any]]]:
-    """Each arm run by two or more sources compared within itself against the `baseline` source's run (None, or
-    a source without that arm: the arm's row best on validation), and each source's two arms side by side; at
-    the confidence of the first source's evaluate params."""
-    confidence = next(iter(next(iter(found.values())).values())).params["evaluate.confidence"]
+def evaluate_settings(params: dict[str, Any]) -> Evaluate:
+    """A run's evaluate section back from its dotted params."""
+    return Evaluate(**{key.split(".", 1)[1]: value for key, value in params.items() if key.startswith("evaluate.")})
+
+
+def comparisons(found: dict[str, dict[str, Run]], baseline: str | None,
+                metric: str = "accuracy") -> tuple[list[Arm], list[dict[str, Any]]]:
+    """Each arm run by two or more sources compared within itself in `metric` against the `baseline` source's
+    run (None, or a source without that arm: the arm's row best on validation), and each source's two arms side
+    by side; at the first source's evaluate params (confidence, draws, seed)."""
+    settings = evaluate_settings(next(iter(next(iter(found.values())).values())).params)
     arms = []
     for arm in METHODS:
         runs = [held[arm] for held in found.values() if arm in held]
@@ -249,7 +298,7 @@ def comparisons(found: dict[str, dict[str, Run]], baseline: str | None) -> tuple
             continue
         if baseline is not None and arm not in found[baseline]:
             log.warning("%s: %s has no %s run; that arm's baseline is its row best on validation", arm, baseline, arm)
-        arms.append(compared(arm, runs, found[baseline].get(arm) if baseline is not None else None, confidence))
+        arms.append(compared(arm, runs, found[baseline].get(arm) if baseline is not None else None, metric, settings))
     if not arms:
         raise UserError("no arm was run by two of these runs: nothing to compare")
-    return arms, side_by_side(found, confidence)
+    return arms, side_by_side(found, settings.confidence)

@@ -18,7 +18,6 @@ from scipy.special import ndtri  # the normal quantile: scipy.stats (1 s to impo
 
 from transferlab.settings.sections import Evaluate
 
-METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 JEFFREYS = 0.5  # the prior count added to each outcome of a class
 
 
@@ -73,6 +72,54 @@ def intervals(y_true: np.ndarray, predicted: np.ndarray, n_classes: int, setting
     drawn = posterior_scores(y_true, predicted, n_classes, settings.draws, settings.seed)
     return {"accuracy": _rounded(*wilson(right, len(y_true), confidence)),
             **{metric: percentile_interval(values, confidence) for metric, values in drawn.items()}}
+
+
+def scores(actual: np.ndarray, predicted: np.ndarray, metric: str, classes: int) -> np.ndarray:
+    """`metric` of each row of `predicted` (draws × images, labels 0 … classes − 1) against `actual` (images, or
+    draws × images) as scikit-learn scores it: accuracy, balanced accuracy (the mean recall over the classes
+    `actual` holds) or macro F1 (over the classes either holds)."""
+    actual, predicted = np.broadcast_arrays(np.atleast_2d(actual), np.atleast_2d(predicted))
+    right = actual == predicted
+    if metric == "accuracy":
+        return right.mean(1)
+    offset = np.arange(len(actual))[:, None] * classes
+
+    def count(labels: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
+        shifted = labels + offset
+        return np.bincount(shifted[where] if where is not None else shifted.ravel(),
+                           minlength=len(actual) * classes).reshape(len(actual), classes)
+
+    true_positive, support = count(actual, right), count(actual)
+    if metric == "balanced_accuracy":
+        return (true_positive / np.maximum(support, 1)).sum(1) / (support > 0).sum(1)
+    either = support + count(predicted)
+    return (2 * true_positive / np.maximum(either, 1)).sum(1) / (either > 0).sum(1)
+
+
+def paired_resampled(actual: np.ndarray, first: list[np.ndarray], second: list[np.ndarray], metric: str,
+                     classes: int, settings: Evaluate, chunk: int = 250) -> dict[str, Any]:
+    """Second − first's `metric` on the same images (labels 0 … classes − 1), averaged over the stacked pairs
+    (runs of several seeds): the difference, a paired bootstrap interval (the images resampled, the same for
+    both) and a two-sided permutation p (each image's two predictions swapped at random); `settings.draws` of
+    each, seeded by `settings.seed`, `chunk` draws at a time (memory: chunk × images per array)."""
+    rng = np.random.default_rng(settings.seed)
+    difference = float(np.mean([scores(actual, b, metric, classes)[0] - scores(actual, a, metric, classes)[0]
+                                for a, b in zip(first, second)]))
+    resampled, permuted = np.zeros(settings.draws), np.zeros(settings.draws)
+    for start in range(0, settings.draws, chunk):
+        draws = slice(start, min(start + chunk, settings.draws))
+        size = (draws.stop - draws.start, len(actual))
+        for a, b in zip(first, second):
+            index = rng.integers(0, len(actual), size)
+            resampled[draws] += (scores(actual[index], b[index], metric, classes)
+                                 - scores(actual[index], a[index], metric, classes))
+            swap = rng.random(size) < 0.5
+            permuted[draws] += (scores(actual, np.where(swap, a, b), metric, classes)
+                                - scores(actual, np.where(swap, b, a), metric, classes))
+    resampled, permuted = resampled / len(first), permuted / len(first)
+    beyond = int(np.sum(np.abs(permuted) >= abs(difference) - 1e-12))
+    return {"difference": round(difference, 6), **percentile_interval(resampled, settings.confidence),
+            "p": (1 + beyond) / (settings.draws + 1)}
 
 
 def newcombe(correct_a: np.ndarray, correct_b: np.ndarray, confidence: float) -> tuple[float, float]:

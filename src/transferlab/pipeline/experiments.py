@@ -46,7 +46,7 @@ def runs_of(name: str, read: Callable[[str], str | None]) -> dict[str, Run]:
         frame = read_table(io.StringIO(predictions)).sort_values("id", kind="stable")
         listed = "\n".join(f"{i}\t{label}" for i, label in zip(frame["id"], frame["actual"]))
         runs[arm] = Run(name, settings, hashlib.sha256(listed.encode()).hexdigest()[:16],
-                        (frame["predicted"] == frame["actual"]).to_numpy(), metrics["val_accuracy"])
+                        frame["actual"].to_numpy(str), frame["predicted"].to_numpy(str), metrics["val_accuracy"])
     if not runs:
         raise UserError(f"{name}: no evaluated run (results/metrics/*.json); run the pipeline, or dvc pull")
     return runs
@@ -59,9 +59,11 @@ def read_folder(folder: Path, name: str | None = None) -> dict[str, Run]:
 
 
 def read_experiment(project: Path, name: str) -> dict[str, Run]:
-    """The runs of a DVC experiment (or git revision) of the project, read from DVC's cache through one
-    filesystem of that revision (`dvc.api.DVCFileSystem`: the revision's index built once, not per file)."""
+    """The runs of a DVC experiment (or git revision) of the project, read from DVC's cache (what it lacks
+    fetched from the default remote) through one filesystem of that revision (`dvc.api.DVCFileSystem`: the
+    revision's index built once, not per file)."""
     from dvc.api import DVCFileSystem
+    from dvc.exceptions import DvcException
 
     files = DVCFileSystem(str(project), rev=name)
 
@@ -70,6 +72,9 @@ def read_experiment(project: Path, name: str) -> dict[str, Run]:
             return files.read_text(path)
         except FileNotFoundError:
             return None
+        except (OSError, DvcException) as error:  # not in the cache, and fetching it from the remote failed
+            raise UserError(f"{name}: {path} is not in DVC's cache and its remote failed ({type(error).__name__}: "
+                            f"{error}); dvc pull once the remote answers") from error
 
     return runs_of(name, read)
 

@@ -28,7 +28,7 @@ BENCHMARK = Path("records/benchmark.json")
 COMPARE_RECORD = Path("records/compare.json")
 RECORDS = {"": RECORD, "far": FAR_RECORD}
 # the worked example of docs/compare.md, run in a copy of the project with the shipped params
-COMPARE_COMMANDS = ["# params.yaml as shipped, but sweep.enabled: false and visualize.enabled: false",
+COMPARE_COMMANDS = ["# the shipped params.yaml, sweep and visualize off",
                     "dvc repro && git add dvc.lock && git commit -m 'the shipped params, run'",
                     "dvc exp run --queue -S 'finetune.lr=1e-5,3e-5,1e-4' -S 'finetune.seed=0,1'",
                     "dvc queue start", "transferlab compare"]

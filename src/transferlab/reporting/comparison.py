@@ -20,6 +20,10 @@ TEMPLATE = Path("workflow/report/compare.html.j2")
 WIDTH = 120  # the console's columns the Markdown output fits
 
 
+def _named(metric: str) -> str:
+    return metric.replace("_", " ")
+
+
 def _versus_cells(record: dict[str, Any]) -> tuple[str, str]:
     pair = record["versus"]
     if record["baseline"]:
@@ -42,18 +46,19 @@ def heading(arm: Arm) -> str:
 
 
 def arm_markdown(arm: Arm) -> str:
-    """An arm's rows: the changed params, runs, test accuracy [interval], validation accuracy, the difference to
+    """An arm's rows: the changed params, runs, the test metric [interval], validation accuracy, the difference to
     the baseline [interval] and its Holm-adjusted p; an arm with one setting in every run as one line."""
     if len(arm.records) == 1:
         record = arm.records[0]
-        return (f"{arm.arm}: one setting in every run ({record['seeds']} runs pooled: {record['accuracy']:.3f} "
+        return (f"{arm.arm}: one setting in every run ({record['seeds']} runs pooled: {_named(arm.metric)} "
+                f"{record['value']:.3f} "
                 f"[{record['low']:.3f}, {record['high']:.3f}])\n")
     rows = []
     for record in arm.records:
         rows.append([*(str(record["setting"][key]) for key in arm.keys), str(record["seeds"]),
-                     f"{record['accuracy']:.3f} [{record['low']:.3f}, {record['high']:.3f}]",
+                     f"{record['value']:.3f} [{record['low']:.3f}, {record['high']:.3f}]",
                      f"{record['val_accuracy']:.3f}" + (" ✓" if record["chosen"] else ""), *_versus_cells(record)])
-    header = [*arm.keys, "runs", "test accuracy", "val accuracy", "vs baseline", "p (Holm)"]
+    header = [*arm.keys, "runs", f"test {_named(arm.metric)}", "val accuracy", "vs baseline", "p (Holm)"]
     return f"{heading(arm)}\n\n{textwrap.fill(opening(arm), WIDTH)}\n\n{_table(header, rows)}"
 
 
@@ -72,7 +77,7 @@ def markdown(arms: list[Arm], verdicts: list[dict[str, Any]]) -> str:
 
 def as_json(arms: list[Arm], verdicts: list[dict[str, Any]]) -> dict[str, Any]:
     """Everything the tables show, as one record."""
-    return {"confidence": arms[0].confidence,
+    return {"metric": arms[0].metric, "confidence": arms[0].confidence,
             "arms": {arm.arm: {"baseline": arm.baseline, "baseline_rule": arm.rule, "changed": arm.keys,
                                "opening": opening(arm) if len(arm.records) > 1 else None, "rows": arm.records}
                      for arm in arms},
@@ -81,7 +86,7 @@ def as_json(arms: list[Arm], verdicts: list[dict[str, Any]]) -> dict[str, Any]:
 
 def from_json(record: dict[str, Any]) -> tuple[list[Arm], list[dict[str, Any]]]:
     """The arms and the side-by-side rows back from `as_json`'s record."""
-    arms = [Arm(name, arm["baseline"], arm["baseline_rule"], record["confidence"], arm["rows"])
+    arms = [Arm(name, arm["baseline"], arm["baseline_rule"], record["metric"], record["confidence"], arm["rows"])
             for name, arm in record["arms"].items()]
     return arms, record["side_by_side"]
 
@@ -90,8 +95,9 @@ def as_csv(arms: list[Arm]) -> str:
     """One line per arm and row: the changed params (the union over the arms), the row's figures, and its
     comparison with its arm's baseline."""
     keys = list(dict.fromkeys(key for arm in arms for key in arm.keys))
-    columns = ["arm", *keys, "runs", "accuracy", "low", "high", "val_accuracy", "chosen", "baseline", "difference",
-               "difference_low", "difference_high", "mcnemar_p", "holm_p", "unpaired"]
+    metric = arms[0].metric
+    columns = ["arm", *keys, "runs", metric, "low", "high", "val_accuracy", "chosen", "baseline", "difference",
+               "difference_low", "difference_high", "test", "p", "holm_p", "unpaired"]
     out = io.StringIO()
     writer = csv.DictWriter(out, columns, lineterminator="\n")
     writer.writeheader()
@@ -99,10 +105,10 @@ def as_csv(arms: list[Arm]) -> str:
         for record in arm.records:
             pair = record["versus"] or {}
             writer.writerow({"arm": arm.arm, **record["setting"], "runs": record["seeds"],
-                             **{key: record[key] for key in ("accuracy", "low", "high", "val_accuracy", "chosen",
-                                                             "baseline")},
+                             metric: record["value"], **{key: record[key] for key in ("low", "high", "val_accuracy",
+                                                                                     "chosen", "baseline")},
                              "difference": pair.get("difference"), "difference_low": pair.get("low"),
-                             "difference_high": pair.get("high"), "mcnemar_p": pair.get("mcnemar_p"),
+                             "difference_high": pair.get("high"), "test": pair.get("test"), "p": pair.get("p"),
                              "holm_p": pair.get("holm_p"), "unpaired": pair.get("reason")})
     return out.getvalue()
 
@@ -123,7 +129,7 @@ def _tick(record: dict[str, Any]) -> str:
 
 
 def figure(arms: list[Arm]) -> str:
-    """One panel per arm with more than one setting: test accuracy against the setting, each row's interval as a
+    """One panel per arm with more than one setting: the test metric against the setting, each row's interval as a
     bar, each run as a point, the baseline and the row chosen by validation marked."""
     from transferlab.reporting.figures import plt, png
 
@@ -133,15 +139,15 @@ def figure(arms: list[Arm]) -> str:
         records = _order(arm)
         for x, record in enumerate(records):
             colour = "C3" if record["chosen"] else "black" if record["baseline"] else "C0"
-            ax.errorbar(x, record["accuracy"], [[record["accuracy"] - record["low"]], [record["high"] - record["accuracy"]]],
+            ax.errorbar(x, record["value"], [[record["value"] - record["low"]], [record["high"] - record["value"]]],
                         fmt="_", ms=18, capsize=6, lw=2, color=colour)
             runs = record["runs"]
             offsets = [0.0] if len(runs) == 1 else [0.12 * (i / (len(runs) - 1) - 0.5) for i in range(len(runs))]
-            ax.plot([x + offset for offset in offsets], [run["accuracy"] for run in runs], "o", ms=5, alpha=0.7,
+            ax.plot([x + offset for offset in offsets], [run["value"] for run in runs], "o", ms=5, alpha=0.7,
                     color=colour)
         ax.set_xticks(range(len(records)), [_tick(record) for record in records], fontsize=8,
                       rotation=20 if len(records) > 4 else 0)
-        ax.set(ylabel="test accuracy", title=f"{METHOD_NAMES[arm.arm]}: {', '.join(arm.keys)}")
+        ax.set(ylabel=f"test {_named(arm.metric)}", title=f"{METHOD_NAMES[arm.arm]}: {', '.join(arm.keys)}")
         ax.grid(axis="y", alpha=0.3)
     return png(fig, None)
 
@@ -157,6 +163,7 @@ def html(arms: list[Arm], verdicts: list[dict[str, Any]], sources: dict[str, str
     env = Environment(loader=FileSystemLoader(template.parent), autoescape=select_autoescape(["html", "j2"]))
     page = env.get_template(template.name).render(
         arms=arms, verdicts=verdicts, sources=sources, names=METHOD_NAMES, opening=opening, heading=heading,
+        metric=_named(arms[0].metric),
         figure=figure(arms) if any(len(arm.records) > 1 for arm in arms) else None,
         confidence=arms[0].confidence, date=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"))
     with atomic_path(out) as tmp:

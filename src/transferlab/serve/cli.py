@@ -10,7 +10,7 @@ from pathlib import Path
 
 from transferlab.core.atomic import write_csv
 from transferlab.core.errors import UserError
-from transferlab.core.project import METHODS
+from transferlab.core.project import METHODS, METRICS
 from transferlab.pipeline.runner import one_line, set_threads
 
 log = logging.getLogger("transferlab")
@@ -47,6 +47,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--baseline", default=None,
                    help="the run each row is compared with: a name, or `best` (per arm, the row best on validation); "
                         "default: the first named, else the workspace")
+    c.add_argument("--metric", choices=METRICS, default="accuracy",
+                   help="the test metric compared (default: accuracy, with McNemar's exact test; the others with a "
+                        "paired bootstrap interval and a permutation test)")
     form = c.add_mutually_exclusive_group()
     for flag, what in (("md", "Markdown tables (the default)"), ("csv", "CSV, one line per arm and row"),
                        ("json", "JSON, everything the tables show")):
@@ -68,7 +71,7 @@ def run_compare(args: argparse.Namespace) -> int:
     if len(found) < 2:
         raise UserError(f"{baseline}: one run is nothing to compare; name two or more, or run experiments "
                         f"(dvc exp run -S ...)")
-    arms, verdicts = compare.comparisons(found, None if args.baseline == compare.BEST else baseline)
+    arms, verdicts = compare.comparisons(found, None if args.baseline == compare.BEST else baseline, args.metric)
     print(comparison.written(arms, verdicts, args.form or "md"), end="")
     if args.html:
         page = comparison.html(arms, verdicts, {name: compare.label(changed)
@@ -110,7 +113,8 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)  # the libraries' warnings
+    log.setLevel(logging.INFO)
     try:
         return run_compare(args) if args.command == "compare" else run_predict(args)
     except Exception as exc:
