@@ -124,6 +124,7 @@ def handed_to_dvc(tmp_path_factory):
     project = copy_project(tmp_path_factory.mktemp("handed"))
     for section in ("visualize", "sweep"):
         set_param(project, section, "enabled", False)
+    set_param(project, "sweep", "fractions", [1.0])  # one switched-off point for DVC to run, not two
     for key, value in TIMM_CONVNEXT.items():  # a timm backbone, fine-tuned below by DVC's queued experiments
         set_param(project, "model", key, value)
     run_stages(project)
@@ -200,21 +201,23 @@ def test_the_cache_travels_through_a_dvc_remote(handed_to_dvc, tmp_path, remote,
 
 
 def test_queued_experiments_run_with_data_outside_the_project_and_are_compared(handed_to_dvc):
-    """`dvc exp run --queue` (a grid of two rates × two seeds, another data.seed, and one that fails) + `dvc queue
+    """`dvc exp run --queue` (one that fails, a grid of two rates × two seeds, another data.seed) + `dvc queue
     start -j 2`: each experiment runs in a copy under .dvc/tmp/exps, where ../images would not resolve; it finds
     the project's data, and `dvc exp show` lists each one's metrics. Then `transferlab compare` reads their
     predictions from DVC's cache. A project of its own, so that the queue runs beside tests/test_engines.py."""
     project = handed_to_dvc
-    run(["dvc", "exp", "run", "--queue", "-S", "finetune.lr=0.002,0.003", "-S", "finetune.seed=0,1"], project)
-    run(["dvc", "exp", "run", "--queue", "-n", "other-split", "-S", "data.seed=7"], project)
     run(["dvc", "exp", "run", "--queue", "-n", "broken", "-S", "finetune.lr=-1"], project)  # its inputs stage refuses
+    run(["dvc", "exp", "run", "--queue", "-S", "finetune.lr=0.002,0.003", "-S", "finetune.seed=0,1"], project)
+    run(["dvc", "exp", "run", "--queue", "-n", "other-split", "-S", "data.seed=7", "-S", "finetune.enabled=false"],
+        project)  # another test list; the probe is enough to show it unpaired
     run(["dvc", "queue", "start", "-j", "2"], project)
     deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        status = run(["dvc", "queue", "status"], project).stdout
-        if not re.search(r"\b(Queued|Running)\b", status):
-            break
-        time.sleep(5)  # each `dvc queue status` is a second of CPU taken from the experiments
+    while len(run(["git", "for-each-ref", "refs/exps"], project).stdout.splitlines()) < 5:  # the finished ones
+        assert time.monotonic() < deadline, run(["dvc", "queue", "status"], project).stdout
+        time.sleep(2)  # git reads its refs in milliseconds: `dvc queue status` takes a second of CPU
+    while re.search(r"\b(Queued|Running)\b", status := run(["dvc", "queue", "status"], project).stdout):
+        assert time.monotonic() < deadline, status
+        time.sleep(5)
     run(["dvc", "queue", "stop"], project, check=False)
     assert status.count("Success") == 5 and status.count("Failed") == 1, status
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
@@ -223,9 +226,9 @@ def test_queued_experiments_run_with_data_outside_the_project_and_are_compared(h
         for experiment in [e for e in row.get("experiments") or [] for e in e["revs"]]:
             data = experiment["data"]
             revs[experiment.get("name")] = experiment["rev"]
-            if data.get("metrics"):
-                found[data["params"]["params.yaml"]["data"]["finetune"]["lr"]] = (
-                    data["metrics"]["results/metrics/finetune.json"]["data"]["accuracy"])
+            finetuned = (data.get("metrics") or {}).get("results/metrics/finetune.json", {}).get("data", {})
+            if "accuracy" in finetuned:  # not the failed experiment's, nor other-split's (its fine-tune is off)
+                found[data["params"]["params.yaml"]["data"]["finetune"]["lr"]] = finetuned["accuracy"]
     assert {0.002, 0.003} <= set(found) and all(isinstance(found[lr], float) for lr in (0.002, 0.003)), found
     # `transferlab compare`: the workspace and every finished experiment, their predictions read from DVC's cache
     compared = run(["transferlab", "compare", "--html", "compare.html"], project)
@@ -238,14 +241,12 @@ def test_queued_experiments_run_with_data_outside_the_project_and_are_compared(h
     # finetune.* is no probe param: the probe's runs on the project's split pool into one row, data.seed=7's apart
     assert probe[0].startswith("| data.seed | runs |") and probe[1].startswith("| 1 | 5 |"), out
     assert probe[2].startswith("| 7 | 1 |") and "unpaired: another test list (data.seed differs)" in probe[2], out
-    assert finetune[0].startswith("| data.seed | finetune.lr | runs | test accuracy |") and len(finetune) == 5, out
+    assert finetune[0].startswith("| finetune.lr | runs | test accuracy |") and len(finetune) == 4, out
     assert finetune[1].endswith("| baseline |  |")
-    pooled = sorted(row for row in finetune if row.startswith(("| 1 | 0.002 | 2 |", "| 1 | 0.003 | 2 |")))
+    pooled = sorted(row for row in finetune if row.startswith(("| 0.002 | 2 |", "| 0.003 | 2 |")))
     assert len(pooled) == 2 and all(re.search(r"\| [+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\] \| [\d.e+-]+ \|$", row)
                                     for row in pooled), out
-    other = next(row for row in finetune if row.startswith("| 7 |"))  # the rows in the order DVC lists the runs
-    assert "unpaired: another test list (data.seed differs)" in other, out
-    assert len([line for line in both.splitlines() if line.startswith("| ")]) == 7  # header and the six runs
+    assert len([line for line in both.splitlines() if line.startswith("| ")]) == 6  # header, the runs of both arms
     assert 'class="verdict" data-arm="finetune"' in (project / "compare.html").read_text()
     refused = run(["transferlab", "compare", "workspace", "broken"], project, check=False)
     assert refused.returncode == 2 and "broken: failed; compare it once it has run" in refused.stderr
@@ -253,7 +254,7 @@ def test_queued_experiments_run_with_data_outside_the_project_and_are_compared(h
     assert refused.returncode == 2 and "no-such-experiment: no such folder, experiment or git revision" in refused.stderr
     # an experiment whose predictions are not in the cache (pushed from elsewhere, never pulled)
     lock = yaml.safe_load(run(["git", "show", f"{revs['other-split']}:dvc.lock"], project).stdout)
-    folder = next(out for out in lock["stages"]["evaluate_finetune"]["outs"] if out["path"] == "results/eval/finetune")
+    folder = next(out for out in lock["stages"]["evaluate_probe"]["outs"] if out["path"] == "results/eval/probe")
     cache = project / ".dvc" / "cache" / "files" / "md5"
     listing = json.loads((cache / folder["md5"][:2] / folder["md5"][2:]).read_text())
     md5 = next(entry["md5"] for entry in listing if entry["relpath"] == "predictions.csv")
@@ -262,13 +263,13 @@ def test_queued_experiments_run_with_data_outside_the_project_and_are_compared(h
     run(["dvc", "remote", "add", "-f", "-d", "--local", "empty", str(project.parent / "empty-store")], project)
     refused = run(["transferlab", "compare", "workspace", "other-split"], project, check=False)
     assert refused.returncode == 2 and refused.stderr.endswith(
-        "other-split: results/eval/finetune/predictions.csv is missing; dvc pull, or re-run the evaluate_finetune stage\n")
+        "other-split: results/eval/probe/predictions.csv is missing; dvc pull, or re-run the evaluate_probe stage\n")
     if importlib.util.find_spec("dvc_ssh"):  # a remote that does not answer
         run(["dvc", "remote", "add", "-f", "-d", "--local", "down", f"ssh://127.0.0.1:{free_port()}/store"], project)
         refused = run(["transferlab", "compare", "workspace", "other-split"], project, check=False)
         (said,) = refused.stderr.splitlines()  # one line: no traceback, no SSH client chatter
         assert refused.returncode == 2 and said.startswith(
-            "transferlab compare: error: other-split: results/eval/finetune/predictions.csv is not in DVC's cache and "
+            "transferlab compare: error: other-split: results/eval/probe/predictions.csv is not in DVC's cache and "
             "its remote failed (ConnectionRefusedError") and said.endswith("dvc pull once the remote answers")
 
 
