@@ -3,6 +3,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn.metrics import f1_score
 
 from transferlab.evaluate import compare, stats
 from transferlab.settings.sections import Evaluate
@@ -46,13 +47,16 @@ def test_a_pooled_interval_is_student_s_over_the_seeds_never_narrower_than_the_r
     assert compare.pooled_interval([0.75], [(0.5981, 0.8581)], 0.95) == (0.5981, 0.8581)  # one run: its own
 
 
-def test_a_row_s_interval_is_the_report_s_interval_of_its_metric():
-    run_ = compare.Run("r", {}, "a", np.array(list("aabbbccd")), np.array(list("abbbcccd")), 0.5)
-    assert compare.run_interval(run_, "accuracy", SETTINGS) == pytest.approx(stats.wilson(6, 8, 0.95))
+def test_a_run_s_interval_is_wilson_s_for_accuracy_and_a_seeded_bootstrap_for_the_others():
+    run_ = compare.Run("r", {}, "a", np.array(list("aabbbccd") * 4), np.array(list("abbbcccd") * 4), 0.5)
+    assert compare.run_interval(run_, "accuracy", SETTINGS) == pytest.approx(stats.wilson(24, 32, 0.95))
+    low, high = compare.run_interval(run_, "macro_f1", SETTINGS)
+    assert low < compare.score(run_, "macro_f1") < high and (low, high) == compare.run_interval(
+        run_, "macro_f1", SETTINGS)  # around the run's own score, the same each time (evaluate.seed)
+    index = np.random.default_rng(SETTINGS.seed).integers(0, 32, (SETTINGS.draws, 32))[0]  # the first resample
     (actual, predicted), classes = compare.encoded(run_.actual, run_.predicted)
-    drawn = stats.posterior_scores(actual, predicted, classes, SETTINGS.draws, SETTINGS.seed)["macro_f1"]
-    assert compare.run_interval(run_, "macro_f1", SETTINGS) == tuple(
-        stats.percentile_interval(drawn, 0.95).values())
+    first = stats.scores(actual[index], predicted[index], "macro_f1", classes)[0]
+    assert first == pytest.approx(f1_score(run_.actual[index], run_.predicted[index], average="macro"))
 
 
 @pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")  # the case tested
@@ -312,3 +316,23 @@ def test_compare_with_no_experiments_says_so(tmp_path, monkeypatch, capsys):
     assert cli.main(["compare", "--project", str(tmp_path)]) == 2
     assert capsys.readouterr().err.endswith("transferlab compare: error: workspace: one run is nothing to compare; "
                                             "name two or more, or run experiments (dvc exp run -S ...)\n")
+
+
+def test_a_lock_s_stages_not_made_from_the_params_and_inputs_as_they_are_are_stale():
+    from transferlab.pipeline.experiments import stale_stages
+
+    lock = {"stages": {
+        "split": {"params": {"params.yaml": {"data.seed": 7}}, "outs": [{"path": "data/splits", "md5": "new"}]},
+        "evaluate_probe": {"deps": [{"path": "data/splits", "md5": "new"}], "outs": [{"path": "probe", "md5": "p"}]},
+        "finetune": {"params": {"params.yaml": {"finetune": {"lr": "1e-05"}}},  # as DVC writes it: a string
+                     "deps": [{"path": "data/splits", "md5": "old"}], "outs": [{"path": "model", "md5": "m"}]},
+        "evaluate_finetune": {"deps": [{"path": "model", "md5": "m"}, {"path": "probe", "md5": "p"}]}}}
+    assert stale_stages(lock, {"data.seed": 7, "finetune.lr": 1e-05}) == {  # `dvc exp run … evaluate_probe`
+        "finetune": "data/splits is newer", "evaluate_finetune": "finetune is stale"}
+    assert stale_stages(lock, {"data.seed": 8, "finetune.lr": 1e-05}) == {
+        "split": "data.seed changed", "finetune": "data/splits is newer", "evaluate_probe": "split is stale",
+        "evaluate_finetune": "finetune is stale"}
+    lock["stages"]["finetune"]["deps"][0]["md5"] = "new"
+    assert stale_stages(lock, {"data.seed": 7, "finetune.lr": 1e-05}) == {}
+    assert stale_stages(lock, {"data.seed": 7, "finetune.lr": 3e-05}) == {
+        "finetune": "finetune.lr changed", "evaluate_finetune": "finetune is stale"}

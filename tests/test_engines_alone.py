@@ -201,15 +201,17 @@ def test_the_cache_travels_through_a_dvc_remote(handed_to_dvc, tmp_path, remote,
 
 
 def test_queued_experiments_run_with_data_outside_the_project_and_are_compared(handed_to_dvc):
-    """`dvc exp run --queue` (one that fails, a grid of two rates × two seeds, another data.seed) + `dvc queue
-    start -j 2`: each experiment runs in a copy under .dvc/tmp/exps, where ../images would not resolve; it finds
-    the project's data, and `dvc exp show` lists each one's metrics. Then `transferlab compare` reads their
-    predictions from DVC's cache. A project of its own, so that the queue runs beside tests/test_engines.py."""
+    """`dvc exp run --queue` (one that fails, a grid of two rates × two seeds, another data.seed), each up to the
+    evaluation it changes (docs/stages.md's `dvc exp run -S … evaluate_finetune`), + `dvc queue start -j 2`: each
+    experiment runs in a copy under .dvc/tmp/exps, where ../images would not resolve; it finds the project's data,
+    and `dvc exp show` lists each one's metrics. Then `transferlab compare` reads their predictions from DVC's
+    cache, and leaves out what an experiment did not re-run. A project of its own, so that the queue runs beside
+    tests/test_engines.py."""
     project = handed_to_dvc
     run(["dvc", "exp", "run", "--queue", "-n", "broken", "-S", "finetune.lr=-1"], project)  # its inputs stage refuses
-    run(["dvc", "exp", "run", "--queue", "-S", "finetune.lr=0.002,0.003", "-S", "finetune.seed=0,1"], project)
-    run(["dvc", "exp", "run", "--queue", "-n", "other-split", "-S", "data.seed=7", "-S", "finetune.enabled=false"],
-        project)  # another test list; the probe is enough to show it unpaired
+    run(["dvc", "exp", "run", "--queue", "-S", "finetune.lr=0.002,0.003", "-S", "finetune.seed=0,1",
+         "evaluate_finetune"], project)
+    run(["dvc", "exp", "run", "--queue", "-n", "other-split", "-S", "data.seed=7", "evaluate_probe"], project)
     run(["dvc", "queue", "start", "-j", "2"], project)
     deadline = time.monotonic() + 900
     while len(run(["git", "for-each-ref", "refs/exps"], project).stdout.splitlines()) < 5:  # the finished ones
@@ -227,13 +229,16 @@ def test_queued_experiments_run_with_data_outside_the_project_and_are_compared(h
             data = experiment["data"]
             revs[experiment.get("name")] = experiment["rev"]
             finetuned = (data.get("metrics") or {}).get("results/metrics/finetune.json", {}).get("data", {})
-            if "accuracy" in finetuned:  # not the failed experiment's, nor other-split's (its fine-tune is off)
+            if "accuracy" in finetuned:  # not the failed experiment's
                 found[data["params"]["params.yaml"]["data"]["finetune"]["lr"]] = finetuned["accuracy"]
     assert {0.002, 0.003} <= set(found) and all(isinstance(found[lr], float) for lr in (0.002, 0.003)), found
     # `transferlab compare`: the workspace and every finished experiment, their predictions read from DVC's cache
     compared = run(["transferlab", "compare", "--html", "compare.html"], project)
     out = compared.stdout
     assert "broken: failed, left out" in compared.stderr
+    # other-split ran up to evaluate_probe: its fine-tune outputs are the workspace's, of the other split
+    assert re.search(r"other-split: its finetune results were not made with its params \(data/splits/\S+ is newer\); "
+                     "left out", compared.stderr), compared.stderr
     probe, finetune, both = (out[out.index(heading):] for heading in ("probe (baseline workspace",
                                                                           "finetune (baseline workspace", "both arms"))
     probe, finetune = ([line for line in text[:text.index(end)].splitlines() if line.startswith("| ")]

@@ -8,6 +8,7 @@ from typing import Any
 SPLITS = ("train", "val", "test")
 METHODS = ("probe", "finetune")
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")  # the test scores with intervals
+METRIC_NAMES = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro F1"}
 METHOD_NAMES = {"probe": "Frozen features + linear head", "finetune": "Fine-tuned"}
 _DVC_TEMP = (".dvc", "tmp", "exps")  # where DVC runs queued and --temp experiments, one copy of the project each
 

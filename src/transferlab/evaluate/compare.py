@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from transferlab.core.errors import UserError
-from transferlab.core.project import METHOD_NAMES, METHODS
+from transferlab.core.project import METHOD_NAMES, METHODS, METRIC_NAMES
 from transferlab.evaluate import stats
 from transferlab.settings.sections import Evaluate
 
@@ -81,13 +81,12 @@ def score(run: Run, metric: str) -> float:
 
 
 def run_interval(run: Run, metric: str, settings: Evaluate) -> tuple[float, float]:
-    """A run's interval as the report gives it: Wilson's for accuracy, else the percentiles of the metric's
-    posterior draws (`settings.draws`, seeded by `settings.seed`)."""
+    """A run's interval: Wilson's for accuracy (as the report), else a percentile bootstrap over its test images
+    (`settings.draws`, seeded by `settings.seed`), the resampling its paired comparisons use."""
     if metric == "accuracy":
         return stats.wilson(int(run.correct.sum()), len(run.correct), settings.confidence)
     (actual, predicted), classes = encoded(run.actual, run.predicted)
-    drawn = stats.posterior_scores(actual, predicted, classes, settings.draws, settings.seed)[metric]
-    interval = stats.percentile_interval(drawn, settings.confidence)
+    interval = stats.bootstrap(actual, predicted, metric, classes, settings)
     return interval["low"], interval["high"]
 
 
@@ -103,7 +102,7 @@ def pooled_interval(values: list[float], intervals: list[tuple[float, float]], c
     low = mean - float(np.mean([value - bottom for value, (bottom, _) in zip(values, intervals)]))
     high = mean + float(np.mean([top - value for value, (_, top) in zip(values, intervals)]))
     half = float(t.ppf(1 - (1 - confidence) / 2, len(values) - 1) * np.std(values, ddof=1) / np.sqrt(len(values)))
-    return max(0.0, min(low, mean - half)), min(1.0, max(high, mean + half))
+    return max(0.0, min(low, mean - half, mean)), min(1.0, max(high, mean + half, mean))
 
 
 def rows(runs: list[Run], metric: str, settings: Evaluate, unseen: tuple[str, ...] = ()) -> list[Row]:
@@ -249,10 +248,10 @@ def opening(arm: Arm) -> str:
                        f"uncertainty, a lead validation did not pick." if beaten else
                        " and is the baseline; no other setting leads it on test by more than the uncertainty.")
     if not pair["paired"]:
-        return (said + f"; its test {arm.metric.replace('_', ' ')} differs from the baseline's by "
+        return (said + f"; its test {METRIC_NAMES[arm.metric]} differs from the baseline's by "
                        f"{pair['difference']:+.3f}, unpaired ({pair['reason']}).")
     verdict = "more than" if clear_lead(pair, arm.confidence) else "within"
-    return (said + f"; its test {arm.metric.replace('_', ' ')} is {pair['difference']:+.3f} [{pair['low']:+.3f}, "
+    return (said + f"; its test {METRIC_NAMES[arm.metric]} is {pair['difference']:+.3f} [{pair['low']:+.3f}, "
             f"{pair['high']:+.3f}] against the baseline ({arm.baseline}), Holm p {pair['holm_p']:.3g}: {verdict} the "
             f"uncertainty.")
 

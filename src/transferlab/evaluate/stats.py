@@ -96,18 +96,34 @@ def scores(actual: np.ndarray, predicted: np.ndarray, metric: str, classes: int)
     return (2 * true_positive / np.maximum(either, 1)).sum(1) / (either > 0).sum(1)
 
 
+def _draws(settings: Evaluate, chunk: int) -> list[slice]:
+    """`settings.draws` in slices of at most `chunk` (memory: chunk × images per array)."""
+    return [slice(start, min(start + chunk, settings.draws)) for start in range(0, settings.draws, chunk)]
+
+
+def bootstrap(actual: np.ndarray, predicted: np.ndarray, metric: str, classes: int, settings: Evaluate,
+              chunk: int = 250) -> dict[str, float]:
+    """The percentile bootstrap interval of one run's `metric` (labels 0 … classes − 1): the test images
+    resampled `settings.draws` times, seeded by `settings.seed`."""
+    rng = np.random.default_rng(settings.seed)
+    values = np.empty(settings.draws)
+    for draws in _draws(settings, chunk):
+        index = rng.integers(0, len(actual), (draws.stop - draws.start, len(actual)))
+        values[draws] = scores(actual[index], predicted[index], metric, classes)
+    return percentile_interval(values, settings.confidence)
+
+
 def paired_resampled(actual: np.ndarray, first: list[np.ndarray], second: list[np.ndarray], metric: str,
                      classes: int, settings: Evaluate, chunk: int = 250) -> dict[str, Any]:
     """Second − first's `metric` on the same images (labels 0 … classes − 1), averaged over the stacked pairs
     (runs of several seeds): the difference, a paired bootstrap interval (the images resampled, the same for
     both) and a two-sided permutation p (each image's two predictions swapped at random); `settings.draws` of
-    each, seeded by `settings.seed`, `chunk` draws at a time (memory: chunk × images per array)."""
+    each, seeded by `settings.seed`."""
     rng = np.random.default_rng(settings.seed)
     difference = float(np.mean([scores(actual, b, metric, classes)[0] - scores(actual, a, metric, classes)[0]
                                 for a, b in zip(first, second)]))
     resampled, permuted = np.zeros(settings.draws), np.zeros(settings.draws)
-    for start in range(0, settings.draws, chunk):
-        draws = slice(start, min(start + chunk, settings.draws))
+    for draws in _draws(settings, chunk):
         size = (draws.stop - draws.start, len(actual))
         for a, b in zip(first, second):
             index = rng.integers(0, len(actual), size)

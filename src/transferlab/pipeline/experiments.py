@@ -11,6 +11,7 @@ import logging
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -34,12 +35,18 @@ def runs_of(name: str, read: Callable[[str], str | None]) -> dict[str, Run]:
     if text is None:
         raise UserError(f"{name}: no params.yaml; name a project folder, a copy of a run's folder or an experiment")
     settings = params_mod.flat(params_mod.normalized(yaml.safe_load(text) or {}))
+    lock = read("dvc.lock")
+    stale = stale_stages(yaml.safe_load(lock) or {}, settings) if lock is not None else {}
     runs = {}
     for arm in METHODS:
         files = layout.files(f"evaluate_{arm}", ".")
         metrics_text, predictions = (read(str(path)) for path in (files.metrics, files.predictions))
         metrics = json.loads(metrics_text) if metrics_text is not None else {"skipped": True}
         if metrics.get("skipped"):
+            continue
+        if f"evaluate_{arm}" in stale:
+            log.warning("%s: its %s results were not made with its params (%s); left out (dvc repro, or run the "
+                        "experiment to its end)", name, arm, stale[f"evaluate_{arm}"])
             continue
         if predictions is None:
             raise UserError(f"{name}: {files.predictions} is missing; dvc pull, or re-run the evaluate_{arm} stage")
@@ -50,6 +57,43 @@ def runs_of(name: str, read: Callable[[str], str | None]) -> dict[str, Run]:
     if not runs:
         raise UserError(f"{name}: no evaluated run (results/metrics/*.json); run the pipeline, or dvc pull")
     return runs
+
+
+def _sections(recorded: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A stage's params as dvc.lock records them (whole sections, or dotted keys; 1e-05 written so that it reads
+    back as a string) as sections, for the params' own casting."""
+    sections: dict[str, dict[str, Any]] = {}
+    for key, value in recorded.items():
+        if isinstance(value, dict):
+            sections.setdefault(key, {}).update(value)
+        else:
+            section, inner = key.split(".", 1)
+            sections.setdefault(section, {})[inner] = value
+    return sections
+
+
+def stale_stages(lock: dict[str, Any], settings: dict[str, Any]) -> dict[str, str]:
+    """{stage: why} for each stage of a dvc.lock whose recorded outputs were not made from `settings` (dotted,
+    cast as validation casts them) and its inputs as they are now: a param it records differs, an input another
+    stage wrote since, or an input from a stage that is itself stale. A `dvc exp run <target>` leaves the stages
+    after its target so; DVC's own status says the same, read here from the lock alone."""
+    stages = lock.get("stages", {})
+    written = {out["path"]: (name, out.get("md5")) for name, stage in stages.items() for out in stage.get("outs", [])}
+    stale = {}
+    for name, stage in stages.items():
+        recorded = _sections(stage.get("params", {}).get("params.yaml", {}))
+        differ = [key for key, value in params_mod.flat(params_mod.normalized(recorded)).items()
+                  if key.split(".", 1)[1] in recorded.get(key.split(".")[0], {}) and settings.get(key) != value]
+        newer = [dep["path"] for dep in stage.get("deps", [])
+                 if dep["path"] in written and written[dep["path"]][1] != dep.get("md5")]
+        if differ or newer:
+            stale[name] = f"{', '.join(differ)} changed" if differ else f"{newer[0]} is newer"
+    while True:  # what read a stale stage's outputs is stale too
+        more = {name: f"{written[dep['path']][0]} is stale" for name, stage in stages.items() if name not in stale
+                for dep in stage.get("deps", []) if written.get(dep["path"], ("",))[0] in stale}
+        if not more:
+            return stale
+        stale.update(more)
 
 
 def read_folder(folder: Path, name: str | None = None) -> dict[str, Run]:

@@ -13,15 +13,11 @@ from typing import Any
 
 from transferlab.core.atomic import atomic_path
 from transferlab.core.errors import UserError
-from transferlab.core.project import METHOD_NAMES
+from transferlab.core.project import METHOD_NAMES, METRIC_NAMES
 from transferlab.evaluate.compare import Arm, label, opening
 
 TEMPLATE = Path("workflow/report/compare.html.j2")
 WIDTH = 120  # the console's columns the Markdown output fits
-
-
-def _named(metric: str) -> str:
-    return metric.replace("_", " ")
 
 
 def _versus_cells(record: dict[str, Any]) -> tuple[str, str]:
@@ -50,7 +46,7 @@ def arm_markdown(arm: Arm) -> str:
     the baseline [interval] and its Holm-adjusted p; an arm with one setting in every run as one line."""
     if len(arm.records) == 1:
         record = arm.records[0]
-        return (f"{arm.arm}: one setting in every run ({record['seeds']} runs pooled: {_named(arm.metric)} "
+        return (f"{arm.arm}: one setting in every run ({record['seeds']} runs pooled: {METRIC_NAMES[arm.metric]} "
                 f"{record['value']:.3f} "
                 f"[{record['low']:.3f}, {record['high']:.3f}])\n")
     rows = []
@@ -58,7 +54,7 @@ def arm_markdown(arm: Arm) -> str:
         rows.append([*(str(record["setting"][key]) for key in arm.keys), str(record["seeds"]),
                      f"{record['value']:.3f} [{record['low']:.3f}, {record['high']:.3f}]",
                      f"{record['val_accuracy']:.3f}" + (" ✓" if record["chosen"] else ""), *_versus_cells(record)])
-    header = [*arm.keys, "runs", f"test {_named(arm.metric)}", "val accuracy", "vs baseline", "p (Holm)"]
+    header = [*arm.keys, "runs", f"test {METRIC_NAMES[arm.metric]}", "val accuracy", "vs baseline", "p (Holm)"]
     return f"{heading(arm)}\n\n{textwrap.fill(opening(arm), WIDTH)}\n\n{_table(header, rows)}"
 
 
@@ -139,7 +135,8 @@ def figure(arms: list[Arm]) -> str:
         records = _order(arm)
         for x, record in enumerate(records):
             colour = "C3" if record["chosen"] else "black" if record["baseline"] else "C0"
-            ax.errorbar(x, record["value"], [[record["value"] - record["low"]], [record["high"] - record["value"]]],
+            ax.errorbar(x, record["value"], [[max(0.0, record["value"] - record["low"])],
+                                             [max(0.0, record["high"] - record["value"])]],
                         fmt="_", ms=18, capsize=6, lw=2, color=colour)
             runs = record["runs"]
             offsets = [0.0] if len(runs) == 1 else [0.12 * (i / (len(runs) - 1) - 0.5) for i in range(len(runs))]
@@ -147,7 +144,7 @@ def figure(arms: list[Arm]) -> str:
                     color=colour)
         ax.set_xticks(range(len(records)), [_tick(record) for record in records], fontsize=8,
                       rotation=20 if len(records) > 4 else 0)
-        ax.set(ylabel=f"test {_named(arm.metric)}", title=f"{METHOD_NAMES[arm.arm]}: {', '.join(arm.keys)}")
+        ax.set(ylabel=f"test {METRIC_NAMES[arm.metric]}", title=f"{METHOD_NAMES[arm.arm]}: {', '.join(arm.keys)}")
         ax.grid(axis="y", alpha=0.3)
     return png(fig, None)
 
@@ -163,7 +160,7 @@ def html(arms: list[Arm], verdicts: list[dict[str, Any]], sources: dict[str, str
     env = Environment(loader=FileSystemLoader(template.parent), autoescape=select_autoescape(["html", "j2"]))
     page = env.get_template(template.name).render(
         arms=arms, verdicts=verdicts, sources=sources, names=METHOD_NAMES, opening=opening, heading=heading,
-        metric=_named(arms[0].metric),
+        metric=METRIC_NAMES[arms[0].metric],
         figure=figure(arms) if any(len(arm.records) > 1 for arm in arms) else None,
         confidence=arms[0].confidence, date=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"))
     with atomic_path(out) as tmp:
