@@ -47,8 +47,7 @@ def arm_markdown(arm: Arm) -> str:
     if len(arm.records) == 1:
         record = arm.records[0]
         return (f"{arm.arm}: one setting in every run ({record['seeds']} runs pooled: {METRIC_NAMES[arm.metric]} "
-                f"{record['value']:.3f} "
-                f"[{record['low']:.3f}, {record['high']:.3f}])\n")
+                f"{record['value']:.3f} [{record['low']:.3f}, {record['high']:.3f}])\n")
     rows = []
     for record in arm.records:
         rows.append([*(str(record["setting"][key]) for key in arm.keys), str(record["seeds"]),
