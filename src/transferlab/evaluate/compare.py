@@ -49,10 +49,10 @@ class Run:
 @dataclass(frozen=True)
 class Row:
     """The runs of one setting (the changed params other than seeds), pooled over their seeds (or repeats):
-    the metric's mean over them and its interval."""
+    each run's metric, their mean and its interval."""
     setting: dict[str, Any]
     runs: list[Run]
-    value: float
+    values: list[float]
     low: float
     high: float
     val_accuracy: float
@@ -60,6 +60,10 @@ class Row:
     @property
     def seeds(self) -> int:
         return len(self.runs)
+
+    @property
+    def value(self) -> float:
+        return float(np.mean(self.values))
 
 
 def changed(runs: list[Run], unseen: tuple[str, ...] = ()) -> list[str]:
@@ -120,8 +124,8 @@ def rows(runs: list[Run], metric: str, settings: Evaluate, unseen: tuple[str, ..
         values = [score(run, metric) for run in members]
         low, high = pooled_interval(values, [run_interval(run, metric, settings) for run in members],
                                     settings.confidence)
-        out.append(Row({key: members[0].params.get(key) for key in varying}, members, float(np.mean(values)),
-                       low, high, float(np.mean([run.val_accuracy for run in members]))))
+        out.append(Row({key: members[0].params.get(key) for key in varying}, members, values, low, high,
+                       float(np.mean([run.val_accuracy for run in members]))))
     return out
 
 
@@ -150,13 +154,11 @@ def versus(row: Row, baseline: Row, metric: str, settings: Evaluate) -> dict[str
         return {"paired": True, **stats.paired_resampled(actual, predicted[:len(theirs)], predicted[len(theirs):],
                                                          metric, classes, settings),
                 "test": "permutation", "pairs": images}
-    ours_right, theirs_right = (np.concatenate([run.correct for run in side]) for side in (ours, theirs))
-    low, high = stats.newcombe(theirs_right, ours_right, settings.confidence)
-    only_ours, only_theirs = int((ours_right & ~theirs_right).sum()), int((theirs_right & ~ours_right).sum())
-    return {"paired": True, "difference": round(float(ours_right.mean() - theirs_right.mean()), 6),
-            "low": round(low, 6),
-            "high": round(high, 6), "only_row": only_ours, "only_baseline": only_theirs,
-            "p": stats.mcnemar_exact(only_theirs, only_ours), "test": "McNemar's exact", "pairs": images}
+    pair = stats.paired_accuracy(*(np.concatenate([run.correct for run in side]) for side in (theirs, ours)),
+                                 settings.confidence)
+    return {"paired": True, **{key: round(pair[key], 6) for key in ("difference", "low", "high")},
+            "only_row": pair["only_b"], "only_baseline": pair["only_a"], "p": pair["p"], "test": "McNemar's exact",
+            "pairs": images}
 
 
 def holm(p_values: list[float]) -> list[float]:
@@ -187,8 +189,8 @@ def against(table: list[Row], baseline: int, metric: str, settings: Evaluate) ->
         pairs[i]["holm_p"] = adjusted
     chosen = chosen_by_validation(table)
     return [{"setting": row.setting, "seeds": row.seeds,
-             "runs": [{"name": run.name, "value": round(score(run, metric), 6), "val_accuracy": run.val_accuracy}
-                      for run in row.runs],
+             "runs": [{"name": run.name, "value": round(value, 6), "val_accuracy": run.val_accuracy}
+                      for run, value in zip(row.runs, row.values)],
              "value": round(row.value, 6), "low": round(row.low, 6), "high": round(row.high, 6),
              "val_accuracy": round(row.val_accuracy, 6), "baseline": i == baseline, "chosen": i == chosen,
              "versus": pairs[i]} for i, row in enumerate(table)]
@@ -256,7 +258,7 @@ def opening(arm: Arm) -> str:
             f"uncertainty.")
 
 
-def settings(found: dict[str, dict[str, Run]]) -> dict[str, dict[str, Any]]:
+def changed_params(found: dict[str, dict[str, Run]]) -> dict[str, dict[str, Any]]:
     """{source: the params it changed}: the params (but those of stages after the test predictions) whose values
     differ between the sources, seeds included."""
     first = {name: next(iter(arms.values())) for name, arms in found.items()}
@@ -267,7 +269,7 @@ def settings(found: dict[str, dict[str, Run]]) -> dict[str, dict[str, Any]]:
 def side_by_side(found: dict[str, dict[str, Run]], confidence: float) -> list[dict[str, Any]]:
     """Per source holding both arms on one test list, the verdict's two arms: its changed params, each arm's
     accuracy, and the fine-tune's against the probe's on the same images (stats.paired, as the report)."""
-    setting = settings(found)
+    setting = changed_params(found)
     out = []
     for name, arms in found.items():
         if len(arms) < 2 or arms["probe"].test_list != arms["finetune"].test_list:

@@ -162,18 +162,25 @@ def mcnemar_exact(only_a: int, only_b: int) -> float:
     return 1.0 if n == 0 else float(binomtest(only_b, n, 0.5).pvalue)
 
 
+def paired_accuracy(correct_a: np.ndarray, correct_b: np.ndarray, confidence: float) -> dict[str, Any]:
+    """Accuracy(b) − accuracy(a) on the same images (per-image correct, booleans): the difference, Newcombe's
+    interval, the images only a and only b gets right, and McNemar's exact p on them; unrounded."""
+    low, high = newcombe(correct_a, correct_b, confidence)
+    only_a, only_b = int((correct_a & ~correct_b).sum()), int((correct_b & ~correct_a).sum())
+    return {"difference": float((correct_b.astype(float) - correct_a).mean()), "low": low, "high": high,
+            "only_a": only_a, "only_b": only_b, "p": mcnemar_exact(only_a, only_b)}
+
+
 def paired(correct: dict[str, np.ndarray], confidence: float) -> dict[str, Any]:
     """Second − first method's accuracy on the same test images ({name: per-image correct}): the difference,
     its interval (`newcombe`), the images only one method gets right, and McNemar's exact test on them."""
     (name_a, correct_a), (name_b, correct_b) = ((k, np.asarray(v, bool)) for k, v in correct.items())
     if correct_a.shape != correct_b.shape:
         raise ValueError(f"paired comparison needs the same test images ({len(correct_a)} vs {len(correct_b)})")
-    gain = correct_b.astype(float) - correct_a
-    only_a, only_b = int((correct_a & ~correct_b).sum()), int((correct_b & ~correct_a).sum())
-    return {"difference": round(float(gain.mean()), 6),
-            **_rounded(*newcombe(correct_a, correct_b, confidence)),
-            "only_correct": {name_a: only_a, name_b: only_b}, "mcnemar_p": float(f"{mcnemar_exact(only_a, only_b):.4g}"),
-            "test_images": int(len(gain))}
+    pair = paired_accuracy(correct_a, correct_b, confidence)
+    return {"difference": round(pair["difference"], 6), **_rounded(pair["low"], pair["high"]),
+            "only_correct": {name_a: pair["only_a"], name_b: pair["only_b"]},
+            "mcnemar_p": float(f"{pair['p']:.4g}"), "test_images": int(len(correct_a))}
 
 
 def clear(pair: dict[str, Any], confidence: float) -> bool:

@@ -82,8 +82,8 @@ def stale_stages(lock: dict[str, Any], settings: dict[str, Any]) -> dict[str, st
     stale = {}
     for name, stage in stages.items():
         recorded = _sections(stage.get("params", {}).get("params.yaml", {}))
-        differ = [key for key, value in params_mod.flat(params_mod.normalized(recorded)).items()
-                  if key.split(".", 1)[1] in recorded.get(key.split(".")[0], {}) and settings.get(key) != value]
+        cast = params_mod.flat(params_mod.normalized(recorded))  # with every default: only the recorded keys count
+        differ = [key for key in params_mod.flat(recorded) if settings.get(key) != cast[key]]
         newer = [dep["path"] for dep in stage.get("deps", [])
                  if dep["path"] in written and written[dep["path"]][1] != dep.get("md5")]
         if differ or newer:

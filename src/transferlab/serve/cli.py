@@ -75,7 +75,7 @@ def run_compare(args: argparse.Namespace) -> int:
     print(comparison.written(arms, verdicts, args.form or "md"), end="")
     if args.html:
         page = comparison.html(arms, verdicts, {name: compare.label(changed)
-                                                for name, changed in compare.settings(found).items()},
+                                                for name, changed in compare.changed_params(found).items()},
                                args.project, args.html)
         log.info("wrote %s", page)
     return 0
